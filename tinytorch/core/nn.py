@@ -158,18 +158,24 @@ class Module:
                 f"state_dict does not match {type(self).__name__}: "
                 f"missing keys {missing or 'none'}; unexpected keys {unexpected or 'none'}"
             )
-        for key in sorted(expected & set(state)):
-            value = np.asarray(state[key])
-            current = params[key].data if key in params else buffer_owners[key][0]._buffers[buffer_owners[key][1]]
-            if value.shape != current.shape:
-                raise ValueError(f"state_dict[{key!r}] has shape {value.shape}, expected {current.shape}")
+        # Check everything before changing anything: a failed load leaves the model as it was.
+        current = {k: p.data for k, p in params.items()}
+        current.update({k: m._buffers[n] for k, (m, n) in buffer_owners.items()})
+        keys = [k for k in current if k in state]
+        wrong = [f"{k!r} has shape {np.shape(state[k])}, expected {current[k].shape}"
+                 for k in keys if np.shape(state[k]) != current[k].shape]
+        if wrong:
+            raise ValueError("state_dict shapes do not match: " + "; ".join(wrong))
+        for k in keys:
+            value = np.asarray(state[k])
             if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-                raise ValueError(f"state_dict[{key!r}] holds NaN or inf values; expected finite weights")
-            if key in params:
-                params[key].data = value.astype(current.dtype, copy=True)
+                raise ValueError(f"state_dict[{k!r}] holds NaN or inf values; expected finite weights")
+        for k in keys:
+            if k in params:
+                params[k].data = np.asarray(state[k]).astype(current[k].dtype, copy=True)
             else:
-                module, name = buffer_owners[key]
-                module._buffers[name] = value.copy()
+                module, name = buffer_owners[k]
+                module._buffers[name] = np.array(state[k])
 
     # ------------------------------------------------------------ modes, grads
     def train(self, mode: bool = True) -> Module:

@@ -43,8 +43,8 @@ def _as_array(data) -> np.ndarray:
     """An ndarray for `data`, keeping an ndarray's dtype; Python floats become float32."""
     if isinstance(data, Tensor):
         return data.data
-    if isinstance(data, np.ndarray):
-        return data
+    if isinstance(data, (np.ndarray, np.generic)):  # NumPy arrays and scalars keep their dtype
+        return np.asarray(data)
     array = np.asarray(data)
     if array.dtype == np.float64:
         array = array.astype(np.float32)
@@ -186,8 +186,17 @@ class Tensor:
         return order[::-1]
 
     # ------------------------------------------------------------ arithmetic
+    def _operand(self, other) -> Tensor:
+        """The other operand as a Tensor. A Python number takes this tensor's dtype where NumPy
+        would (float32 * 2.5 stays float32), instead of becoming a float64/int64 array."""
+        if isinstance(other, Tensor):
+            return other
+        if isinstance(other, (bool, int, float)):
+            return Tensor(np.asarray(other, dtype=np.result_type(self.dtype, other)))
+        return Tensor(other)
+
     def __add__(self, other) -> Tensor:
-        other = as_tensor(other)
+        other = self._operand(other)
         out = self._make(self.data + other.data, (self, other))
         if out._parents:
             def backward(g):
@@ -197,7 +206,7 @@ class Tensor:
         return out
 
     def __mul__(self, other) -> Tensor:
-        other = as_tensor(other)
+        other = self._operand(other)
         out = self._make(self.data * other.data, (self, other))
         if out._parents:
             def backward(g):
@@ -220,10 +229,10 @@ class Tensor:
         return self * -1.0
 
     def __sub__(self, other) -> Tensor:
-        return self + (-as_tensor(other))
+        return self + (-self._operand(other))
 
     def __truediv__(self, other) -> Tensor:
-        other = as_tensor(other)
+        other = self._operand(other)
         out = self._make(self.data / other.data, (self, other))
         if out._parents:
             def backward(g):
@@ -241,14 +250,14 @@ class Tensor:
         return self * other
 
     def __rsub__(self, other) -> Tensor:
-        return as_tensor(other) - self
+        return self._operand(other) - self
 
     def __rtruediv__(self, other) -> Tensor:
-        return as_tensor(other) / self
+        return self._operand(other) / self
 
     def __matmul__(self, other) -> Tensor:
         """Matrix product through np.matmul (BLAS), with NumPy's batching rules."""
-        other = as_tensor(other)
+        other = self._operand(other)
         if self.ndim == 0 or other.ndim == 0:
             raise ValueError(f"matmul needs arrays of at least 1 dimension, got shapes {self.shape} and {other.shape}")
         if self.shape[-1] != other.shape[-2 if other.ndim > 1 else 0]:
@@ -263,11 +272,8 @@ class Tensor:
                 # Promote 1-D operands to matrices so one rule covers every case.
                 a2 = a[None, :] if a.ndim == 1 else a
                 b2 = b[:, None] if b.ndim == 1 else b
-                g2 = g
-                if a.ndim == 1:
-                    g2 = np.expand_dims(g2, -2)
-                if b.ndim == 1:
-                    g2 = np.expand_dims(g2, -1)
+                g2 = np.expand_dims(g, -1) if b.ndim == 1 else g
+                g2 = np.expand_dims(g2, -2) if a.ndim == 1 else g2
                 if self.requires_grad:
                     ga = np.matmul(g2, np.swapaxes(b2, -1, -2))
                     ga = ga.reshape(ga.shape[:-2] + (ga.shape[-1],)) if a.ndim == 1 else ga

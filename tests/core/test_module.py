@@ -1,0 +1,132 @@
+"""Module API: names, state_dict round trips and errors, hooks, modes, buffers."""
+
+import numpy as np
+import pytest
+
+import tinytorch.core as tc
+
+
+class TwoLayer(tc.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = tc.Linear(4, 3)
+        self.act = tc.ReLU()
+        self.fc2 = tc.Linear(3, 2, bias=False)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def test_named_parameters_and_modules_use_pytorch_names():
+    model = TwoLayer()
+    assert [n for n, _ in model.named_parameters()] == ["fc1.weight", "fc1.bias", "fc2.weight"]
+    assert [n for n, _ in model.named_modules()] == ["", "fc1", "act", "fc2"]
+    assert [type(m).__name__ for m in model.children()] == ["Linear", "ReLU", "Linear"]
+    gpt = tc.GPT(tc.GPTConfig(vocab_size=7, context_length=8, embed_dim=8, num_layers=2, num_heads=2))
+    names = dict(gpt.named_parameters())
+    assert "blocks.1.attn.q_proj.weight" in names and "lm_head.weight" in names
+    assert "lm_head.bias" not in names
+
+
+def test_parameter_count_of_gpt_is_the_hand_computed_one():
+    v, t, c, layers = 11, 16, 8, 2
+    gpt = tc.GPT(tc.GPTConfig(vocab_size=v, context_length=t, embed_dim=c, num_layers=layers, num_heads=2))
+    per_block = 4 * (c * c + c) + 2 * (2 * c) + (c * 4 * c + 4 * c) + (4 * c * c + c)
+    expected = v * c + t * c + layers * per_block + 2 * c + c * v
+    assert sum(p.size for p in gpt.parameters()) == expected
+
+
+def test_shared_modules_and_parameters_are_counted_once():
+    shared = tc.Linear(2, 2)
+    model = tc.Sequential(shared, shared)
+    assert len(model.parameters()) == 2
+
+
+def test_state_dict_round_trip_restores_outputs():
+    tc.manual_seed(0)
+    a, b = TwoLayer(), TwoLayer()
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    assert not np.allclose(a(x).data, b(x).data)
+    b.load_state_dict(a.state_dict())
+    np.testing.assert_array_equal(a(x).data, b(x).data)
+
+
+def test_state_dict_is_a_snapshot():
+    model = TwoLayer()
+    state = model.state_dict()
+    model.fc1.weight.data += 1.0
+    assert not np.allclose(state["fc1.weight"], model.fc1.weight.data)
+
+
+def test_load_state_dict_errors_name_the_keys_and_shapes():
+    model = TwoLayer()
+    state = model.state_dict()
+    missing = {k: v for k, v in state.items() if k != "fc1.bias"}
+    with pytest.raises(ValueError, match=r"missing keys \['fc1.bias'\]"):
+        model.load_state_dict(missing)
+    with pytest.raises(ValueError, match=r"unexpected keys \['extra'\]"):
+        model.load_state_dict({**state, "extra": np.zeros(1)})
+    model.load_state_dict(missing, strict=False)  # allowed when not strict
+    with pytest.raises(ValueError, match=r"'fc2.weight' has shape \(3, 2\), expected \(2, 3\)"):
+        model.load_state_dict({**state, "fc2.weight": np.zeros((3, 2))})
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.load_state_dict({**state, "fc1.bias": np.full(3, np.nan)})
+
+
+def test_forward_hook_sees_inputs_and_output_and_can_be_removed():
+    model = TwoLayer()
+    seen = []
+    handle = model.fc1.register_forward_hook(lambda m, inp, out: seen.append((m, inp[0].shape, out.shape)))
+    model(np.ones((2, 4)))
+    assert seen == [(model.fc1, (2, 4), (2, 3))]
+    handle.remove()
+    model(np.ones((2, 4)))
+    assert len(seen) == 1
+
+
+def test_hooks_can_replace_inputs_and_outputs():
+    lin = tc.Linear(2, 2)
+    lin.register_forward_pre_hook(lambda m, inp: (inp[0] * 0.0,))
+    lin.register_forward_hook(lambda m, inp, out: out + 1.0)
+    np.testing.assert_allclose(lin(np.ones((1, 2))).data, lin.bias.data[None] + 1.0, rtol=1e-6)
+    with pytest.raises(TypeError, match="callable"):
+        lin.register_forward_hook(3)
+
+
+def test_train_eval_reach_every_submodule():
+    gpt = tc.GPT(tc.GPTConfig(vocab_size=5, context_length=4, embed_dim=4, num_layers=2, num_heads=1))
+    gpt.eval()
+    assert not any(m.training for m in gpt.modules())
+    gpt.train()
+    assert all(m.training for m in gpt.modules())
+
+
+def test_buffers_join_the_state_dict():
+    class Quantized(tc.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("weight_q", np.arange(6, dtype=np.int8).reshape(2, 3))
+
+    m = tc.Sequential(Quantized())
+    state = m.state_dict()
+    assert state["0.weight_q"].dtype == np.int8
+    m.load_state_dict({"0.weight_q": np.ones((2, 3), dtype=np.int8)})
+    assert m[0].weight_q.sum() == 6
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        m[0].nope
+
+
+def test_repr_shows_the_tree():
+    text = repr(TwoLayer())
+    assert "(fc1): Linear(in_features=4, out_features=3, bias=True)" in text
+
+
+def test_failed_load_leaves_the_model_unchanged():
+    model = TwoLayer()
+    before = model.state_dict()
+    bad = {k: np.zeros_like(v) for k, v in before.items()}
+    bad["fc2.weight"] = np.zeros((5, 5))
+    with pytest.raises(ValueError):
+        model.load_state_dict(bad)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
