@@ -188,3 +188,9 @@ def test_transformer_block_and_gpt_parameters():
     gpt = tc.GPT(tc.GPTConfig(vocab_size=5, context_length=4, embed_dim=4, num_layers=1, num_heads=2, mlp_ratio=1))
     ids = np.array([[1, 4, 0], [2, 2, 3]])
     check_module_param_grads(gpt, lambda m: F.cross_entropy(m(ids), np.array([[4, 0, 1], [2, 3, 3]])))
+
+
+def test_contiguous_passes_gradient_and_copies_only_views():
+    check_grads(lambda t: t.transpose(1, 0).contiguous() * 2.0, randn(3, 4))
+    x = Tensor(np.ones((2, 2)))
+    assert x.contiguous() is x

@@ -43,7 +43,7 @@ class MultiHeadAttention(Module):
     def split_heads(self, x: Tensor) -> Tensor:
         """(B, T, C) -> (B, H, T, D)."""
         b, t, _ = x.shape
-        return x.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        return x.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3).contiguous()
 
     def merge_heads(self, x: Tensor) -> Tensor:
         """(B, H, T, D) -> (B, T, C)."""

@@ -64,7 +64,7 @@ def gelu(x) -> Tensor:
     """GELU, tanh approximation (as in GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     x = as_tensor(x)
     a = x.data
-    t = np.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * a**3))
+    t = np.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * (a * a * a)))  # a*a*a: NumPy's float32 a**3 is ~100x slower
     out = _result(0.5 * a * (1.0 + t), x)
     if out._parents:
         def backward(g):

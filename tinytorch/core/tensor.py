@@ -362,6 +362,15 @@ class Tensor:
         axes[a], axes[b] = axes[b], axes[a]
         return self.transpose(axes)
 
+    def contiguous(self) -> Tensor:
+        """The same values in a fresh C-ordered array (matmul on strided views is ~3x slower)."""
+        if self.data.flags.c_contiguous:
+            return self
+        out = self._make(np.ascontiguousarray(self.data), (self,))
+        if out._parents:
+            out._backward = lambda g: self._accumulate(g)
+        return out
+
     @property
     def T(self) -> Tensor:
         return self.transpose()
