@@ -76,8 +76,12 @@ class PackageRun:
 
 
 def kernel_env(repo: Repo, first: Path | None = None) -> dict:
-    """The environment for code we run: `first` (a build), then the repo root, on PYTHONPATH."""
+    """The environment for code we run: `first` (a build), then the repo root, on PYTHONPATH;
+    this Python's scripts folder first on PATH (nbgrader runs `alembic` by name, which an
+    unactivated virtual environment would not find)."""
     env = dict(os.environ)
+    scripts = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([scripts] + [p for p in env.get("PATH", "").split(os.pathsep) if p and p != scripts])
     paths = [str(p) for p in (first, repo.root) if p is not None]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
@@ -111,7 +115,8 @@ def run_notebook(repo: Repo, nb: nbformat.NotebookNode, cwd: Path, timeout: int 
         on_cell_executed=on_cell_executed,
     )
     try:
-        client.execute(env=kernel_env(repo))
+        # the kernel's own stderr (startup warnings) is not the student's output; cell output is
+        client.execute(env=kernel_env(repo), stderr=subprocess.DEVNULL)
     except (CellExecutionError, DeadKernelError, RuntimeError) as exc:
         raise TitoError(f"the notebook could not be run: {type(exc).__name__}: {exc}") from exc
     for index, cell in enumerate(nb.cells):
