@@ -10,13 +10,15 @@ import importlib
 import importlib.metadata
 import platform
 import sys
+import tempfile
 
 from packaging.requirements import Requirement
+from packaging.version import Version
 from rich.console import Console
 from rich.table import Table
 
 # distribution name -> import name, where they differ
-IMPORT_NAMES = {"pyyaml": "yaml", "scikit-learn": "sklearn"}
+IMPORT_NAMES = {"pyyaml": "yaml", "scikit-learn": "sklearn"}  # other names: "-" becomes "_"
 
 
 def register(subparsers) -> None:
@@ -51,14 +53,14 @@ def blas_info() -> str:
         return f"unknown ({type(exc).__name__})"
 
 
-def check() -> list[tuple[str, str, bool]]:
-    """(name, version or error, ok) for Python, each dependency, and the BLAS."""
+def check(root: str | None = None) -> list[tuple[str, str, bool]]:
+    """(name, version or error, ok) for Python, each dependency, the BLAS and the course tooling."""
     rows = [("python", f"{platform.python_version()} ({sys.executable})", sys.version_info >= (3, 10))]
     dists = required_distributions()
     if not dists:
         rows.append(("tinytorch", "not installed: run pip install -e .", False))
     for dist in dists:
-        module = IMPORT_NAMES.get(dist.lower(), dist.lower())
+        module = IMPORT_NAMES.get(dist.lower(), dist.lower().replace("-", "_"))
         try:
             importlib.import_module(module)
             rows.append((dist, importlib.metadata.version(dist), True))
@@ -66,11 +68,50 @@ def check() -> list[tuple[str, str, bool]]:
             rows.append((dist, f"does not import: {type(exc).__name__}: {exc}", False))
     if any(name == "numpy" and ok for name, _, ok in rows):
         rows.append(("BLAS", blas_info(), True))
+    rows += course_checks(root)
     return rows
 
 
+def course_checks(root: str | None = None) -> list[tuple[str, str, bool]]:
+    """What the course tooling needs: a python3 Jupyter kernel, Jupyter Lab, nbgrader >= 0.9,
+    and a workspace/ folder in the checkout that tito can write to."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    rows = []
+    try:
+        spec = KernelSpecManager().get_kernel_spec("python3")
+        rows.append(("jupyter kernel python3", " ".join(spec.argv[:3]), True))
+    except NoSuchKernel:
+        rows.append(("jupyter kernel python3", "missing: pip install ipykernel", False))
+    for dist, minimum in (("jupyterlab", "4"), ("nbgrader", "0.9")):
+        try:
+            found = importlib.metadata.version(dist)
+            rows.append((dist, found, Version(found) >= Version(minimum)))
+        except importlib.metadata.PackageNotFoundError:
+            rows.append((dist, f"missing: need {dist} >= {minimum}", False))
+    rows.append(("workspace", *workspace_writable(root)))
+    return rows
+
+
+def workspace_writable(root: str | None) -> tuple[str, bool]:
+    """(where, ok): can tito create and write files in the checkout's workspace/?"""
+    from tito.console import TitoError
+    from tito.manifest import find_root
+
+    try:
+        workspace = find_root(root) / "workspace"
+        workspace.mkdir(exist_ok=True)
+        with tempfile.TemporaryFile(dir=workspace):
+            pass
+        return str(workspace), True
+    except TitoError as exc:
+        return str(exc), False
+    except OSError as exc:
+        return f"not writable: {exc}", False
+
+
 def run(args) -> int:
-    rows = check()
+    rows = check(getattr(args, "root", None))
     table = Table(title="tito doctor")
     table.add_column("check")
     table.add_column("found")

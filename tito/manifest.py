@@ -32,6 +32,7 @@ FIELDS = {
     "prerequisites": list,
     "points": int,
 }
+KIND_NAMES = {int: "an integer", str: "a string", list: "a list"}
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def read_manifest(path: Path) -> list[Module]:
             if field not in entry:
                 raise TitoError(f"{where}: missing field {field!r}")
             if not isinstance(entry[field], kind) or isinstance(entry[field], bool):
-                raise TitoError(f"{where}: {field} = {entry[field]!r}; expected a {kind.__name__}")
+                raise TitoError(f"{where}: {field} = {entry[field]!r}; expected {KIND_NAMES[kind]}")
         unknown = set(entry) - set(FIELDS)
         if unknown:
             raise TitoError(f"{where}: unknown field(s) {sorted(unknown)}; expected only {sorted(FIELDS)}")
