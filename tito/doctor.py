@@ -1,4 +1,6 @@
-"""`tito doctor`: what Python, NumPy and BLAS are in use, and whether each dependency imports.
+"""`tito doctor`: what Python, NumPy and BLAS are in use, whether each dependency imports,
+and whether the course tooling can work: a python3 Jupyter kernel, Jupyter Lab, nbgrader
+0.9 or newer, and a workspace/ folder tito can write to.
 
 The list of dependencies is read from the installed package metadata (which pip wrote
 from pyproject.toml), so pyproject stays the one place that names them.
@@ -14,15 +16,15 @@ import tempfile
 
 from packaging.requirements import Requirement
 from packaging.version import Version
-from rich.console import Console
-from rich.table import Table
+
+from tito.console import print_table
 
 # distribution name -> import name, where they differ
 IMPORT_NAMES = {"pyyaml": "yaml", "scikit-learn": "sklearn"}  # other names: "-" becomes "_"
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("doctor", help="check Python, NumPy/BLAS and every dependency")
+    p = subparsers.add_parser("doctor", help="check Python, NumPy/BLAS, every dependency, Jupyter, nbgrader and the workspace")
     p.set_defaults(func=run)
 
 
@@ -112,13 +114,7 @@ def workspace_writable(root: str | None) -> tuple[str, bool]:
 
 def run(args) -> int:
     rows = check(getattr(args, "root", None))
-    table = Table(title="tito doctor")
-    table.add_column("check")
-    table.add_column("found")
-    table.add_column("ok")
-    for name, found, ok in rows:
-        table.add_row(name, found, "yes" if ok else "NO")
-    Console().print(table)
+    print_table("tito doctor", ["check", "found", "ok"], [[name, found, "yes" if ok else "NO"] for name, found, ok in rows])
     missing = [name for name, _, ok in rows if not ok]
     if missing:
         print(f"tito doctor: missing or broken: {', '.join(missing)}", file=sys.stderr)
