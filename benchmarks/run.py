@@ -1,0 +1,106 @@
+"""Run benchmarks and write their figures as JSON.
+
+    python -m benchmarks.run                 # every bench_*.py in this folder
+    python -m benchmarks.run core --quick    # one suite, fewer repeats
+
+Each suite is a module `benchmarks/bench_<name>.py` with `run(quick: bool) -> dict`.
+Results go to benchmarks/results/<name>.json with this machine's description. Every
+timing is a median over repeats after warm-up, with its spread (interquartile range);
+alternatives are timed round-robin in one run so that their ratio is fair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import psutil
+
+HERE = Path(__file__).resolve().parent
+
+
+def machine_info() -> dict:
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    except Exception:
+        blas = {}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": {k: blas.get(k) for k in ("name", "version", "openblas configuration") if k in blas},
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")
+                if k in os.environ},
+    }
+
+
+def summarize(samples: list[float]) -> dict:
+    s = np.asarray(samples)
+    q1, median, q3 = np.percentile(s, [25, 50, 75])
+    return {"median_s": float(median), "iqr_s": float(q3 - q1), "min_s": float(s.min()),
+            "max_s": float(s.max()), "repeats": len(s)}
+
+
+def compare(fns: dict[str, Callable[[], object]], warmup: int = 3, repeats: int = 20) -> dict:
+    """Time each function round-robin (A, B, A, B, ...) after warm-up.
+
+    Returns per-function summaries and, for each, the ratio of its median to the first one's.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    result = {name: summarize(s) for name, s in samples.items()}
+    base = result[next(iter(fns))]["median_s"]
+    for r in result.values():
+        r["ratio_to_first"] = r["median_s"] / base
+    return result
+
+
+def available() -> list[str]:
+    return sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suites", nargs="*", help=f"suites to run (default all): {', '.join(available())}")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (for CI smoke runs)")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for the JSON files")
+    args = parser.parse_args(argv)
+    names = args.suites or available()
+    unknown = sorted(set(names) - set(available()))
+    if unknown:
+        print(f"unknown suite(s) {unknown}; expected some of {available()}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        print(f"== {name}", flush=True)
+        started = time.time()
+        figures = importlib.import_module(f"benchmarks.bench_{name}").run(quick=args.quick)
+        report = {"suite": name, "quick": args.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "seconds": round(time.time() - started, 1), "machine": machine_info(), "figures": figures}
+        path = args.out / f"{name}.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"   wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

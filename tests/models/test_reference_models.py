@@ -1,0 +1,97 @@
+"""The shipped reference models load, and really reach the figures their cards state."""
+
+import numpy as np
+import pytest
+
+import tinytorch.core as tc
+from tinytorch import models
+from tinytorch.datasets import load_digits, load_text
+from tinytorch.models import train as training
+from tinytorch.models.evaluate import accuracy, lm_loss, lm_windows
+
+
+def test_list_models():
+    assert models.list_models() == ["digits_cnn", "digits_mlp", "tiny_gpt"]
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn"])
+def test_digits_models_reach_their_stated_accuracy(name):
+    model = models.load(name)
+    data = load_digits()
+    measured = accuracy(model, data.x_test, data.y_test)
+    stated = model.card["metrics"]["test_accuracy"]
+    assert measured >= 0.97
+    assert abs(measured - stated) <= 1 / len(data.y_test)  # at most one image differs (BLAS rounding)
+    assert not model.training
+
+
+def test_tiny_gpt_reaches_its_stated_validation_loss():
+    model = models.load("tiny_gpt")
+    c = model.config
+    assert (c.num_layers, c.embed_dim, c.num_heads) == (4, 128, 4) and c.context_length >= 256
+    text = load_text()
+    assert c.vocab_size == text.tokenizer.vocab_size
+    measured = lm_loss(model, text.tokenizer.encode(text.val))
+    stated = model.card["metrics"]["val_loss"]
+    assert measured["loss"] == pytest.approx(stated, rel=1e-3)
+    assert measured["loss"] < np.log(c.vocab_size) / 2  # far better than uniform guessing
+    assert len(model.card["metrics"]["sample"]) > 100
+
+
+def test_checkpoints_are_small_and_cards_complete():
+    total = sum(p.stat().st_size for p in models.CHECKPOINT_DIR.glob("*.npz"))
+    assert total < 8 * 2**20
+    for name in models.list_models():
+        card = models.card(name)
+        assert card["training_seconds"] < 15 * 60
+        assert card["trained_with"]["command"] == f"python -m tinytorch.models.train {name}"
+        assert card["parameters"] == sum(p.size for p in models.build(name, **card["config"]).parameters())
+
+
+def test_readme_cards_match_the_checkpoints():
+    readme = training.README.read_text()
+    assert training.render_cards() in readme, "run: python -m tinytorch.models.train --cards"
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown model 'resnet'; expected one of \['digits_cnn'"):
+        models.load("resnet")
+
+
+def test_missing_checkpoint_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "CHECKPOINT_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m tinytorch.models.train digits_mlp"):
+        models.load("digits_mlp")
+
+
+def test_lm_windows_cover_the_text_without_overlap():
+    ids = np.arange(11)
+    x, y = lm_windows(ids, 3)
+    np.testing.assert_array_equal(x, [[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+    np.testing.assert_array_equal(y, x + 1)
+    with pytest.raises(ValueError, match="more than 3 tokens"):
+        lm_windows(np.arange(3), 3)
+
+
+def test_accuracy_is_counted_from_predictions():
+    model = tc.Linear(2, 2, bias=False)
+    model.weight.data = np.eye(2, dtype=np.float32)
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=np.float32)
+    assert accuracy(model, x, np.array([0, 1, 1])) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="as many labels"):
+        accuracy(model, x, np.array([0]))
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    r = {"lr": 1.0, "min_lr": 0.1, "warmup": 10, "steps": 110}
+    lrs = [training.cosine_lr(s, r) for s in range(110)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn"])
+def test_training_from_scratch_reaches_97_percent(name, tmp_path, monkeypatch):
+    model, metrics = training.train_digits(name, training.RECIPES[name])
+    assert metrics["test_accuracy"] >= 0.97

@@ -1,0 +1,49 @@
+"""How the reference models are scored: classification accuracy and language-model loss.
+
+One implementation, used by the training script, the tests, `tito demo` and anyone who
+wants to check a model after quantizing or pruning it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+import tinytorch.core as tc
+from tinytorch.core import functional as F
+
+
+def accuracy(model: tc.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
+    """Fraction of samples whose arg-max logit is the label (eval mode, no graph)."""
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"accuracy needs as many labels as inputs (and at least one), got {len(x)} and {len(y)}")
+    correct = 0
+    with tc.no_grad():
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start:start + batch_size]).data
+            correct += int((logits.argmax(axis=-1) == y[start:start + batch_size]).sum())
+    return correct / len(x)
+
+
+def lm_windows(ids: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping (input, target) windows of length `context` covering `ids`."""
+    n = (len(ids) - 1) // context
+    if n < 1:
+        raise ValueError(f"need more than {context} tokens to make one window, got {len(ids)}")
+    x = ids[: n * context].reshape(n, context)
+    y = ids[1 : n * context + 1].reshape(n, context)
+    return x, y
+
+
+def lm_loss(model: tc.GPT, ids: np.ndarray, batch_size: int = 16) -> dict:
+    """Mean next-token cross-entropy (nats/char) over non-overlapping full-context windows,
+    and its perplexity exp(loss)."""
+    x, y = lm_windows(ids, model.config.context_length)
+    total = 0.0
+    with tc.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            total += F.cross_entropy(model(xb), yb).item() * xb.size
+    loss = total / x.size
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(x.size)}
