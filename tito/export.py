@@ -52,7 +52,7 @@ def exported_code(nb: nbformat.NotebookNode, module: Module, where: str) -> list
     """(cell index, code) of each `#| export` cell; checks `#| default_exp` names the manifest's target."""
     default_exp = []
     cells = []
-    for index, cell in enumerate(nb.cells):
+    for index, cell in enumerate(nb.cells, start=1):
         if cell.cell_type != "code":
             continue
         directives, body = split_directives(cell.source)

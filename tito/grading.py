@@ -38,7 +38,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 @dataclass
 class CellFailure:
-    index: int
+    index: int  # counted from 1, as a reader counts cells
     grade_id: str | None
     source: str
     error: str  # "Name: message"
@@ -128,7 +128,7 @@ def run_notebook(repo: Repo, nb: nbformat.NotebookNode, cwd: Path, timeout: int 
             content = errors[index]
             tb = "\n".join(_ANSI.sub("", line) for line in content.get("traceback") or [])
             result.failures.append(
-                CellFailure(index, meta.get("grade_id"), cell.source, f"{content.get('ename')}: {content.get('evalue')}", tb)
+                CellFailure(index + 1, meta.get("grade_id"), cell.source, f"{content.get('ename')}: {content.get('evalue')}", tb)
             )
     return result
 

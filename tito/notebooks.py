@@ -96,17 +96,13 @@ def nbgrader_meta(cell) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {})
 
 
-def graded_cells(nb: nbformat.NotebookNode) -> list[tuple[int, dict]]:
-    """(index, nbgrader metadata) of every graded cell, in notebook order."""
-    return [(i, nbgrader_meta(c)) for i, c in enumerate(nb.cells) if nbgrader_meta(c).get("grade")]
-
-
 def check_source(nb: nbformat.NotebookNode, points: int, where: str) -> None:
     """The markup rules of a module source: nbgrader schema 3, unique ids, locked graded
-    cells whose points add up to the manifest's, and solution regions only in solution cells."""
+    cells whose points add up to the manifest's, and solution regions only in solution cells.
+    Cells are counted from 1 in messages, as a reader counts them."""
     seen: set[str] = set()
     total = 0
-    for index, cell in enumerate(nb.cells):
+    for index, cell in enumerate(nb.cells, start=1):
         meta = nbgrader_meta(cell)
         if not meta:
             if "BEGIN SOLUTION" in cell.source:
