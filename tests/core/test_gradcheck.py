@@ -91,6 +91,7 @@ def test_shape_ops():
 
 @pytest.mark.parametrize("index", [
     1, (slice(None), 2), (Ellipsis, slice(1, 3)), np.array([0, 2, 0, 0]), (np.array([0, 1, 1]), np.array([2, 0, 2])),
+    np.array([True, False, True]), (slice(None), slice(None, None, -2)),
 ])
 def test_getitem_including_repeated_indices(index):
     check_grads(lambda t: t[index], randn(3, 4))
