@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 
 def next_step(repo: Repo, module: Module, progress: dict) -> str:
     if not repo.path(module.source).is_file():
-        return "wait: the module is not written yet"
+        return "(module not written yet)"
     entry = ws.record(progress, module)
     state = entry.get("state", ws.NOT_STARTED)
     if state == ws.NOT_STARTED:
@@ -87,7 +87,8 @@ def run_list(args) -> int:
         print_json(rows)
         return 0
     print_table("TinyTorch modules", ["module", "title", "needs", "points", "state"],
-                [[r["id"], r["title"], ", ".join(r["prerequisites"]) or "-", r["points"], r["state"]] for r in rows])
+                [[r["id"], r["title"], ", ".join(p.split("_")[0] for p in r["prerequisites"]) or "-", r["points"], r["state"]]
+                 for r in rows])
     return 0
 
 
@@ -192,8 +193,8 @@ def _run_tests(repo: Repo, module: Module, timeout: int) -> grading.StudentResul
 def run_test(args) -> int:
     repo = Repo.find(args.root)
     module = repo.module(args.module)
+    ws.load_progress(repo)  # a corrupt progress file is reported before the long run, not after
     result = _run_tests(repo, module, args.timeout)
-    ws.load_progress(repo)  # a corrupt progress file is reported before anything is written
     _record_test(repo, module, result)
     if result.ok:
         say(f"\n{module.id}: all tests pass. Next: tito module complete {module.id}")
