@@ -1,7 +1,7 @@
 """Testing the STUDENT's code: run their notebook, build the package from it, run pytest.
 
 1. `run_notebook` executes a copy of the notebook top to bottom with nbclient (the file
-   itself is never modified). Like nbgrader's autograder it keeps going after an error,
+   itself is never modified), its locked test cells put back as released, as nbgrader does. Like nbgrader's autograder it keeps going after an error,
    so every graded cell gets a verdict: full points if it ran without error, else 0.
    A cell that runs past the timeout is interrupted and counts as failed.
 2. `isolated_build` copies the repository's tinytorch/ package into a temporary folder
@@ -49,6 +49,7 @@ class CellFailure:
 class NotebookRun:
     graded: list[dict] = field(default_factory=list)  # {"grade_id", "points", "passed"}
     failures: list[CellFailure] = field(default_factory=list)
+    missing: list[tuple[str, int]] = field(default_factory=list)  # graded cells the student deleted
 
     @property
     def points(self) -> int:
@@ -60,7 +61,7 @@ class NotebookRun:
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.missing
 
 
 @dataclass
@@ -181,8 +182,11 @@ class StudentResult:
 
 def check_student(repo: Repo, module: Module, notebook_path: Path, timeout: int = DEFAULT_CELL_TIMEOUT) -> StudentResult:
     """Run the student's notebook; if it runs clean, test a build of it with the module's pytest folder."""
-    nb = notebooks.read_notebook(notebook_path)
+    release = notebooks.student_version(notebooks.read_source(repo.source_or_error(module)))
+    nb, missing = notebooks.restore_locked_cells(notebooks.read_notebook(notebook_path), release)
     run = run_notebook(repo, nb, notebook_path.parent, timeout)
+    run.missing = missing
+    run.graded += [{"grade_id": g, "points": p, "passed": False} for g, p in missing]
     if not run.ok:
         return StudentResult(run, None, None)
     code = export.student_build(repo, module, nb, notebook_path)

@@ -154,6 +154,12 @@ def report(module: Module, result: grading.StudentResult) -> None:
     print_table(f"{module.id}: graded cells of your notebook", ["test", "points", "result"],
                 [[g["grade_id"], g["points"], "pass" if g["passed"] else "FAIL"] for g in run.graded])
     say(f"points: {run.points}/{run.max_points}")
+    if run.missing:
+        say("graded cells missing from your notebook (0 points): " + ", ".join(g for g, _ in run.missing)
+            + f"; the released notebook has them (`tito module reset {module.id}` backs yours up and starts afresh)")
+    if not run.ok and not run.failures:
+        say(f"\n{module.id}: your notebook is missing graded cells, so its package tests were not run.")
+        return
     if run.failures:
         first = run.failures[0]
         name = f" ({first.grade_id})" if first.grade_id else ""

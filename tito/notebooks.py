@@ -120,3 +120,21 @@ def check_source(nb: nbformat.NotebookNode, points: int, where: str) -> None:
             total += meta.get("points", 0)
     if total != points:
         raise TitoError(f"{where}: graded cells add up to {total} points; the manifest expects {points}")
+
+
+def restore_locked_cells(student_nb: nbformat.NotebookNode, release_nb: nbformat.NotebookNode):
+    """A copy of the student's notebook whose locked cells (the graded tests) are the released
+    ones again, as nbgrader's autograder does, so editing a test cannot earn its points.
+    Returns (notebook, [(grade_id, points) of graded cells missing from the student's notebook])."""
+    nb = copy.deepcopy(student_nb)
+    locked = {nbgrader_meta(c)["grade_id"]: c for c in release_nb.cells if nbgrader_meta(c).get("locked")}
+    found = set()
+    for cell in nb.cells:
+        grade_id = nbgrader_meta(cell).get("grade_id")
+        if grade_id in locked:
+            cell.source = locked[grade_id].source
+            cell.metadata["nbgrader"] = copy.deepcopy(locked[grade_id].metadata["nbgrader"])
+            found.add(grade_id)
+    missing = [(g, nbgrader_meta(c).get("points", 0)) for g, c in locked.items()
+               if g not in found and nbgrader_meta(c).get("grade")]
+    return nb, missing

@@ -6,6 +6,8 @@ Each test here runs the notebook in a python3 kernel (a few seconds each)."""
 import hashlib
 import json
 
+import nbformat
+
 import minirepo_tools as mr
 from tito.cli import main
 
@@ -101,3 +103,23 @@ def test_module_test_runs_from_a_subfolder_with_the_console_entry_point(repo, ti
     mr.solve(repo, repo / mr.NOTEBOOK)
     monkeypatch.chdir(repo / "modules" / "01_minimath")
     assert main(["module", "test", "minimath"]) == 0
+
+
+def test_edited_or_deleted_test_cells_earn_nothing(repo, tito):
+    """Locked test cells are put back as released before the run, as nbgrader's autograder does."""
+    tito(repo, "module", "start", "01", "--no-open")
+    notebook = repo / mr.NOTEBOOK
+    mr.solve(repo, notebook, ("clip",))
+    mr.edit_solutions(notebook, {"test-mean-abs": "pass  # the student 'fixed' the test"})
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") != "test-dot"]
+    nbformat.write(nb, notebook)
+    edited = notebook.read_bytes()
+
+    result = tito(repo, "module", "test", "01")
+    assert result.code == 1
+    assert "test-clip      30      pass" in result.out
+    assert "test-mean-abs  30      FAIL" in result.out
+    assert "points: 30/100" in result.out
+    assert "missing from your notebook (0 points): test-dot" in result.out
+    assert notebook.read_bytes() == edited, "the student's file itself is never changed by a test run"
