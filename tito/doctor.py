@@ -88,7 +88,7 @@ def course_checks(root: str | None = None) -> list[tuple[str, str, bool]]:
     for dist, minimum in (("jupyterlab", "4"), ("nbgrader", "0.9")):
         try:
             found = importlib.metadata.version(dist)
-            rows.append((dist, found, Version(found) >= Version(minimum)))
+            rows.append((f"{dist} >= {minimum}", found, Version(found) >= Version(minimum)))
         except importlib.metadata.PackageNotFoundError:
             rows.append((dist, f"missing: need {dist} >= {minimum}", False))
     rows.append(("workspace", *workspace_writable(root)))

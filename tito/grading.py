@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from jupyter_client.kernelspec import NoSuchKernel
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, DeadKernelError
 
@@ -118,6 +119,8 @@ def run_notebook(repo: Repo, nb: nbformat.NotebookNode, cwd: Path, timeout: int 
     try:
         # the kernel's own stderr (startup warnings) is not the student's output; cell output is
         client.execute(env=kernel_env(repo), stderr=subprocess.DEVNULL)
+    except NoSuchKernel as exc:
+        raise TitoError("there is no python3 Jupyter kernel: pip install ipykernel (`tito doctor` checks this)") from exc
     except (CellExecutionError, DeadKernelError, RuntimeError) as exc:
         raise TitoError(f"the notebook could not be run: {type(exc).__name__}: {exc}") from exc
     for index, cell in enumerate(nb.cells):

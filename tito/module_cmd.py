@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -128,11 +130,19 @@ def run_start(args) -> int:
     if ws.state(progress, module) == ws.NOT_STARTED:
         ws.update(repo, module, state=ws.IN_PROGRESS, started=ws.now())
     command = [sys.executable, "-m", "jupyterlab", str(path.relative_to(repo.root))]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        command.append("--allow-root")  # containers often run as root; Jupyter refuses that by default
     if args.no_open:
         say(f"open it with: cd {repo.root} && {' '.join(command)}")
         return 0
     say("starting Jupyter Lab (press Ctrl-C in this terminal to stop it)")
-    return subprocess.call(command, cwd=repo.root)
+    # Ctrl-C belongs to Jupyter (it asks before shutting down); tito just waits for it to end.
+    # A no-op handler, not SIG_IGN: an ignored signal would stay ignored in the child.
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        return subprocess.call(command, cwd=repo.root, env=grading.kernel_env(repo))
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --- test / complete ----------------------------------------------------------------------

@@ -178,7 +178,7 @@ def test_commands_work_from_a_subfolder_without_root(repo, tito, monkeypatch):
 
 def test_doctor_checks_the_kernel_nbgrader_and_a_writable_workspace(repo, tito):
     result = tito(repo, "doctor")
-    for name in ("jupyter kernel python3", "nbgrader", "jupyterlab", "workspace"):
+    for name in ("jupyter kernel python3", "nbgrader >= 0.9", "jupyterlab >= 4", "workspace"):
         assert name in result.out
     assert str(repo / "workspace") in result.out
     assert result.code == 0, result.err
