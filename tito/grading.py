@@ -77,7 +77,7 @@ class PackageRun:
         return self.returncode == 0 and not self.failed
 
 
-def kernel_env(repo: Repo, first: Path | None = None) -> dict:
+def child_env(repo: Repo, first: Path | None = None) -> dict:
     """The environment for code we run: `first` (a build), then the repo root, on PYTHONPATH;
     this Python's scripts folder first on PATH (nbgrader runs `alembic` by name, which an
     unactivated virtual environment would not find)."""
@@ -118,7 +118,7 @@ def run_notebook(repo: Repo, nb: nbformat.NotebookNode, cwd: Path, timeout: int 
     )
     try:
         # the kernel's own stderr (startup warnings) is not the student's output; cell output is
-        client.execute(env=kernel_env(repo), stderr=subprocess.DEVNULL)
+        client.execute(env=child_env(repo), stderr=subprocess.DEVNULL)
     except NoSuchKernel as exc:
         raise TitoError("there is no python3 Jupyter kernel: pip install ipykernel (`tito doctor` checks this)") from exc
     except (CellExecutionError, DeadKernelError, RuntimeError) as exc:
@@ -156,7 +156,7 @@ def run_package_tests(repo: Repo, module: Module, build_dir: Path) -> PackageRun
     command = [sys.executable, "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
     try:
         proc = subprocess.run(
-            command, cwd=build_dir, env=kernel_env(repo, first=build_dir),
+            command, cwd=build_dir, env=child_env(repo, first=build_dir),
             capture_output=True, text=True, timeout=PYTEST_TIMEOUT,
         )
     except subprocess.TimeoutExpired as exc:

@@ -117,7 +117,7 @@ def run_start(args) -> int:
     path = ws.notebook_path(repo, module)
     progress = ws.load_progress(repo)
     if path.exists():
-        say(f"{path.relative_to(repo.root)} already exists: opening it as it is (tito never overwrites it)")
+        say(f"{path.relative_to(repo.root)} already exists; keeping it as it is (tito never overwrites it)")
     else:
         source = repo.source_or_error(module)
         source_nb = notebooks.read_source(source)
@@ -140,7 +140,7 @@ def run_start(args) -> int:
     # A no-op handler, not SIG_IGN: an ignored signal would stay ignored in the child.
     previous = signal.signal(signal.SIGINT, lambda *_: None)
     try:
-        return subprocess.call(command, cwd=repo.root, env=grading.kernel_env(repo))
+        return subprocess.call(command, cwd=repo.root, env=grading.child_env(repo))
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -77,7 +77,7 @@ def _configured(course: Path) -> Path:
 def nbgrader(repo: Repo, course: Path, *arguments: str) -> subprocess.CompletedProcess:
     """Run `nbgrader ARGUMENTS` in the course folder; a failure is a TitoError with its log."""
     command = [sys.executable, "-m", "nbgrader", *arguments]
-    proc = subprocess.run(command, cwd=course, env=grading.kernel_env(repo), capture_output=True, text=True)
+    proc = subprocess.run(command, cwd=course, env=grading.child_env(repo), capture_output=True, text=True)
     if proc.returncode != 0:
         raise TitoError(f"`nbgrader {' '.join(arguments)}` failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return proc
