@@ -88,9 +88,9 @@ def run_list(args) -> int:
     if args.json:
         print_json(rows)
         return 0
-    print_table("TinyTorch modules", ["module", "title", "needs", "points", "state"],
-                [[r["id"], r["title"], ", ".join(p.split("_")[0] for p in r["prerequisites"]) or "-", r["points"], r["state"]]
-                 for r in rows])
+    print_table("TinyTorch modules", ["module", "title", "needs", "points", "state", "next step"],
+                [[r["id"], r["title"], ", ".join(p.split("_")[0] for p in r["prerequisites"]) or "-", r["points"],
+                  r["state"], r["next"]] for r in rows])
     return 0
 
 
