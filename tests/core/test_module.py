@@ -130,3 +130,13 @@ def test_failed_load_leaves_the_model_unchanged():
         model.load_state_dict(bad)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_deepcopy_gives_an_independent_model():
+    import copy
+
+    model = TwoLayer()
+    clone = copy.deepcopy(model)
+    clone.fc1.weight.data[:] = 0.0
+    assert np.abs(model.fc1.weight.data).sum() > 0
+    assert [n for n, _ in clone.named_parameters()] == [n for n, _ in model.named_parameters()]
