@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -77,21 +76,6 @@ class PackageRun:
         return self.returncode == 0 and not self.failed
 
 
-def child_env(repo: Repo, first: Path | None = None) -> dict:
-    """The environment for code we run: `first` (a build), then the repo root, on PYTHONPATH;
-    this Python's scripts folder first on PATH (nbgrader runs `alembic` by name, which an
-    unactivated virtual environment would not find)."""
-    env = dict(os.environ)
-    scripts = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([scripts] + [p for p in env.get("PATH", "").split(os.pathsep) if p and p != scripts])
-    paths = [str(p) for p in (first, repo.root) if p is not None]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
-
-
 def run_notebook(repo: Repo, nb: nbformat.NotebookNode, cwd: Path, timeout: int = DEFAULT_CELL_TIMEOUT) -> NotebookRun:
     """Execute a copy of `nb` in a fresh python3 kernel and grade its graded cells."""
     nb = nbformat.from_dict(nb)  # a copy: outputs never go back into the student's file
@@ -118,7 +102,7 @@ def run_notebook(repo: Repo, nb: nbformat.NotebookNode, cwd: Path, timeout: int 
     )
     try:
         # the kernel's own stderr (startup warnings) is not the student's output; cell output is
-        client.execute(env=child_env(repo), stderr=subprocess.DEVNULL)
+        client.execute(env=repo.env(), stderr=subprocess.DEVNULL)
     except NoSuchKernel as exc:
         raise TitoError("there is no python3 Jupyter kernel: pip install ipykernel (`tito doctor` checks this)") from exc
     except (CellExecutionError, DeadKernelError, RuntimeError) as exc:
@@ -156,7 +140,7 @@ def run_package_tests(repo: Repo, module: Module, build_dir: Path) -> PackageRun
     command = [sys.executable, "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
     try:
         proc = subprocess.run(
-            command, cwd=build_dir, env=child_env(repo, first=build_dir),
+            command, cwd=build_dir, env=repo.env(first=build_dir),
             capture_output=True, text=True, timeout=PYTEST_TIMEOUT,
         )
     except subprocess.TimeoutExpired as exc:

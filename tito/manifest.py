@@ -76,6 +76,21 @@ class Repo:
     def path(self, relative: str) -> Path:
         return self.root / relative
 
+    def env(self, first: Path | None = None) -> dict:
+        """The environment for processes tito starts (kernels, pytest, nbgrader, Jupyter Lab):
+        `first` (a build), then this repository, on PYTHONPATH, so they import this checkout's
+        tinytorch; this Python's scripts folder first on PATH (nbgrader runs `alembic` by name,
+        which an unactivated virtual environment would not find)."""
+        env = dict(os.environ)
+        scripts = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join([scripts] + [p for p in env.get("PATH", "").split(os.pathsep) if p and p != scripts])
+        paths = [str(p) for p in (first, self.root) if p is not None]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        return env
+
     def module(self, name: str | int) -> Module:
         """The module called `name`: its number (`14`), id (`14_profiling`) or slug (`profiling`)."""
         text = str(name).strip()

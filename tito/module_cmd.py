@@ -15,10 +15,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tito import export, grading, notebooks, workspace as ws
+from tito import export, workspace as ws
 from tito.console import TitoError, print_json, print_table, say, step, warn
 from tito.manifest import Module, Repo
+
+if TYPE_CHECKING:
+    from tito.grading import StudentResult
+
+# tito.grading and tito.notebooks load nbformat, nbclient and nbgrader, which take seconds
+# to import; they are imported inside the commands that run notebooks, so that
+# `tito module list` and `status` answer at once.
 
 
 def register(subparsers) -> None:
@@ -40,8 +48,8 @@ def register(subparsers) -> None:
                              ("complete", run_complete, "test, then install your code into the tinytorch package")]:
         q = sub.add_parser(name, help=text)
         q.add_argument("module", metavar="MODULE")
-        q.add_argument("--timeout", type=int, default=grading.DEFAULT_CELL_TIMEOUT,
-                       help=f"seconds a notebook cell may run (default {grading.DEFAULT_CELL_TIMEOUT})")
+        q.add_argument("--timeout", type=int, default=None,
+                       help="seconds a notebook cell may run before it is interrupted and fails (default: 120)")
         q.set_defaults(func=func)
 
     q = sub.add_parser("reset", help="back up your notebook, restore the reference build; or --restore a backup")
@@ -119,6 +127,8 @@ def run_start(args) -> int:
     if path.exists():
         say(f"{path.relative_to(repo.root)} already exists; keeping it as it is (tito never overwrites it)")
     else:
+        from tito import notebooks
+
         source = repo.source_or_error(module)
         source_nb = notebooks.read_source(source)
         notebooks.check_source(source_nb, module.points, module.source)
@@ -140,7 +150,7 @@ def run_start(args) -> int:
     # A no-op handler, not SIG_IGN: an ignored signal would stay ignored in the child.
     previous = signal.signal(signal.SIGINT, lambda *_: None)
     try:
-        return subprocess.call(command, cwd=repo.root, env=grading.child_env(repo))
+        return subprocess.call(command, cwd=repo.root, env=repo.env())
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -159,7 +169,7 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def report(module: Module, result: grading.StudentResult) -> None:
+def report(module: Module, result: StudentResult) -> None:
     run = result.notebook
     print_table(f"{module.id}: graded cells of your notebook", ["test", "points", "result"],
                 [[g["grade_id"], g["points"], "pass" if g["passed"] else "FAIL"] for g in run.graded])
@@ -189,7 +199,7 @@ def report(module: Module, result: grading.StudentResult) -> None:
         say(_tail(package.output, 40))
 
 
-def _record_test(repo: Repo, module: Module, result: grading.StudentResult) -> None:
+def _record_test(repo: Repo, module: Module, result: StudentResult) -> None:
     progress = ws.load_progress(repo)
     entry = ws.record(progress, module)
     fields = {"last_test": {"time": ws.now(), "passed": result.ok, "points": result.notebook.points}}
@@ -198,10 +208,12 @@ def _record_test(repo: Repo, module: Module, result: grading.StudentResult) -> N
     ws.update(repo, module, **fields)
 
 
-def _run_tests(repo: Repo, module: Module, timeout: int) -> grading.StudentResult:
+def _run_tests(repo: Repo, module: Module, timeout: int | None) -> StudentResult:
+    from tito import grading
+
     path = _existing_notebook(repo, module)
     with step(f"running {path.relative_to(repo.root)} and the tests of {module.id}"):
-        result = grading.check_student(repo, module, path, timeout)
+        result = grading.check_student(repo, module, path, timeout or grading.DEFAULT_CELL_TIMEOUT)
     report(module, result)
     return result
 
@@ -288,6 +300,8 @@ def restore_backup(repo: Repo, module: Module, name: str) -> int:
     if backup is None:
         available = ", ".join(b.name for b in ws.list_backups(repo, module)) or "none"
         raise TitoError(f"no backup {name!r} for {module.id}; expected a file path or one of: {available}")
+    from tito import notebooks
+
     notebooks.read_notebook(backup)  # refuse to restore a corrupt file; the error says so
     path = ws.notebook_path(repo, module)
     if path.exists():

@@ -18,9 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nbgrader.api import Gradebook, MissingEntry
-
-from tito import grading, notebooks, workspace
+from tito import workspace
 from tito.console import TitoError, print_table, say, step
 from tito.manifest import Module, Repo
 
@@ -77,7 +75,7 @@ def _configured(course: Path) -> Path:
 def nbgrader(repo: Repo, course: Path, *arguments: str) -> subprocess.CompletedProcess:
     """Run `nbgrader ARGUMENTS` in the course folder; a failure is a TitoError with its log."""
     command = [sys.executable, "-m", "nbgrader", *arguments]
-    proc = subprocess.run(command, cwd=course, env=grading.child_env(repo), capture_output=True, text=True)
+    proc = subprocess.run(command, cwd=course, env=repo.env(), capture_output=True, text=True)
     if proc.returncode != 0:
         raise TitoError(f"`nbgrader {' '.join(arguments)}` failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return proc
@@ -109,6 +107,8 @@ def run_generate(args) -> int:
     repo = Repo.find(args.root)
     course = _configured(course_dir(repo, args.course))
     module = repo.module(args.module)
+    from tito import notebooks  # imported here: nbformat and nbgrader are slow to import
+
     nb = notebooks.read_source(repo.source_or_error(module))
     notebooks.check_source(nb, module.points, module.source)
     source = assignment_notebook(course, module, "source")
@@ -121,6 +121,8 @@ def run_generate(args) -> int:
 
 def scores(course: Path, module: Module) -> list[tuple[str, float, float]]:
     """(student, score, max score) of every graded submission, from nbgrader's gradebook."""
+    from nbgrader.api import Gradebook, MissingEntry  # imported here: slow to import
+
     database = course / "gradebook.db"
     if not database.is_file():
         return []

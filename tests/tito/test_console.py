@@ -33,3 +33,13 @@ def test_a_pipe_gets_plain_text(monkeypatch):
     monkeypatch.delenv("NO_COLOR", raising=False)
     out = table_on(io.StringIO(), monkeypatch)
     assert out.splitlines() == ["t", "module        state", "14_profiling  completed"]
+
+
+def test_the_cli_starts_without_loading_the_notebook_stack():
+    """`tito module status` must answer at once: nbformat/nbclient/nbgrader/jupytext take
+    seconds to import, so only the commands that touch notebooks load them."""
+    import subprocess
+
+    code = "import sys, tito.cli; print(sorted(m for m in ('nbformat', 'nbclient', 'nbgrader', 'jupytext') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
