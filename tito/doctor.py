@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import platform
 import sys
-import tempfile
 
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -96,20 +96,19 @@ def course_checks(root: str | None = None) -> list[tuple[str, str, bool]]:
 
 
 def workspace_writable(root: str | None) -> tuple[str, bool]:
-    """(where, ok): can tito create and write files in the checkout's workspace/?"""
+    """(where, ok): can tito create and write files in the checkout's workspace/? Asked of the
+    operating system (access(2)), so the check itself creates nothing."""
     from tito.console import TitoError
     from tito.manifest import find_root
 
     try:
         workspace = find_root(root) / "workspace"
-        workspace.mkdir(exist_ok=True)
-        with tempfile.TemporaryFile(dir=workspace):
-            pass
-        return str(workspace), True
     except TitoError as exc:
         return str(exc), False
-    except OSError as exc:
-        return f"not writable: {exc}", False
+    folder = workspace if workspace.exists() else workspace.parent  # where the files will be created
+    if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):
+        return str(workspace), True
+    return f"{folder} is not writable", False
 
 
 def run(args) -> int:

@@ -189,3 +189,8 @@ def test_doctor_outside_a_repository_fails_on_the_workspace_row(tmp_path, tito, 
     result = tito(None, "doctor")
     assert result.code == 1
     assert "missing or broken: workspace" in result.err
+
+
+def test_doctor_creates_nothing_in_the_checkout(repo, tito):
+    assert tito(repo, "doctor").code == 0
+    assert not (repo / "workspace").exists()
