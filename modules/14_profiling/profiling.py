@@ -1,0 +1,1669 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Module 14: Profiling. Measure before you optimize
+#
+# Every later module of this tier claims to make a model smaller or faster: INT8
+# quantization (15), pruning (16), a KV-cache (17), batching and fusion (18). A claim
+# needs a ruler. In this module you build that ruler, `tinytorch.profiling`:
+#
+# | you build | it answers |
+# |---|---|
+# | `count_parameters`, `parameter_bytes` | how big is the model, in weights and in real bytes? |
+# | `layer_flops`, `count_flops` | how much arithmetic does one forward pass do, layer by layer? |
+# | `latency_stats`, `measure_latency` | how long does it take, and how sure are we? |
+# | `measure_memory` | how much memory do the activations need, beside the weights? |
+# | `measure_machine`, `roofline` | is a layer limited by arithmetic or by memory traffic? |
+# | `Profiler` | all of it in one per-layer report, forward and backward |
+#
+# Prerequisites: the foundation `tinytorch.core` (Tensor, Module with forward hooks,
+# Linear, Conv2d, LayerNorm, attention, GPT). Time: about 3 hours.
+
+# %%
+#| default_exp profiling
+
+# %%
+import sys
+import time
+
+import matplotlib
+
+if "ipykernel" not in sys.modules:  # run as a script: draw into memory, show nothing
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+import tinytorch.core as tc
+from tinytorch import datasets, models
+
+
+def show(fig):
+    """Display a figure in Jupyter; close it when run as a plain script (Agg backend)."""
+    if matplotlib.get_backend().lower() == "agg":
+        plt.close(fig)
+    else:
+        plt.show()
+
+
+# %% [markdown]
+# ## 1. Why: FLOPs are not time
+#
+# The first number people quote about a model is its FLOP count. It is a good measure
+# of *work*, and a poor predictor of *time*. Below are two pieces of a transformer layer
+# on the same activations (256 tokens of width 128): the matrix product of a
+# `Linear(128, 128)` and a LayerNorm, both in plain NumPy. Count their arithmetic by
+# hand: the matmul does 256 x 128 x 128 multiply-adds, the LayerNorm about 7 operations
+# per element. Then time them on this machine.
+
+# %%
+_rng = np.random.default_rng(0)
+_x = _rng.standard_normal((256, 128)).astype(np.float32)
+_w = _rng.standard_normal((128, 128)).astype(np.float32)
+
+
+def _matmul():
+    return _x @ _w.T
+
+
+def _layernorm():
+    mu = _x.mean(axis=-1, keepdims=True)
+    xc = _x - mu
+    return xc / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + 1e-5)
+
+
+def _best_of(fn, repeats=200):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+_flops_mm, _flops_ln = 2 * 256 * 128 * 128, 7 * 256 * 128
+_t_mm, _t_ln = _best_of(_matmul), _best_of(_layernorm)
+print(f"matmul   : {_flops_mm / 1e6:6.2f} MFLOP in {_t_mm * 1e6:7.1f} us -> {_flops_mm / _t_mm / 1e9:6.2f} GFLOP/s")
+print(f"layernorm: {_flops_ln / 1e6:6.2f} MFLOP in {_t_ln * 1e6:7.1f} us -> {_flops_ln / _t_ln / 1e9:6.2f} GFLOP/s")
+print(f"the matmul does {_flops_mm / _flops_ln:.0f}x the arithmetic but takes only {_t_mm / _t_ln:.1f}x the time")
+
+# %% [markdown]
+# The matmul does tens of times more arithmetic, yet the two take times of the same
+# order (the exact ratio is printed above; it moves with the machine and its load). The
+# LayerNorm runs at a small fraction of the matmul's FLOP/s: it does a few operations
+# per number it reads, so it waits on memory, and each of its NumPy calls pays a fixed
+# overhead. An optimization guided by FLOPs alone would attack the wrong layer. That is
+# why this module measures four things separately, per layer: **parameters** (size),
+# **FLOPs** (work), **memory** (bytes), **time** (what the user feels), and then
+# explains time with a model of the machine, the **roofline**.
+
+# %% [markdown]
+# ## 2. The idea
+#
+# **Counting convention.** One multiply-add `a += w * x` is one **MAC** and counts as
+# **2 FLOPs**. This is the convention of fvcore and thop users (thop reports MACs,
+# papers double them into FLOPs). A layer's FLOPs are `2 x MACs` plus the element-wise
+# operations it does, each counted as FLOPs with 0 MACs:
+#
+# | layer | MACs | extra FLOPs (0 MACs) |
+# |---|---|---|
+# | `Linear(in, out)`, input with `N` rows (all leading dims) | `N * in * out` | `N * out` bias adds, if it has a bias |
+# | `Conv2d(C, OC, kh x kw)`, output `(B, OC, OH, OW)` | `B*OC*OH*OW * C*kh*kw` | `B*OC*OH*OW` bias adds |
+# | `MultiHeadAttention` own math, input `(B, T, C)`, `H` heads of size `D` | `QK^T: B*H*T*T*D` + `AV: B*H*T*T*D` | per score (`B*H*T*T`): scale 1 + mask add 1 + softmax 5 |
+# | `ReLU` | 0 | 1 per element (a comparison) |
+# | `GELU` (tanh form) | 0 | 9 per element: `x*x*x` (2), `*0.044715`, `+x`, `*sqrt(2/pi)`, `tanh`, `1+t`, `0.5*x`, `*(...)` |
+# | `Softmax` | 0 | 5 per element: max, subtract, exp, sum, divide |
+# | `LayerNorm` | 0 | 7 per element: mean (add), centre (sub), variance (mul, add), normalize (mul), scale (mul), shift (add) |
+# | `MaxPool2d(kh x kw)` | 0 | `kh*kw - 1` comparisons per output element |
+# | `TransformerBlock` own math | 0 | 2 residual adds: 2 per output element |
+# | `GPT` own math | 0 | token + position embedding add: `B*T*C` |
+# | `Embedding`, `Flatten`, `Dropout`, `Sequential`, `MLP`, ... | 0 | 0 (lookups, reshapes, identity at inference) |
+#
+# Per-row constants (dividing by `n`, adding `eps`, a square root per row) are left
+# out: they are under 1% for widths of 64 and more. The attention's projections
+# `q_proj, k_proj, v_proj, out_proj` are `Linear` children with their own rows; the
+# attention row holds only the math in its own `forward` (the `QK^T`, the softmax and
+# `AV`). So every operation is counted exactly once, and **the model total is the sum
+# of the rows**.
+#
+# Worked example: `Linear(3, 2)` on a batch of 4 does `4 * 3 * 2 = 24` MACs, i.e.
+# 48 FLOPs, plus `4 * 2 = 8` bias adds: **56 FLOPs**. A `ReLU` on its output
+# `(4, 2)` adds 8 more.
+#
+# **Hooks.** We never change a model to measure it. `Module.register_forward_hook(fn)`
+# calls `fn(module, inputs, output)` after every forward of that module and returns a
+# handle whose `remove()` takes the hook out again; a forward *pre*-hook
+# `fn(module, inputs)` runs before. A profiler puts one hook on every module, runs one
+# forward, and removes them all, even when the forward fails.
+#
+# **Latency is a distribution.** Ten runs of the same forward give ten different
+# times: caches, the OS, other processes and the CPU clock all move them. We report the
+# **median** (robust to the rare slow run), the **mean**, the **p90/p99** tails (what
+# the slowest users see), the **std**, and a **95% confidence interval of the median**.
+# We use the distribution-free order-statistic interval: sorted samples
+# `x(1) <= ... <= x(n)`, the interval `[x(d+1), x(n-d)]` contains the true median
+# with probability `1 - 2 P(B <= d)` for `B ~ Binomial(n, 1/2)`; we take the largest
+# `d` that keeps this at least 95%. For `n = 10`, `P(B <= 1) = 11/1024`, so
+# `[x(2), x(9)]` has coverage `1 - 22/1024 = 97.9%`, while `[x(3), x(8)]` would only
+# have 89%. No normality is assumed (latencies are skewed), and no random resampling
+# is needed, so the interval is a pure function of the samples.
+#
+# **Roofline.** A machine does at most `P` FLOP/s (peak arithmetic) and moves at most
+# `W` bytes/s (memory bandwidth). A layer that does `F` FLOPs and moves `M` bytes has
+# **arithmetic intensity** `I = F / M` (FLOPs per byte) and can run at most at
+# `min(P, I * W)` FLOP/s. The **ridge point** `I* = P / W` separates the two regimes:
+# below it a layer is **memory-bound**, above it **compute-bound**. Example: with
+# `P = 100` GFLOP/s and `W = 10` GB/s the ridge is at 10 FLOP/byte; a LayerNorm
+# (7 FLOPs per element, 4 bytes read + 4 written) has `I = 0.9` and is memory-bound.
+
+# %% [markdown]
+# ## 3. Build it
+#
+# The first cell is given: imports, the per-element costs of the table above, and small
+# helpers for shapes, bytes and printing tables.
+
+# %%
+#| export
+"""Profiling: parameters, FLOPs/MACs, memory, latency and the roofline, per layer.
+
+Convention: one multiply-add = 1 MAC = 2 FLOPs (as fvcore/thop users meet it);
+element-wise work (bias adds, activations, normalization, softmax) counts as FLOPs
+with 0 MACs, at the per-element costs in FLOPS_PER_ELEMENT.
+"""
+
+import gc
+import math
+import time
+import tracemalloc
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+import numpy as np
+import psutil
+
+import tinytorch.core as tc
+from tinytorch.core import Module, Tensor
+
+# FLOPs per element of the element-wise layers (0 MACs each); see the notebook's table.
+FLOPS_PER_ELEMENT = {
+    "ReLU": 1,       # max(x, 0): one comparison
+    "GELU": 9,       # tanh form: x*x*x (2), *0.044715, +x, *sqrt(2/pi), tanh, 1+t, 0.5*x, *(...)
+    "Softmax": 5,    # max, subtract, exp, sum, divide
+    "LayerNorm": 7,  # mean (add), centre (sub), variance (mul, add), normalize (mul), scale (mul), shift (add)
+}
+# FLOPs per attention score (B*H*T*T of them) beside the QK^T and AV matmuls:
+# scale by 1/sqrt(D) (1), add the causal mask (1), softmax (5).
+ATTENTION_FLOPS_PER_SCORE = 2 + FLOPS_PER_ELEMENT["Softmax"]
+
+
+def _check_module(model, where: str) -> None:
+    if not isinstance(model, Module):
+        raise TypeError(f"{where} expects a tinytorch Module, got {type(model).__name__}")
+
+
+def _check_int(value, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _array(x):
+    """The ndarray behind a Tensor or ndarray; None for anything else."""
+    if isinstance(x, Tensor):
+        return x.data
+    if isinstance(x, np.ndarray):
+        return x
+    return None
+
+
+def _shape(x):
+    a = _array(x)
+    return None if a is None else tuple(a.shape)
+
+
+def _nbytes(x) -> int:
+    """Bytes of the arrays in x (a Tensor, an ndarray, or a tuple/list of them)."""
+    if isinstance(x, (tuple, list)):
+        return sum(_nbytes(v) for v in x)
+    a = _array(x)
+    return 0 if a is None else int(a.nbytes)
+
+
+def _own_parameters(module: Module) -> list:
+    """The Parameters stored directly on `module` (not in its children)."""
+    return [v for v in vars(module).values() if isinstance(v, tc.Parameter)]
+
+
+def _si(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= factor:
+            return f"{n / factor:.3g}{prefix}{unit}"
+    return f"{n:.3g}{unit}" if isinstance(n, float) else f"{n}{unit}"
+
+
+def format_table(columns: list, rows: list) -> str:
+    """Plain text table: a header line and left-aligned columns separated by two spaces."""
+    cells = [[str(c) for c in columns]] + [[str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# %% [markdown]
+# ### 3.1 Parameters
+#
+# A model's size is the number of numbers it stores. `count_parameters` counts the
+# elements of every `Parameter` once (a shared parameter is one array), and how many of
+# them are trainable (`requires_grad`). Freezing a layer (`p.requires_grad = False`)
+# keeps it in the total but not in `trainable`.
+
+# %% nbgrader={"grade": false, "grade_id": "count-parameters", "locked": false, "schema_version": 3, "solution": true}
+#| export
+class ParameterCount(NamedTuple):
+    total: int       # elements of every Parameter
+    trainable: int   # elements of the Parameters with requires_grad
+
+
+def count_parameters(model) -> ParameterCount:
+    """Count the parameter elements of `model`: (total, trainable).
+
+    TODO: walk the model's parameters once each and add up their sizes.
+
+    APPROACH:
+    1. `model.named_parameters()` yields (name, Parameter) pairs, each array once.
+    2. Add `p.size` to the total; add it to `trainable` too when `p.requires_grad`.
+    3. Return ParameterCount(total, trainable) with Python ints.
+
+    HINTS:
+    - Do not use `model.state_dict()`: it copies every array.
+    - A Parameter is a Tensor: `.size` is its number of elements.
+
+    EXAMPLE:
+    >>> count_parameters(tc.Linear(3, 2))
+    ParameterCount(total=8, trainable=8)
+    """
+    _check_module(model, "count_parameters")
+    ### BEGIN SOLUTION
+    total = trainable = 0
+    for _, p in model.named_parameters():
+        total += int(p.size)
+        if p.requires_grad:
+            trainable += int(p.size)
+    return ParameterCount(total, trainable)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-count-parameters", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+_m = tc.Sequential(tc.Linear(3, 2), tc.ReLU(), tc.Linear(2, 5, bias=False))
+assert count_parameters(_m) == (3 * 2 + 2 + 2 * 5, 3 * 2 + 2 + 2 * 5), count_parameters(_m)
+_m[0].bias.requires_grad = False
+assert count_parameters(_m) == (18, 16), "a frozen bias stays in the total but is not trainable"
+assert count_parameters(tc.LayerNorm(7)).total == 14
+try:
+    count_parameters("not a model")
+    raise AssertionError("a non-Module must be rejected")
+except TypeError:
+    pass
+print("count_parameters: ok")
+
+# %% [markdown]
+# Elements are not bytes: a float32 weight takes 4 bytes, a float64 one 8, and module
+# 15's INT8 weights 1. `parameter_bytes` reads the real `nbytes` of each stored array,
+# parameters and buffers (a quantized layer keeps its int8 weights and scales as
+# buffers), so it stays right when later modules change the dtypes.
+
+# %% nbgrader={"grade": false, "grade_id": "parameter-bytes", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def parameter_bytes(model, include_buffers: bool = True) -> int:
+    """Bytes of the arrays `model` stores: parameters, plus buffers unless include_buffers=False.
+
+    TODO: add up `nbytes` of every parameter array (and every buffer).
+
+    APPROACH:
+    1. `model.named_parameters()`: add `p.data.nbytes` for each.
+    2. If include_buffers: `model.named_buffers()` yields (name, ndarray); add `.nbytes`.
+
+    HINTS:
+    - `nbytes` already knows the dtype: never multiply by 4 yourself.
+
+    EXAMPLE:
+    >>> parameter_bytes(tc.Linear(3, 2))     # 8 float32 numbers
+    32
+    """
+    _check_module(model, "parameter_bytes")
+    ### BEGIN SOLUTION
+    total = sum(int(p.data.nbytes) for _, p in model.named_parameters())
+    if include_buffers:
+        total += sum(int(b.nbytes) for _, b in model.named_buffers())
+    return total
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-parameter-bytes", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+_m = tc.Sequential(tc.Linear(3, 2), tc.Linear(2, 5, bias=False))
+assert parameter_bytes(_m) == 18 * 4
+_m[1].weight.data = _m[1].weight.data.astype(np.float64)
+assert parameter_bytes(_m) == 8 * 4 + 10 * 8, "read each array's real dtype"
+_m[1].register_buffer("scale", np.ones(3, dtype=np.int8))
+assert parameter_bytes(_m) == 8 * 4 + 10 * 8 + 3
+assert parameter_bytes(_m, include_buffers=False) == 8 * 4 + 10 * 8
+print("parameter_bytes: ok")
+
+# %% [markdown]
+# ### 3.2 FLOPs of one layer
+#
+# `layer_flops(module, input_shapes, output_shape)` is the table of section 2 as code.
+# It gets the shapes a forward hook sees, and returns `(macs, flops)` for the module's
+# **own** work, or `None` for a type it does not know (so a caller can say so instead
+# of silently counting 0).
+
+# %% nbgrader={"grade": false, "grade_id": "layer-flops", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def layer_flops(module, input_shapes, output_shape):
+    """(MACs, FLOPs) of one forward call of `module`'s own work, or None for an unknown type.
+
+    input_shapes: the shapes of the array inputs of the call (a list of tuples);
+    output_shape: the shape of its output. Counts include the batch dimensions.
+    FLOPs = 2 * MACs + element-wise FLOPs (bias adds, activations, ...).
+
+    TODO: implement the table of section 2 for Linear, Conv2d, MultiHeadAttention,
+    ReLU, GELU, Softmax, LayerNorm, MaxPool2d, TransformerBlock, GPT; return (0, 0) for
+    Embedding, Flatten, Dropout, Sequential, ModuleList, MLP; None for anything else.
+
+    APPROACH:
+    1. x = input_shapes[0]; out = the number of output elements (math.prod(output_shape)).
+    2. Linear: MACs = (elements of x) * out_features; FLOPs = 2*MACs + out if it has a bias.
+    3. Conv2d: MACs = out * in_channels * kh * kw; FLOPs = 2*MACs + out if it has a bias.
+    4. MultiHeadAttention: x = (B, T, C); MACs = 2 * B*H*T*T*D (QK^T and AV);
+       FLOPs = 2*MACs + ATTENTION_FLOPS_PER_SCORE * B*H*T*T.
+    5. ReLU/GELU/Softmax/LayerNorm: (0, FLOPS_PER_ELEMENT[type name] * out).
+    6. MaxPool2d: (0, (kh*kw - 1) * out). TransformerBlock: (0, 2 * out).
+       GPT: x = (B, T) token ids; (0, B * T * embed_dim).
+
+    HINTS:
+    - Use isinstance (a subclass of Linear is still a Linear) and test the specific
+      classes before the general ones.
+    - Python ints (math.prod) never overflow; np.prod of a big shape can.
+    - Module attributes you need: Linear.out_features, .bias; Conv2d.in_channels,
+      .kernel_size (kh, kw); MultiHeadAttention.num_heads, .head_dim;
+      MaxPool2d.kernel_size; GPT.config.embed_dim.
+
+    EXAMPLE:
+    >>> layer_flops(tc.Linear(3, 2), [(4, 3)], (4, 2))
+    (24, 56)
+    >>> layer_flops(tc.ReLU(), [(4, 2)], (4, 2))
+    (0, 8)
+    """
+    _check_module(module, "layer_flops")
+    ### BEGIN SOLUTION
+    x = tuple(input_shapes[0]) if input_shapes else ()
+    out = math.prod(output_shape) if output_shape is not None else 0
+    if isinstance(module, tc.Linear):
+        macs = math.prod(x) * module.out_features  # each input element meets each output feature once
+        return macs, 2 * macs + (out if module.bias is not None else 0)
+    if isinstance(module, tc.Conv2d):
+        kh, kw = module.kernel_size
+        macs = out * module.in_channels * kh * kw  # each output pixel is a dot product of length C*kh*kw
+        return macs, 2 * macs + (out if module.bias is not None else 0)
+    if isinstance(module, tc.MultiHeadAttention):
+        b, t, _ = x
+        scores = b * module.num_heads * t * t
+        macs = 2 * scores * module.head_dim  # QK^T and AV: per head, T*T dot products of length D
+        return macs, 2 * macs + ATTENTION_FLOPS_PER_SCORE * scores
+    for cls in (tc.ReLU, tc.GELU, tc.Softmax, tc.LayerNorm):
+        if isinstance(module, cls):
+            return 0, FLOPS_PER_ELEMENT[cls.__name__] * out
+    if isinstance(module, tc.MaxPool2d):
+        kh, kw = module.kernel_size
+        return 0, (kh * kw - 1) * out
+    if isinstance(module, tc.TransformerBlock):
+        return 0, 2 * out  # x + attn(...), x + mlp(...)
+    if isinstance(module, tc.GPT):
+        b, t = x
+        return 0, b * t * module.config.embed_dim  # tok_emb + pos_emb
+    if isinstance(module, (tc.Embedding, tc.Flatten, tc.Dropout, tc.ModuleList, tc.MLP)):
+        return 0, 0  # Sequential is a ModuleList
+    return None
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-layer-flops", "locked": true, "points": 20, "schema_version": 3, "solution": false}
+assert layer_flops(tc.Linear(3, 2), [(4, 3)], (4, 2)) == (24, 56)
+assert layer_flops(tc.Linear(3, 2, bias=False), [(4, 3)], (4, 2)) == (24, 48)
+assert layer_flops(tc.Linear(8, 5), [(2, 7, 8)], (2, 7, 5)) == (2 * 7 * 8 * 5, 2 * 2 * 7 * 8 * 5 + 2 * 7 * 5)
+# Conv2d(3 -> 4, 3x3, stride 2, padding 1) on (2, 3, 9, 9): output (2, 4, 5, 5)
+_c = tc.Conv2d(3, 4, 3, stride=2, padding=1)
+assert layer_flops(_c, [(2, 3, 9, 9)], (2, 4, 5, 5)) == (200 * 27, 2 * 200 * 27 + 200)
+# attention: B=2, T=5, C=8, H=2 (D=4): 2*2*5*5 = 100 scores
+_a = tc.MultiHeadAttention(8, 2)
+assert layer_flops(_a, [(2, 5, 8)], (2, 5, 8)) == (2 * 100 * 4, 4 * 100 * 4 + 7 * 100)
+assert layer_flops(tc.ReLU(), [(4, 2)], (4, 2)) == (0, 8)
+assert layer_flops(tc.GELU(), [(3, 5)], (3, 5)) == (0, 9 * 15)
+assert layer_flops(tc.Softmax(), [(3, 5)], (3, 5)) == (0, 5 * 15)
+assert layer_flops(tc.LayerNorm(5), [(3, 5)], (3, 5)) == (0, 7 * 15)
+assert layer_flops(tc.MaxPool2d(2), [(1, 2, 4, 4)], (1, 2, 2, 2)) == (0, 3 * 8)
+assert layer_flops(tc.TransformerBlock(8, 2), [(2, 5, 8)], (2, 5, 8)) == (0, 2 * 80)
+assert layer_flops(tc.GPT(tc.GPTConfig(vocab_size=11, context_length=8, embed_dim=8, num_layers=1, num_heads=2)),
+                   [(2, 5)], (2, 5, 11)) == (0, 80)
+assert layer_flops(tc.Embedding(10, 4), [(2, 5)], (2, 5, 4)) == (0, 0)
+assert layer_flops(tc.Sequential(tc.ReLU()), [(2, 3)], (2, 3)) == (0, 0)
+
+
+class _Mystery(tc.Module):
+    def forward(self, x):
+        return x
+
+
+assert layer_flops(_Mystery(), [(2, 3)], (2, 3)) is None, "an unknown layer type must not be counted as 0"
+print("layer_flops: ok")
+
+# %% [markdown]
+# ### 3.3 FLOPs of a whole model, layer by layer
+#
+# `count_flops(model, example_input)` puts a forward hook on every module
+# (`model.named_modules()` names them, `""` is the model itself), runs **one** forward
+# under `no_grad`, and turns each hook call into a row: name, type, input and output
+# shapes, MACs, FLOPs, the module's own parameters, and the **bytes** that cross its
+# boundary (its array inputs + its own parameters + its output, one pass each: a lower
+# bound on the memory traffic, used by the roofline later). Rows accumulate when a
+# module is called more than once. The hooks come off in a `finally:` block, so a
+# forward that raises (a wrong input shape) leaves the model clean.
+#
+# A leaf module of an unknown type is counted as 0, marked `counted=False`, and named in
+# a warning; a container of an unknown type is assumed to only call its children. Later
+# modules add their own layers with `rules={TheirLayer: fn}`, where `fn` has the
+# signature of `layer_flops`.
+
+# %% nbgrader={"grade": false, "grade_id": "count-flops", "locked": false, "schema_version": 3, "solution": true}
+#| export
+@dataclass
+class LayerRow:
+    """One module's own work in one forward pass (summed over its calls)."""
+    name: str            # dotted name from named_modules(); "" is the model itself
+    type: str
+    input_shapes: list   # shapes of the array inputs of the first call
+    output_shape: tuple  # shape of the output of the first call (None if not an array)
+    macs: int
+    flops: int
+    params: int          # elements of the module's own parameters (not its children's)
+    bytes: int           # array inputs + own parameters + output, summed over calls
+    calls: int
+    leaf: bool           # True when the module has no child modules
+    counted: bool = True  # False when no rule knew the module's type
+
+
+@dataclass
+class FlopReport:
+    """Per-layer counts of one forward pass; totals are sums of the rows."""
+    model_type: str
+    rows: list
+
+    @property
+    def total_macs(self) -> int:
+        return sum(r.macs for r in self.rows)
+
+    @property
+    def total_flops(self) -> int:
+        return sum(r.flops for r in self.rows)
+
+    @property
+    def uncounted(self) -> list:
+        return [r.name for r in self.rows if not r.counted]
+
+    def row(self, name: str) -> LayerRow:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(f"no layer named {name!r}; layers: {[r.name for r in self.rows]}")
+
+    def table(self) -> str:
+        total = self.total_flops or 1
+        rows = [[r.name or f"({self.model_type})", r.type, "x".join(map(str, r.output_shape or ())),
+                 _si(r.params), _si(r.macs), _si(r.flops), f"{100 * r.flops / total:.1f}%"] for r in self.rows]
+        rows.append(["total", "", "", _si(sum(r.params for r in self.rows)), _si(self.total_macs),
+                     _si(self.total_flops), "100%"])
+        return format_table(["layer", "type", "output", "params", "MACs", "FLOPs", "share"], rows)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def count_flops(model, example_input, rules=None) -> FlopReport:
+    """Run one forward pass of `model` on `example_input` with forward hooks; return a FlopReport.
+
+    example_input: what the model takes (a tuple is passed as several arguments).
+    rules: optional {ModuleClass: fn(module, input_shapes, output_shape) -> (macs, flops)}
+           used before layer_flops (subclasses match too).
+
+    TODO: hook every module, run the forward without recording a graph, build the rows,
+    and remove every hook you added, even if the forward raises.
+
+    APPROACH:
+    1. For each (name, module) of model.named_modules(), register a forward hook that
+       records (inputs' shapes, output shape, bytes) and the module's (macs, flops).
+       Keep the handles; a dict keyed by name keeps the rows in named_modules() order.
+    2. Cost of a call: the first rule whose class is in type(module).__mro__, else
+       layer_flops; None -> 0 and counted=False for a leaf (a module without
+       children); a container with no rule costs 0 and is counted.
+    3. `with tc.no_grad(): model(*args)` inside try: ... finally: remove every handle.
+    4. Return FlopReport(type(model).__name__, rows of the modules that ran).
+       Warn (warnings.warn) naming the uncounted layers, if any.
+
+    HINTS:
+    - Shapes and bytes: the helpers _shape(x) and _nbytes(x) accept Tensors and arrays
+      and return None / 0 for anything else (e.g. a Python int argument).
+    - Own parameters: _own_parameters(module); their bytes are p.data.nbytes.
+    - `next(module.children(), None) is None` tells a leaf.
+
+    EXAMPLE:
+    >>> r = count_flops(tc.Sequential(tc.Linear(3, 2), tc.ReLU()), np.ones((4, 3), np.float32))
+    >>> [(row.name, row.macs, row.flops) for row in r.rows]
+    [('', 0, 0), ('0', 24, 56), ('1', 0, 8)]
+    """
+    _check_module(model, "count_flops")
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    rules = dict(rules or {})
+    for cls, fn in rules.items():
+        if not (isinstance(cls, type) and callable(fn)):
+            raise TypeError(f"rules must map Module classes to functions, got {cls!r}: {fn!r}")
+    ### BEGIN SOLUTION
+    rows: dict = {}
+    handles = []
+
+    def make_hook(name):
+        def hook(module, inputs, output):
+            in_shapes = [s for s in (_shape(a) for a in inputs) if s is not None]
+            out_shape = _shape(output)
+            rule = next((rules[c] for c in type(module).__mro__ if c in rules), layer_flops)
+            cost = rule(module, in_shapes, out_shape)
+            leaf = next(module.children(), None) is None
+            counted = cost is not None or not leaf
+            macs, flops = cost if cost is not None else (0, 0)
+            own = _own_parameters(module)
+            moved = _nbytes(list(inputs)) + sum(int(p.data.nbytes) for p in own) + _nbytes(output)
+            if name not in rows:
+                rows[name] = LayerRow(name, type(module).__name__, in_shapes, out_shape, 0, 0,
+                                      sum(int(p.size) for p in own), 0, 0, leaf, counted)
+            row = rows[name]
+            row.macs += int(macs)
+            row.flops += int(flops)
+            row.bytes += moved
+            row.calls += 1
+        return hook
+
+    order = [name for name, _ in model.named_modules()]
+    try:
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        with tc.no_grad():
+            model(*args)
+    finally:
+        for handle in handles:
+            handle.remove()
+    report = FlopReport(type(model).__name__, [rows[name] for name in order if name in rows])
+    if report.uncounted:
+        warnings.warn(f"count_flops: no FLOP rule for {report.uncounted}; they count as 0 "
+                      "(pass rules={TheirClass: fn} to count them)", stacklevel=2)
+    return report
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-count-flops", "locked": true, "points": 15, "schema_version": 3, "solution": false}
+_m = tc.Sequential(tc.Linear(3, 2), tc.ReLU())
+_r = count_flops(_m, np.ones((4, 3), np.float32))
+assert [(row.name, row.macs, row.flops) for row in _r.rows] == [("", 0, 0), ("0", 24, 56), ("1", 0, 8)]
+assert _r.total_flops == 64 and _r.total_macs == 24
+assert _r.row("0").output_shape == (4, 2) and _r.row("0").params == 8
+assert _r.row("0").bytes == 4 * 3 * 4 + 8 * 4 + 4 * 2 * 4, "bytes: input + own parameters + output"
+# a small GPT, counted by hand from its config
+_cfg = tc.GPTConfig(vocab_size=13, context_length=16, embed_dim=8, num_layers=2, num_heads=2)
+_B, _T, _C, _H, _V, _L = 3, 6, 8, 2, 13, 2
+_per_block = (2 * 7 * _B * _T * _C                                  # ln1, ln2
+              + 4 * (2 * _B * _T * _C * _C + _B * _T * _C)           # q, k, v, out projections
+              + 2 * 2 * _B * _H * _T * _T * (_C // _H) + 7 * _B * _H * _T * _T  # attention's own math
+              + 2 * _B * _T * _C * 4 * _C + _B * _T * 4 * _C          # mlp.fc
+              + 9 * _B * _T * 4 * _C                                  # gelu
+              + 2 * _B * _T * 4 * _C * _C + _B * _T * _C              # mlp.proj
+              + 2 * _B * _T * _C)                                     # two residual adds
+_expected = _B * _T * _C + _L * _per_block + 7 * _B * _T * _C + 2 * _B * _T * _C * _V
+_gpt = tc.GPT(_cfg)
+_r = count_flops(_gpt, np.zeros((_B, _T), dtype=np.int64))
+assert _r.total_flops == _expected, (_r.total_flops, _expected)
+assert _r.total_flops == sum(row.flops for row in _r.rows)
+assert _r.row("blocks.0.attn.q_proj").macs == _B * _T * _C * _C
+assert all(not m._forward_hooks for _, m in _gpt.named_modules()), "remove every hook"
+assert count_flops(_gpt, np.zeros((_B, _T), dtype=np.int64)).total_flops == _expected, "a second count is identical"
+try:
+    count_flops(tc.Linear(3, 2), np.ones((4, 5), np.float32))
+    raise AssertionError("a wrong input shape must raise")
+except ValueError:
+    pass
+print("count_flops: ok")
+
+# %% [markdown]
+# ### 3.4 Latency statistics, a pure function of the samples
+#
+# Timing and statistics are kept apart: `latency_stats(samples)` only computes, so it
+# can be checked on arrays whose answers we know, and `measure_latency` (next) only
+# measures. Conventions: percentiles by linear interpolation (NumPy's default), `std`
+# with `ddof=1` (the sample standard deviation; 0 for a single sample), and the
+# order-statistic confidence interval of the median from section 2. `ci_coverage` is
+# the exact coverage of the interval returned: at least `confidence` when there are
+# enough samples (6 or more for 95%), and below it (reported, not hidden) when there
+# are too few.
+
+# %% nbgrader={"grade": false, "grade_id": "latency-stats", "locked": false, "schema_version": 3, "solution": true}
+#| export
+@dataclass(eq=False)
+class LatencyStats:
+    """Summary of latency samples in seconds (warm-up runs are not among them)."""
+    samples: np.ndarray
+    median: float
+    mean: float
+    std: float           # sample standard deviation (ddof=1)
+    p90: float
+    p99: float
+    min: float
+    max: float
+    ci_low: float        # confidence interval of the MEDIAN (order statistics, distribution-free)
+    ci_high: float
+    confidence: float    # the requested level, e.g. 0.95
+    ci_coverage: float   # the exact coverage of [ci_low, ci_high]
+
+    @property
+    def n(self) -> int:
+        return len(self.samples)
+
+    def __str__(self) -> str:
+        ms = 1e3
+        return (f"median {self.median * ms:.3f} ms ({100 * self.confidence:.0f}% CI {self.ci_low * ms:.3f}-"
+                f"{self.ci_high * ms:.3f} ms), mean {self.mean * ms:.3f} ms, std {self.std * ms:.3f} ms, "
+                f"p90 {self.p90 * ms:.3f} ms, p99 {self.p99 * ms:.3f} ms, n={self.n}")
+
+
+def latency_stats(samples, confidence: float = 0.95) -> LatencyStats:
+    """Median, mean, std, p90, p99 and a confidence interval of the median of `samples` (seconds).
+
+    TODO: compute the statistics and the order-statistic interval of the median.
+
+    APPROACH:
+    1. x = sorted float64 copy of the samples; n = len(x).
+    2. median, p90, p99 with np.percentile (linear interpolation); mean; std with ddof=1
+       (0.0 when n == 1); min and max.
+    3. The interval [x(d+1), x(n-d)] (1-based) covers the median with probability
+       1 - 2 * P(B <= d), B ~ Binomial(n, 1/2), P(B <= d) = sum(comb(n, i), i <= d) / 2**n.
+       Take the largest d < n/2 whose coverage is >= confidence; if even d = 0 falls
+       short, use d = 0 (min, max) and report its coverage.
+    4. Return LatencyStats(...) with Python floats (samples: the array in the ORIGINAL order).
+
+    HINTS:
+    - math.comb(n, i) is exact; keep the sum an int and divide once (n can be large:
+      compare with fractions.Fraction, or use float only for n below ~1000).
+    - In 0-based indexing the interval is (x[d], x[n - 1 - d]).
+
+    EXAMPLE:
+    >>> s = latency_stats([3, 1, 2, 5, 4, 6, 8, 7, 10, 9])
+    >>> s.median, s.p90, (s.ci_low, s.ci_high), round(s.ci_coverage, 4)
+    (5.5, 9.1, (2.0, 9.0), 0.9785)
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"latency_stats expects a non-empty 1-D sequence of times, got shape {x.shape}")
+    if not np.isfinite(x).all() or (x < 0).any():
+        raise ValueError(f"latency samples must be finite and >= 0 seconds, got min {x.min()!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence!r}")
+    ### BEGIN SOLUTION
+    from fractions import Fraction
+
+    ordered = np.sort(x)
+    n = len(ordered)
+    median, p90, p99 = np.percentile(ordered, [50, 90, 99])
+    std = float(np.std(ordered, ddof=1)) if n > 1 else 0.0
+
+    def coverage(d: int) -> Fraction:  # P(x(d+1) <= true median <= x(n-d))
+        below = sum(math.comb(n, i) for i in range(d + 1))
+        return 1 - Fraction(2 * below, 2 ** n)
+
+    d = 0
+    while d + 1 < n / 2 and coverage(d + 1) >= Fraction(confidence):
+        d += 1
+    return LatencyStats(samples=x, median=float(median), mean=float(ordered.mean()), std=std,
+                        p90=float(p90), p99=float(p99), min=float(ordered[0]), max=float(ordered[-1]),
+                        ci_low=float(ordered[d]), ci_high=float(ordered[n - 1 - d]),
+                        confidence=float(confidence), ci_coverage=float(coverage(d)))
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-latency-stats", "locked": true, "points": 15, "schema_version": 3, "solution": false}
+_s = latency_stats([3, 1, 2, 5, 4, 6, 8, 7, 10, 9])
+assert (_s.median, _s.mean, _s.min, _s.max, _s.n) == (5.5, 5.5, 1.0, 10.0, 10)
+assert abs(_s.p90 - 9.1) < 1e-12 and abs(_s.p99 - 9.91) < 1e-12
+assert abs(_s.std - np.sqrt(np.sum((np.arange(1, 11) - 5.5) ** 2) / 9)) < 1e-12, "std uses ddof=1"
+assert (_s.ci_low, _s.ci_high) == (2.0, 9.0) and abs(_s.ci_coverage - (1 - 22 / 1024)) < 1e-12
+assert list(_s.samples[:3]) == [3, 1, 2], "keep the samples in measurement order"
+_s = latency_stats(np.arange(1.0, 101.0))   # n = 100: the 95% interval is [x(40), x(61)]
+assert (_s.ci_low, _s.ci_high) == (40.0, 61.0) and _s.ci_coverage >= 0.95
+_s50 = latency_stats(np.arange(1.0, 101.0), confidence=0.5)
+assert _s50.ci_low > 40.0 and _s50.ci_high < 61.0, "a lower confidence gives a narrower interval"
+_s = latency_stats([2.0, 1.0, 3.0])          # too few for 95%: (min, max) with its true coverage 75%
+assert (_s.ci_low, _s.ci_high, _s.ci_coverage, _s.std) == (1.0, 3.0, 0.75, 1.0)
+for _bad in ([], [1.0, -1.0], [1.0, float("nan")]):
+    try:
+        latency_stats(_bad)
+        raise AssertionError(f"{_bad} must be rejected")
+    except ValueError:
+        pass
+print("latency_stats: ok")
+
+# %% [markdown]
+# ### 3.5 Measuring latency
+#
+# `measure_latency(fn, *args, warmup=3, repeats=30)` calls `fn(*args)` `warmup` times
+# without timing it (the first calls pay for cold caches, lazy allocations, BLAS thread
+# start-up), then `repeats` times, each timed alone with a monotonic clock
+# (`time.perf_counter`). The clock is a parameter, so a test can hand in a fake one
+# and know every sample exactly.
+
+# %% nbgrader={"grade": false, "grade_id": "measure-latency", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def measure_latency(fn, *args, warmup: int = 3, repeats: int = 30, confidence: float = 0.95,
+                    clock: Callable[[], float] = time.perf_counter, **kwargs) -> LatencyStats:
+    """Time `fn(*args, **kwargs)`: `warmup` untimed calls, then `repeats` timed ones; return their stats.
+
+    TODO: run the warm-up calls, then time each repeat with `clock`, and summarize.
+
+    APPROACH:
+    1. Call fn(*args, **kwargs) `warmup` times; do not read the clock.
+    2. For each repeat: start = clock(); fn(...); samples.append(clock() - start).
+    3. Return latency_stats(samples, confidence).
+
+    HINTS:
+    - Read the clock exactly twice per timed call and never during warm-up: the tests
+      count the clock reads.
+
+    EXAMPLE:
+    >>> stats = measure_latency(np.sort, np.random.rand(1000), warmup=2, repeats=20)
+    >>> stats.n
+    20
+    """
+    if not callable(fn):
+        raise TypeError(f"measure_latency expects a callable, got {type(fn).__name__}")
+    _check_int(repeats, "repeats", 1)
+    _check_int(warmup, "warmup", 0)
+    ### BEGIN SOLUTION
+    for _ in range(warmup):
+        fn(*args, **kwargs)
+    samples = []
+    for _ in range(repeats):
+        start = clock()
+        fn(*args, **kwargs)
+        samples.append(clock() - start)
+    return latency_stats(samples, confidence)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-measure-latency", "locked": true, "points": 10, "schema_version": 3, "solution": false}
+class _FakeMachine:
+    """A virtual clock: each call of work() costs 100 s the first 3 times, then 1 s, 2 s, 3 s, ..."""
+    def __init__(self):
+        self.now, self.calls = 0.0, 0
+
+    def clock(self):
+        return self.now
+
+    def work(self, x, scale=1):
+        self.calls += 1
+        self.now += 100.0 if self.calls <= 3 else (self.calls - 3) * scale
+        return x
+
+
+_fm = _FakeMachine()
+_s = measure_latency(_fm.work, 7, warmup=3, repeats=4, clock=_fm.clock)
+assert list(_s.samples) == [1.0, 2.0, 3.0, 4.0], "the 3 slow warm-up calls are excluded"
+assert _fm.calls == 7
+_fm = _FakeMachine()
+_s = measure_latency(_fm.work, 7, warmup=0, repeats=4, clock=_fm.clock, scale=2)
+assert list(_s.samples) == [100.0, 100.0, 100.0, 2.0] and _s.median == 100.0
+for _kw in ({"repeats": 0}, {"warmup": -1}, {"repeats": 2.5}):
+    try:
+        measure_latency(_fm.work, 1, clock=_fm.clock, **_kw)
+        raise AssertionError(f"{_kw} must be rejected")
+    except ValueError:
+        pass
+print("measure_latency: ok")
+
+# %% [markdown]
+# ### 3.6 Memory: weights vs activations
+#
+# The weights sit in memory before the forward starts; the **activations** are
+# allocated during it. `tracemalloc` traces every allocation of the Python heap, and
+# NumPy reports its array buffers to it, so the **peak above the level before the
+# call** is what the forward needed on top of the weights: activations and
+# temporaries. We also record what stays allocated after the call (`retained`: the
+# output, and with `grad=True` the autograd graph that backward will need) and the
+# change in the process's resident set size (RSS, via `psutil`), which is what the
+# operating system sees: it is often 0 for small models, because the allocator reuses
+# memory the process already has.
+
+# %% nbgrader={"grade": false, "grade_id": "measure-memory", "locked": false, "schema_version": 3, "solution": true}
+#| export
+@dataclass
+class MemoryReport:
+    parameter_bytes: int   # weights (parameters + buffers) held by the model; 0 for a plain function
+    peak_bytes: int        # tracemalloc peak above the level before the call: activations + temporaries
+    retained_bytes: int    # still allocated right after the call (output; with grad=True the graph too)
+    output_bytes: int      # the arrays of the result
+    rss_delta_bytes: int   # process RSS after - before (psutil); can be 0 when memory is reused
+
+    def __str__(self) -> str:
+        return (f"weights {_si(self.parameter_bytes, 'B')}, activation peak {_si(self.peak_bytes, 'B')}, "
+                f"retained {_si(self.retained_bytes, 'B')}, output {_si(self.output_bytes, 'B')}, "
+                f"RSS change {_si(self.rss_delta_bytes, 'B')}")
+
+
+def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> MemoryReport:
+    """Peak traced allocation and RSS change of one call; weights and activations apart.
+
+    fn_or_model: a Module (called on example_input, under no_grad unless grad=True) or
+    any callable (called on example_input, or with no argument when it is None).
+
+    TODO: take the baseline, run the call once with tracemalloc on, read the peak.
+
+    APPROACH:
+    1. Build `call`: for a Module, model(*args) inside `tc.no_grad()` unless grad.
+       parameter_bytes(model) for a Module, else 0.
+    2. gc.collect(); rss_before = psutil.Process().memory_info().rss.
+    3. Start tracemalloc if it is not already tracing (remember whether you did);
+       baseline = tracemalloc.get_traced_memory()[0]; tracemalloc.reset_peak().
+    4. output = call(); current, peak = tracemalloc.get_traced_memory().
+    5. Stop tracemalloc if you started it; rss_after.
+    6. MemoryReport(param bytes, peak - baseline, current - baseline, _nbytes(output),
+       rss_after - rss_before).
+
+    HINTS:
+    - Keep `output` alive until you have read the numbers, or its bytes vanish from
+      `retained`.
+    - A tuple example_input is passed as several arguments.
+
+    EXAMPLE:
+    >>> measure_memory(lambda: np.ones(10**6).sum()).peak_bytes >= 8 * 10**6
+    True
+    """
+    if not callable(fn_or_model):
+        raise TypeError(f"measure_memory expects a Module or a callable, got {type(fn_or_model).__name__}")
+    if example_input is None:
+        args = ()
+    else:
+        args = example_input if isinstance(example_input, tuple) else (example_input,)
+    ### BEGIN SOLUTION
+    is_model = isinstance(fn_or_model, Module)
+    weights = parameter_bytes(fn_or_model) if is_model else 0
+
+    def call():
+        if is_model and not grad:
+            with tc.no_grad():
+                return fn_or_model(*args)
+        return fn_or_model(*args)
+
+    gc.collect()
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
+    started_here = not tracemalloc.is_tracing()
+    if started_here:
+        tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        output = call()
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        if started_here:
+            tracemalloc.stop()
+    rss_after = process.memory_info().rss
+    return MemoryReport(parameter_bytes=weights, peak_bytes=max(0, peak - baseline),
+                        retained_bytes=max(0, current - baseline), output_bytes=_nbytes(output),
+                        rss_delta_bytes=int(rss_after - rss_before))
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-measure-memory", "locked": true, "points": 10, "schema_version": 3, "solution": false}
+_mem = measure_memory(lambda: float(np.ones(10 ** 6).sum()))
+assert _mem.peak_bytes >= 8 * 10 ** 6, "a temporary 8 MB array must show in the peak"
+assert _mem.retained_bytes < 10 ** 6 and _mem.output_bytes == 0 and _mem.parameter_bytes == 0
+_lin = tc.Linear(100, 1000)
+_mem = measure_memory(_lin, np.ones((50, 100), np.float32))
+assert _mem.parameter_bytes == (100 * 1000 + 1000) * 4
+assert _mem.output_bytes == 50 * 1000 * 4 and _mem.peak_bytes >= _mem.output_bytes
+assert _mem.retained_bytes >= _mem.output_bytes, "the output is still alive after the call"
+try:
+    measure_memory(42)
+    raise AssertionError("a non-callable must be rejected")
+except TypeError:
+    pass
+print("measure_memory: ok")
+
+# %% [markdown]
+# ### 3.7 This machine's roof: peak FLOP/s and bandwidth
+#
+# The roofline needs two numbers about the machine, and we measure both with NumPy:
+# - **peak FLOP/s**: a large float32 `np.matmul` (`n x n` by `n x n` is `2 n^3` FLOPs)
+#   is the fastest arithmetic NumPy can do here (BLAS, all cores). We keep the
+#   *fastest* of a few runs: a peak is a best case.
+# - **bandwidth**: copying a large float32 array (far larger than the caches) with
+#   `np.copyto` reads and writes every byte: `2 x nbytes` moved (STREAM's "copy").
+
+# %% nbgrader={"grade": false, "grade_id": "measure-machine", "locked": false, "schema_version": 3, "solution": true}
+#| export
+class MachinePeaks(NamedTuple):
+    peak_flops: float   # FLOP/s of a large float32 matmul (best run)
+    bandwidth: float    # bytes/s of a large array copy, read + write (best run)
+
+    @property
+    def ridge(self) -> float:
+        """Arithmetic intensity (FLOPs/byte) where the two roofs meet."""
+        return self.peak_flops / self.bandwidth
+
+
+def measure_machine(matmul_size: int = 1024, copy_megabytes: int = 64, repeats: int = 5) -> MachinePeaks:
+    """Measure this machine's peak matmul FLOP/s and memory bandwidth with NumPy.
+
+    TODO: time a float32 matmul of two (n, n) matrices and a float32 array copy.
+
+    APPROACH:
+    1. a, b = random float32 (n, n); out = np.empty((n, n), float32); one untimed
+       np.matmul(a, b, out=out); then the best of `repeats` timed runs;
+       peak = 2 * n**3 / best.
+    2. src = float32 array of copy_megabytes MiB, dst = np.empty_like(src); one untimed
+       np.copyto(dst, src); best of `repeats`; bandwidth = 2 * src.nbytes / best.
+
+    HINTS:
+    - Writing into a preallocated `out` / `dst` keeps allocation out of the timing.
+    - time.perf_counter() is the clock.
+
+    EXAMPLE:
+    >>> peaks = measure_machine(256, 16, repeats=3)
+    >>> peaks.peak_flops > 0 and peaks.bandwidth > 0
+    True
+    """
+    _check_int(matmul_size, "matmul_size", 1)
+    _check_int(copy_megabytes, "copy_megabytes", 1)
+    _check_int(repeats, "repeats", 1)
+    ### BEGIN SOLUTION
+    def best(fn):
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return max(min(times), 1e-12)
+
+    n = int(matmul_size)
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    peak = 2 * n ** 3 / best(lambda: np.matmul(a, b, out=out))
+    src = np.ones(copy_megabytes * 2 ** 20 // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    bandwidth = 2 * src.nbytes / best(lambda: np.copyto(dst, src))
+    return MachinePeaks(float(peak), float(bandwidth))
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-measure-machine", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+_peaks = measure_machine(256, 16, repeats=2)
+assert isinstance(_peaks, MachinePeaks)
+assert 1e7 < _peaks.peak_flops < 1e14, f"{_peaks.peak_flops:.3g} FLOP/s is not a plausible CPU peak"
+assert 1e7 < _peaks.bandwidth < 1e13, f"{_peaks.bandwidth:.3g} B/s is not a plausible bandwidth"
+for _kw in ({"matmul_size": 0}, {"repeats": 0}, {"copy_megabytes": -1}):
+    try:
+        measure_machine(**_kw)
+        raise AssertionError(f"{_kw} must be rejected")
+    except ValueError:
+        pass
+print(f"measure_machine: ok ({_peaks.peak_flops / 1e9:.1f} GFLOP/s, {_peaks.bandwidth / 1e9:.1f} GB/s at small sizes)")
+
+# %% [markdown]
+# ### 3.8 The roofline, per layer
+#
+# `roofline(report, peak_flops, bandwidth)` places every row of a `FlopReport` that does
+# arithmetic on the roofline: intensity `I = flops / bytes` (the boundary bytes the row
+# recorded: inputs + own parameters + output), attainable FLOP/s `min(P, I * W)`, and
+# `"memory"` below the ridge `P / W`, `"compute"` at or above it. It is a pure function:
+# any peaks can be handed in, so it is tested with round numbers.
+
+# %% nbgrader={"grade": false, "grade_id": "roofline", "locked": false, "schema_version": 3, "solution": true}
+#| export
+@dataclass
+class RooflinePoint:
+    name: str
+    type: str
+    flops: int
+    bytes: int
+    intensity: float         # FLOPs per byte moved
+    attainable_flops: float  # min(peak_flops, intensity * bandwidth), FLOP/s
+    bound: str               # "memory" or "compute"
+
+
+def roofline(report, peak_flops: float, bandwidth: float) -> list:
+    """One RooflinePoint per row of `report` with flops > 0 and bytes > 0, in row order.
+
+    TODO: compute each row's arithmetic intensity, its attainable FLOP/s, and its bound.
+
+    APPROACH:
+    1. ridge = peak_flops / bandwidth.
+    2. For each row with flops > 0 and bytes > 0: intensity = flops / bytes;
+       attainable = min(peak_flops, intensity * bandwidth);
+       bound = "compute" if intensity >= ridge else "memory".
+
+    HINTS:
+    - Rows with no arithmetic (Embedding, Flatten, containers) have no place on a
+      roofline: skip them.
+
+    EXAMPLE:
+    >>> pts = roofline(count_flops(tc.Linear(64, 64), np.ones((32, 64), np.float32)), 1e11, 1e10)
+    >>> pts[0].bound, round(pts[0].intensity, 2)
+    ('memory', 8.0)
+    """
+    if not isinstance(report, FlopReport):
+        raise TypeError(f"roofline expects a FlopReport from count_flops, got {type(report).__name__}")
+    for name, value in (("peak_flops", peak_flops), ("bandwidth", bandwidth)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    ### BEGIN SOLUTION
+    ridge = peak_flops / bandwidth
+    points = []
+    for row in report.rows:
+        if row.flops <= 0 or row.bytes <= 0:
+            continue
+        intensity = row.flops / row.bytes
+        points.append(RooflinePoint(row.name, row.type, row.flops, row.bytes, intensity,
+                                    min(peak_flops, intensity * bandwidth),
+                                    "compute" if intensity >= ridge else "memory"))
+    return points
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-roofline", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+_rep = count_flops(tc.Sequential(tc.Linear(64, 64), tc.ReLU()), np.ones((32, 64), np.float32))
+_pts = roofline(_rep, peak_flops=1e11, bandwidth=1e10)          # ridge at 10 FLOP/byte
+assert [p.name for p in _pts] == ["0", "1"]
+_lin_bytes = 32 * 64 * 4 + (64 * 64 + 64) * 4 + 32 * 64 * 4
+assert _pts[0].bytes == _lin_bytes and abs(_pts[0].intensity - (2 * 32 * 64 * 64 + 32 * 64) / _lin_bytes) < 1e-12
+assert _pts[0].bound == "memory" and abs(_pts[0].attainable_flops - _pts[0].intensity * 1e10) < 1
+assert _pts[1].intensity == 32 * 64 / (2 * 32 * 64 * 4) and _pts[1].bound == "memory"
+_pts = roofline(_rep, peak_flops=1e10, bandwidth=1e10)          # ridge at 1 FLOP/byte
+assert _pts[0].bound == "compute" and _pts[0].attainable_flops == 1e10 and _pts[1].bound == "memory"
+try:
+    roofline(_rep, peak_flops=0, bandwidth=1e10)
+    raise AssertionError("a zero peak must be rejected")
+except ValueError:
+    pass
+print("roofline: ok")
+
+# %% [markdown]
+# ### 3.9 The Profiler: one report, per layer, forward and backward
+#
+# `Profiler(model)` combines the pieces. Its own new part is **time per layer**: a
+# forward *pre*-hook on every module reads the clock when the module starts, a forward
+# hook reads it when it ends. That gives each module's **inclusive** time (with its
+# children); its **self** time is the inclusive time minus its direct children's.
+# Self times add up to the whole forward, so the "% time" column means what it says.
+# Each is the median over `repeats` forwards.
+#
+# `time_backward` really runs backward: each repeat does an untimed forward that
+# records the graph, computes the loss (by default `output.sum()`), and times only
+# `loss.backward()`. The parameters' `.grad` are put back as they were afterwards, so
+# profiling never changes a training run.
+#
+# `profile(example_input)` runs everything and returns a `ProfileReport`: parameters,
+# bytes, FLOPs, per-layer times, forward latency (without hooks), memory, backward,
+# and the hook overhead (hooked forward time / plain forward time).
+
+# %% nbgrader={"grade": false, "grade_id": "profiler", "locked": false, "schema_version": 3, "solution": true}
+#| export
+@dataclass
+class LayerTime:
+    name: str
+    type: str
+    calls: int          # calls per forward
+    inclusive_s: float  # median over forwards of the time inside the module, children included
+    self_s: float       # median over forwards of inclusive time minus the direct children's
+
+
+@dataclass(eq=False)
+class ProfileReport:
+    model_type: str
+    input_shapes: list
+    parameters: ParameterCount
+    parameter_bytes: int
+    flops: FlopReport
+    layer_times: dict           # name -> LayerTime
+    latency: LatencyStats       # forward under no_grad, no hooks
+    memory: MemoryReport
+    backward: object = None     # LatencyStats of loss.backward(), or None
+
+    @property
+    def hook_overhead(self) -> float:
+        """Hooked forward time / plain forward time (medians), minus 1."""
+        return self.layer_times[""].inclusive_s / self.latency.median - 1.0
+
+    def table(self) -> str:
+        total_self = sum(t.self_s for t in self.layer_times.values()) or 1.0
+        rows = []
+        for r in self.flops.rows:
+            t = self.layer_times.get(r.name)
+            rows.append([r.name or f"({self.model_type})", r.type, "x".join(map(str, r.output_shape or ())),
+                         _si(r.params), _si(r.flops),
+                         f"{t.self_s * 1e3:.3f}" if t else "-", f"{100 * t.self_s / total_self:.1f}%" if t else "-"])
+        lines = [
+            f"{self.model_type} on input {self.input_shapes}",
+            f"parameters  {self.parameters.total:,} ({self.parameters.trainable:,} trainable), "
+            f"{_si(self.parameter_bytes, 'B')}",
+            f"work        {_si(self.flops.total_macs)} MACs = {_si(self.flops.total_flops)} FLOPs per forward",
+            f"forward     {self.latency}",
+        ]
+        if self.backward is not None:
+            lines.append(f"backward    {self.backward}")
+        lines += [f"memory      {self.memory}",
+                  f"hooks       per-layer timing made the forward {100 * self.hook_overhead:+.1f}% slower",
+                  "",
+                  format_table(["layer", "type", "output", "params", "FLOPs", "self ms", "% time"], rows)]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+class Profiler:
+    """Per-layer profile of a model: parameters, FLOPs, memory, latency, time per layer, backward.
+
+    >>> report = Profiler(model).profile(example_input)
+    >>> print(report)
+    """
+
+    def __init__(self, model, clock: Callable[[], float] = time.perf_counter):
+        _check_module(model, "Profiler")
+        self.model, self.clock = model, clock
+
+    def _args(self, example_input) -> tuple:
+        return example_input if isinstance(example_input, tuple) else (example_input,)
+
+    def time_layers(self, example_input, warmup: int = 1, repeats: int = 5) -> dict:
+        """{name: LayerTime} from `repeats` forwards (after `warmup`) with timing hooks on every module.
+
+        TODO: pre-hook pushes the clock, post-hook pops it and adds the elapsed time to the
+        module's total for this forward; self = inclusive - direct children; medians.
+
+        APPROACH:
+        1. names = [name for name, _ in model.named_modules()]; the parent of "a.b.c"
+           is "a.b", of "a" is "" (the model).
+        2. Per forward: a dict name -> elapsed seconds and name -> calls. Pre-hook:
+           starts[name].append(clock()). Post-hook: elapsed[name] += clock() - starts[name].pop().
+        3. Register both hooks on every module; run warmup + repeats forwards under
+           no_grad; remove all handles in `finally:`.
+        4. For each timed forward: self[name] = elapsed[name] - sum(elapsed[child]) over the
+           direct children. Return LayerTime(name, type, calls, median inclusive, median self)
+           for the modules that ran.
+
+        HINTS:
+        - Hooks must return None (a returned value would replace the inputs/output).
+        - A stack per module (a list) handles a module that is entered again before it
+          returns.
+
+        EXAMPLE:
+        >>> times = Profiler(tc.Sequential(tc.Linear(3, 2))).time_layers(np.ones((4, 3), np.float32))
+        >>> sorted(times)
+        ['', '0']
+        """
+        _check_int(repeats, "repeats", 1)
+        _check_int(warmup, "warmup", 0)
+        model, args = self.model, self._args(example_input)
+        ### BEGIN SOLUTION
+        modules = list(model.named_modules())
+        children = {name: [] for name, _ in modules}
+        for name, _ in modules:
+            if name:
+                children[name.rpartition(".")[0]].append(name)
+        starts = {name: [] for name, _ in modules}
+        elapsed, calls = {}, {}
+
+        def make_hooks(name):
+            def pre(module, inputs):
+                starts[name].append(self.clock())
+
+            def post(module, inputs, output):
+                elapsed[name] = elapsed.get(name, 0.0) + self.clock() - starts[name].pop()
+                calls[name] = calls.get(name, 0) + 1
+            return pre, post
+
+        handles, runs = [], []
+        try:
+            for name, module in modules:
+                pre, post = make_hooks(name)
+                handles.append(module.register_forward_pre_hook(pre))
+                handles.append(module.register_forward_hook(post))
+            with tc.no_grad():
+                for i in range(warmup + repeats):
+                    elapsed.clear()
+                    calls.clear()
+                    model(*args)
+                    if i >= warmup:
+                        runs.append((dict(elapsed), dict(calls)))
+        finally:
+            for handle in handles:
+                handle.remove()
+        types = {name: type(module).__name__ for name, module in modules}
+        result = {}
+        for name, _ in modules:
+            if name not in runs[0][0]:
+                continue
+            inclusive = [run[name] for run, _ in runs]
+            own = [run[name] - sum(run.get(c, 0.0) for c in children[name]) for run, _ in runs]
+            result[name] = LayerTime(name, types[name], runs[0][1][name],
+                                     float(np.median(inclusive)), float(np.median(own)))
+        return result
+        ### END SOLUTION
+
+    def time_backward(self, example_input, loss_fn=None, warmup: int = 1, repeats: int = 5) -> LatencyStats:
+        """Latency of loss.backward() alone: each repeat runs an untimed forward that records the graph.
+
+        loss_fn(output) -> scalar Tensor; default output.sum(). Gradients are restored afterwards.
+
+        TODO: forward (graph on), loss, time only loss.backward(); restore every .grad.
+
+        APPROACH:
+        1. saved = [(p, p.grad) for p in model.parameters()].
+        2. For warmup + repeats: out = model(*args); loss = loss_fn(out); check that loss
+           is a Tensor of size 1 that requires grad (else ValueError); start = clock();
+           loss.backward(); keep clock() - start for the timed repeats.
+        3. finally: put each p.grad back. Return latency_stats(samples).
+
+        HINTS:
+        - Do not run forward under no_grad here: backward needs the recorded graph.
+
+        EXAMPLE:
+        >>> Profiler(tc.Linear(3, 2)).time_backward(np.ones((4, 3), np.float32), repeats=3).n
+        3
+        """
+        _check_int(repeats, "repeats", 1)
+        _check_int(warmup, "warmup", 0)
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        model, args = self.model, self._args(example_input)
+        loss_fn = loss_fn or (lambda out: out.sum())
+        ### BEGIN SOLUTION
+        saved = [(p, p.grad) for p in model.parameters()]
+        samples = []
+        try:
+            for i in range(warmup + repeats):
+                loss = loss_fn(model(*args))
+                if not (isinstance(loss, Tensor) and loss.size == 1 and loss.requires_grad):
+                    raise ValueError("time_backward needs loss_fn(output) to be a scalar Tensor that requires "
+                                     f"grad, got {type(loss).__name__} "
+                                     f"{getattr(loss, 'shape', '')}; does the model have trainable parameters?")
+                start = self.clock()
+                loss.backward()
+                if i >= warmup:
+                    samples.append(self.clock() - start)
+        finally:
+            for p, grad in saved:
+                p.grad = grad
+        return latency_stats(samples)
+        ### END SOLUTION
+
+    def profile(self, example_input, loss_fn=None, backward: bool = True, warmup: int = 2,
+                repeats: int = 10) -> ProfileReport:
+        """Everything at once: parameters, FLOPs, per-layer time, latency, memory, backward."""
+        _check_int(repeats, "repeats", 1)
+        _check_int(warmup, "warmup", 0)
+        model, args = self.model, self._args(example_input)
+        flops = count_flops(model, example_input)  # first: a wrong input fails here, with no hook left
+
+        def forward():
+            with tc.no_grad():
+                return model(*args)
+
+        latency = measure_latency(forward, warmup=warmup, repeats=repeats, clock=self.clock)
+        layer_times = self.time_layers(example_input, warmup=min(warmup, 1), repeats=repeats)
+        memory = measure_memory(model, example_input)
+        back = self.time_backward(example_input, loss_fn, warmup=min(warmup, 1), repeats=max(1, repeats // 2)) \
+            if backward else None
+        return ProfileReport(model_type=type(model).__name__, input_shapes=[_shape(a) for a in args],
+                             parameters=count_parameters(model), parameter_bytes=parameter_bytes(model),
+                             flops=flops, layer_times=layer_times, latency=latency, memory=memory, backward=back)
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-profiler", "locked": true, "points": 10, "schema_version": 3, "solution": false}
+_m = tc.Sequential(tc.Linear(6, 32), tc.ReLU(), tc.Linear(32, 3))
+_x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+with tc.no_grad():
+    _y0 = _m(_x).data.copy()
+_times = Profiler(_m).time_layers(_x, warmup=1, repeats=3)
+assert sorted(_times) == ["", "0", "1", "2"] and _times["0"].calls == 1 and _times["0"].type == "Linear"
+assert all(t.inclusive_s > 0 for t in _times.values())
+assert _times[""].inclusive_s >= _times["0"].inclusive_s, "the model's time includes its layers"
+assert all(not m._forward_hooks and not m._forward_pre_hooks for m in _m.modules()), "remove every hook"
+
+
+class _Ticker:  # a fake clock that advances by 1 on every read
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        self.t += 1.0
+        return self.t
+
+
+# a clock that ticks by 1 on every read: per forward the model's pre-hook reads 1, each of the 3 layers
+# reads twice (2-3, 4-5, 6-7), the model's post-hook reads 8: inclusive 7, each layer 1, model self 7 - 3 = 4
+_times = Profiler(_m, clock=_Ticker()).time_layers(_x, warmup=0, repeats=2)
+assert _times[""].inclusive_s == 7 and _times["0"].inclusive_s == 1 and _times[""].self_s == 4
+_bw = Profiler(_m).time_backward(_x, warmup=1, repeats=3)
+assert _bw.n == 3 and all(p.grad is None for p in _m.parameters()), "backward timing restores .grad"
+_report = Profiler(_m).profile(_x, warmup=1, repeats=3)
+assert _report.flops.total_flops == count_flops(_m, _x).total_flops and _report.parameters.total == 6 * 32 + 32 + 32 * 3 + 3
+assert _report.backward is not None and _report.latency.n == 3 and "Linear" in str(_report)
+with tc.no_grad():
+    assert np.array_equal(_m(_x).data, _y0), "profiling leaves the model's outputs unchanged"
+print("Profiler: ok")
+print(_report)
+
+# %% [markdown]
+# ## 4. Use it on the real reference models
+#
+# The trained models of `tinytorch.models`: two digit classifiers (an MLP and a CNN,
+# inputs `(N, 1, 8, 8)`) and the character-level `tiny_gpt` (4 blocks, width 128, 4
+# heads). We profile each on real inputs: the digits test set and a slice of the text
+# corpus.
+
+# %%
+digits = datasets.load_digits()
+mlp, cnn = models.load("digits_mlp"), models.load("digits_cnn")
+try:
+    gpt = models.load("tiny_gpt")
+except FileNotFoundError:  # the checkpoint is not trained yet: the same architecture, untrained
+    gpt = models.build("tiny_gpt").eval()
+text = datasets.load_text()
+tokens = text.tokenizer.encode(text.val[:4096])
+x_digits = digits.x_test[:64]
+print(f"digits batch {x_digits.shape} {x_digits.dtype}; {len(tokens)} validation tokens")
+
+for _name, _model in (("digits_mlp", mlp), ("digits_cnn", cnn), ("tiny_gpt", gpt)):
+    _n = count_parameters(_model)
+    print(f"{_name:11s} {_n.total:9,} parameters, {parameter_bytes(_model) / 1024:8.1f} KiB")
+
+# %% [markdown]
+# ### Where the parameters and the FLOPs are
+
+# %%
+print(count_flops(mlp, x_digits))
+print()
+print(count_flops(cnn, x_digits))
+
+# %% [markdown]
+# The MLP's parameters sit in its first two `Linear` layers, and so do its FLOPs: for
+# a `Linear`, MACs = batch x parameters. The CNN turns this around: its convolutions
+# hold few weights (a 3x3 kernel is reused at every pixel) but do most of the
+# arithmetic. Parameters measure *storage*; FLOPs measure *work*; for weight-shared
+# layers the two disagree.
+#
+# Now `tiny_gpt` on one sequence of 128 characters, with the full profile (time per
+# layer, forward and backward latency, memory):
+
+# %%
+x_gpt = tokens[None, :128]
+gpt_report = Profiler(gpt).profile(x_gpt, warmup=1, repeats=5)
+print(gpt_report)
+
+# %%
+# The same table folded by layer type: which kinds of layers take the time?
+_by_type = {}
+for _r in gpt_report.flops.rows:
+    _t = gpt_report.layer_times[_r.name].self_s
+    _f, _s, _p = _by_type.get(_r.type, (0, 0.0, 0))
+    _by_type[_r.type] = (_f + _r.flops, _s + _t, _p + _r.params)
+_total_f = gpt_report.flops.total_flops
+_total_t = sum(v[1] for v in _by_type.values())
+print(f"{'type':20s} {'params':>9s} {'FLOPs':>7s} {'time':>7s}")
+for _k, (_f, _s, _p) in sorted(_by_type.items(), key=lambda kv: -kv[1][1]):
+    print(f"{_k:20s} {_p:9,d} {100 * _f / _total_f:6.1f}% {100 * _s / _total_t:6.1f}%")
+
+# %% [markdown]
+# Read the two percentage columns side by side (the numbers above are this run's).
+# The `Linear` layers hold nearly all parameters and most FLOPs. Attention's own math
+# (`MultiHeadAttention` row: `QK^T`, softmax, `AV`) holds no parameters at all, yet it
+# has a real share of the FLOPs at this length, and that share grows with `T` (section
+# 5). LayerNorm, GELU and the embeddings do a small fraction of the FLOPs and take a
+# visibly larger fraction of the time: they are the memory- and overhead-bound layers
+# of section 1. Backward costs more than forward (it computes two products per
+# `Linear`: the gradients of the input and of the weight).
+
+# %% [markdown]
+# ## 5. Systems analysis
+#
+# ### 5.1 How FLOPs grow with sequence length and batch size
+#
+# Split the GPT's FLOPs into the attention core (quadratic in `T`: `T x T` scores per
+# head) and everything else (linear in `T`: each token goes through the same
+# `Linear`s). Counting needs one forward per length, so this uses the counter, not a
+# clock.
+
+# %%
+seq_lens = [16, 32, 64, 128, 256]
+quad, lin = [], []
+for _t in seq_lens:
+    _rep = count_flops(gpt, tokens[None, :_t])
+    _q = sum(r.flops for r in _rep.rows if r.type == "MultiHeadAttention")
+    quad.append(_q)
+    lin.append(_rep.total_flops - _q)
+    print(f"T={_t:4d}: total {_rep.total_flops / 1e6:8.1f} MFLOP, attention core {100 * _q / _rep.total_flops:5.1f}%")
+
+batches = [1, 2, 4, 8]
+per_batch = [count_flops(gpt, np.tile(tokens[None, :64], (b, 1))).total_flops for b in batches]
+print("batch sizes", batches, "-> FLOPs / batch size:", [f / b for f, b in zip(per_batch, batches)])
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+axes[0].plot(seq_lens, np.array(lin) / 1e6, "o-", label="linear in T (Linear, LayerNorm, GELU, ...)")
+axes[0].plot(seq_lens, np.array(quad) / 1e6, "s-", label="quadratic in T (QK^T, softmax, AV)")
+axes[0].set(xscale="log", yscale="log", xlabel="sequence length T", ylabel="MFLOP per sequence",
+            title="tiny_gpt forward FLOPs (counted)")
+axes[0].legend()
+axes[1].plot(batches, np.array(per_batch) / 1e6, "o-")
+axes[1].set(xlabel="batch size (T = 64)", ylabel="MFLOP", title="FLOPs grow linearly with batch size")
+fig.tight_layout()
+show(fig)
+
+# %% [markdown]
+# On the log-log plot the linear part has slope 1 and the attention core slope 2:
+# doubling `T` doubles the first and quadruples the second. The printed shares show
+# where the two meet for this width (`C = 128`): the quadratic term `4 T^2 C` catches
+# up with the linear term's `~24 T C^2` (plus the LM head) only when `T` approaches
+# `6C`. FLOPs are exactly linear in batch size (the printed FLOPs per sample are
+# equal): batching adds no arithmetic per sample, so any speedup it brings (module 18)
+# comes from using the machine better, not from doing less work.
+#
+# ### 5.2 Time is not proportional to FLOPs
+#
+# Each layer of the three profiles is a point: its FLOPs against its measured self
+# time. If time were proportional to work, the points would lie on one line of slope 1.
+
+# %%
+peaks = measure_machine(matmul_size=1024, copy_megabytes=64, repeats=5)
+mlp_report = Profiler(mlp).profile(x_digits, warmup=2, repeats=10, backward=False)
+cnn_report = Profiler(cnn).profile(x_digits, warmup=2, repeats=10, backward=False)
+fig, ax = plt.subplots(figsize=(7, 5))
+for _label, _rep, _marker in (("digits_mlp", mlp_report, "o"), ("digits_cnn", cnn_report, "s"),
+                              ("tiny_gpt", gpt_report, "^")):
+    _pts = [(r.flops, _rep.layer_times[r.name].self_s, r.type) for r in _rep.flops.rows if r.flops > 0]
+    ax.scatter([p[0] for p in _pts], [p[1] * 1e6 for p in _pts], marker=_marker, label=_label, alpha=0.7)
+_fl = np.array([r.flops for r in gpt_report.flops.rows if r.flops > 0], dtype=float)
+_f = np.logspace(np.log10(_fl.min()) - 1, np.log10(_fl.max()), 10)
+ax.plot(_f, _f / peaks.peak_flops * 1e6, "k--", label="time at this machine's peak matmul FLOP/s")
+ax.set(xscale="log", yscale="log", xlabel="FLOPs of the layer (one forward)", ylabel="self time (us, median)",
+       title="Per-layer time vs FLOPs on this machine")
+ax.legend()
+show(fig)
+_small = [(r.name, r.flops, gpt_report.layer_times[r.name].self_s) for r in gpt_report.flops.rows if 0 < r.flops]
+_lo, _hi = min(_small, key=lambda s: s[1]), max(_small, key=lambda s: s[1])
+print(f"smallest-FLOP layer {_lo[0]!r}: {_lo[1]:,} FLOPs in {_lo[2] * 1e6:.0f} us "
+      f"({_lo[1] / _lo[2] / 1e9:.2f} GFLOP/s)")
+print(f"largest-FLOP layer  {_hi[0]!r}: {_hi[1]:,} FLOPs in {_hi[2] * 1e6:.0f} us "
+      f"({_hi[1] / _hi[2] / 1e9:.2f} GFLOP/s)")
+
+# %% [markdown]
+# The points do not follow the dashed line. Below a few hundred thousand FLOPs a layer
+# takes about the same time whatever its FLOPs: that floor is the fixed cost of a
+# Python call, a few NumPy calls and our hooks (tens of microseconds). The achieved
+# GFLOP/s printed above differ by orders of magnitude between the smallest and the
+# largest layers. For small models, **overhead**, not arithmetic, sets the time; this is
+# why module 18 fuses operators and batches requests.
+#
+# ### 5.3 The roofline of this machine
+#
+# The roof was measured at the start of 5.2 with full-size runs: a 1024 x 1024 matmul
+# for the compute roof and a 64 MiB copy for the memory roof.
+
+# %%
+print(f"this machine: peak {peaks.peak_flops / 1e9:.1f} GFLOP/s (float32 matmul), "
+      f"bandwidth {peaks.bandwidth / 1e9:.1f} GB/s (copy), ridge at {peaks.ridge:.1f} FLOP/byte")
+gpt_roof = roofline(gpt_report.flops, peaks.peak_flops, peaks.bandwidth)
+print(format_table(["layer", "type", "FLOP/byte", "bound", "attainable GFLOP/s", "achieved GFLOP/s"],
+                   [[p.name or "(GPT)", p.type, f"{p.intensity:.2f}", p.bound, f"{p.attainable_flops / 1e9:.1f}",
+                     f"{p.flops / max(gpt_report.layer_times[p.name].self_s, 1e-9) / 1e9:.2f}"]
+                    for p in gpt_roof if p.name.startswith("blocks.0") or "." not in p.name]))
+
+fig, ax = plt.subplots(figsize=(7, 5))
+_i = np.logspace(-2, 3, 200)
+ax.plot(_i, np.minimum(peaks.peak_flops, _i * peaks.bandwidth) / 1e9, "k-", label="roofline (measured)")
+ax.axvline(peaks.ridge, color="grey", ls=":", label=f"ridge {peaks.ridge:.1f} FLOP/B")
+for _bound, _color in (("memory", "tab:blue"), ("compute", "tab:red")):
+    _sel = [p for p in gpt_roof if p.bound == _bound]
+    ax.scatter([p.intensity for p in _sel],
+               [p.flops / max(gpt_report.layer_times[p.name].self_s, 1e-9) / 1e9 for p in _sel],
+               color=_color, label=f"tiny_gpt layers, {_bound}-bound (achieved)")
+ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs / byte)", ylabel="GFLOP/s",
+       title="Roofline of this machine, tiny_gpt layers at T=128")
+ax.legend(fontsize=8)
+show(fig)
+print("memory-bound:", sorted({p.type for p in gpt_roof if p.bound == "memory"}),
+      "| compute-bound:", sorted({p.type for p in gpt_roof if p.bound == "compute"}))
+
+# %% [markdown]
+# The roofline says what each layer *could* reach; the dots show what it *does* reach.
+# LayerNorm, GELU and the residual adds sit left of the ridge: memory-bound, whatever
+# the arithmetic units could do. The `Linear` layers on 128 tokens sit right of it and
+# could run near the peak, but the dots fall far below their roof: at these sizes each
+# matmul is too small to keep BLAS busy, and the per-call overhead of 5.2 dominates.
+# (The bytes we count are the minimum that must cross a layer's boundary; the real
+# traffic is higher: attention's unfused `T x T` score matrix, for example, is
+# written and read again, which is what FlashAttention avoids.)
+#
+# ### 5.4 Warm-up and profiler overhead
+#
+# The first calls of a fresh model are slower: memory pages are touched for the first
+# time, caches are cold, BLAS starts its threads. Time the first 15 forwards of a newly
+# built GPT with no warm-up at all:
+
+# %%
+fresh = models.build("tiny_gpt").eval()
+cold = measure_latency(lambda: fresh(tokens[None, :64]), warmup=0, repeats=15)
+warm = measure_latency(lambda: fresh(tokens[None, :64]), warmup=0, repeats=15)
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.plot(np.arange(1, 16), cold.samples * 1e3, "o-", label="first 15 calls (no warm-up)")
+ax.plot(np.arange(16, 31), warm.samples * 1e3, "s-", label="next 15 calls")
+ax.set(xlabel="call number", ylabel="ms", title="Warm-up: tiny_gpt forward, T=64, fresh model")
+ax.legend()
+show(fig)
+print(f"first call {cold.samples[0] * 1e3:.1f} ms; median of calls 16-30 {warm.median * 1e3:.1f} ms "
+      f"(ratio {cold.samples[0] / warm.median:.1f}x)")
+print("warm-up excluded:", warm)
+
+# %% [markdown]
+# The first call stands out, and the first few samples would pull a mean up: this is
+# why `measure_latency` discards `warmup` calls before it times anything, and why we
+# report the median. The profiler's own cost: counting FLOPs runs one forward with a
+# hook per module; timing per layer reads the clock twice per module per forward.
+
+# %%
+_x64 = tokens[None, :64]
+
+
+def _plain():
+    with tc.no_grad():
+        return gpt(_x64)
+
+
+_plain_stats = measure_latency(_plain, warmup=1, repeats=7)
+_count_stats = measure_latency(lambda: count_flops(gpt, _x64), warmup=1, repeats=7)
+print(f"plain forward        {_plain_stats.median * 1e3:7.2f} ms")
+print(f"count_flops          {_count_stats.median * 1e3:7.2f} ms  "
+      f"({100 * (_count_stats.median / _plain_stats.median - 1):+.1f}%)")
+print(f"per-layer timing hooks: {100 * gpt_report.hook_overhead:+.1f}% on the T=128 profile above "
+      f"({len(gpt_report.layer_times)} modules, 2 clock reads each)")
+
+# %% [markdown]
+# On a quiet machine both overheads are a few percent of a `tiny_gpt` forward (the
+# benchmark `python -m benchmarks.run profiling` measures them round-robin with more
+# repeats). They would not be small for a model made of many tiny layers: each hook
+# call costs about a microsecond, the same order as a small layer's own work, which is
+# why real profilers (PyTorch's `torch.profiler`) record events in C++ and sample
+# instead of wrapping every Python call.
+
+# %% [markdown]
+# ## 6. Reflection
+#
+# 1. The attention core grows as `T^2` and the rest as `T`. For `tiny_gpt` (`C = 128`)
+#    at which sequence length does the attention core do half the FLOPs? How does that
+#    length move for a model with `C = 4096`, and what does that say about where long
+#    context costs hurt?
+# 2. Our `bytes moved` count is a lower bound (each operand crosses the layer boundary
+#    once). Which layers of the GPT move much more than that in our NumPy
+#    implementation, and how do fused kernels (FlashAttention, a fused LayerNorm) get
+#    close to the lower bound?
+# 3. The profiler's forward hooks fire once per Python module call. What would they miss
+#    in a model compiled into a single graph (ONNX Runtime, `torch.compile`), and how do
+#    such runtimes attribute time to layers instead?
+# 4. We report the median with an order-statistic confidence interval. When is the
+#    p99 the number that matters more, and how many samples do you need for a p99 to
+#    mean anything?
+# 5. Module 15 will store weights as int8. Which numbers of this profile should
+#    change (parameters, bytes, FLOPs, time), by how much do you predict, and which
+#    layers would move on the roofline?
+
+# %% [markdown]
+# ## 7. Summary
+#
+# You built `tinytorch.profiling`:
+# - `count_parameters`, `parameter_bytes`: size in elements and in real bytes.
+# - `layer_flops`, `count_flops`: exact MACs and FLOPs per layer through forward hooks
+#   (1 MAC = 2 FLOPs, element-wise costs stated), totals equal to the sum of the rows,
+#   hooks always removed.
+# - `latency_stats`, `measure_latency`: warm-up excluded, median with an order-statistic
+#   confidence interval, mean, std, p90, p99.
+# - `measure_memory`: weights vs activation peak (tracemalloc) and RSS change (psutil).
+# - `measure_machine`, `roofline`: this machine's roof, and each layer's place under it.
+# - `Profiler`: one report with time per layer (pre/post hooks), forward latency,
+#   memory and a real backward measurement.
+#
+# What it measured: where the reference models keep their parameters and do their
+# arithmetic, how GPT FLOPs grow with sequence length (linear + quadratic) and batch
+# size, that small layers are overhead- and memory-bound rather than FLOP-bound, how
+# much the first calls cost, and what profiling itself costs.
+#
+# Next: module 15 quantizes the weights to INT8; this profiler will show what changed
+# in bytes, and whether time followed.
