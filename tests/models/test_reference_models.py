@@ -34,7 +34,7 @@ def test_tiny_gpt_reaches_its_stated_validation_loss():
     measured = lm_loss(model, text.tokenizer.encode(text.val))
     stated = model.card["metrics"]["val_loss"]
     assert measured["loss"] == pytest.approx(stated, rel=1e-3)
-    assert measured["loss"] < np.log(c.vocab_size) / 2  # far better than uniform guessing
+    assert measured["loss"] < model.card["metrics"]["val_loss_unigram"]  # uses context, not just frequencies
     assert len(model.card["metrics"]["sample"]) > 100
 
 
@@ -95,3 +95,15 @@ def test_cosine_schedule_warms_up_then_decays():
 def test_training_from_scratch_reaches_97_percent(name, tmp_path, monkeypatch):
     model, metrics = training.train_digits(name, training.RECIPES[name])
     assert metrics["test_accuracy"] >= 0.97
+
+
+def test_ngram_baseline_matches_hand_counts():
+    from tinytorch.models.evaluate import ngram_loss
+
+    train = np.array([0, 1, 0, 1, 0, 1])
+    # bigram counts with smoothing 0: after 0 always 1, after 1 always 0 -> probability 1, loss 0
+    assert ngram_loss(train, np.array([0, 1, 0]), 2, 2, smoothing=0.0) == pytest.approx(0.0)
+    # unigram: p(0) = p(1) = 1/2 -> loss log 2
+    assert ngram_loss(train, np.array([1, 1]), 1, 2, smoothing=0.0) == pytest.approx(np.log(2))
+    with pytest.raises(ValueError, match="n must be 1, 2 or 3"):
+        ngram_loss(train, train, 4, 2)

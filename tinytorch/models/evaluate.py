@@ -47,3 +47,18 @@ def lm_loss(model: tc.GPT, ids: np.ndarray, batch_size: int = 16) -> dict:
             total += F.cross_entropy(model(xb), yb).item() * xb.size
     loss = total / x.size
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(x.size)}
+
+
+def ngram_loss(train_ids: np.ndarray, val_ids: np.ndarray, n: int, vocab_size: int, smoothing: float = 0.1) -> float:
+    """Validation cross-entropy (nats/char) of a count-based n-gram model fitted on train_ids.
+
+    The baseline a language model has to beat: P(next | previous n-1 chars) from counts,
+    with add-`smoothing` so unseen contexts get a uniform guess. n=1 is character frequency.
+    """
+    if n not in (1, 2, 3):
+        raise ValueError(f"n must be 1, 2 or 3 (a {vocab_size}^n table), got {n}")
+    counts = np.full((vocab_size,) * n, smoothing)
+    np.add.at(counts, tuple(train_ids[i:len(train_ids) - n + 1 + i] for i in range(n)), 1.0)
+    probs = counts / counts.sum(axis=-1, keepdims=True)
+    picked = probs[tuple(val_ids[i:len(val_ids) - n + 1 + i] for i in range(n))]
+    return float(-np.log(picked).mean())
