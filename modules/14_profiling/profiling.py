@@ -709,8 +709,10 @@ def latency_stats(samples, confidence: float = 0.95) -> LatencyStats:
     4. Return LatencyStats(...) with Python floats (samples: the array in the ORIGINAL order).
 
     HINTS:
-    - math.comb(n, i) is exact; keep the sum an int and divide once (n can be large:
-      compare with fractions.Fraction, or use float only for n below ~1000).
+    - Keep the binomial sums as exact ints (2**n overflows a float for n > 1023) and grow
+      them one term at a time: comb(n, d + 1) = comb(n, d) * (n - d) // (d + 1). Recomputing
+      every sum from scratch is quadratic and takes minutes for n = 5000.
+    - fractions.Fraction(confidence) is the exact value of the float confidence.
     - In 0-based indexing the interval is (x[d], x[n - 1 - d]).
 
     EXAMPLE:
@@ -733,17 +735,21 @@ def latency_stats(samples, confidence: float = 0.95) -> LatencyStats:
     median, p90, p99 = np.percentile(ordered, [50, 90, 99])
     std = float(np.std(ordered, ddof=1)) if n > 1 else 0.0
 
-    def coverage(d: int) -> Fraction:  # P(x(d+1) <= true median <= x(n-d))
-        below = sum(math.comb(n, i) for i in range(d + 1))
-        return 1 - Fraction(2 * below, 2 ** n)
-
-    d = 0
-    while d + 1 < n / 2 and coverage(d + 1) >= Fraction(confidence):
-        d += 1
+    # coverage of [x(d+1), x(n-d)] is 1 - 2 S(d) / 2**n with S(d) = sum(comb(n, i), i <= d):
+    # it reaches the level while 2 * S(d) * b <= a * 2**n, where a / b = 1 - confidence (exact ints)
+    alpha = 1 - Fraction(confidence)
+    a, b, total = alpha.numerator, alpha.denominator, 2 ** n
+    d, below, term = 0, 1, 1  # S(0) = comb(n, 0) = 1
+    while d + 1 < n / 2:
+        term = term * (n - d) // (d + 1)  # comb(n, d + 1) from comb(n, d)
+        if 2 * (below + term) * b > a * total:
+            break
+        below, d = below + term, d + 1
+    coverage = 1 - Fraction(2 * below, total)
     return LatencyStats(samples=x, median=float(median), mean=float(ordered.mean()), std=std,
                         p90=float(p90), p99=float(p99), min=float(ordered[0]), max=float(ordered[-1]),
                         ci_low=float(ordered[d]), ci_high=float(ordered[n - 1 - d]),
-                        confidence=float(confidence), ci_coverage=float(coverage(d)))
+                        confidence=float(confidence), ci_coverage=float(coverage))
     ### END SOLUTION
 
 
