@@ -12,6 +12,7 @@ with 0 MACs, at the per-element costs in FLOPS_PER_ELEMENT.
 
 import gc
 import math
+import statistics
 import time
 import tracemalloc
 import warnings
@@ -293,6 +294,9 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
       and return None / 0 for anything else (e.g. a Python int argument).
     - Own parameters: _own_parameters(module); their bytes are p.data.nbytes.
     - `next(module.children(), None) is None` tells a leaf.
+    - Work out what does not change between calls (the rule, leaf or not, own parameter
+      counts and bytes) once per module, outside the hook: the hook runs on every call,
+      and its cost is the profiler's overhead.
 
     EXAMPLE:
     >>> r = count_flops(tc.Sequential(tc.Linear(3, 2), tc.ReLU()), np.ones((4, 3), np.float32))
@@ -307,38 +311,40 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
             raise TypeError(f"rules must map Module classes to functions, got {cls!r}: {fn!r}")
     rows: dict = {}
     handles = []
+    modules = list(model.named_modules())
 
-    def make_hook(name):
+    def make_hook(name, module):
+        # everything that does not depend on the call is worked out once, here, not per call
+        rule = next((rules[c] for c in type(module).__mro__ if c in rules), layer_flops) if rules else layer_flops
+        attributes = vars(module).values()
+        leaf = not any(isinstance(v, Module) for v in attributes)
+        own = [v for v in attributes if isinstance(v, tc.Parameter)]
+        own_count, own_bytes = sum(int(p.size) for p in own), sum(int(p.data.nbytes) for p in own)
+
         def hook(module, inputs, output):
             in_shapes = [s for s in (_shape(a) for a in inputs) if s is not None]
             out_shape = _shape(output)
-            rule = next((rules[c] for c in type(module).__mro__ if c in rules), layer_flops)
             cost = rule(module, in_shapes, out_shape)
-            leaf = next(module.children(), None) is None
-            counted = cost is not None or not leaf
             macs, flops = cost if cost is not None else (0, 0)
-            own = _own_parameters(module)
-            moved = _nbytes(list(inputs)) + sum(int(p.data.nbytes) for p in own) + _nbytes(output)
-            if name not in rows:
-                rows[name] = LayerRow(name, type(module).__name__, in_shapes, out_shape, 0, 0,
-                                      sum(int(p.size) for p in own), 0, 0, leaf, counted)
-            row = rows[name]
+            row = rows.get(name)
+            if row is None:
+                row = rows[name] = LayerRow(name, type(module).__name__, in_shapes, out_shape, 0, 0,
+                                            own_count, 0, 0, leaf, cost is not None or not leaf)
             row.macs += int(macs)
             row.flops += int(flops)
-            row.bytes += moved
+            row.bytes += _nbytes(inputs) + own_bytes + _nbytes(output)
             row.calls += 1
         return hook
 
-    order = [name for name, _ in model.named_modules()]
     try:
-        for name, module in model.named_modules():
-            handles.append(module.register_forward_hook(make_hook(name)))
+        for name, module in modules:
+            handles.append(module.register_forward_hook(make_hook(name, module)))
         with tc.no_grad():
             model(*args)
     finally:
         for handle in handles:
             handle.remove()
-    report = FlopReport(type(model).__name__, [rows[name] for name in order if name in rows])
+    report = FlopReport(type(model).__name__, [rows[name] for name, _ in modules if name in rows])
     if report.uncounted:
         warnings.warn(f"count_flops: no FLOP rule for {report.uncounted}; they count as 0 "
                       "(pass rules={TheirClass: fn} to count them)", stacklevel=2)
@@ -788,7 +794,7 @@ class Profiler:
             inclusive = [run[name] for run, _ in runs]
             own = [run[name] - sum(run.get(c, 0.0) for c in children[name]) for run, _ in runs]
             result[name] = LayerTime(name, types[name], runs[0][1][name],
-                                     float(np.median(inclusive)), float(np.median(own)))
+                                     float(statistics.median(inclusive)), float(statistics.median(own)))
         return result
 
     def time_backward(self, example_input, loss_fn=None, warmup: int = 1, repeats: int = 5) -> LatencyStats:

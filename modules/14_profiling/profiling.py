@@ -93,16 +93,21 @@ def _best_of(fn, repeats=200):
 
 _flops_mm, _flops_ln = 2 * 256 * 128 * 128, 7 * 256 * 128
 _t_mm, _t_ln = _best_of(_matmul), _best_of(_layernorm)
-print(f"matmul   : {_flops_mm / 1e6:6.2f} MFLOP in {_t_mm * 1e6:7.1f} us -> {_flops_mm / _t_mm / 1e9:6.2f} GFLOP/s")
-print(f"layernorm: {_flops_ln / 1e6:6.2f} MFLOP in {_t_ln * 1e6:7.1f} us -> {_flops_ln / _t_ln / 1e9:6.2f} GFLOP/s")
-print(f"the matmul does {_flops_mm / _flops_ln:.0f}x the arithmetic but takes only {_t_mm / _t_ln:.1f}x the time")
+print(f"matmul   : {_flops_mm / 1e6:6.2f} MFLOP in {_t_mm * 1e6:8.1f} us -> {_flops_mm / _t_mm / 1e9:6.2f} GFLOP/s")
+print(f"layernorm: {_flops_ln / 1e6:6.2f} MFLOP in {_t_ln * 1e6:8.1f} us -> {_flops_ln / _t_ln / 1e9:6.2f} GFLOP/s")
+print(f"FLOP ratio matmul/layernorm: {_flops_mm / _flops_ln:.0f}x; time ratio: {_t_mm / _t_ln:.2f}x; "
+      f"FLOP/s differ by {max(_flops_mm / _t_mm, _flops_ln / _t_ln) / min(_flops_mm / _t_mm, _flops_ln / _t_ln):.0f}x")
 
 # %% [markdown]
-# The matmul does tens of times more arithmetic, yet the two take times of the same
-# order (the exact ratio is printed above; it moves with the machine and its load). The
-# LayerNorm runs at a small fraction of the matmul's FLOP/s: it does a few operations
-# per number it reads, so it waits on memory, and each of its NumPy calls pays a fixed
-# overhead. An optimization guided by FLOPs alone would attack the wrong layer. That is
+# The matmul does 37x the arithmetic of the LayerNorm, but the time ratio printed
+# above is not 37: the two run at very different FLOP/s. On a quiet machine the
+# LayerNorm is the slow one per FLOP: it does a few operations per number it reads, so
+# it waits on memory, and each of its five NumPy calls pays a fixed overhead. (On this
+# 2-core machine, while another process kept one core busy, we also saw the opposite: a
+# 128 x 128 matmul taking ~16 ms instead of ~0.06 ms, because OpenBLAS splits even a
+# small product across two threads and then waits for the busy core. Your run's numbers
+# are the ones printed above.) Either way, time per FLOP is not a constant, and an
+# optimization guided by FLOPs alone can attack the wrong layer. That is
 # why this module measures four things separately, per layer: **parameters** (size),
 # **FLOPs** (work), **memory** (bytes), **time** (what the user feels), and then
 # explains time with a model of the machine, the **roofline**.
@@ -183,6 +188,7 @@ with 0 MACs, at the per-element costs in FLOPS_PER_ELEMENT.
 
 import gc
 import math
+import statistics
 import time
 import tracemalloc
 import warnings
@@ -566,6 +572,9 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
       and return None / 0 for anything else (e.g. a Python int argument).
     - Own parameters: _own_parameters(module); their bytes are p.data.nbytes.
     - `next(module.children(), None) is None` tells a leaf.
+    - Work out what does not change between calls (the rule, leaf or not, own parameter
+      counts and bytes) once per module, outside the hook: the hook runs on every call,
+      and its cost is the profiler's overhead.
 
     EXAMPLE:
     >>> r = count_flops(tc.Sequential(tc.Linear(3, 2), tc.ReLU()), np.ones((4, 3), np.float32))
@@ -581,38 +590,40 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
     ### BEGIN SOLUTION
     rows: dict = {}
     handles = []
+    modules = list(model.named_modules())
 
-    def make_hook(name):
+    def make_hook(name, module):
+        # everything that does not depend on the call is worked out once, here, not per call
+        rule = next((rules[c] for c in type(module).__mro__ if c in rules), layer_flops) if rules else layer_flops
+        attributes = vars(module).values()
+        leaf = not any(isinstance(v, Module) for v in attributes)
+        own = [v for v in attributes if isinstance(v, tc.Parameter)]
+        own_count, own_bytes = sum(int(p.size) for p in own), sum(int(p.data.nbytes) for p in own)
+
         def hook(module, inputs, output):
             in_shapes = [s for s in (_shape(a) for a in inputs) if s is not None]
             out_shape = _shape(output)
-            rule = next((rules[c] for c in type(module).__mro__ if c in rules), layer_flops)
             cost = rule(module, in_shapes, out_shape)
-            leaf = next(module.children(), None) is None
-            counted = cost is not None or not leaf
             macs, flops = cost if cost is not None else (0, 0)
-            own = _own_parameters(module)
-            moved = _nbytes(list(inputs)) + sum(int(p.data.nbytes) for p in own) + _nbytes(output)
-            if name not in rows:
-                rows[name] = LayerRow(name, type(module).__name__, in_shapes, out_shape, 0, 0,
-                                      sum(int(p.size) for p in own), 0, 0, leaf, counted)
-            row = rows[name]
+            row = rows.get(name)
+            if row is None:
+                row = rows[name] = LayerRow(name, type(module).__name__, in_shapes, out_shape, 0, 0,
+                                            own_count, 0, 0, leaf, cost is not None or not leaf)
             row.macs += int(macs)
             row.flops += int(flops)
-            row.bytes += moved
+            row.bytes += _nbytes(inputs) + own_bytes + _nbytes(output)
             row.calls += 1
         return hook
 
-    order = [name for name, _ in model.named_modules()]
     try:
-        for name, module in model.named_modules():
-            handles.append(module.register_forward_hook(make_hook(name)))
+        for name, module in modules:
+            handles.append(module.register_forward_hook(make_hook(name, module)))
         with tc.no_grad():
             model(*args)
     finally:
         for handle in handles:
             handle.remove()
-    report = FlopReport(type(model).__name__, [rows[name] for name in order if name in rows])
+    report = FlopReport(type(model).__name__, [rows[name] for name, _ in modules if name in rows])
     if report.uncounted:
         warnings.warn(f"count_flops: no FLOP rule for {report.uncounted}; they count as 0 "
                       "(pass rules={TheirClass: fn} to count them)", stacklevel=2)
@@ -1281,7 +1292,7 @@ class Profiler:
             inclusive = [run[name] for run, _ in runs]
             own = [run[name] - sum(run.get(c, 0.0) for c in children[name]) for run, _ in runs]
             result[name] = LayerTime(name, types[name], runs[0][1][name],
-                                     float(np.median(inclusive)), float(np.median(own)))
+                                     float(statistics.median(inclusive)), float(statistics.median(own)))
         return result
         ### END SOLUTION
 
@@ -1445,19 +1456,21 @@ for _r in gpt_report.flops.rows:
     _by_type[_r.type] = (_f + _r.flops, _s + _t, _p + _r.params)
 _total_f = gpt_report.flops.total_flops
 _total_t = sum(v[1] for v in _by_type.values())
-print(f"{'type':20s} {'params':>9s} {'FLOPs':>7s} {'time':>7s}")
+print(f"{'type':20s} {'params':>9s} {'FLOPs':>7s} {'time':>7s}  time share / FLOP share")
 for _k, (_f, _s, _p) in sorted(_by_type.items(), key=lambda kv: -kv[1][1]):
-    print(f"{_k:20s} {_p:9,d} {100 * _f / _total_f:6.1f}% {100 * _s / _total_t:6.1f}%")
+    _ratio = f"{(_s / _total_t) / (_f / _total_f):8.2f}" if _f else "       -"
+    print(f"{_k:20s} {_p:9,d} {100 * _f / _total_f:6.1f}% {100 * _s / _total_t:6.1f}%  {_ratio}")
 
 # %% [markdown]
-# Read the two percentage columns side by side (the numbers above are this run's).
-# The `Linear` layers hold nearly all parameters and most FLOPs. Attention's own math
+# Read the columns side by side (the numbers above are this run's). The `Linear`
+# layers hold nearly all parameters and most FLOPs. Attention's own math
 # (`MultiHeadAttention` row: `QK^T`, softmax, `AV`) holds no parameters at all, yet it
 # has a real share of the FLOPs at this length, and that share grows with `T` (section
-# 5). LayerNorm, GELU and the embeddings do a small fraction of the FLOPs and take a
-# visibly larger fraction of the time: they are the memory- and overhead-bound layers
-# of section 1. Backward costs more than forward (it computes two products per
-# `Linear`: the gradients of the input and of the weight).
+# 5). The last column is the key one: a type with a ratio above 1 runs below the
+# model's average FLOP/s. Rows with no FLOPs at all (the `GPT` row's embedding lookups
+# and checks, `Dropout`) still take time: pure overhead. Compare the backward median
+# with the forward median in the report above: backward computes two products per
+# `Linear` (the gradients of the input and of the weight), so expect it to cost more.
 
 # %% [markdown]
 # ## 5. Systems analysis
@@ -1532,12 +1545,12 @@ print(f"largest-FLOP layer  {_hi[0]!r}: {_hi[1]:,} FLOPs in {_hi[2] * 1e6:.0f} u
       f"({_hi[1] / _hi[2] / 1e9:.2f} GFLOP/s)")
 
 # %% [markdown]
-# The points do not follow the dashed line. Below a few hundred thousand FLOPs a layer
-# takes about the same time whatever its FLOPs: that floor is the fixed cost of a
-# Python call, a few NumPy calls and our hooks (tens of microseconds). The achieved
-# GFLOP/s printed above differ by orders of magnitude between the smallest and the
-# largest layers. For small models, **overhead**, not arithmetic, sets the time; this is
-# why module 18 fuses operators and batches requests.
+# The points do not follow the dashed line: time per FLOP changes by orders of
+# magnitude from layer to layer (compare the two GFLOP/s printed above). Small layers
+# sit on a floor: a Python call, a few NumPy calls and our hooks cost microseconds to
+# tens of microseconds whatever the FLOPs. For small models **overhead**, not
+# arithmetic, sets the time; this is why module 18 fuses operators and batches
+# requests.
 #
 # ### 5.3 The roofline of this machine
 #
@@ -1573,8 +1586,10 @@ print("memory-bound:", sorted({p.type for p in gpt_roof if p.bound == "memory"})
 # The roofline says what each layer *could* reach; the dots show what it *does* reach.
 # LayerNorm, GELU and the residual adds sit left of the ridge: memory-bound, whatever
 # the arithmetic units could do. The `Linear` layers on 128 tokens sit right of it and
-# could run near the peak, but the dots fall far below their roof: at these sizes each
-# matmul is too small to keep BLAS busy, and the per-call overhead of 5.2 dominates.
+# could run at the peak; compare the achieved column with the attainable one to see how
+# far each gets in this run. A dot far below its roof is a layer whose time goes to
+# overhead (5.2) or, for the element-wise layers, to NumPy's several passes over memory
+# per layer, not to the arithmetic the roofline counts.
 # (The bytes we count are the minimum that must cross a layer's boundary; the real
 # traffic is higher: attention's unfused `T x T` score matrix, for example, is
 # written and read again, which is what FlashAttention avoids.)
@@ -1600,10 +1615,12 @@ print(f"first call {cold.samples[0] * 1e3:.1f} ms; median of calls 16-30 {warm.m
 print("warm-up excluded:", warm)
 
 # %% [markdown]
-# The first call stands out, and the first few samples would pull a mean up: this is
-# why `measure_latency` discards `warmup` calls before it times anything, and why we
-# report the median. The profiler's own cost: counting FLOPs runs one forward with a
-# hook per module; timing per layer reads the clock twice per module per forward.
+# Look at the printed ratio of the first call to the warm median and at the left end of
+# the plot: when the first calls are slower (first touches of memory, cold caches,
+# thread start-up), they pull a mean up. That is why `measure_latency` discards
+# `warmup` calls before it times anything, and why we report the median. The profiler's
+# own cost: counting FLOPs runs one forward with a hook per module; timing per layer
+# reads the clock twice per module per forward.
 
 # %%
 _x64 = tokens[None, :64]
@@ -1623,12 +1640,13 @@ print(f"per-layer timing hooks: {100 * gpt_report.hook_overhead:+.1f}% on the T=
       f"({len(gpt_report.layer_times)} modules, 2 clock reads each)")
 
 # %% [markdown]
-# On a quiet machine both overheads are a few percent of a `tiny_gpt` forward (the
-# benchmark `python -m benchmarks.run profiling` measures them round-robin with more
-# repeats). They would not be small for a model made of many tiny layers: each hook
-# call costs about a microsecond, the same order as a small layer's own work, which is
-# why real profilers (PyTorch's `torch.profiler`) record events in C++ and sample
-# instead of wrapping every Python call.
+# Both overheads are a fixed cost per module (tens of microseconds for `count_flops`:
+# the hook, the rule, the shapes), so their share depends on how long the forward is:
+# small at `T = 256`, larger at `T = 64`, and large for a model made of many tiny
+# layers. The benchmark `python -m benchmarks.run profiling` measures them
+# round-robin with more repeats at both lengths. This is why real profilers
+# (PyTorch's `torch.profiler`) record events in C++ instead of wrapping every Python
+# call.
 
 # %% [markdown]
 # ## 6. Reflection
