@@ -1159,7 +1159,7 @@ class LayerTime:
     type: str
     calls: int          # calls per forward
     inclusive_s: float  # median over forwards of the time inside the module, children included
-    self_s: float       # median over forwards of inclusive time minus the direct children's
+    self_s: float       # median over forwards of inclusive time minus the module calls made inside it
 
 
 @dataclass(eq=False)
@@ -1223,24 +1223,28 @@ class Profiler:
     def time_layers(self, example_input, warmup: int = 1, repeats: int = 5) -> dict:
         """{name: LayerTime} from `repeats` forwards (after `warmup`) with timing hooks on every module.
 
-        TODO: pre-hook pushes the clock, post-hook pops it and adds the elapsed time to the
-        module's total for this forward; self = inclusive - direct children; medians.
+        TODO: a pre-hook pushes (name, clock(), 0.0) on a call stack; a post-hook pops it,
+        computes the module's inclusive time and its self time (inclusive minus the time of
+        the calls made inside it), and adds its inclusive time to its caller's child time.
+        Medians over the timed forwards.
 
         APPROACH:
-        1. names = [name for name, _ in model.named_modules()]; the parent of "a.b.c"
-           is "a.b", of "a" is "" (the model).
-        2. Per forward: a dict name -> elapsed seconds and name -> calls. Pre-hook:
-           starts[name].append(clock()). Post-hook: elapsed[name] += clock() - starts[name].pop().
+        1. modules = list(model.named_modules()); per forward, dicts name -> inclusive
+           seconds, name -> self seconds, name -> calls; one call stack (a list).
+        2. pre(module, inputs): stack.append([name, clock(), 0.0]).
+           post(module, inputs, output): name, start, inside = stack.pop();
+           spent = clock() - start; inclusive[name] += spent; own[name] += spent - inside;
+           if stack: stack[-1][2] += spent.
         3. Register both hooks on every module; run warmup + repeats forwards under
-           no_grad; remove all handles in `finally:`.
-        4. For each timed forward: self[name] = elapsed[name] - sum(elapsed[child]) over the
-           direct children. Return LayerTime(name, type, calls, median inclusive, median self)
-           for the modules that ran.
+           no_grad, keeping the dicts of the timed ones; remove all handles in `finally:`.
+        4. Return {name: LayerTime(name, type, calls, median inclusive, median self)} for the
+           modules that ran, in named_modules() order.
 
         HINTS:
+        - Use the call stack, not the module tree: a container may call a grandchild
+          directly (GPT calls blocks.0 without calling the ModuleList `blocks`), and the
+          caller is who should lose that time from its self time.
         - Hooks must return None (a returned value would replace the inputs/output).
-        - A stack per module (a list) handles a module that is entered again before it
-          returns.
 
         EXAMPLE:
         >>> times = Profiler(tc.Sequential(tc.Linear(3, 2))).time_layers(np.ones((4, 3), np.float32))
@@ -1252,20 +1256,22 @@ class Profiler:
         model, args = self.model, self._args(example_input)
         ### BEGIN SOLUTION
         modules = list(model.named_modules())
-        children = {name: [] for name, _ in modules}
-        for name, _ in modules:
-            if name:
-                children[name.rpartition(".")[0]].append(name)
-        starts = {name: [] for name, _ in modules}
-        elapsed, calls = {}, {}
+        clock = self.clock
+        stack = []
+        inclusive, own, calls = {}, {}, {}
 
         def make_hooks(name):
             def pre(module, inputs):
-                starts[name].append(self.clock())
+                stack.append([name, clock(), 0.0])
 
             def post(module, inputs, output):
-                elapsed[name] = elapsed.get(name, 0.0) + self.clock() - starts[name].pop()
+                _, start, inside = stack.pop()
+                spent = clock() - start
+                inclusive[name] = inclusive.get(name, 0.0) + spent
+                own[name] = own.get(name, 0.0) + spent - inside
                 calls[name] = calls.get(name, 0) + 1
+                if stack:
+                    stack[-1][2] += spent  # the caller spent this time inside a callee
             return pre, post
 
         handles, runs = [], []
@@ -1276,23 +1282,20 @@ class Profiler:
                 handles.append(module.register_forward_hook(post))
             with tc.no_grad():
                 for i in range(warmup + repeats):
-                    elapsed.clear()
-                    calls.clear()
+                    inclusive, own, calls = {}, {}, {}
+                    stack.clear()
                     model(*args)
                     if i >= warmup:
-                        runs.append((dict(elapsed), dict(calls)))
+                        runs.append((inclusive, own, calls))
         finally:
             for handle in handles:
                 handle.remove()
-        types = {name: type(module).__name__ for name, module in modules}
         result = {}
-        for name, _ in modules:
-            if name not in runs[0][0]:
-                continue
-            inclusive = [run[name] for run, _ in runs]
-            own = [run[name] - sum(run.get(c, 0.0) for c in children[name]) for run, _ in runs]
-            result[name] = LayerTime(name, types[name], runs[0][1][name],
-                                     float(statistics.median(inclusive)), float(statistics.median(own)))
+        for name, module in modules:
+            if name in runs[0][0]:
+                result[name] = LayerTime(name, type(module).__name__, runs[0][2][name],
+                                         float(statistics.median(run[0][name] for run in runs)),
+                                         float(statistics.median(run[1][name] for run in runs)))
         return result
         ### END SOLUTION
 
@@ -1390,6 +1393,22 @@ class _Ticker:  # a fake clock that advances by 1 on every read
 # reads twice (2-3, 4-5, 6-7), the model's post-hook reads 8: inclusive 7, each layer 1, model self 7 - 3 = 4
 _times = Profiler(_m, clock=_Ticker()).time_layers(_x, warmup=0, repeats=2)
 assert _times[""].inclusive_s == 7 and _times["0"].inclusive_s == 1 and _times[""].self_s == 4
+
+
+class _Calls(tc.Module):  # calls the layers of a ModuleList directly, as GPT does with its blocks
+    def __init__(self):
+        super().__init__()
+        self.layers = tc.ModuleList([tc.ReLU(), tc.ReLU()])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+_times = Profiler(_Calls(), clock=_Ticker()).time_layers(_x, warmup=0, repeats=1)
+# reads: "" 1, layers.0 2-3, layers.1 4-5, "" 6: inclusive 5, self 5 - 1 - 1 = 3 (the list itself never runs)
+assert "layers" not in _times and _times[""].self_s == 3, _times[""]
 _bw = Profiler(_m).time_backward(_x, warmup=1, repeats=3)
 assert _bw.n == 3 and all(p.grad is None for p in _m.parameters()), "backward timing restores .grad"
 _report = Profiler(_m).profile(_x, warmup=1, repeats=3)

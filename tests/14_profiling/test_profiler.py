@@ -142,3 +142,33 @@ def test_errors():
             Profiler(model).time_layers(X, **kwargs)
         with pytest.raises(ValueError):
             Profiler(model).time_backward(X, **kwargs)
+
+
+class CallsGrandchildren(tc.Module):
+    """Calls the layers of a ModuleList directly (as GPT calls blocks.0 ... without calling `blocks`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = tc.ModuleList([tc.Linear(6, 6), tc.ReLU(), tc.Linear(6, 2)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_self_time_follows_the_call_stack_not_the_tree():
+    times = Profiler(CallsGrandchildren(), clock=Ticker()).time_layers(X, warmup=0, repeats=2)
+    assert "layers" not in times, "the ModuleList is never called"
+    assert times[""].inclusive_s == 7 and times[""].self_s == 4
+    assert sum(t.self_s for t in times.values()) == times[""].inclusive_s
+
+
+def test_gpt_self_times_add_up_to_the_forward():
+    cfg = tc.GPTConfig(vocab_size=11, context_length=8, embed_dim=8, num_layers=2, num_heads=2)
+    times = Profiler(tc.GPT(cfg), clock=Ticker()).time_layers(np.zeros((1, 8), np.int64), warmup=0, repeats=1)
+    assert sum(t.self_s for t in times.values()) == times[""].inclusive_s
+    # the ticker advances 1 between consecutive reads: the GPT's self time is the gaps around its
+    # 7 direct calls (tok_emb, pos_emb, drop, blocks.0, blocks.1, ln_f, lm_head): 8
+    assert times[""].self_s == 8
+    assert "blocks.0" in times and "blocks" not in times
