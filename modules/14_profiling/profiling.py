@@ -1616,20 +1616,20 @@ print("memory-bound:", sorted({p.type for p in gpt_roof if p.bound == "memory"})
 # ### 5.4 Warm-up and profiler overhead
 #
 # The first calls of a fresh model are slower: memory pages are touched for the first
-# time, caches are cold, BLAS starts its threads. Time the first 15 forwards of a newly
+# time, caches are cold, BLAS starts its threads. Time the first 24 forwards of a newly
 # built GPT with no warm-up at all:
 
 # %%
 fresh = models.build("tiny_gpt").eval()
-cold = measure_latency(lambda: fresh(tokens[None, :64]), warmup=0, repeats=15)
-warm = measure_latency(lambda: fresh(tokens[None, :64]), warmup=0, repeats=15)
+cold = measure_latency(lambda: fresh(tokens[None, :64]), warmup=0, repeats=12)
+warm = measure_latency(lambda: fresh(tokens[None, :64]), warmup=0, repeats=12)
 fig, ax = plt.subplots(figsize=(7, 3.5))
-ax.plot(np.arange(1, 16), cold.samples * 1e3, "o-", label="first 15 calls (no warm-up)")
-ax.plot(np.arange(16, 31), warm.samples * 1e3, "s-", label="next 15 calls")
+ax.plot(np.arange(1, 13), cold.samples * 1e3, "o-", label="first 12 calls (no warm-up)")
+ax.plot(np.arange(13, 25), warm.samples * 1e3, "s-", label="next 12 calls")
 ax.set(xlabel="call number", ylabel="ms", title="Warm-up: tiny_gpt forward, T=64, fresh model")
 ax.legend()
 show(fig)
-print(f"first call {cold.samples[0] * 1e3:.1f} ms; median of calls 16-30 {warm.median * 1e3:.1f} ms "
+print(f"first call {cold.samples[0] * 1e3:.1f} ms; median of calls 13-24 {warm.median * 1e3:.1f} ms "
       f"(ratio {cold.samples[0] / warm.median:.1f}x)")
 print("warm-up excluded:", warm)
 
