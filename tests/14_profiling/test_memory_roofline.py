@@ -36,6 +36,17 @@ def test_grad_mode_retains_the_graph():
         "with grad=True the activations stay alive for backward"
 
 
+def test_peak_is_measured_from_the_call_not_from_an_earlier_peak():
+    tracemalloc.start()
+    try:
+        big = np.ones(5_000_000)      # 40 MB peak in the outer session, freed before the call
+        del big
+        report = measure_memory(lambda: float(np.ones(1000).sum()))
+        assert report.peak_bytes < 1_000_000, "an earlier peak of the caller's session is not the call's"
+    finally:
+        tracemalloc.stop()
+
+
 def test_outer_tracemalloc_session_survives():
     tracemalloc.start()
     try:
