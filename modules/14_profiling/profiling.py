@@ -1486,8 +1486,9 @@ for _k, (_f, _s, _p) in sorted(_by_type.items(), key=lambda kv: -kv[1][1]):
 # (`MultiHeadAttention` row: `QK^T`, softmax, `AV`) holds no parameters at all, yet it
 # has a real share of the FLOPs at this length, and that share grows with `T` (section
 # 5). The last column is the key one: a type with a ratio above 1 runs below the
-# model's average FLOP/s. Rows with no FLOPs at all (the `GPT` row's embedding lookups
-# and checks, `Dropout`) still take time: pure overhead. Compare the backward median
+# model's average FLOP/s. Rows with little or no arithmetic (the `GPT` row: input
+# checks and one add; the `Embedding` lookups; `Dropout`, the identity at inference)
+# still take time: that is overhead, not work. Compare the backward median
 # with the forward median in the report above: backward computes two products per
 # `Linear` (the gradients of the input and of the weight), so expect it to cost more.
 
