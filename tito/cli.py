@@ -8,6 +8,7 @@ anywhere becomes one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from tito import __version__, demo, doctor, export, module_cmd, nbgrader_cmd
@@ -45,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tito: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`tito module list | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
