@@ -41,6 +41,7 @@ def machine_info() -> dict:
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cores": psutil.cpu_count(logical=True),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),  # other work skews BLAS timings badly
         "env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")
                 if k in os.environ},
     }
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown suite(s) {unknown}; expected some of {available()}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f}: other processes are using the CPU, and OpenBLAS timings can be "
+              "several times slower while they do; the load is recorded in the JSON", file=sys.stderr)
     for name in names:
         print(f"== {name}", flush=True)
         started = time.time()
