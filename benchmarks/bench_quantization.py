@@ -13,7 +13,8 @@ from benchmarks.run import compare
 from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
 from tinytorch.quantization import (
-    OBSERVERS, QuantizedConv2d, QuantizedLinear, model_size_bytes, quantize_model,
+    OBSERVERS, QuantizedConv2d, QuantizedLinear, WeightOnlyConv2d, WeightOnlyLinear, model_size_bytes,
+    quantize_model, quantize_weights_groupwise,
 )
 
 
@@ -24,6 +25,8 @@ def weight_bytes(model) -> int:
             total += m.weight.data.nbytes
         elif isinstance(m, (QuantizedLinear, QuantizedConv2d)):
             total += m.weight_int8.nbytes + m.weight_scale.nbytes
+        elif isinstance(m, (WeightOnlyLinear, WeightOnlyConv2d)):
+            total += m.weight_packed.nbytes + m.weight_scale.nbytes
     return total
 
 
@@ -49,7 +52,11 @@ def run(quick: bool = False) -> dict:
     for name, batches in calib.items():
         fp = gpt if name == "tiny_gpt" else models.load(name)
         q = quantize_model(fp, batches)
+        q4 = quantize_weights_groupwise(fp, bits=4, group_size=32)
         out["sizes"][name] = {
+            "int4_model_bytes": model_size_bytes(q4), "int4_model_ratio": model_size_bytes(fp) / model_size_bytes(q4),
+            "int4_weight_bytes_with_scales": weight_bytes(q4), "int4_weight_ratio": weight_bytes(fp) / weight_bytes(q4),
+            "int4_weight_goal": 7.0, "int4_weight_meets_goal": bool(weight_bytes(fp) / weight_bytes(q4) >= 7.0),
             "fp32_model_bytes": model_size_bytes(fp), "int8_model_bytes": model_size_bytes(q),
             "model_ratio": model_size_bytes(fp) / model_size_bytes(q),
             "fp32_weight_bytes": weight_bytes(fp), "int8_weight_bytes_with_scales": weight_bytes(q),
@@ -59,11 +66,12 @@ def run(quick: bool = False) -> dict:
         if name == "tiny_gpt":
             lf, lq = lm_loss(fp, val_ids)["loss"], lm_loss(q, val_ids)["loss"]
             out["accuracy"][name] = {"val_prefix_chars": len(val_ids), "fp32_loss": lf, "int8_loss": lq,
+                                     "int4_loss": lm_loss(q4, val_ids)["loss"],
                                      "fp32_perplexity": float(np.exp(lf)), "int8_perplexity": float(np.exp(lq))}
             x = val_ids[: 2 * t].reshape(2, t)
         else:
             base = accuracy(fp, digits.x_test, digits.y_test)
-            rows = {"fp32": base}
+            rows = {"fp32": base, "int4_groupwise32": accuracy(q4, digits.x_test, digits.y_test)}
             for per_channel in (False, True):
                 for obs in OBSERVERS:
                     qq = quantize_model(fp, batches, per_channel=per_channel, observer=obs)
@@ -72,6 +80,6 @@ def run(quick: bool = False) -> dict:
             rows["per_channel_minmax_within_0.5_points"] = bool(abs(rows["per_channel/minmax"] - base) <= 0.005)
             out["accuracy"][name] = rows
             x = digits.x_test
-        out["latency"][name] = compare({"fp32": _forward(fp, x), "int8": _forward(q, x)},
+        out["latency"][name] = compare({"fp32": _forward(fp, x), "int8": _forward(q, x), "int4": _forward(q4, x)},
                                        warmup=2, repeats=5 if quick else 20)
     return out

@@ -569,3 +569,144 @@ def _quantized_flops(module, input_shapes, output_shape):
 
 
 QUANTIZED_FLOP_RULES = {QuantizedLinear: _quantized_flops, QuantizedConv2d: _quantized_flops}
+
+
+# %% modules/15_quantization/quantization.py (cell 29)
+GROUP_BITS = (2, 4, 8)
+
+
+def pack_groupwise(weight, bits: int = 4, group_size: int = 32):
+    """Q4_0-style group quantization of a weight (rows = axis 0, the rest flattened).
+
+    Returns (packed uint8 (rows, padded_k * bits // 8), scales float16 (rows, groups)).
+
+    TODO: per group of `group_size` values along each row: d = m / -2^(bits-1) with m the
+    value of largest |x|; u = clip(floor(x / d + 2^(bits-1) + 0.5), 0, 2^bits - 1);
+    pack 8 // bits values per byte (byte j holds values j, j + G/n, j + 2G/n, ...).
+
+    APPROACH:
+    1. Validate bits (in GROUP_BITS), group_size (positive, multiple of 8 // bits), finite weight.
+    2. w2 = weight.reshape(rows, -1) in float32; pad columns with zeros to a multiple of G.
+    3. g = (rows, groups, G); m via argmax(|g|) + take_along_axis; d = (m / -half) as float16.
+    4. u as above with inv = 1/d (0 where d == 0), as uint8.
+    5. u.reshape(rows, groups, n, G // n); byte = sum over s of u[:, :, s, :] << (s * bits).
+
+    EXAMPLE:
+    >>> packed, d = pack_groupwise(np.arange(-16, 16, dtype=np.float32)[None, :] / 16)
+    >>> packed.shape, packed.dtype, d.dtype, float(d[0, 0])
+    ((1, 16), dtype('uint8'), dtype('float16'), 0.125)
+    """
+    w = _finite_array(weight, "pack_groupwise weight")
+    if bits not in GROUP_BITS:
+        raise ValueError(f"bits must be one of {GROUP_BITS}, got {bits!r}")
+    n = 8 // bits
+    if not isinstance(group_size, (int, np.integer)) or group_size < n or group_size % n:
+        raise ValueError(f"group_size must be a positive multiple of {n} for {bits}-bit values, got {group_size!r}")
+    if w.ndim < 1 or w.size == 0:
+        raise ValueError(f"pack_groupwise needs a non-empty weight with rows, got shape {w.shape}")
+    rows = w.shape[0]
+    w2 = w.reshape(rows, -1).astype(np.float32)
+    k = w2.shape[1]
+    groups = -(-k // group_size)
+    w2 = np.pad(w2, ((0, 0), (0, groups * group_size - k)))
+    g = w2.reshape(rows, groups, group_size)
+    idx = np.abs(g).argmax(axis=-1)[..., None]
+    m = np.take_along_axis(g, idx, axis=-1)[..., 0]
+    half = 2 ** (bits - 1)
+    d = (m / -half).astype(np.float16)
+    d32 = d.astype(np.float32)
+    inv = np.divide(1.0, d32, out=np.zeros_like(d32), where=d32 != 0)
+    u = np.clip(np.floor(g * inv[..., None] + half + 0.5), 0, 2 * half - 1).astype(np.uint8)
+    u = u.reshape(rows, groups, n, group_size // n)
+    packed = np.zeros((rows, groups, group_size // n), np.uint8)
+    for s in range(n):
+        packed |= u[:, :, s, :] << np.uint8(s * bits)
+    return packed.reshape(rows, groups * group_size // n), d
+
+
+def unpack_groupwise(packed, scales, shape, bits: int = 4) -> np.ndarray:
+    """The float32 weight of `shape` from pack_groupwise's (packed, scales)."""
+    if bits not in GROUP_BITS:
+        raise ValueError(f"bits must be one of {GROUP_BITS}, got {bits!r}")
+    packed, scales = np.asarray(packed), np.asarray(scales)
+    if packed.dtype != np.uint8 or packed.ndim != 2 or scales.shape[0] != packed.shape[0]:
+        raise ValueError(f"unpack_groupwise needs packed uint8 (rows, bytes) and scales (rows, groups), "
+                         f"got {packed.dtype} {packed.shape} and {scales.shape}")
+    n, half = 8 // bits, 2 ** (bits - 1)
+    rows, groups = scales.shape
+    per_group = packed.shape[1] // groups  # bytes per group = G // n
+    b = packed.reshape(rows, groups, 1, per_group)
+    mask = np.uint8(2 ** bits - 1)
+    u = np.concatenate([(b >> np.uint8(s * bits)) & mask for s in range(n)], axis=2)
+    w = (u.reshape(rows, groups, -1).astype(np.float32) - half) * scales.astype(np.float32)[..., None]
+    k = int(np.prod(shape[1:]))
+    return w.reshape(rows, -1)[:, :k].reshape(shape)
+
+
+class WeightOnlyLinear(tc.Module):
+    """A Linear whose weight is stored groupwise-packed (uint8) + float16 group scales."""
+
+    def __init__(self, linear, bits: int = 4, group_size: int = 32):
+        super().__init__()
+        if not isinstance(linear, tc.Linear):
+            raise TypeError(f"WeightOnlyLinear needs a Linear, got {type(linear).__name__}")
+        packed, scales = pack_groupwise(linear.weight.data, bits, group_size)
+        self.register_buffer("weight_packed", packed)
+        self.register_buffer("weight_scale", scales)
+        self.weight_shape, self.bits, self.group_size = linear.weight.shape, bits, group_size
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bias = None if linear.bias is None else tc.Parameter(linear.bias.data.copy())
+
+    def dequantized_weight(self) -> np.ndarray:
+        return unpack_groupwise(self.weight_packed, self.weight_scale, self.weight_shape, self.bits)
+
+    def forward(self, x) -> tc.Tensor:
+        return F.linear(x, tc.Tensor(self.dequantized_weight()), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits} groups of {self.group_size}"
+
+
+class WeightOnlyConv2d(tc.Module):
+    """A Conv2d whose weight (OC, C*kh*kw per row) is stored groupwise-packed + float16 scales."""
+
+    def __init__(self, conv, bits: int = 4, group_size: int = 32):
+        super().__init__()
+        if not isinstance(conv, tc.Conv2d):
+            raise TypeError(f"WeightOnlyConv2d needs a Conv2d, got {type(conv).__name__}")
+        packed, scales = pack_groupwise(conv.weight.data, bits, group_size)
+        self.register_buffer("weight_packed", packed)
+        self.register_buffer("weight_scale", scales)
+        self.weight_shape, self.bits, self.group_size = conv.weight.shape, bits, group_size
+        self.stride, self.padding = conv.stride, conv.padding
+        self.bias = None if conv.bias is None else tc.Parameter(conv.bias.data.copy())
+
+    def dequantized_weight(self) -> np.ndarray:
+        return unpack_groupwise(self.weight_packed, self.weight_scale, self.weight_shape, self.bits)
+
+    def forward(self, x) -> tc.Tensor:
+        return F.conv2d(x, tc.Tensor(self.dequantized_weight()), self.bias, self.stride, self.padding)
+
+
+def quantize_weights_groupwise(model, bits: int = 4, group_size: int = 32):
+    """A copy of `model` with every Linear/Conv2d weight stored groupwise in `bits` bits."""
+    if not isinstance(model, tc.Module):
+        raise TypeError(f"quantize_weights_groupwise needs a Module, got {type(model).__name__}")
+    if bits not in GROUP_BITS:
+        raise ValueError(f"bits must be one of {GROUP_BITS}, got {bits!r}")
+    qmodel = copy.deepcopy(model)
+    swap = {tc.Linear: WeightOnlyLinear, tc.Conv2d: WeightOnlyConv2d}
+    targets = [(parent, name, child) for _, parent in qmodel.named_modules()
+               for name, child in parent.named_children() if type(child) in swap]
+    for parent, name, child in targets:
+        setattr(parent, name, swap[type(child)](child, bits, group_size))
+    return qmodel
+
+
+def _weight_only_flops(module, input_shapes, output_shape):
+    out = int(np.prod(output_shape))
+    macs = out * int(np.prod(module.weight_shape[1:]))
+    return macs, 2 * macs + (out if module.bias is not None else 0)
+
+
+QUANTIZED_FLOP_RULES.update({WeightOnlyLinear: _weight_only_flops, WeightOnlyConv2d: _weight_only_flops})
