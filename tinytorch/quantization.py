@@ -214,6 +214,7 @@ class MinMaxObserver(Observer):
     (-2.0, 5.0)
     """
     def _update(self, a):
+        """Fold one batch (float64 array) into self.lo / self.hi."""
         lo, hi = float(a.min()), float(a.max())
         if self.batches == 0:
             self.lo, self.hi = lo, hi
@@ -234,6 +235,7 @@ class MovingAverageMinMaxObserver(Observer):
         self.c = averaging_constant
 
     def _update(self, a):
+        """The first batch sets lo/hi; later ones move them by c * (batch value - current)."""
         lo, hi = float(a.min()), float(a.max())
         if self.batches == 0:
             self.lo, self.hi = lo, hi
@@ -273,6 +275,7 @@ class PercentileObserver(_SampleObserver):
         self.percentile = percentile
 
     def _range(self):
+        """(100 - p)-th and p-th percentiles of self._values()."""
         v = self._values()
         return float(np.percentile(v, 100 - self.percentile)), float(np.percentile(v, self.percentile))
 
@@ -282,6 +285,7 @@ class MSEObserver(_SampleObserver):
     quantize-dequantize mean squared error on the values seen is smallest."""
 
     def _range(self):
+        """Try alpha * (min_seen, max_seen) for 36 alphas in [0.3, 1]; keep the lowest-MSE range."""
         v = self._values()
         best = None
         for alpha in np.linspace(0.3, 1.0, 36):

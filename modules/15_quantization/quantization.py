@@ -405,17 +405,18 @@ class MinMaxObserver(Observer):
     >>> o = MinMaxObserver(); o.update([1.0, -2.0]); o.update([5.0]); o.range()
     (-2.0, 5.0)
     """
-    ### BEGIN SOLUTION
     def _update(self, a):
+        """Fold one batch (float64 array) into self.lo / self.hi."""
+        ### BEGIN SOLUTION
         lo, hi = float(a.min()), float(a.max())
         if self.batches == 0:
             self.lo, self.hi = lo, hi
         else:
             self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        ### END SOLUTION
 
     def _range(self):
         return self.lo, self.hi
-    ### END SOLUTION
 
 
 class MovingAverageMinMaxObserver(Observer):
@@ -427,18 +428,19 @@ class MovingAverageMinMaxObserver(Observer):
             raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
         self.c = averaging_constant
 
-    ### BEGIN SOLUTION
     def _update(self, a):
+        """The first batch sets lo/hi; later ones move them by c * (batch value - current)."""
+        ### BEGIN SOLUTION
         lo, hi = float(a.min()), float(a.max())
         if self.batches == 0:
             self.lo, self.hi = lo, hi
         else:
             self.lo += self.c * (lo - self.lo)
             self.hi += self.c * (hi - self.hi)
+        ### END SOLUTION
 
     def _range(self):
         return self.lo, self.hi
-    ### END SOLUTION
 
 
 class _SampleObserver(Observer):
@@ -468,19 +470,21 @@ class PercentileObserver(_SampleObserver):
             raise ValueError(f"percentile must be in (50, 100], got {percentile}")
         self.percentile = percentile
 
-    ### BEGIN SOLUTION
     def _range(self):
+        """(100 - p)-th and p-th percentiles of self._values()."""
+        ### BEGIN SOLUTION
         v = self._values()
         return float(np.percentile(v, 100 - self.percentile)), float(np.percentile(v, self.percentile))
-    ### END SOLUTION
+        ### END SOLUTION
 
 
 class MSEObserver(_SampleObserver):
     """The clipping range alpha * [min, max] (alpha in a grid from 0.3 to 1) whose
     quantize-dequantize mean squared error on the values seen is smallest."""
 
-    ### BEGIN SOLUTION
     def _range(self):
+        """Try alpha * (min_seen, max_seen) for 36 alphas in [0.3, 1]; keep the lowest-MSE range."""
+        ### BEGIN SOLUTION
         v = self._values()
         best = None
         for alpha in np.linspace(0.3, 1.0, 36):
@@ -490,7 +494,7 @@ class MSEObserver(_SampleObserver):
             if best is None or err < best[0]:
                 best = (err, lo, hi)
         return best[1], best[2]
-    ### END SOLUTION
+        ### END SOLUTION
 
 
 OBSERVERS = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver,
