@@ -14,7 +14,7 @@ from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
 from tinytorch.quantization import (
     OBSERVERS, QuantizedConv2d, QuantizedLinear, WeightOnlyConv2d, WeightOnlyLinear, model_size_bytes,
-    quantize_model, quantize_weights_groupwise,
+    convert_qat, prepare_qat, quantize_model, quantize_weights_groupwise,
 )
 
 
@@ -35,6 +35,26 @@ def _forward(model, x):
         with tc.no_grad():
             return model(x)
     return run
+
+
+def qat_vs_ptq(digits, bits: int, epochs: int) -> dict:
+    """Weight-only groupwise `bits` on digits_mlp: PTQ vs a short QAT fine-tune (Adam 1e-3, batch 64)."""
+    fp = models.load("digits_mlp")
+    qat = prepare_qat(fp, bits=bits).train()
+    opt = tc.Adam(qat.parameters(), lr=1e-3)
+    order = np.random.default_rng(0)
+    for _ in range(epochs):
+        perm = order.permutation(len(digits.x_train))
+        for i in range(0, len(perm), 64):
+            idx = perm[i:i + 64]
+            loss = tc.functional.cross_entropy(qat(digits.x_train[idx]), digits.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return {"bits": bits, "qat_epochs": epochs,
+            "fp32": accuracy(fp, digits.x_test, digits.y_test),
+            "ptq": accuracy(quantize_weights_groupwise(fp, bits=bits), digits.x_test, digits.y_test),
+            "qat": accuracy(convert_qat(qat), digits.x_test, digits.y_test)}
 
 
 def run(quick: bool = False) -> dict:
@@ -82,4 +102,5 @@ def run(quick: bool = False) -> dict:
             x = digits.x_test
         out["latency"][name] = compare({"fp32": _forward(fp, x), "int8": _forward(q, x), "int4": _forward(q4, x)},
                                        warmup=2, repeats=5 if quick else 20)
+    out["qat_vs_ptq_digits_mlp"] = [qat_vs_ptq(digits, 2, 3), qat_vs_ptq(digits, 4, 2)]
     return out

@@ -714,3 +714,87 @@ def _weight_only_flops(module, input_shapes, output_shape):
 
 
 QUANTIZED_FLOP_RULES.update({WeightOnlyLinear: _weight_only_flops, WeightOnlyConv2d: _weight_only_flops})
+
+
+# %% modules/15_quantization/quantization.py (cell 32)
+def fake_quantize_groupwise(weight, bits: int = 4, group_size: int = 32) -> tc.Tensor:
+    """unpack_groupwise(pack_groupwise(w)) in the forward; the gradient passes straight through.
+
+    TODO: compute the fake-quantized values with no gradient, make a result tensor whose
+    parent is `weight`, and give it a backward that hands the gradient to `weight` unchanged.
+
+    APPROACH:
+    1. w = tc.as_tensor(weight); values = unpack_groupwise(*pack_groupwise(w.data, bits, group_size), w.shape, bits).
+    2. out = w._make(values, (w,)) (it joins the graph only when w requires grad).
+    3. If out._parents: out._backward = lambda g: w._accumulate(g).
+
+    EXAMPLE:
+    >>> w = tc.Parameter(np.array([[0.3, -1.0] * 16], np.float32))
+    >>> y = fake_quantize_groupwise(w, bits=2); (y * 3.0).sum().backward(); float(w.grad[0, 0])
+    3.0
+    """
+    w = tc.as_tensor(weight)
+    values = unpack_groupwise(*pack_groupwise(w.data, bits, group_size), w.shape, bits)
+    out = w._make(values.astype(w.dtype), (w,))
+    if out._parents:
+        out._backward = lambda g: w._accumulate(g)
+    return out
+
+
+class FakeQuantLinear(tc.Module):
+    """Training-time Linear whose forward uses the fake-quantized weight (its own float
+    `weight` and `bias` are the Parameters the optimizer updates)."""
+
+    def __init__(self, linear, bits: int = 4, group_size: int = 32):
+        super().__init__()
+        if not isinstance(linear, tc.Linear):
+            raise TypeError(f"FakeQuantLinear needs a Linear, got {type(linear).__name__}")
+        self.linear, self.bits, self.group_size = linear, bits, group_size
+
+    def forward(self, x) -> tc.Tensor:
+        w = fake_quantize_groupwise(self.linear.weight, self.bits, self.group_size)
+        return F.linear(x, w, self.linear.bias)
+
+
+class FakeQuantConv2d(tc.Module):
+    """Training-time Conv2d with a fake-quantized weight."""
+
+    def __init__(self, conv, bits: int = 4, group_size: int = 32):
+        super().__init__()
+        if not isinstance(conv, tc.Conv2d):
+            raise TypeError(f"FakeQuantConv2d needs a Conv2d, got {type(conv).__name__}")
+        self.conv, self.bits, self.group_size = conv, bits, group_size
+
+    def forward(self, x) -> tc.Tensor:
+        w = fake_quantize_groupwise(self.conv.weight, self.bits, self.group_size)
+        return F.conv2d(x, w, self.conv.bias, self.conv.stride, self.conv.padding)
+
+
+def prepare_qat(model, bits: int = 4, group_size: int = 32):
+    """A copy of `model` with Linear/Conv2d wrapped in fake-quantized versions, ready to train."""
+    if not isinstance(model, tc.Module):
+        raise TypeError(f"prepare_qat needs a Module, got {type(model).__name__}")
+    if bits not in GROUP_BITS:
+        raise ValueError(f"bits must be one of {GROUP_BITS}, got {bits!r}")
+    qat = copy.deepcopy(model)
+    wrap = {tc.Linear: FakeQuantLinear, tc.Conv2d: FakeQuantConv2d}
+    targets = [(parent, name, child) for _, parent in qat.named_modules()
+               for name, child in parent.named_children() if type(child) in wrap]
+    for parent, name, child in targets:
+        setattr(parent, name, wrap[type(child)](child, bits, group_size))
+    return qat
+
+
+def convert_qat(qat_model):
+    """The deployable model: each fake-quantized layer packed for real (WeightOnlyLinear/Conv2d)."""
+    model = copy.deepcopy(qat_model)
+    targets = [(parent, name, child) for _, parent in model.named_modules()
+               for name, child in parent.named_children() if isinstance(child, (FakeQuantLinear, FakeQuantConv2d))]
+    if not targets:
+        raise ValueError("convert_qat found no fake-quantized layer: call prepare_qat first")
+    for parent, name, child in targets:
+        if isinstance(child, FakeQuantLinear):
+            setattr(parent, name, WeightOnlyLinear(child.linear, child.bits, child.group_size))
+        else:
+            setattr(parent, name, WeightOnlyConv2d(child.conv, child.bits, child.group_size))
+    return model.eval()

@@ -87,3 +87,46 @@ def test_groupwise_errors():
         quantize_weights_groupwise(tc.Sequential(tc.Linear(2, 2)), bits=5)
     with pytest.raises(TypeError, match="Linear"):
         WeightOnlyLinear(tc.ReLU())
+
+
+# ------------------------------------------------------------ QAT: fake quantization + STE
+from tinytorch.quantization import FakeQuantLinear, convert_qat, fake_quantize_groupwise, prepare_qat  # noqa: E402
+
+
+def test_fake_quantize_forward_is_the_grid_and_gradient_is_straight_through():
+    rng = np.random.default_rng(3)
+    w = tc.Parameter(rng.standard_normal((4, 40)).astype(np.float32))
+    y = fake_quantize_groupwise(w, bits=2, group_size=8)
+    assert np.array_equal(y.data, unpack_groupwise(*pack_groupwise(w.data, 2, 8), w.shape, 2))
+    g = rng.standard_normal((4, 40)).astype(np.float32)
+    (y * tc.Tensor(g)).sum().backward()
+    np.testing.assert_array_equal(w.grad, g)
+
+
+def test_prepare_train_convert_digits_mlp():
+    digits = datasets.load_digits()
+    model = models.load("digits_mlp")
+    qat = prepare_qat(model, bits=2).train()
+    assert type(model[1]) is tc.Linear and isinstance(qat[1], FakeQuantLinear)
+    before = model[1].weight.data.copy()
+    opt = tc.Adam(qat.parameters(), lr=1e-3)
+    x, y = digits.x_train, digits.y_train
+    for i in range(0, 640, 64):
+        loss = tc.functional.cross_entropy(qat(x[i:i + 64]), y[i:i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert np.array_equal(model[1].weight.data, before)  # the original is untouched
+    deployed = convert_qat(qat)
+    assert isinstance(deployed[1], WeightOnlyLinear) and deployed[1].weight_packed.dtype == np.uint8
+    with tc.no_grad():
+        np.testing.assert_allclose(deployed(x[:50]).data, qat(x[:50]).data, atol=1e-5)
+    ptq = accuracy(quantize_weights_groupwise(model, bits=2), digits.x_test, digits.y_test)
+    assert accuracy(deployed, digits.x_test, digits.y_test) > ptq
+
+
+def test_qat_errors():
+    with pytest.raises(ValueError, match="bits"):
+        prepare_qat(tc.Sequential(tc.Linear(2, 2)), bits=6)
+    with pytest.raises(ValueError, match="prepare_qat"):
+        convert_qat(tc.Sequential(tc.Linear(2, 2)))
