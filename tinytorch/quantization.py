@@ -587,6 +587,8 @@ def pack_groupwise(weight, bits: int = 4, group_size: int = 32):
     TODO: per group of `group_size` values along each row: d = m / -2^(bits-1) with m the
     value of largest |x|; u = clip(floor(x / d + 2^(bits-1) + 0.5), 0, 2^bits - 1);
     pack 8 // bits values per byte (byte j holds values j, j + G/n, j + 2G/n, ...).
+    Scales are float16 as in Q4_0: a group whose largest |x| is below about
+    2^(bits-1) * 6e-8 gets scale 0 (float16 underflow) and comes back as zeros.
 
     APPROACH:
     1. Validate bits (in GROUP_BITS), group_size (positive, multiple of 8 // bits), finite weight.
@@ -608,6 +610,8 @@ def pack_groupwise(weight, bits: int = 4, group_size: int = 32):
         raise ValueError(f"group_size must be a positive multiple of {n} for {bits}-bit values, got {group_size!r}")
     if w.ndim < 1 or w.size == 0:
         raise ValueError(f"pack_groupwise needs a non-empty weight with rows, got shape {w.shape}")
+    if np.abs(w).max() / 2 ** (bits - 1) > np.finfo(np.float16).max:
+        raise ValueError(f"pack_groupwise: |weight| up to {np.abs(w).max():.3g} overflows the float16 group scales")
     rows = w.shape[0]
     w2 = w.reshape(rows, -1).astype(np.float32)
     k = w2.shape[1]

@@ -40,8 +40,10 @@ def test_round_trip_within_one_step(w, bits, group):
     assert packed.dtype == np.uint8 and packed.shape == (w.shape[0], groups * group * bits // 8)
     back = unpack_groupwise(packed, d, w.shape, bits)
     step = np.repeat(np.abs(d.astype(np.float32)), group, axis=1)[:, : w.shape[1]]
-    # half a step inside the grid; a full step for the far end that the format clips (as in Q4_0)
-    assert np.all(np.abs(back - w) <= step * (1 + 2e-3) + 1e-6 * np.abs(w).max())
+    # half a step inside the grid; a full step for the far end that the format clips (as in Q4_0);
+    # plus float16's underflow: a group with max |x| below 2^(bits-1) * 2^-24 gets scale 0
+    underflow = 2 ** (bits - 1) * 2.0 ** -24
+    assert np.all(np.abs(back - w) <= step * (1 + 2e-3) + 1e-6 * np.abs(w).max() + underflow)
     assert np.all(back[w == 0] == 0)
 
 
@@ -83,6 +85,8 @@ def test_groupwise_errors():
         pack_groupwise(w, 4, 7)
     with pytest.raises(ValueError, match="non-finite"):
         pack_groupwise(np.array([[np.nan, 1.0]]))
+    with pytest.raises(ValueError, match="float16"):
+        pack_groupwise(np.array([[1e6, 1.0]], np.float32))
     with pytest.raises(ValueError, match="bits"):
         quantize_weights_groupwise(tc.Sequential(tc.Linear(2, 2)), bits=5)
     with pytest.raises(TypeError, match="Linear"):
