@@ -1453,7 +1453,7 @@ _worst = min(_sq["tiny_gpt"], key=_sq["tiny_gpt"].get)
 print(f"least precise tiny_gpt layer: {_worst} ({_sq['tiny_gpt'][_worst]:.1f} dB)")
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
 _names = list(_sq["tiny_gpt"])
 axes[0].bar(range(len(_names)), [_sq["tiny_gpt"][k] for k in _names])
 axes[0].set_xticks(range(len(_names)), _names, rotation=90, fontsize=6)
@@ -1474,28 +1474,39 @@ for _o, _c in (("minmax", "C0"), ("percentile", "C1"), ("mse", "C2")):
     axes[1].axvline(_hi, color=_c)
 axes[1].set_title("blocks.0.mlp.proj input (after GELU): clipping ranges")
 axes[1].legend(fontsize=7)
+_wfc = _gpt.blocks[0].mlp.fc.weight.data
+_sc = _quant["tiny_gpt"].blocks[0].mlp.fc.weight_scale * 127
+axes[2].hist(_wfc.ravel(), bins=200, log=True, color="0.6")
+axes[2].axvline(np.abs(_wfc).max(), color="C0", label=f"per-tensor range +-{np.abs(_wfc).max():.2f}")
+axes[2].axvline(-np.abs(_wfc).max(), color="C0")
+axes[2].axvline(_sc.min(), color="C3", ls="--", label=f"per-channel ranges: +-{_sc.min():.2f} ... +-{_sc.max():.2f}")
+axes[2].axvline(-_sc.min(), color="C3", ls="--")
+axes[2].set_title("blocks.0.mlp.fc weight (512 channels)")
+axes[2].legend(fontsize=7)
 fig.tight_layout()
 show(fig)
 
 # %% [markdown]
 # ### Latency: honest numbers
 #
-# The same 360 test digits through the float and the INT8 `digits_cnn`, and 2 windows
-# through `tiny_gpt`, timed side by side with module 14's `measure_latency`.
+# The same 360 test digits through the float, INT8 and INT4 `digits_cnn`, and 2 windows
+# of 256 characters through `tiny_gpt`, timed one after the other with module 14's
+# `measure_latency` (median and its 95% confidence interval).
 
 # %%
 _lat = {}
 for _n, _x in (("digits_cnn", x_test), ("tiny_gpt", _val_ids[: 2 * _T].reshape(2, _T))):
     _f = _gpt if _n == "tiny_gpt" else models.load(_n)
-    for _kind, _mod in (("fp32", _f), ("int8", _quant[_n])):
+    for _kind, _mod in (("fp32", _f), ("int8", _quant[_n]), ("int4", _int4[_n])):
         def _run(m=_mod, x=_x):
             with tc.no_grad():
                 return m(x)
         _lat[_n, _kind] = measure_latency(_run, warmup=2, repeats=15)
-    _a, _b = _lat[_n, "fp32"], _lat[_n, "int8"]
-    print(f"{_n:11s} fp32 median {_a.median * 1e3:7.2f} ms [{_a.ci_low * 1e3:.2f}, {_a.ci_high * 1e3:.2f}]  "
-          f"int8 median {_b.median * 1e3:7.2f} ms [{_b.ci_low * 1e3:.2f}, {_b.ci_high * 1e3:.2f}]  "
-          f"int8/fp32 = {_b.median / _a.median:.2f}x")
+    _a = _lat[_n, "fp32"]
+    for _kind in ("fp32", "int8", "int4"):
+        _b = _lat[_n, _kind]
+        print(f"{_n:11s} {_kind} median {_b.median * 1e3:7.2f} ms, 95% CI [{_b.ci_low * 1e3:.2f}, {_b.ci_high * 1e3:.2f}]"
+              f"  ratio to fp32 {_b.median / _a.median:.2f}x")
 
 # %% [markdown]
 # In NumPy the INT8 model is **not faster** (the ratio printed above, measured on this
@@ -1506,6 +1517,9 @@ for _n, _x in (("digits_cnn", x_test), ("tiny_gpt", _val_ids[: 2 * _T].reshape(2
 # that do 4x more multiply-adds per cycle on int8 than on float32, and from moving a
 # quarter of the bytes: ONNX Runtime's `QLinearMatMul` and llama.cpp's kernels use them.
 # What NumPy *does* show truthfully is the size: 4x fewer bytes to store and to load.
+# The weight-only INT4 model sits between: it unpacks its weights to float32 on every
+# forward (a few shifts and masks per weight), then runs the plain float matmul, so its
+# overhead is the unpacking alone, which is small next to the matmuls at these batch sizes.
 
 # %% [markdown]
 # ## 6. Reflection
