@@ -156,7 +156,7 @@ def dequantize(q, params: QuantParams) -> np.ndarray:
 
     EXAMPLE:
     >>> dequantize(np.array([0, 64, 96, 255], np.uint8), compute_qparams(-1.0, 3.0, "affine", "uint8"))
-    array([-1.0039216,  0.       ,  0.5019608,  3.       ], dtype=float32)
+    array([-1.0039216,  0.       ,  0.5019608,  2.9960785], dtype=float32)
     """
     a = np.asarray(q)
     if a.dtype.kind not in "iu":

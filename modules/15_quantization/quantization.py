@@ -104,8 +104,9 @@ print(f"256 evenly spaced levels over that range are {(_w.max() - _w.min()) / 25
 #
 # Worked example (affine, uint8): `x = [-1.0, 0.0, 0.5, 3.0]`. `rmin = -1, rmax = 3`,
 # `s = 4/255 = 0.015686`, `z = round(0 + 1/s) = round(63.75) = 64`.
-# `q = rint(x/s) + 64 = [0, 64, 96, 255]` (0.5/s = 31.875 rounds to 32).
-# Back: `(q - 64) * s = [-1.004, 0, 0.502, 3.0]`: every error is below `s/2 = 0.0078`.
+# `q = rint(x/s) + 64 = [0, 64, 96, 255]` (0.5/s = 31.875 rounds to 32; 3.0/s = 191.25
+# rounds to 191). Back: `(q - 64) * s = [-1.004, 0, 0.502, 2.996]`: every error is below
+# `s/2 = 0.0078`, and zero came back exactly.
 #
 # **Per-channel** quantization gives every output channel of a weight (`axis=0` of a
 # `Linear` weight `(out, in)` or a `Conv2d` weight `(OC, C, kh, kw)`) its own scale: one
@@ -285,7 +286,7 @@ def dequantize(q, params: QuantParams) -> np.ndarray:
 
     EXAMPLE:
     >>> dequantize(np.array([0, 64, 96, 255], np.uint8), compute_qparams(-1.0, 3.0, "affine", "uint8"))
-    array([-1.0039216,  0.       ,  0.5019608,  3.       ], dtype=float32)
+    array([-1.0039216,  0.       ,  0.5019608,  2.9960785], dtype=float32)
     """
     a = np.asarray(q)
     if a.dtype.kind not in "iu":
