@@ -14,20 +14,8 @@ from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
 from tinytorch.quantization import (
     OBSERVERS, QuantizedConv2d, QuantizedLinear, WeightOnlyConv2d, WeightOnlyLinear, model_size_bytes,
-    convert_qat, prepare_qat, quantize_model, quantize_weights_groupwise,
+    convert_qat, prepare_qat, quantize_model, quantize_weights_groupwise, weight_bytes,
 )
-
-
-def weight_bytes(model) -> int:
-    total = 0
-    for m in model.modules():
-        if type(m) in (tc.Linear, tc.Conv2d):
-            total += m.weight.data.nbytes
-        elif isinstance(m, (QuantizedLinear, QuantizedConv2d)):
-            total += m.weight_int8.nbytes + m.weight_scale.nbytes
-        elif isinstance(m, (WeightOnlyLinear, WeightOnlyConv2d)):
-            total += m.weight_packed.nbytes + m.weight_scale.nbytes
-    return total
 
 
 def _forward(model, x):

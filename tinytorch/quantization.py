@@ -802,3 +802,17 @@ def convert_qat(qat_model):
         else:
             setattr(parent, name, WeightOnlyConv2d(child.conv, child.bits, child.group_size))
     return model.eval()
+
+
+# %% modules/15_quantization/quantization.py (cell 36)
+def weight_bytes(model) -> int:
+    """Bytes of the matmul weights (float weights, or int8 weights + their scales)."""
+    total = 0
+    for _, m in model.named_modules():
+        if type(m) in (tc.Linear, tc.Conv2d):
+            total += m.weight.data.nbytes
+        elif isinstance(m, (QuantizedLinear, QuantizedConv2d)):
+            total += m.weight_int8.nbytes + m.weight_scale.nbytes
+        elif isinstance(m, (WeightOnlyLinear, WeightOnlyConv2d)):
+            total += m.weight_packed.nbytes + m.weight_scale.nbytes
+    return total

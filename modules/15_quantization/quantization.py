@@ -1305,6 +1305,8 @@ _gpt_calib = [_train_ids[: 4 * _T].reshape(4, _T)]
 _val_ids = _tok.encode(_text.val[: 16 * _T + 1])  # a prefix of the validation text, to keep this fast
 
 
+# %%
+#| export
 def weight_bytes(model) -> int:
     """Bytes of the matmul weights (float weights, or int8 weights + their scales)."""
     total = 0
@@ -1318,6 +1320,7 @@ def weight_bytes(model) -> int:
     return total
 
 
+# %%
 _calib = {"digits_mlp": [x_train[:256]], "digits_cnn": [x_train[:256]], "tiny_gpt": _gpt_calib}
 _quant, _int4 = {}, {}
 print(f"{'model':11s} {'':5s} {'model bytes':>11s} {'ratio':>6s} | {'weight bytes':>12s} {'ratio':>6s}  (weights incl. scales)")

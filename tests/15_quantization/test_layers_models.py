@@ -149,3 +149,15 @@ def test_quantize_model_errors(digits):
     bad[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="non-finite"):
         quantize_model(model, bad)
+
+
+def test_weight_bytes_counts_the_stored_weights_and_scales():
+    from tinytorch.quantization import quantize_model, quantize_weights_groupwise, weight_bytes
+
+    model = tc.Sequential(tc.Linear(64, 3))
+    assert weight_bytes(model) == 64 * 3 * 4
+    x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
+    q = quantize_model(model, [x], per_channel=True)
+    assert weight_bytes(q) == 64 * 3 * 1 + 3 * 4  # int8 weights + one float32 scale per row
+    q4 = quantize_weights_groupwise(model, bits=4, group_size=32)
+    assert weight_bytes(q4) == 64 * 3 // 2 + 3 * 2 * 2  # two values per byte + a float16 scale per group
