@@ -347,7 +347,27 @@ def int_matmul(a, b) -> np.ndarray:
 
 # %% modules/15_quantization/quantization.py (cell 20)
 def _weight_params(weight: np.ndarray, per_channel: bool) -> QuantParams:
-    return tensor_qparams(weight, "symmetric", "int8", axis=0 if per_channel else None)
+    """Symmetric int8 parameters for a weight, the scales stored as float16.
+
+    Two bytes per output channel instead of four, as llama.cpp stores its block scales:
+    with 64 weights per row, float32 scales would cost 6% of the int8 bytes. The float16
+    scale is rounded UP where rounding lost some of it, so the largest |w| still maps
+    inside [-127, 127] and every weight is within half a step of the stored scale (this
+    matters for rows of tiny weights, whose scales are float16 subnormals or round to 0).
+    """
+    p = tensor_qparams(weight, "symmetric", "int8", axis=0 if per_channel else None)
+    s = np.asarray(p.scale, np.float32)
+    if s.max() > np.finfo(np.float16).max:
+        raise ValueError(f"weight scale {s.max():.3g} (|w| up to {s.max() * 127:.3g}) overflows float16")
+    s16 = s.astype(np.float16)
+    s16 = np.where(s16.astype(np.float32) < s, np.nextafter(s16, np.float16(np.inf)), s16)
+    return QuantParams(s16, p.zero_point, "int8", p.axis, "symmetric")
+
+
+def _scale_array(scale) -> np.ndarray:
+    """Weight scales as stored: float16 (from _weight_params) or float32 (anything else)."""
+    s = np.asarray(scale)
+    return s if s.dtype == np.float16 else s.astype(np.float32)
 
 
 class QuantizedLinear(tc.Module):
@@ -381,7 +401,7 @@ class QuantizedLinear(tc.Module):
             raise ValueError(f"activation parameters must be per tensor (axis=None), got axis={act_params.axis}")
         self.out_features, self.in_features = weight_int8.shape
         self.register_buffer("weight_int8", weight_int8)
-        self.register_buffer("weight_scale", np.asarray(weight_scale, np.float32))
+        self.register_buffer("weight_scale", _scale_array(weight_scale))
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
 
@@ -409,7 +429,7 @@ class QuantizedLinear(tc.Module):
 
     def forward(self, x) -> tc.Tensor:
         acc = self.integer_accumulate(x)
-        y = acc * (np.float32(self.act_params.scale) * self.weight_scale)
+        y = acc * (np.float32(self.act_params.scale) * self.weight_scale.astype(np.float32))
         if self.bias is not None:
             y = y + self.bias.data
         return tc.Tensor(y.astype(np.float32))
@@ -444,7 +464,7 @@ class QuantizedConv2d(tc.Module):
         self.kernel_size = weight_int8.shape[2:]
         self.stride, self.padding = F._pair(stride, "stride"), F._pair(padding, "padding")
         self.register_buffer("weight_int8", weight_int8)
-        self.register_buffer("weight_scale", np.asarray(weight_scale, np.float32))
+        self.register_buffer("weight_scale", _scale_array(weight_scale))
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
 
@@ -472,7 +492,7 @@ class QuantizedConv2d(tc.Module):
 
     def forward(self, x) -> tc.Tensor:
         acc = self.integer_accumulate(x)
-        y = acc * (np.float32(self.act_params.scale) * self.weight_scale)
+        y = acc * (np.float32(self.act_params.scale) * self.weight_scale.astype(np.float32))
         if self.bias is not None:
             y = y + self.bias.data
         return tc.Tensor(np.ascontiguousarray(y.transpose(0, 3, 1, 2)).astype(np.float32))
@@ -676,13 +696,19 @@ class WeightOnlyLinear(tc.Module):
 
 
 class WeightOnlyConv2d(tc.Module):
-    """A Conv2d whose weight (OC, C*kh*kw per row) is stored groupwise-packed + float16 scales."""
+    """A Conv2d whose weight is stored groupwise-packed + float16 scales, as ONE flat row.
+
+    Convolution rows are short and rarely a multiple of 32 (C*kh*kw = 9 for a 3x3 kernel on
+    one channel, 144 on sixteen): packed per row, 9 weights would fill a group of 32 with 23
+    zeros. Packed as the flattened weight, groups run on across filters and only the last
+    group is padded. (Linear rows here are multiples of 32, where both layouts coincide.)
+    """
 
     def __init__(self, conv, bits: int = 4, group_size: int = 32):
         super().__init__()
         if not isinstance(conv, tc.Conv2d):
             raise TypeError(f"WeightOnlyConv2d needs a Conv2d, got {type(conv).__name__}")
-        packed, scales = pack_groupwise(conv.weight.data, bits, group_size)
+        packed, scales = pack_groupwise(conv.weight.data.reshape(1, -1), bits, group_size)
         self.register_buffer("weight_packed", packed)
         self.register_buffer("weight_scale", scales)
         self.weight_shape, self.bits, self.group_size = conv.weight.shape, bits, group_size
@@ -690,7 +716,8 @@ class WeightOnlyConv2d(tc.Module):
         self.bias = None if conv.bias is None else tc.Parameter(conv.bias.data.copy())
 
     def dequantized_weight(self) -> np.ndarray:
-        return unpack_groupwise(self.weight_packed, self.weight_scale, self.weight_shape, self.bits)
+        flat = unpack_groupwise(self.weight_packed, self.weight_scale, (1, int(np.prod(self.weight_shape))), self.bits)
+        return flat.reshape(self.weight_shape)
 
     def forward(self, x) -> tc.Tensor:
         return F.conv2d(x, tc.Tensor(self.dequantized_weight()), self.bias, self.stride, self.padding)
@@ -761,7 +788,7 @@ class FakeQuantLinear(tc.Module):
 
 
 class FakeQuantConv2d(tc.Module):
-    """Training-time Conv2d with a fake-quantized weight."""
+    """Training-time Conv2d with a fake-quantized weight (flat groups, as WeightOnlyConv2d packs it)."""
 
     def __init__(self, conv, bits: int = 4, group_size: int = 32):
         super().__init__()
@@ -770,7 +797,8 @@ class FakeQuantConv2d(tc.Module):
         self.conv, self.bits, self.group_size = conv, bits, group_size
 
     def forward(self, x) -> tc.Tensor:
-        w = fake_quantize_groupwise(self.conv.weight, self.bits, self.group_size)
+        w = self.conv.weight
+        w = fake_quantize_groupwise(w.reshape(1, -1), self.bits, self.group_size).reshape(w.shape)
         return F.conv2d(x, w, self.conv.bias, self.conv.stride, self.conv.padding)
 
 

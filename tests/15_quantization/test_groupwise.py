@@ -12,6 +12,7 @@ from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy
 from tinytorch.profiling import count_flops
 from tinytorch.quantization import (
+    FakeQuantLinear, convert_qat, fake_quantize_groupwise, prepare_qat,
     QUANTIZED_FLOP_RULES, WeightOnlyConv2d, WeightOnlyLinear, model_size_bytes, pack_groupwise,
     quantize_weights_groupwise, unpack_groupwise,
 )
@@ -64,6 +65,23 @@ def test_weight_only_layers_store_packed_bytes_and_match_dequantized_reference()
     np.testing.assert_allclose(qc(xc).data, ref, rtol=1e-6, atol=1e-6)
 
 
+def test_a_conv_weight_is_packed_flat_so_short_rows_waste_no_groups():
+    # 8 filters of 1 x 3 x 3 = 72 weights: three groups of 32 as one flat row (per row it would
+    # be eight groups, 9 weights + 23 zeros each); the values are those of packing the flat weight
+    tc.manual_seed(0)
+    conv = tc.Conv2d(1, 8, 3, padding=1)
+    q = WeightOnlyConv2d(conv)
+    assert q.weight_packed.shape == (1, 3 * 16) and q.weight_scale.shape == (1, 3)
+    flat = conv.weight.data.reshape(1, -1)
+    expect = unpack_groupwise(*pack_groupwise(flat), flat.shape).reshape(conv.weight.shape)
+    np.testing.assert_array_equal(q.dequantized_weight(), expect)
+    # training forward == deployed forward for a conv too (the fake quantization uses the same groups)
+    model = tc.Sequential(conv)
+    x = np.random.default_rng(2).standard_normal((2, 1, 6, 6)).astype(np.float32)
+    qat = prepare_qat(model)
+    np.testing.assert_allclose(convert_qat(qat)(x).data, qat(x).data, atol=1e-6)
+
+
 def test_int4_models_size_accuracy_and_flops():
     digits = datasets.load_digits()
     model = models.load("digits_mlp")
@@ -94,7 +112,6 @@ def test_groupwise_errors():
 
 
 # ------------------------------------------------------------ QAT: fake quantization + STE
-from tinytorch.quantization import FakeQuantLinear, convert_qat, fake_quantize_groupwise, prepare_qat  # noqa: E402
 
 
 def test_fake_quantize_forward_is_the_grid_and_gradient_is_straight_through():

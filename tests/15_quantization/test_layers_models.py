@@ -51,7 +51,24 @@ def test_quantized_linear_holds_no_float_weight():
     state = q.state_dict()
     assert state["weight_int8"].dtype == np.int8
     assert [k for k, v in state.items() if v.dtype.kind == "f" and v.size >= 16 * 8] == []
-    assert parameter_bytes(q) == 16 * 8 + 8 * 4 + 8 * 4  # int8 weight + float32 scales + float32 bias
+    assert parameter_bytes(q) == 16 * 8 + 8 * 2 + 8 * 4  # int8 weight + float16 scales + float32 bias
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_float16_weight_scales_keep_every_weight_within_half_a_step(per_channel):
+    # rows of ordinary weights, and rows so small that max|w| / 127 is a float16 subnormal
+    # (1.4 and 3.4 times the smallest, 2^-24) or rounds to 0: a scale rounded to nearest
+    # would clip their largest weights by many steps (or divide by zero)
+    tiny = np.float32(127 * 2.0 ** -24)
+    peaks = np.array([0.5, 0.0123, 3.0, 1.4 * tiny, 3.4 * tiny, 0.3 * tiny], np.float32)
+    lin = tc.Linear(33, 6)
+    w = rng.uniform(-1, 1, (6, 33)).astype(np.float32)
+    lin.weight.data[...] = w / np.abs(w).max(axis=1, keepdims=True) * peaks[:, None]
+    q = QuantizedLinear.from_float(lin, tensor_qparams(rng.standard_normal((2, 33))), per_channel=per_channel)
+    assert q.weight_scale.dtype == np.float16
+    s = q.weight_scale.astype(np.float64)
+    err = np.abs(dequantize(q.weight_int8, q.weight_params()).astype(np.float64) - lin.weight.data)
+    assert np.all(err <= (s[:, None] if per_channel else s) / 2 * (1 + 1e-6))
 
 
 @pytest.mark.parametrize("stride,padding", [(1, 1), (2, 0), (1, 2)])
@@ -124,6 +141,20 @@ def test_quantize_model_on_gpt_keeps_working():
     assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.9
 
 
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn", "tiny_gpt"])
+def test_reference_models_meet_the_size_goals_int8_3_9x_int4_7x(name):
+    # the goals for the matmul weights including their scales; sizes do not depend on
+    # calibration, so a small calibration batch is enough
+    from tinytorch.quantization import quantize_weights_groupwise, weight_bytes
+    model = models.load(name)
+    x = (np.random.default_rng(0).integers(0, model.config.vocab_size, (1, 16)) if name == "tiny_gpt"
+         else datasets.load_digits().x_train[:16])
+    fp = weight_bytes(model)
+    assert fp == 4 * sum(m.weight.size for m in model.modules() if type(m) in (tc.Linear, tc.Conv2d))
+    assert fp / weight_bytes(quantize_model(model, [x])) >= 3.9
+    assert fp / weight_bytes(quantize_weights_groupwise(model, bits=4, group_size=32)) >= 7.0
+
+
 def test_count_flops_with_quantized_rules(digits):
     model = models.load("digits_cnn")
     q = quantize_model(model, digits.x_train[:64])
@@ -158,6 +189,6 @@ def test_weight_bytes_counts_the_stored_weights_and_scales():
     assert weight_bytes(model) == 64 * 3 * 4
     x = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
     q = quantize_model(model, [x], per_channel=True)
-    assert weight_bytes(q) == 64 * 3 * 1 + 3 * 4  # int8 weights + one float32 scale per row
+    assert weight_bytes(q) == 64 * 3 * 1 + 3 * 2  # int8 weights + one float16 scale per row
     q4 = quantize_weights_groupwise(model, bits=4, group_size=32)
     assert weight_bytes(q4) == 64 * 3 // 2 + 3 * 2 * 2  # two values per byte + a float16 scale per group
