@@ -40,6 +40,28 @@ def test_shared_modules_and_parameters_are_counted_once():
     shared = tc.Linear(2, 2)
     model = tc.Sequential(shared, shared)
     assert len(model.parameters()) == 2
+    assert [n for n, _ in model.named_modules()] == ["", "0"]
+
+
+def _named_modules_recursive(module, prefix="", seen=None):
+    # the definition: pre-order, depth first, a shared module at its first name only
+    seen = set() if seen is None else seen
+    if id(module) in seen:
+        return []
+    seen.add(id(module))
+    out = [(prefix, module)]
+    for name, child in module.named_children():
+        out += _named_modules_recursive(child, f"{prefix}.{name}" if prefix else name, seen)
+    return out
+
+
+def test_named_modules_is_the_depth_first_preorder_with_shared_modules_once():
+    gpt = tc.GPT(tc.GPTConfig(vocab_size=7, context_length=8, embed_dim=8, num_layers=3, num_heads=2))
+    gpt.blocks[2].mlp = gpt.blocks[0].mlp  # shared: listed under blocks.0 only
+    got = [(n, id(m)) for n, m in gpt.named_modules()]
+    assert got == [(n, id(m)) for n, m in _named_modules_recursive(gpt)]
+    assert "blocks.0.mlp.fc" in dict(got) and "blocks.2.mlp" not in dict(got)
+    assert [n for n, _ in gpt.blocks.named_modules("blocks")][:3] == ["blocks", "blocks.0", "blocks.0.ln1"]
 
 
 def test_state_dict_round_trip_restores_outputs():
