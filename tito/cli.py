@@ -11,10 +11,10 @@ import argparse
 import os
 import sys
 
-from tito import __version__, demo, doctor, export, module_cmd, nbgrader_cmd
+from tito import __version__, demo, doctor, export, milestone, module_cmd, nbgrader_cmd
 from tito.console import TitoError
 
-COMMANDS = [doctor, demo, module_cmd, export, nbgrader_cmd]
+COMMANDS = [doctor, demo, module_cmd, export, nbgrader_cmd, milestone]
 
 
 def build_parser() -> argparse.ArgumentParser:
