@@ -1,0 +1,892 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Module 17: Memoization. A KV-cache that gives the same tokens, faster
+#
+# A GPT writes one token at a time. The plain way (`GPT.generate`) runs the whole
+# sequence through the model again for every new token, although the keys and values of
+# every earlier position came out exactly the same last time. Remember them, and each
+# new token costs one position of work instead of all of them. That memo is the
+# **KV-cache**, and it is in every serving system (llama.cpp, vLLM, Hugging Face
+# `past_key_values`). In this module you build it for `tinytorch`'s GPT:
+#
+# | you build | it does |
+# |---|---|
+# | `cache_bytes` | the memory formula: 2 x layers x batch x heads x length x head_dim x bytes |
+# | `KVCache` | preallocated per-layer key/value buffers, a length per row, `append` / `get` / `reset`, real bytes |
+# | `cached_attention` | attention of new queries over cached keys, with a per-row causal mask |
+# | `forward_cached`, `prefill`, `decode_step` | the GPT forward on new tokens only, from each block's own weights |
+# | `generate_cached`, `generate_cached_batch` | generation with the cache, one prompt or many of different lengths |
+#
+# The cache has to be exactly right, so we check it token for token against the plain
+# model, and every speedup we state is a timing, not an operation count.
+#
+# Prerequisites: module 14 (`tinytorch.profiling`: timing and FLOPs). Time: about 3 hours.
+
+# %%
+#| default_exp memoization
+
+# %%
+import sys
+import time
+
+import matplotlib
+
+if "ipykernel" not in sys.modules:  # run as a script: draw into memory, show nothing
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+import tinytorch.core as tc
+from tinytorch import datasets, models
+from tinytorch.core.attention import GPT, GPTConfig
+from tinytorch.profiling import count_flops
+
+
+def show(fig):
+    """Display a figure in Jupyter; close it when run as a plain script (Agg backend)."""
+    if matplotlib.get_backend().lower() == "agg":
+        plt.close(fig)
+    else:
+        plt.show()
+
+
+# %% [markdown]
+# ## 1. Why: plain generation redoes almost all of its work
+#
+# Load the trained `tiny_gpt` (4 layers, 128 wide, 4 heads, context 256) and time one
+# step of plain generation at a few lengths: the step runs the model on all `t` tokens
+# so far, and keeps only the logits of the last one.
+
+# %%
+gpt = models.load("tiny_gpt")
+tok = datasets.load_tokenizer()
+CTX = gpt.config.context_length
+
+
+def _plain_step_ms(t, repeats=5):
+    ids = np.zeros((1, t), dtype=np.int64)
+    times = []
+    with tc.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            gpt.lm_head(gpt.features(ids)[:, -1, :])
+            times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+for _t in (16, 64, 256):
+    _flops = count_flops(gpt, np.zeros((1, _t), dtype=np.int64)).total_flops
+    print(f"plain step at length {_t:3d}: {_plain_step_ms(_t):6.2f} ms, {_flops / 1e6:7.1f} MFLOP for the forward")
+
+# %% [markdown]
+# The time of a plain step grows with the length, so writing `n` tokens costs
+# `1 + 2 + ... + n`, about `n^2 / 2` token-forwards. But of all that work, only the newest
+# position is new: in a causal model position `i` never sees the future, so its key and
+# value vectors in every layer are the same at every later step. We recompute them anyway.
+
+# %% [markdown]
+# ## 2. The idea
+#
+# In one attention layer, position `i` makes a query `q_i`, a key `k_i` and a value
+# `v_i` (each `x_i W + b`), and its output is
+#
+# `out_i = sum_{j <= i} softmax_j(q_i . k_j / sqrt(D)) v_j`.
+#
+# To produce token `t + 1` we need `out_t` only (the last position), and it uses `q_t`
+# and the keys and values of positions `0..t`. Keys and values of `0..t-1` were computed
+# at earlier steps. So we keep them, per layer and per head, in a **cache**:
+#
+# - **prefill**: run the whole prompt once, like the plain forward, and store every
+#   layer's `K` and `V` for all prompt positions;
+# - **decode**: for each new token compute `q, k, v` for that ONE position, append `k, v`
+#   to the layer's cache, and attend with `q` over all cached keys (including its own).
+#   The token's position embedding is the one for position `t`, the cache length.
+#
+# Everything that is not attention (layer norms, projections, the MLP) works on each
+# position separately, so for the new token it is the same computation on one row
+# instead of `t + 1` rows.
+#
+# **Tiny worked example** (one head, `D = 1`, so `sqrt(D) = 1`). Cached keys `[1, 0]`, values
+# `[10, 20]`; the new token has `q = 2`, `k = 1`, `v = 30`. Append: keys `[1, 0, 1]`,
+# values `[10, 20, 30]`. Scores `q k = [2, 0, 2]`; softmax `[e^2, 1, e^2] / (2 e^2 + 1)
+# = [0.4683, 0.0634, 0.4683]`; output `0.4683*10 + 0.0634*20 + 0.4683*30 = 19.999...`
+# Exactly what the full forward computes for that position, without recomputing the
+# first two keys.
+#
+# **Memory.** The cache holds `K` and `V` (2) for every layer, row of the batch, head,
+# position and head dimension:
+#
+# `bytes = 2 x num_layers x batch x num_heads x max_len x head_dim x bytes_per_element`
+#
+# and `num_heads x head_dim = embed_dim`. For `tiny_gpt` in float32 at full context:
+# `2 x 4 x 1 x 256 x 128 x 4 = 1,048,576` bytes, 1 MiB per sequence, about a third of
+# the model's 3.4 MB of weights. It grows with batch and length; section 5 measures it.
+#
+# **Cost per token.** A decode step at position `t` multiplies one row by the weights
+# (`~2 x params` FLOPs, flat) plus `4 t C` per layer for the attention over `t` cached
+# keys (grows, but with a small constant). The plain step does the weight work for all
+# `t + 1` rows. The cache turns an `O(t)` step into an almost `O(1)` one, and the whole
+# generation from `O(n^2)` into `O(n)`.
+
+# %% [markdown]
+# ## 3. Build it
+#
+# The first cell is given: imports and the per-position pieces of the GPT forward in
+# NumPy, read from each layer's own parameters. They are the same math as
+# `tinytorch.core` (layer norm with the layer's `eps`, GELU in GPT-2's tanh form), so
+# the cached path can match the plain `GPT.forward` to float32 rounding.
+
+# %%
+#| export
+"""Memoization: a KV-cache for GPT generation.
+
+Keys and values of past positions never change in a causal transformer, so we compute
+them once and keep them: a preallocated per-layer cache with a length per row, a
+prefill pass over the prompt, and decode steps that run only the newest token (batched
+over rows of different lengths). Inference only: NumPy arrays under no_grad, dropout off.
+"""
+
+import math
+
+import numpy as np
+
+import tinytorch.core as tc
+from tinytorch.core.attention import sample_next
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def _linear(x: np.ndarray, layer) -> np.ndarray:
+    """x @ W.T + b with a tinytorch Linear's own parameters."""
+    y = x @ layer.weight.data.T
+    if layer.bias is not None:
+        y += layer.bias.data
+    return y
+
+
+def _layer_norm(x: np.ndarray, ln) -> np.ndarray:
+    """LayerNorm over the last axis with the layer's weight, bias and eps."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    return xc / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + ln.eps) * ln.weight.data + ln.bias.data
+
+
+def _gelu(a: np.ndarray) -> np.ndarray:
+    """GELU, tanh form (GPT-2's, as tinytorch.core.functional.gelu)."""
+    return 0.5 * a * (1.0 + np.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * (a * a * a))))
+
+
+def _split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:
+    """(n, T, C) -> (n, H, T, D)."""
+    n, t, c = x.shape
+    return x.reshape(n, t, num_heads, c // num_heads).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(x: np.ndarray) -> np.ndarray:
+    """(n, H, T, D) -> (n, T, C)."""
+    n, h, t, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(n, t, h * d)
+
+
+def _check_int(value, what: str, low: int = 0, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, got {value!r}")
+    if value < low or (high is not None and value >= high):
+        expected = f">= {low}" if high is None else f"in [{low}, {high})"
+        raise ValueError(f"{what} must be {expected}, got {value}")
+    return int(value)
+
+
+def _check_tokens(tokens, model, what: str = "tokens", ndim: int = 1) -> np.ndarray:
+    a = np.asarray(tokens.data if isinstance(tokens, tc.Tensor) else tokens)
+    if a.ndim != ndim:
+        raise ValueError(f"{what} must be a {ndim}-D array of token ids, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{what} must be integer token ids, got dtype {a.dtype}")
+    vocab = model.config.vocab_size
+    if a.size and (a.min() < 0 or a.max() >= vocab):
+        bad = a[(a < 0) | (a >= vocab)].ravel()[0]
+        raise ValueError(f"{what} contains token id {bad}; expected 0 <= id < vocab_size {vocab}")
+    return a.astype(np.int64)
+
+
+# %% [markdown]
+# ### 3.1 The memory formula
+#
+# Before building the cache, write down what it will cost. `np.dtype(dtype).itemsize` is
+# the bytes of one element (4 for float32, 2 for float16).
+
+# %% nbgrader={"grade": false, "grade_id": "cache-bytes", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def cache_bytes(num_layers: int, batch_size: int, num_heads: int, max_len: int, head_dim: int,
+                dtype=np.float32) -> int:
+    """Bytes of a KV-cache: K and V for every layer, row, head, position and head dimension.
+
+    TODO: return 2 * num_layers * batch_size * num_heads * max_len * head_dim * itemsize.
+
+    APPROACH:
+    1. The factor 2 counts K and V.
+    2. itemsize comes from the dtype: np.dtype(dtype).itemsize.
+
+    HINTS:
+    - Return a Python int (sizes of big models overflow nothing in Python).
+
+    EXAMPLE:
+    >>> cache_bytes(4, 1, 4, 256, 32)   # tiny_gpt, one sequence, full context, float32
+    1048576
+    """
+    for name, value in dict(num_layers=num_layers, batch_size=batch_size, num_heads=num_heads,
+                            max_len=max_len, head_dim=head_dim).items():
+        _check_int(value, name, low=1)
+    ### BEGIN SOLUTION
+    return 2 * num_layers * batch_size * num_heads * max_len * head_dim * np.dtype(dtype).itemsize
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-cache-bytes", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+assert cache_bytes(4, 1, 4, 256, 32) == 1_048_576  # worked example of section 2
+assert cache_bytes(4, 1, 4, 256, 32, np.float16) == 524_288
+assert cache_bytes(12, 8, 12, 1024, 64) == 2 * 12 * 8 * 12 * 1024 * 64 * 4
+assert cache_bytes(1, 1, 1, 1, 1) == 8  # one float32 key and one value
+
+# %% [markdown]
+# ### 3.2 The cache
+#
+# `KVCache` preallocates, for each layer, one key buffer and one value buffer of shape
+# `(batch, heads, max_len, head_dim)`: no array grows during generation (growing by
+# `np.concatenate` copies the whole cache at every step, `O(n^2)` bytes moved).
+# Each row of the batch is its own sequence and has its own length, because in serving
+# (module 18) different requests are at different positions.
+#
+# The rules, which the tests check:
+# - `append(layer, k, v, rows)` writes `k, v` of shape `(n, heads, T, head_dim)` at
+#   positions `[len, len + T)` of each listed row (each row at ITS length). Layers are
+#   appended in order `0 .. L-1`, with the same `T`; `lengths[row]` advances by `T` when the
+#   last layer is appended. Internally we keep a length per layer and row, so that
+#   `get(layer, row)` right after `append(layer, ...)` already includes the new entries.
+# - Passing `max_len` is an error that names the row, its length and `max_len`; no sliding
+#   window inside the cache (why: section 6). Nothing is written when a check fails.
+# - `reset(rows)` sets lengths back to 0 so a slot can be reused. It does not zero the
+#   buffers: stale entries past a row's length are never read, since attention masks them.
+# - `nbytes` is the real size of the buffers, K and V.
+
+# %% nbgrader={"grade": false, "grade_id": "kv-cache", "locked": false, "schema_version": 3, "solution": true}
+#| export
+class KVCache:
+    """Preallocated key/value buffers for every layer: k[layer], v[layer] of shape
+    (batch_size, num_heads, max_len, head_dim), and the cached length of each row.
+
+    EXAMPLE:
+    >>> cache = KVCache(num_layers=2, batch_size=3, num_heads=4, max_len=16, head_dim=8)
+    >>> k = np.ones((2, 4, 5, 8), np.float32)          # 5 positions for rows 0 and 2
+    >>> cache.append(0, k, k, rows=[0, 2]); cache.append(1, k, k, rows=[0, 2])
+    >>> cache.lengths
+    array([5, 0, 5])
+    >>> cache.get(1, 2)[0].shape
+    (4, 5, 8)
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_heads: int, max_len: int, head_dim: int,
+                 dtype=np.float32):
+        """TODO: store the sizes, allocate self.k and self.v (lists of num_layers zero arrays of
+        shape (batch_size, num_heads, max_len, head_dim) and dtype), and a length per layer and
+        row: self._filled, int64 zeros of shape (num_layers, batch_size).
+
+        HINTS:
+        - np.zeros allocates; the memory is really there (nbytes counts it).
+        """
+        for name, value in dict(num_layers=num_layers, batch_size=batch_size, num_heads=num_heads,
+                                max_len=max_len, head_dim=head_dim).items():
+            _check_int(value, name, low=1)
+        if np.dtype(dtype).kind != "f":
+            raise TypeError(f"KVCache dtype must be a float type, got {np.dtype(dtype)}")
+        ### BEGIN SOLUTION
+        self.num_layers, self.batch_size, self.num_heads = int(num_layers), int(batch_size), int(num_heads)
+        self.max_len, self.head_dim, self.dtype = int(max_len), int(head_dim), np.dtype(dtype)
+        shape = (self.batch_size, self.num_heads, self.max_len, self.head_dim)
+        self.k = [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers)]
+        self.v = [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers)]
+        self._filled = np.zeros((self.num_layers, self.batch_size), dtype=np.int64)
+        ### END SOLUTION
+
+    @classmethod
+    def for_model(cls, model, batch_size: int, max_len: int | None = None) -> "KVCache":
+        """A cache shaped for a GPT: its layers, heads and head_dim; max_len defaults to the
+        context length (and cannot pass it: there is no position embedding beyond)."""
+        c = model.config
+        max_len = c.context_length if max_len is None else _check_int(max_len, "max_len", low=1)
+        if max_len > c.context_length:
+            raise ValueError(f"max_len {max_len} exceeds the model's context length {c.context_length} "
+                             "(no position embedding beyond it)")
+        return cls(c.num_layers, batch_size, c.num_heads, max_len, c.embed_dim // c.num_heads)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Positions of each row cached in every layer, shape (batch_size,). Read-only."""
+        view = self._filled[-1].view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def nbytes(self) -> int:
+        """Real bytes of all key and value buffers."""
+        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+
+    def _rows(self, rows) -> np.ndarray:
+        """Validated distinct row indices as an int64 array (None means every row)."""
+        if rows is None:
+            return np.arange(self.batch_size)
+        r = np.asarray(rows)
+        if r.ndim == 0:
+            r = r[None]
+        if r.ndim != 1 or (r.size and not np.issubdtype(r.dtype, np.integer)):
+            raise TypeError(f"rows must be a 1-D sequence of int row indices, got {rows!r}")
+        r = r.astype(np.int64)
+        if r.size and (r.min() < 0 or r.max() >= self.batch_size):
+            bad = r[(r < 0) | (r >= self.batch_size)][0]
+            raise IndexError(f"row {bad} is out of range for a cache of batch_size {self.batch_size}")
+        if len(np.unique(r)) != len(r):
+            raise ValueError(f"rows must be distinct, got {r.tolist()}")
+        return r
+
+    def append(self, layer: int, k: np.ndarray, v: np.ndarray, rows=None) -> None:
+        """Write k, v (n, num_heads, T, head_dim) at each listed row's current length in `layer`.
+
+        TODO: check everything first (nothing is written when a check fails), then write all
+        rows in one indexed assignment and advance this layer's lengths of those rows by T.
+
+        APPROACH:
+        1. rows = self._rows(rows); n = len(rows). k and v must have shape
+           (n, num_heads, T, head_dim), T >= 1 (given code below checks this).
+        2. Order: layer 0 may start a new step only when every layer has caught up for those
+           rows; layer l > 0 must be exactly T behind layer l - 1 (given).
+        3. Overflow: start = self._filled[layer, rows]; if any start + T > max_len raise a
+           ValueError naming the row, its length, T and max_len.
+        4. positions = start[:, None] + np.arange(T), shape (n, T). Then
+           self.k[layer][rows[:, None], :, positions] has shape (n, T, H, D): assign
+           k.transpose(0, 2, 1, 3) to it (same for v), and add T to self._filled[layer, rows].
+
+        HINTS:
+        - Two index arrays separated by a slice put their broadcast shape (n, T) FIRST in the
+          result: that is why the data is transposed to (n, T, H, D).
+        """
+        layer = _check_int(layer, "layer", 0, self.num_layers)
+        rows = self._rows(rows)
+        k, v = np.asarray(k), np.asarray(v)
+        if k.ndim != 4 or k.shape != v.shape:
+            raise ValueError(f"k and v must have the same shape (n, num_heads, T, head_dim), got {k.shape} and {v.shape}")
+        n, h, t, d = k.shape
+        if n != len(rows):
+            raise ValueError(f"batch mismatch: k and v hold {n} rows but {len(rows)} rows were given "
+                             f"({'all rows of the cache' if n and len(rows) == self.batch_size else rows.tolist()})")
+        if (h, d) != (self.num_heads, self.head_dim):
+            raise ValueError(f"k and v must have {self.num_heads} heads of size {self.head_dim}, got shape {k.shape}")
+        if t < 1:
+            raise ValueError(f"append needs at least one position (T >= 1), got shape {k.shape}")
+        start = self._filled[layer, rows]
+        if layer == 0:
+            behind = (self._filled[:, rows] != start).any(axis=0)
+        else:
+            behind = self._filled[layer - 1, rows] != start + t
+        if behind.any():
+            raise ValueError(f"layers must be appended in order 0..{self.num_layers - 1} with the same number of "
+                             f"positions: row {rows[behind][0]} has lengths {self._filled[:, rows[behind][0]].tolist()} "
+                             f"per layer, and layer {layer} was given {t} new positions")
+        ### BEGIN SOLUTION
+        over = start + t > self.max_len
+        if over.any():
+            i = int(np.argmax(over))
+            raise ValueError(f"KV-cache overflow: row {rows[i]} holds {start[i]} positions; appending {t} "
+                             f"would pass max_len {self.max_len}")
+        positions = start[:, None] + np.arange(t)
+        self.k[layer][rows[:, None], :, positions] = k.transpose(0, 2, 1, 3)
+        self.v[layer][rows[:, None], :, positions] = v.transpose(0, 2, 1, 3)
+        self._filled[layer, rows] += t
+        ### END SOLUTION
+
+    def get(self, layer: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """The valid keys and values of one row in one layer: two (num_heads, length, head_dim)
+        views into the buffers (do not write into them).
+
+        TODO: slice the row's first self._filled[layer, row] positions out of k[layer], v[layer].
+        """
+        layer = _check_int(layer, "layer", 0, self.num_layers)
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
+            raise TypeError(f"row must be an int, got {row!r}")
+        if not 0 <= row < self.batch_size:
+            raise IndexError(f"row {row} is out of range for a cache of batch_size {self.batch_size}")
+        ### BEGIN SOLUTION
+        n = self._filled[layer, row]
+        return self.k[layer][row, :, :n], self.v[layer][row, :, :n]
+        ### END SOLUTION
+
+    def reset(self, rows=None) -> None:
+        """Forget the listed rows (all rows when None): their lengths go back to 0 in every layer.
+
+        TODO: set self._filled[:, rows] to 0. The buffers keep their stale values: they sit past
+        each row's length, where attention never looks.
+        """
+        rows = self._rows(rows)
+        ### BEGIN SOLUTION
+        self._filled[:, rows] = 0
+        ### END SOLUTION
+
+    def __repr__(self) -> str:
+        return (f"KVCache(num_layers={self.num_layers}, batch_size={self.batch_size}, num_heads={self.num_heads}, "
+                f"max_len={self.max_len}, head_dim={self.head_dim}, dtype={self.dtype}, "
+                f"lengths={self.lengths.tolist()}, nbytes={self.nbytes:,})")
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-kv-cache", "locked": true, "points": 20, "schema_version": 3, "solution": false}
+_c = KVCache(num_layers=2, batch_size=3, num_heads=2, max_len=6, head_dim=4)
+assert _c.k[0].shape == (3, 2, 6, 4) and len(_c.v) == 2 and _c.nbytes == cache_bytes(2, 3, 2, 6, 4)
+assert _c.lengths.tolist() == [0, 0, 0] and _c.lengths.dtype == np.int64
+_r = np.random.default_rng(0)
+_k1, _v1 = _r.standard_normal((2, 2, 3, 4)), _r.standard_normal((2, 2, 3, 4))
+for _layer in range(2):  # three positions into rows 2 and 0
+    _c.append(_layer, _k1 + _layer, _v1 - _layer, rows=[2, 0])
+assert _c.lengths.tolist() == [3, 0, 3]
+assert np.allclose(_c.get(1, 2)[0], _k1[0] + 1) and np.allclose(_c.get(0, 0)[1], _v1[1])
+_k2 = _r.standard_normal((1, 2, 1, 4))
+_c.append(0, _k2, _k2, rows=[0])  # one more position for row 0, layer 0 only so far
+assert _c.get(0, 0)[0].shape == (2, 4, 4) and np.allclose(_c.get(0, 0)[0][:, 3], _k2[0, :, 0])
+assert _c.lengths.tolist() == [3, 0, 3]  # advances only when the last layer is appended
+_c.append(1, _k2, _k2, rows=[0])
+assert _c.lengths.tolist() == [4, 0, 3] and np.allclose(_c.get(1, 2)[0], _k1[0] + 1)  # row 2 untouched
+try:  # overflow: row 0 holds 4 of 6
+    _c.append(0, np.zeros((1, 2, 3, 4)), np.zeros((1, 2, 3, 4)), rows=[0])
+    raise AssertionError("overflow was not detected")
+except ValueError as e:
+    assert "row 0" in str(e) and "6" in str(e), e
+assert _c.lengths.tolist() == [4, 0, 3] and _c.get(0, 0)[0].shape == (2, 4, 4)  # nothing written
+try:  # batch mismatch: 2 rows of data for 1 row
+    _c.append(0, np.zeros((2, 2, 1, 4)), np.zeros((2, 2, 1, 4)), rows=[1])
+    raise AssertionError("batch mismatch was not detected")
+except ValueError:
+    pass
+_c.reset([0])
+assert _c.lengths.tolist() == [0, 0, 3] and _c.get(1, 0)[0].shape == (2, 0, 4)
+
+# %% [markdown]
+# ### 3.3 Attention over the cache
+#
+# The new queries of row `i` sit at positions `p[i, 0..T-1]` (for a decode step, one
+# query at the row's length; for a prefill, `0..P-1`). Key `j` is visible to a query at
+# position `p` when `j <= p`: this one rule is both the causal mask of a prompt and
+# "only this row's valid entries" for rows of different lengths, since every valid entry
+# of a row sits at a position at most the newest query's, and stale entries past the
+# row's length sit beyond it.
+#
+# `cached_attention` takes queries `(n, H, T, D)`, the key and value buffers of those rows
+# `(n, H, S, D)` (`S` = the longest row; shorter rows have junk beyond their length), and
+# the query positions `(n, T)`. It must be batched: one matmul over all rows and heads,
+# the mask as an array, no Python loop over rows or tokens.
+
+# %% nbgrader={"grade": false, "grade_id": "cached-attention", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def cached_attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, query_positions: np.ndarray) -> np.ndarray:
+    """softmax(q K^T / sqrt(D) + mask) V, where key j is visible to a query at position p iff j <= p.
+
+    q: (n, H, T, D) new queries; keys, values: (n, H, S, D) cached entries (positions 0..S-1);
+    query_positions: (n, T) int, each query's position in its row (< S). Returns (n, H, T, D).
+
+    TODO: scores, the additive mask, a numerically stable softmax over the keys, the weighted sum.
+
+    APPROACH:
+    1. scores = (q @ keys.swapaxes(-1, -2)) * (1 / sqrt(D)), shape (n, H, T, S). (Multiply by the
+       reciprocal, as MultiHeadAttention does, so the float32 results match it.)
+    2. visible = np.arange(S) <= query_positions[:, None, :, None]  -> (n, 1, T, S).
+    3. scores = np.where(visible, scores, -np.inf); subtract the row max, exp, normalize.
+    4. Return weights @ values.
+
+    HINTS:
+    - Every query sees at least key 0, so no row of the softmax is all -inf.
+    - Stale values beyond a row's length may be anything finite; the mask must make their
+      weight exactly 0 (exp(-inf) = 0).
+
+    EXAMPLE (section 2's worked example):
+    >>> q = np.array([2.0]).reshape(1, 1, 1, 1)
+    >>> k = np.array([1.0, 0.0, 1.0]).reshape(1, 1, 3, 1); v = np.array([10.0, 20.0, 30.0]).reshape(1, 1, 3, 1)
+    >>> cached_attention(q, k, v, np.array([[2]])).ravel()
+    array([20.])
+    """
+    q, keys, values = np.asarray(q), np.asarray(keys), np.asarray(values)
+    pos = np.asarray(query_positions)
+    if q.ndim != 4 or keys.ndim != 4 or keys.shape != values.shape or keys.shape[:2] != q.shape[:2] \
+            or keys.shape[3] != q.shape[3]:
+        raise ValueError(f"expected q (n, H, T, D) and keys, values (n, H, S, D), got {q.shape}, {keys.shape}, "
+                         f"{values.shape}")
+    if pos.shape != (q.shape[0], q.shape[2]) or not np.issubdtype(pos.dtype, np.integer):
+        raise ValueError(f"query_positions must be int of shape (n, T) = {(q.shape[0], q.shape[2])}, got "
+                         f"{pos.shape} {pos.dtype}")
+    if pos.size and (pos.min() < 0 or pos.max() >= keys.shape[2]):
+        raise ValueError(f"query positions must lie in [0, S={keys.shape[2]}), got {pos.min()}..{pos.max()}")
+    ### BEGIN SOLUTION
+    scores = (q @ keys.swapaxes(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    visible = np.arange(keys.shape[2]) <= pos[:, None, :, None]
+    scores = np.where(visible, scores, -np.inf)
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return weights @ values
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-cached-attention", "locked": true, "points": 20, "schema_version": 3, "solution": false}
+_q = np.array([2.0]).reshape(1, 1, 1, 1)
+_k = np.array([1.0, 0.0, 1.0]).reshape(1, 1, 3, 1)
+_v = np.array([10.0, 20.0, 30.0]).reshape(1, 1, 3, 1)
+assert abs(cached_attention(_q, _k, _v, np.array([[2]])).item() - 20.0) < 1e-9  # worked example
+# oracle: a Python loop over rows, heads and queries with only the visible keys
+_r = np.random.default_rng(1)
+_n, _h, _t, _s, _d = 3, 2, 4, 9, 5
+_q, _k, _v = (_r.standard_normal((_n, _h, m, _d)) for m in (_t, _s, _s))
+_pos = np.array([[0, 1, 2, 3], [5, 6, 7, 8], [2, 2, 2, 2]])
+_out = cached_attention(_q, _k, _v, _pos)
+assert _out.shape == (_n, _h, _t, _d)
+for _i in range(_n):
+    for _hh in range(_h):
+        for _j in range(_t):
+            _p = _pos[_i, _j]
+            _sc = _k[_i, _hh, :_p + 1] @ _q[_i, _hh, _j] / np.sqrt(_d)
+            _w = np.exp(_sc - _sc.max()); _w /= _w.sum()
+            assert np.allclose(_out[_i, _hh, _j], _w @ _v[_i, _hh, :_p + 1])
+# junk past the visible keys must not matter (even huge values)
+_k2, _v2 = _k.copy(), _v.copy()
+_k2[2, :, 3:], _v2[2, :, 3:] = 1e6, -1e6
+assert np.allclose(cached_attention(_q, _k2, _v2, _pos)[2], _out[2])
+
+# %% [markdown]
+# ### 3.4 The GPT forward on new tokens only
+#
+# `forward_cached(model, cache, tokens, rows)` runs new tokens `(n, T)` of the listed rows
+# through the model, each row continuing at its own length, and returns the logits of the
+# last new position of each row, `(n, vocab)`. For each row and new token `t`:
+# `x = tok_emb[token] + pos_emb[length + t]`. Then, for each block (a loop over layers is
+# fine; it is the only loop):
+#
+# 1. `h = ln1(x)`; `q, k, v = q_proj(h), k_proj(h), v_proj(h)`, split into heads `(n, H, T, D)`;
+# 2. `cache.append(layer, k, v, rows)`;
+# 3. attend: `cached_attention(q, K, V, positions)` with `K, V` the layer's buffers of those
+#    rows up to the longest row, merge heads, `out_proj`; `x = x + that`;
+# 4. `x = x + mlp.proj(gelu(mlp.fc(ln2(x))))`.
+#
+# Finally `ln_f` and `lm_head` on the last new position only. `prefill` (one row, the whole
+# prompt, into an empty row) and `decode_step` (one token for each of several rows) are
+# both this one function.
+
+# %% nbgrader={"grade": false, "grade_id": "forward-cached", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def _check_cache_fits(model, cache: KVCache) -> None:
+    c = model.config
+    want = (c.num_layers, c.num_heads, c.embed_dim // c.num_heads)
+    have = (cache.num_layers, cache.num_heads, cache.head_dim)
+    if want != have:
+        raise ValueError(f"the cache has (num_layers, num_heads, head_dim) = {have}, the model needs {want}")
+
+
+def _rows_index(rows: np.ndarray):
+    """A slice when rows are consecutive (a view, no copy), else the index array."""
+    if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+        return slice(int(rows[0]), int(rows[0]) + len(rows))
+    return rows
+
+
+def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
+    """Run new tokens (n, T) of the listed rows through `model`, each row continuing at its own
+    cached length; append their keys and values to the cache; return the logits of each row's
+    last new position, shape (n, vocab_size), float32.
+
+    TODO: embeddings at the right positions, then per layer: ln1, q/k/v, append, attention over
+    the cache, out_proj, residual, MLP, residual. Then ln_f and lm_head on the last position.
+
+    APPROACH:
+    1. positions = cache.lengths[rows][:, None] + np.arange(T)  (read BEFORE appending).
+    2. x = model.tok_emb.weight.data[tokens] + model.pos_emb.weight.data[positions].
+    3. For each layer, block = model.blocks[layer]: h = _layer_norm(x, block.ln1);
+       q, k, v = (_split_heads(_linear(h, p), H) for p in (attn.q_proj, attn.k_proj, attn.v_proj));
+       cache.append(layer, k, v, rows); S = (positions[:, -1] + 1).max();
+       K = cache.k[layer][index, :, :S] (index = _rows_index(rows)), same for V;
+       x = x + _linear(_merge_heads(cached_attention(q, K, V, positions)), attn.out_proj);
+       x = x + _linear(_gelu(_linear(_layer_norm(x, block.ln2), mlp.fc)), mlp.proj).
+    4. Return _linear(_layer_norm(x[:, -1], model.ln_f), model.lm_head).
+
+    HINTS:
+    - The given checks below validate shapes, rows and the context length first.
+    - _split_heads returns a transposed view; that is fine for append and for matmul.
+
+    EXAMPLE:
+    >>> cache = KVCache.for_model(gpt, batch_size=2)
+    >>> forward_cached(gpt, cache, np.array([[5, 6, 7]]), rows=[1]).shape
+    (1, 96)
+    >>> cache.lengths
+    array([0, 3])
+    """
+    _check_cache_fits(model, cache)
+    tokens = _check_tokens(tokens, model, ndim=2)
+    rows = cache._rows(rows)
+    n, t = tokens.shape
+    if n != len(rows):
+        raise ValueError(f"batch mismatch: {n} rows of tokens for {len(rows)} cache rows {rows.tolist()}")
+    if t < 1:
+        raise ValueError(f"forward_cached needs at least one new token per row, got shape {tokens.shape}")
+    ctx = model.config.context_length
+    ends = cache.lengths[rows] + t
+    if ends.max() > ctx:
+        i = int(np.argmax(ends))
+        raise ValueError(f"row {rows[i]} would reach position {ends[i] - 1}, past the context length {ctx} "
+                         "(no position embedding there)")
+    ### BEGIN SOLUTION
+    positions = cache.lengths[rows][:, None] + np.arange(t)
+    x = model.tok_emb.weight.data[tokens] + model.pos_emb.weight.data[positions]
+    index = _rows_index(rows)
+    heads = model.config.num_heads
+    for layer, block in enumerate(model.blocks):
+        attn, mlp = block.attn, block.mlp
+        h = _layer_norm(x, block.ln1)
+        q, k, v = (_split_heads(_linear(h, proj), heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        cache.append(layer, k, v, rows)
+        s = int(positions[:, -1].max()) + 1
+        keys, values = cache.k[layer][index, :, :s], cache.v[layer][index, :, :s]
+        x = x + _linear(_merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj)
+        x = x + _linear(_gelu(_linear(_layer_norm(x, block.ln2), mlp.fc)), mlp.proj)
+    return _linear(_layer_norm(x[:, -1], model.ln_f), model.lm_head)
+    ### END SOLUTION
+
+
+def prefill(model, cache: KVCache, tokens, row: int) -> np.ndarray:
+    """Write a whole prompt (1-D token ids) into an EMPTY cache row in one pass; return the
+    logits at its last position, shape (vocab_size,)."""
+    tokens = _check_tokens(tokens, model, "prompt")
+    if len(tokens) == 0:
+        raise ValueError("prefill needs a non-empty prompt")
+    if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
+        raise TypeError(f"row must be an int, got {row!r}")
+    row = int(cache._rows([row])[0])
+    if cache._filled[:, row].any():
+        raise ValueError(f"prefill needs an empty row, but row {row} already holds {cache.lengths[row]} positions "
+                         f"(call cache.reset([{row}]) first)")
+    if len(tokens) > cache.max_len:
+        raise ValueError(f"KV-cache overflow: a prompt of {len(tokens)} tokens does not fit row {row} "
+                         f"(holds 0 positions, max_len {cache.max_len})")
+    return forward_cached(model, cache, tokens[None, :], [row])[0]
+
+
+def decode_step(model, cache: KVCache, tokens, rows) -> np.ndarray:
+    """One new token for each listed row: token i sits at position cache.lengths[rows[i]] of its
+    row. Appends its keys and values, advances those rows by one; returns logits (n, vocab_size)."""
+    tokens = _check_tokens(tokens, model)
+    rows = cache._rows(rows)
+    if len(tokens) != len(rows):
+        raise ValueError(f"batch mismatch: {len(tokens)} tokens for {len(rows)} rows {rows.tolist()}")
+    full = cache.lengths[rows] >= cache.max_len
+    if full.any():
+        r = rows[full][0]
+        raise ValueError(f"KV-cache overflow: row {r} holds {cache.lengths[r]} positions; appending 1 would pass "
+                         f"max_len {cache.max_len}")
+    return forward_cached(model, cache, tokens[:, None], rows)
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-forward-cached", "locked": true, "points": 25, "schema_version": 3, "solution": false}
+tc.manual_seed(0)
+_m = GPT(GPTConfig(vocab_size=11, context_length=12, embed_dim=16, num_layers=2, num_heads=4)).eval()
+_ids = np.random.default_rng(2).integers(0, 11, size=12)
+with tc.no_grad():
+    _full = _m(_ids[None]).data[0]  # plain logits at every position (12, 11)
+# prefill the first 5 tokens, then decode the rest one at a time: every step's logits agree
+_c = KVCache.for_model(_m, batch_size=2)
+assert np.allclose(prefill(_m, _c, _ids[:5], row=1), _full[4], atol=1e-5)
+for _p in range(5, 12):
+    _lg = decode_step(_m, _c, _ids[_p:_p + 1], rows=[1])
+    assert _lg.shape == (1, 11) and np.allclose(_lg[0], _full[_p], atol=1e-5), _p
+assert _c.lengths.tolist() == [0, 12]
+# two rows of different lengths in one decode step
+_c2 = KVCache.for_model(_m, batch_size=3)
+prefill(_m, _c2, _ids[:2], row=0)
+prefill(_m, _c2, _ids[:7], row=2)
+_lg = decode_step(_m, _c2, np.array([_ids[7], _ids[2]]), rows=[2, 0])
+assert np.allclose(_lg[0], _full[7], atol=1e-5) and np.allclose(_lg[1], _full[2], atol=1e-5)
+assert _c2.lengths.tolist() == [3, 0, 8]
+try:  # prefill into a row that is not empty
+    prefill(_m, _c2, _ids[:2], row=0)
+    raise AssertionError("prefill into a full row was allowed")
+except ValueError:
+    pass
+
+# %% [markdown]
+# ### 3.5 Generation with the cache
+#
+# `generate_cached` is `GPT.generate` with the cache: prefill the prompt, then for each new
+# token sample from the last logits with the same `sample_next` and the same
+# `np.random.default_rng(seed)` (so a seeded sample draws the same random numbers) and run
+# one `decode_step`. The last token needs no decode step: nothing reads its logits. So a
+# prompt of `P` tokens and `n` new ones need a cache of `P + n - 1` positions.
+#
+# **Past the context length.** `GPT.generate` then keeps the last `context_length` tokens
+# and runs them again: the window slides, and every token moves to a new position. With
+# learned absolute position embeddings, every cached key was computed with its old
+# position, so the whole cache is stale. We do what is correct: when a row is full,
+# reset it and prefill the slid window (the same work as a plain step). Generation stays
+# identical to `GPT.generate`; the speed past the context is the plain one. (Section 6
+# discusses what models with relative positions do instead.)
+
+# %% nbgrader={"grade": false, "grade_id": "generate-cached", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def _check_generate_args(model, max_new_tokens, temperature, top_k) -> None:
+    """The same checks, with the same messages, as GPT.generate."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    if not (np.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and not 1 <= top_k <= model.config.vocab_size:
+        raise ValueError(f"top_k must be between 1 and vocab_size {model.config.vocab_size}, got {top_k}")
+
+
+def generate_cached(model, prompt, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+                    seed: int | None = None) -> np.ndarray:
+    """The `max_new_tokens` new tokens (int64 array) that model.generate(prompt, ...) appends,
+    computed with a KV-cache. temperature=0 (the default here) is greedy.
+
+    TODO: prefill the prompt (its last context_length tokens), then loop: sample a token from the
+    logits with sample_next, store it, and (except after the last one) run one decode_step.
+
+    APPROACH:
+    1. ctx = model.config.context_length; rng = np.random.default_rng(seed).
+    2. cache = KVCache.for_model(model, 1, max_len=min(ctx, len(prompt) + max_new_tokens - 1)).
+    3. logits = prefill(model, cache, prompt[-ctx:], 0).
+    4. For i in range(max_new_tokens): new[i] = sample_next(logits[None], temperature, top_k, rng)[0];
+       stop after the last; if the row is full (cache.lengths[0] == cache.max_len) reset it and
+       prefill the last ctx tokens of prompt + new[:i + 1]; else logits = decode_step(...)[0].
+
+    HINTS:
+    - sample_next wants logits of shape (B, vocab) and returns (B,) ids.
+    - The full-row case only happens when the sequence passes the context length.
+
+    EXAMPLE:
+    >>> prompt = tok.encode("def ")
+    >>> np.array_equal(generate_cached(gpt, prompt, 20), gpt.generate(prompt, 20, temperature=0)[len(prompt):])
+    True
+    """
+    prompt = _check_tokens(prompt, model, "prompt")
+    if len(prompt) == 0:
+        raise ValueError("generate_cached needs a non-empty prompt")
+    _check_generate_args(model, max_new_tokens, temperature, top_k)
+    new = np.zeros(max_new_tokens, dtype=np.int64)
+    if max_new_tokens == 0:
+        return new
+    ### BEGIN SOLUTION
+    ctx = model.config.context_length
+    rng = np.random.default_rng(seed)
+    cache = KVCache.for_model(model, 1, max_len=min(ctx, len(prompt) + max_new_tokens - 1))
+    logits = prefill(model, cache, prompt[-ctx:], 0)
+    for i in range(max_new_tokens):
+        new[i] = sample_next(logits[None], temperature, top_k, rng)[0]
+        if i == max_new_tokens - 1:
+            break
+        if cache.lengths[0] == cache.max_len:  # past the context: the window slides, positions shift
+            cache.reset([0])
+            logits = prefill(model, cache, np.concatenate([prompt, new[:i + 1]])[-ctx:], 0)
+        else:
+            logits = decode_step(model, cache, new[i:i + 1], [0])[0]
+    return new
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-generate-cached", "locked": true, "points": 15, "schema_version": 3, "solution": false}
+tc.manual_seed(1)
+_m = GPT(GPTConfig(vocab_size=13, context_length=10, embed_dim=12, num_layers=2, num_heads=3)).eval()
+for _prompt in (np.array([3]), np.array([1, 2, 3, 4]), np.arange(9), np.arange(13)):  # the last passes the context
+    _n = 12
+    _plain = _m.generate(_prompt, _n, temperature=0.0)[len(_prompt):]
+    _cached = generate_cached(_m, _prompt, _n)
+    assert _cached.shape == (_n,) and np.array_equal(_cached, _plain), (_prompt, _cached, _plain)
+    _plain_s = _m.generate(_prompt, _n, temperature=1.0, top_k=5, seed=7)[len(_prompt):]
+    assert np.array_equal(generate_cached(_m, _prompt, _n, temperature=1.0, top_k=5, seed=7), _plain_s)
+assert generate_cached(_m, np.array([1]), 0).shape == (0,)
+
+# %% [markdown]
+# ### 3.6 Many prompts at once
+#
+# Serving many users means many sequences of different lengths. One cache with a row per
+# prompt: prefill each prompt into its row (each at its own length), then every decode
+# step runs ALL rows in one `decode_step`: one set of matmuls for the whole batch, with
+# each row attending over its own length through the mask. Module 18 builds continuous
+# batching on exactly this (rows that finish are `reset` and refilled).
+#
+# With greedy decoding, row `i` must give exactly the tokens of `generate_cached` on
+# prompt `i` alone.
+
+# %% nbgrader={"grade": false, "grade_id": "generate-cached-batch", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def generate_cached_batch(model, prompts, max_new_tokens: int, temperature: float = 0.0,
+                          top_k: int | None = None, seed: int | None = None) -> list[np.ndarray]:
+    """Generate `max_new_tokens` for each of several prompts (1-D int arrays, any lengths) with one
+    cache of one row per prompt and batched decode steps. Returns one int64 array per prompt;
+    with greedy decoding each equals generate_cached on that prompt alone.
+
+    TODO: prefill every prompt into its row, then each step sample one token per row and run one
+    decode_step over all rows (rows past the context are re-prefilled, as in generate_cached).
+
+    APPROACH:
+    1. cache = KVCache.for_model(model, len(prompts), max_len=min(ctx, longest + max_new_tokens - 1)).
+    2. logits = np.stack([prefill(model, cache, p[-ctx:], i) for i, p in enumerate(prompts)]).
+    3. Each step: nxt = sample_next(logits, temperature, top_k, rng); out[:, step] = nxt; stop after
+       the last; rows that are not full: logits[go] = decode_step(model, cache, nxt[go], go);
+       full rows: reset and prefill their slid window.
+
+    HINTS:
+    - Find the full rows (cache.lengths == cache.max_len) BEFORE the decode step: a row that the
+      step fills is not full yet for this step.
+
+    EXAMPLE:
+    >>> outs = generate_cached_batch(gpt, [tok.encode("import "), tok.encode("x")], 10)
+    >>> [len(o) for o in outs]
+    [10, 10]
+    """
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ValueError(f"prompts must be a non-empty list of 1-D token arrays, got {type(prompts).__name__}")
+    prompts = [_check_tokens(p, model, f"prompts[{i}]") for i, p in enumerate(prompts)]
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompts[{i}] is empty; every prompt needs at least one token")
+    _check_generate_args(model, max_new_tokens, temperature, top_k)
+    out = np.zeros((len(prompts), max_new_tokens), dtype=np.int64)
+    if max_new_tokens == 0:
+        return list(out)
+    ### BEGIN SOLUTION
+    ctx = model.config.context_length
+    rng = np.random.default_rng(seed)
+    longest = max(len(p) for p in prompts)
+    cache = KVCache.for_model(model, len(prompts), max_len=min(ctx, longest + max_new_tokens - 1))
+    logits = np.stack([prefill(model, cache, p[-ctx:], i) for i, p in enumerate(prompts)])
+    for step in range(max_new_tokens):
+        nxt = sample_next(logits, temperature, top_k, rng)
+        out[:, step] = nxt
+        if step == max_new_tokens - 1:
+            break
+        full = cache.lengths == cache.max_len
+        go = np.flatnonzero(~full)
+        if len(go):
+            logits[go] = decode_step(model, cache, nxt[go], go)
+        for i in np.flatnonzero(full):
+            cache.reset([i])  # past the context: slide the window, recompute this row
+            logits[i] = prefill(model, cache, np.concatenate([prompts[i], out[i, :step + 1]])[-ctx:], i)
+    return list(out)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-generate-cached-batch", "locked": true, "points": 15, "schema_version": 3, "solution": false}
+_prompts = [np.array([4]), np.arange(1, 8), np.array([2, 9, 2]), np.arange(12)]  # lengths 1, 7, 3, 12 (> context)
+_outs = generate_cached_batch(_m, _prompts, 9)
+assert len(_outs) == 4 and all(o.shape == (9,) for o in _outs)
+for _p, _o in zip(_prompts, _outs):
+    assert np.array_equal(_o, generate_cached(_m, _p, 9)), _p
