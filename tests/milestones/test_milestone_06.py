@@ -1,0 +1,74 @@
+"""Milestone 06 end to end: the scripts run on the reference build and their correctness claims hold;
+with a deliberately broken build of a module (a temporary copy of the package, first on the path),
+the matching claim fails and the exit code says so. The checked-in package is never modified."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MILESTONE = ROOT / "milestones" / "06_2018_mlperf"
+PACKAGE = ROOT / "tinytorch"
+
+
+def run_script(name: str, out: Path, build: Path | None = None, timeout: int = 600):
+    """Run one milestone script with --quick; with `build`, that copy of tinytorch is imported instead."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["NO_COLOR"] = "1"
+    if build is not None:
+        env["PYTHONPATH"] = str(build)
+    proc = subprocess.run([sys.executable, str(MILESTONE / f"{name}.py"), "--quick", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    result = out / "result.json"
+    record = json.loads(result.read_text()) if result.exists() else None
+    return proc, record
+
+
+def broken_build(tmp_path: Path, file: str, old: str, new: str) -> Path:
+    """A copy of the package with one exact piece of source replaced; returns the folder to put on the path."""
+    build = tmp_path / "build"
+    shutil.copytree(PACKAGE, build / "tinytorch", ignore=shutil.ignore_patterns("__pycache__"))
+    path = build / "tinytorch" / file
+    source = path.read_text()
+    assert source.count(old) == 1, f"the knockout's target text is not in {file} exactly once: {old!r}"
+    path.write_text(source.replace(old, new))
+    return build
+
+
+def claims(record) -> dict:
+    return {c["name"]: c for c in record["claims"]}
+
+
+def test_01_baseline_profile_quick_run_meets_its_claims_on_the_reference_build(tmp_path):
+    proc, record = run_script("01_baseline_profile", tmp_path / "out")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert record["status"] == "ok" and record["exit_code"] == 0 and record["quick"] is True
+    assert Path(record["tinytorch"]) == PACKAGE
+    flop = claims(record)["FLOP counts equal the analytic counts"]
+    assert flop["met"] and flop["kind"] == "correctness" and flop["value"] == 0
+    models = record["results"]["models"]
+    assert set(models) == {"digits_mlp", "digits_cnn", "tiny_gpt"}
+    assert models["digits_mlp"]["parameters"] == 50_826 and models["tiny_gpt"]["parameters"] == 850_688
+    for m in models.values():
+        lat = m["latency_batch1_s"]
+        assert 0 < lat["ci_low"] <= lat["median"] <= lat["ci_high"]
+        assert m["bottleneck"]
+    assert {"roofline.png", "flops_vs_time.png"} <= set(os.listdir(tmp_path / "out"))
+
+
+def test_knockout_a_flop_counter_that_ignores_the_batch_fails_the_flop_claim(tmp_path):
+    build = broken_build(tmp_path, "profiling.py",
+                         "macs = math.prod(x) * module.out_features",
+                         "macs = math.prod(x[1:]) * module.out_features")  # per sample: batch ignored
+    proc, record = run_script("01_baseline_profile", tmp_path / "out", build)
+    assert record is not None, proc.stdout + proc.stderr
+    assert Path(record["tinytorch"]) == build / "tinytorch"  # the broken copy really was the one imported
+    assert proc.returncode == 1 and record["status"] == "claims failed"
+    flop = claims(record)["FLOP counts equal the analytic counts"]
+    assert not flop["met"] and flop["value"] > 0
+    assert "FAILED (correctness): FLOP counts equal the analytic counts" in proc.stdout
