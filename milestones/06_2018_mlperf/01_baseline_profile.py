@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
+from harness import Run, require  # noqa: E402  (first: it sets the BLAS thread count before NumPy loads)
 
-from harness import Run, require  # noqa: E402
+import numpy as np  # noqa: E402
 
 PROFILE_INPUT = {"digits_mlp": (64,), "digits_cnn": (64,), "tiny_gpt": (1, 256)}  # serving batch / full context
 COUNT_INPUTS = {"digits_mlp": [(1,), (3,), (64,)], "digits_cnn": [(1,), (3,), (64,)],

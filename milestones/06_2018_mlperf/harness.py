@@ -29,7 +29,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import matplotlib
+# One BLAS thread unless you choose otherwise (set OPENBLAS_NUM_THREADS yourself). A second BLAS
+# thread competes with every other process for the cores, and on a shared 2-core machine that made
+# small matmuls 10 to 100 times slower (a plain tiny_gpt step took 1.5 s instead of 20 ms); with one
+# thread the ratios these scripts claim are repeatable. This must happen before NumPy is imported.
+BLAS_THREADS_SET_HERE = "numpy" not in sys.modules and "OPENBLAS_NUM_THREADS" not in os.environ
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    if "numpy" not in sys.modules:
+        os.environ.setdefault(_name, "1")
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only: the scripts run in terminals, CI and subprocesses
 
@@ -71,7 +80,8 @@ def machine() -> dict:
         "logical_cores": psutil.cpu_count(logical=True),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "load_average_1m": round(os.getloadavg()[0], 2),
-        "env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ},
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default (NumPy was imported before the harness)"),
+        "blas_threads_chosen_by": "the harness (one thread)" if BLAS_THREADS_SET_HERE else "the environment",
     }
 
 
@@ -100,7 +110,8 @@ class Run:
             "tinytorch": str(Path(tinytorch.__file__).resolve().parent), "machine": machine(),
         }
         say(f"== {MILESTONE} / {script}: {title}{' (quick)' if self.quick else ''}")
-        say(f"   tinytorch from {self.record['tinytorch']}; output in {self.out}")
+        say(f"   tinytorch from {self.record['tinytorch']}; output in {self.out}; "
+            f"BLAS threads: {self.record['machine']['blas_threads']}")
         load = self.record["machine"]["load_average_1m"]
         if load > 0.5:
             say(f"   note: load average {load:.2f}: other processes use the CPU, timings can be several times slower")

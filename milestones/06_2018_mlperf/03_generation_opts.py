@@ -1,0 +1,244 @@
+"""03 generation optimizations: tiny_gpt plain vs KV-cached vs cached + batched vs continuous batching (modules 17, 18).
+
+All generation here is greedy (temperature 0), so every method must produce exactly the
+tokens of the plain model.generate, which runs the whole sequence again for every token.
+The script measures, on the trained tiny_gpt with prompts from the validation text:
+
+- tokens: plain vs generate_cached, generate_cached_batch, generate_static and
+  generate_continuous, request by request (prompts of different lengths, one past the context);
+- per-token time vs position: one plain step (a forward over the whole context) and one
+  cached decode_step, timed alternately at every position up to the full context of 256;
+- time to first token and tokens/s: plain one request, cached one request, cached + batched;
+- static vs continuous batching on requests that want different numbers of tokens.
+
+Claims: tokens identical across methods (correctness); cached >= 8x faster per token at full
+context (speed); cached + batched >= 100x the plain single-request tokens/s (speed).
+
+    python milestones/06_2018_mlperf/03_generation_opts.py [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent))
+
+from harness import Run, require  # noqa: E402  (first: it sets the BLAS thread count before NumPy loads)
+
+import numpy as np  # noqa: E402
+
+
+def main() -> int:
+    run = Run("03_generation_opts", "Generation: plain vs KV-cache vs batching on tiny_gpt (modules 17, 18)", __doc__)
+    mem = require(run, "memoization", ["KVCache", "prefill", "decode_step", "generate_cached",
+                                       "generate_cached_batch"])
+    acc = require(run, "acceleration", ["generate_static", "generate_continuous"])
+    import matplotlib.pyplot as plt
+
+    import tinytorch.core as tc
+    from tinytorch import models
+    from tinytorch.datasets import load_text
+
+    tc.manual_seed(0)
+    quick = run.quick
+    gpt = models.load("tiny_gpt")
+    ctx = gpt.config.context_length
+    text = load_text()
+    ids = np.asarray(text.tokenizer.encode(text.val[:80_000]), dtype=np.int64)
+    rng = np.random.default_rng(0)
+
+    def prompt(length: int) -> np.ndarray:
+        start = int(rng.integers(0, len(ids) - length))
+        return ids[start:start + length]
+
+    def plain(p, n):
+        return gpt.generate(p, n, temperature=0)[len(p):]
+
+    # 1. tokens: every method against plain generate, request by request ---------------------------
+    n_check = 12 if quick else 24
+    lengths = [5, 60, 150, ctx - 4] if quick else [1, 5, 33, 60, 150, 200, ctx - 4]  # the last slides past ctx
+    check_prompts = [prompt(n) for n in lengths]
+    reference = [plain(p, n_check) for p in run.progress(check_prompts, "plain generate (the oracle)")]
+    compared, wrong = [], []
+
+    def compare(method: str, outs: list, which: list):
+        for i, out in zip(which, outs):
+            same = np.array_equal(np.asarray(out), reference[i])
+            compared.append(same)
+            if not same:
+                first = int(np.argmax(np.asarray(out) != reference[i])) if len(out) == len(reference[i]) else 0
+                wrong.append(f"{method}, prompt of {len(check_prompts[i])}: first difference at new token {first}")
+
+    compare("generate_cached", [mem.generate_cached(gpt, p, n_check) for p in check_prompts], list(range(len(lengths))))
+    fits = [i for i, p in enumerate(check_prompts) if len(p) + n_check - 1 <= ctx]  # batching keeps within context
+    compare("generate_cached_batch", mem.generate_cached_batch(gpt, check_prompts, n_check), list(range(len(lengths))))
+    fit_prompts = [check_prompts[i] for i in fits]
+    compare("generate_static", [r.tokens for r in acc.generate_static(gpt, fit_prompts, n_check, max_batch_size=3).results],
+            fits)
+    compare("generate_continuous",
+            [r.tokens for r in acc.generate_continuous(gpt, fit_prompts, n_check, max_batch_size=3).results], fits)
+
+    # 2. per-token time vs position: a plain step and a cached step, alternately, up to full context --
+    start_len = 192 if quick else 16
+    seq = list(prompt(start_len))
+    cache = mem.KVCache.for_model(gpt, 1)
+    t0 = time.perf_counter()
+    logits = mem.prefill(gpt, cache, np.array(seq), 0)
+    ttft_cached_once = time.perf_counter() - t0
+    seq.append(int(np.argmax(logits)))
+    positions, plain_s, cached_s, step_same = [], [], [], []
+    for i in run.progress(range(ctx - start_len), f"plain and cached steps, context {start_len + 1} to {ctx}"):
+        context = np.array(seq)[None, -ctx:]
+
+        def plain_step():
+            with tc.no_grad():
+                return gpt.lm_head(gpt.features(context)[:, -1, :]).data[0]
+
+        def cached_step():
+            return mem.decode_step(gpt, cache, np.array([seq[-1]]), [0])[0]
+
+        order = (plain_step, cached_step) if i % 2 == 0 else (cached_step, plain_step)
+        got = {}
+        for fn in order:
+            t = time.perf_counter()
+            got[fn] = fn()
+            got[fn.__name__] = time.perf_counter() - t
+        positions.append(len(seq))
+        plain_s.append(got["plain_step"])
+        cached_s.append(got["cached_step"])
+        a, b = int(np.argmax(got[plain_step])), int(np.argmax(got[cached_step]))
+        step_same.append(a == b)
+        seq.append(a)
+    compared.extend(step_same)
+    if not all(step_same):
+        wrong.append(f"stepwise: plain and cached next tokens differ at context {positions[step_same.index(False)]}")
+    full = [j for j, p in enumerate(positions) if p > ctx - 32]
+    plain_full = statistics.median(plain_s[j] for j in full)
+    cached_full = statistics.median(cached_s[j] for j in full)
+    speedup_full = plain_full / cached_full
+
+
+    # 3. throughput: plain one request vs cached one request vs cached + batched ---------------------
+    p_len, n_new, batch = (192, 64, 32) if quick else (128, 128, 64)
+    requests = [prompt(p_len) for _ in range(batch)]
+    rounds = 1 if quick else 2
+    timings = {"plain": [], "cached": [], "cached + batched": []}
+    ttft = {"plain": [], "cached": []}
+    for _ in run.progress(range(rounds), f"throughput: {batch} requests of {p_len} + {n_new} tokens"):
+        t = time.perf_counter()
+        gpt.generate(requests[0], 1, temperature=0)
+        ttft["plain"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        plain_out = plain(requests[0], n_new)
+        timings["plain"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        mem.generate_cached(gpt, requests[0], 1)
+        ttft["cached"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        cached_out = mem.generate_cached(gpt, requests[0], n_new)
+        timings["cached"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        batch_out = mem.generate_cached_batch(gpt, requests, n_new)
+        timings["cached + batched"].append(time.perf_counter() - t)
+    for method, out in (("generate_cached", cached_out), ("generate_cached_batch", batch_out[0])):
+        compared.append(np.array_equal(plain_out, out))
+        if not compared[-1]:
+            wrong.append(f"throughput run, {method}: request 0's tokens differ from plain")
+    tps = {"plain": n_new / statistics.median(timings["plain"]),
+           "cached": n_new / statistics.median(timings["cached"]),
+           "cached + batched": batch * n_new / statistics.median(timings["cached + batched"])}
+    ratio = tps["cached + batched"] / tps["plain"]
+
+    # 4. static vs continuous batching: requests that want different numbers of tokens ----------------
+    n_req, max_batch = (12, 4) if quick else (32, 8)
+    wants = [int(n) for n in rng.integers(4, 48 if quick else 96, size=n_req)]
+    work = [prompt(int(n)) for n in rng.integers(8, 64, size=n_req)]
+    static = acc.generate_static(gpt, work, wants, max_batch_size=max_batch)
+    continuous = acc.generate_continuous(gpt, work, wants, max_batch_size=max_batch)
+    for name, result in (("generate_static", static), ("generate_continuous", continuous)):
+        for i, r in enumerate(result.results):
+            same = len(r.tokens) == wants[i] and np.array_equal(r.tokens, mem.generate_cached(gpt, work[i], wants[i]))
+            compared.append(same)
+            if not same:
+                wrong.append(f"{name}: request {i} differs from generate_cached")
+
+    run.claim("cached generation: tokens identical to plain (greedy)", kind="correctness",
+              measured=f"{sum(compared)} of {len(compared)} requests/steps identical"
+              + (f"; {wrong[0]}" if wrong else ""),
+              goal="all identical: cached, cached batch, static, continuous, every stepwise token",
+              met=not wrong, value=len(compared) - sum(compared), target=0)
+    run.claim("cached >= 8x faster per token at full context", kind="speed",
+              measured=f"{speedup_full:.1f}x ({plain_full * 1e3:.2f} ms plain vs {cached_full * 1e3:.2f} ms cached, "
+                       f"median over context {ctx - 31}-{ctx})",
+              goal="at least 8x", met=speedup_full >= 8, value=speedup_full, target=8)
+    run.claim("cached + batched >= 100x plain single-request tokens/s", kind="speed",
+              measured=f"{ratio:.0f}x ({tps['cached + batched']:,.0f} vs {tps['plain']:,.1f} tokens/s; "
+                       f"{batch} requests of {p_len} + {n_new} tokens)",
+              goal="at least 100x", met=ratio >= 100, value=ratio, target=100)
+
+    # tables -----------------------------------------------------------------------------------------
+    ms = 1e3
+    run.table(f"tiny_gpt, one request of {p_len} + {n_new} tokens, and {batch} at once (median of {rounds})",
+              ["method", "time to first token", "tokens/s", "vs plain"],
+              [["plain generate (no cache)", f"{statistics.median(ttft['plain']) * ms:.1f} ms", f"{tps['plain']:,.1f}", "1x"],
+               ["generate_cached (module 17)", f"{statistics.median(ttft['cached']) * ms:.1f} ms",
+                f"{tps['cached']:,.1f}", f"{tps['cached'] / tps['plain']:.1f}x"],
+               [f"generate_cached_batch, {batch} requests", "-", f"{tps['cached + batched']:,.0f}", f"{ratio:.0f}x"]])
+    pick = [j for j, p in enumerate(positions) if p in {start_len + 1, 32, 64, 128, 192, 224, ctx}]
+    run.table("Per-token time vs context length (one plain step = a forward over the whole context)",
+              ["context", "plain ms", "cached ms", "speed-up"],
+              [[positions[j], f"{plain_s[j] * ms:.2f}", f"{cached_s[j] * ms:.2f}", f"{plain_s[j] / cached_s[j]:.1f}x"]
+               for j in pick] + [[f"median {ctx - 31}-{ctx}", f"{plain_full * ms:.2f}", f"{cached_full * ms:.2f}",
+                                  f"{speedup_full:.1f}x"]])
+    run.table(f"Static vs continuous batching (module 18): {n_req} requests wanting {min(wants)}-{max(wants)} tokens, "
+              f"{max_batch} rows", ["method", "tokens/s", "mean time to first token", "decode steps", "wall time"],
+              [[name, f"{r.tokens_per_s:,.0f}", f"{r.mean_ttft_s * ms:.0f} ms", r.decode_steps, f"{r.seconds:.2f} s"]
+               for name, r in (("static batches", static), ("continuous batching", continuous))])
+
+    run.results.update({
+        "tokens": {"compared": len(compared), "identical": int(sum(compared)), "differences": wrong,
+                   "check_prompt_lengths": lengths, "new_tokens": n_check},
+        "per_token": {"context": positions, "plain_s": plain_s, "cached_s": cached_s,
+                      "full_context_plain_s": plain_full, "full_context_cached_s": cached_full,
+                      "full_context_speedup": speedup_full, "prefill_s": ttft_cached_once},
+        "throughput": {"prompt_len": p_len, "new_tokens": n_new, "batch": batch, "rounds": rounds,
+                       "seconds": timings, "ttft_s": ttft, "tokens_per_s": tps, "batched_vs_plain": ratio},
+        "batching": {name: {"tokens_per_s": r.tokens_per_s, "mean_ttft_s": r.mean_ttft_s,
+                            "decode_steps": r.decode_steps, "seconds": r.seconds,
+                            "ttft_s": [x.ttft_s for x in r.results], "latency_s": [x.latency_s for x in r.results]}
+                     for name, r in (("static", static), ("continuous", continuous))},
+        "sample": text.tokenizer.decode(np.concatenate([requests[0][-40:], plain_out[:60]])),
+    })
+
+    # plots ------------------------------------------------------------------------------------------
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.semilogy(positions, np.array(plain_s) * ms, label="plain step (forward over the context)")
+    ax.semilogy(positions, np.array(cached_s) * ms, label="KV-cached decode_step")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("time per token (ms)")
+    ax.set_title(f"tiny_gpt per-token time vs position: {speedup_full:.1f}x at full context")
+    ax.legend()
+    run.plot(fig, "per_token_time")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    names = list(tps)
+    axes[0].bar(names, [tps[n] for n in names], color=["tab:gray", "tab:blue", "tab:green"])
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("tokens/s (log)")
+    axes[0].set_title(f"Throughput: cached + batched = {ratio:.0f}x plain")
+    for name, r in (("static", static), ("continuous", continuous)):
+        axes[1].scatter([x.ttft_s * ms for x in r.results], [x.latency_s * ms for x in r.results], label=name, alpha=0.7)
+    axes[1].set_xlabel("time to first token (ms)")
+    axes[1].set_ylabel("time to last token (ms)")
+    axes[1].set_title("Per request: static vs continuous batching")
+    axes[1].legend()
+    fig.tight_layout()
+    run.plot(fig, "throughput_and_batching")
+    return run.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
