@@ -185,27 +185,42 @@ class Run:
         return code
 
     def missing(self, module: str, reason: str) -> int:
-        """Stop: the package lacks a module this script needs. Exit code 2, the reason in the JSON."""
+        """Stop: the package lacks a module this script needs. Exit code 2 (1 if a correctness claim
+        measured before this point failed), the reason in the JSON."""
         message = (f"{self.script} needs tinytorch.{module} ({reason}); this tinytorch "
                    f"({self.record['tinytorch']}) does not provide it yet. Build and complete that module, "
                    f"then run this script again.")
+        if self.claims:  # what was measured before the missing module was needed still counts
+            print_table(f"{self.script}: claims measured before stopping", ["claim", "measured", "goal", "kind", "result"],
+                        [[c.name, c.measured, c.goal, c.kind, "met" if c.met else "NOT MET"] for c in self.claims])
         say(f"   MISSING MODULE: {message}")
-        path = self._write("missing module", EXIT_MISSING_MODULE, missing={"module": module, "message": message})
+        failed = [c for c in self.claims if c.kind == "correctness" and not c.met]
+        for c in failed:
+            say(f"   FAILED (correctness): {c.name}: measured {c.measured}; expected {c.goal}")
+        # a failed claim outranks the missing module: exit code 1 says "broken", 2 only "not there yet"
+        code, status = (EXIT_CLAIM_FAILED, "claims failed") if failed else (EXIT_MISSING_MODULE, "missing module")
+        path = self._write(status, code, missing={"module": module, "message": message})
         say(f"   wrote {path}")
-        return EXIT_MISSING_MODULE
+        return code
 
 
-def require(run: Run, module: str, names: list[str]):
-    """Import tinytorch.<module> and check it exports `names`; else run.missing() and exit with code 2."""
+def find_module(module: str, names: list[str]):
+    """(tinytorch.<module>, None) if it imports and exports `names`, else (None, the reason)."""
     import importlib
 
     try:
         mod = importlib.import_module(f"tinytorch.{module}")
     except ImportError as exc:
-        sys.exit(run.missing(module, f"importing it failed: {exc}"))
+        return None, f"importing it failed: {exc}"
     absent = [n for n in names if not hasattr(mod, n)]
-    if absent:
-        sys.exit(run.missing(module, f"it lacks {', '.join(absent)}"))
+    return (None, f"it lacks {', '.join(absent)}") if absent else (mod, None)
+
+
+def require(run: Run, module: str, names: list[str]):
+    """tinytorch.<module> if it exports `names`; else run.missing() and exit with code 2."""
+    mod, reason = find_module(module, names)
+    if mod is None:
+        sys.exit(run.missing(module, reason))
     return mod
 
 

@@ -72,3 +72,57 @@ def test_knockout_a_flop_counter_that_ignores_the_batch_fails_the_flop_claim(tmp
     flop = claims(record)["FLOP counts equal the analytic counts"]
     assert not flop["met"] and flop["value"] > 0
     assert "FAILED (correctness): FLOP counts equal the analytic counts" in proc.stdout
+
+
+def test_02_compression_int8_claims_hold_on_the_reference_build(tmp_path):
+    proc, record = run_script("02_compression", tmp_path / "out")
+    assert record is not None, proc.stdout + proc.stderr
+    assert proc.returncode == record["exit_code"] and record["exit_code"] in (0, 2)  # 2: module 16 not there yet
+    if record["exit_code"] == 2:
+        assert record["missing"]["module"] == "compression" and "tinytorch.compression" in proc.stdout
+    found = claims(record)
+    assert found["INT8 storage is really int8"]["met"]
+    for name in ("digits_mlp", "digits_cnn"):
+        claim = found[f"{name}: INT8 weights >= 3.9x smaller, accuracy within 0.5 points"]
+        assert claim["met"] and claim["value"] >= 3.9
+        variants = record["results"]["variants"][name]
+        assert variants["INT8"]["weight_bytes"] * 3.9 <= variants["FP32"]["weight_bytes"]
+    assert (tmp_path / "out" / "size_accuracy_pareto.png").exists()
+
+
+def test_knockout_quantization_that_keeps_float32_weights_fails_the_int8_claims(tmp_path):
+    build = broken_build(tmp_path, "quantization.py",
+                         "setattr(parent, name, quantize_layer(layer, observers[id(layer)].qparams(), per_channel))",
+                         "pass  # knocked out: the float layer stays")
+    proc, record = run_script("02_compression", tmp_path / "out", build)
+    assert record is not None, proc.stdout + proc.stderr
+    assert Path(record["tinytorch"]) == build / "tinytorch"
+    assert proc.returncode == 1 and record["status"] == "claims failed"  # even if module 16 is missing
+    found = claims(record)
+    assert not found["INT8 storage is really int8"]["met"]
+    assert not found["digits_mlp: INT8 weights >= 3.9x smaller, accuracy within 0.5 points"]["met"]
+    assert "FAILED (correctness): INT8 storage is really int8" in proc.stdout
+
+
+def test_03_generation_tokens_identical_on_the_reference_build(tmp_path):
+    proc, record = run_script("03_generation_opts", tmp_path / "out")
+    assert record is not None, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and record["status"] == "ok", proc.stdout[-3000:]
+    tokens = claims(record)["cached generation: tokens identical to plain (greedy)"]
+    assert tokens["met"] and tokens["kind"] == "correctness" and tokens["value"] == 0
+    assert record["results"]["tokens"]["compared"] >= 20
+    speed = claims(record)["cached >= 8x faster per token at full context"]
+    assert speed["kind"] == "speed" and speed["value"] > 1  # the figure is reported; the goal is not asserted
+    assert {"per_token_time.png", "throughput_and_batching.png"} <= set(os.listdir(tmp_path / "out"))
+
+
+def test_knockout_a_prefill_that_skips_the_prompt_fails_the_tokens_claim(tmp_path):
+    build = broken_build(tmp_path, "memoization.py",
+                         "return forward_cached(model, cache, tokens[None, :], [row])[0]",
+                         "return forward_cached(model, cache, tokens[None, -1:], [row])[0]  # knocked out")
+    proc, record = run_script("03_generation_opts", tmp_path / "out", build)
+    assert record is not None, proc.stdout + proc.stderr
+    assert Path(record["tinytorch"]) == build / "tinytorch"
+    assert proc.returncode == 1 and record["status"] == "claims failed"
+    tokens = claims(record)["cached generation: tokens identical to plain (greedy)"]
+    assert not tokens["met"] and tokens["value"] > 0

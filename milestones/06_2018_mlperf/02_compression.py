@@ -1,0 +1,199 @@
+"""02 compression: the digits models at FP32, INT8, INT4, and pruned + fine-tuned + INT8 in a sparse file (modules 15, 16).
+
+For digits_mlp and digits_cnn this script builds each variant with the package's own
+functions, saves it to a file, loads nothing back by hand, and measures: bytes of the
+matmul weights (tinytorch.quantization.weight_bytes: int8 weights and their scales count),
+bytes of the file on disk, test accuracy on the 360 held-out images, and latency (median
+with a 95% interval). The size-accuracy Pareto front uses module 19's pareto_front.
+
+Claims (size and accuracy are the same on every machine, so they count as correctness):
+- INT8 storage is really int8: every matmul weight is an int8 array (also in the saved file),
+  and no float copy of a weight is left behind;
+- INT8 weights >= 3.9x smaller than FP32, test accuracy within 0.5 points;
+- pruned + fine-tuned + INT8 sparse file >= 16x smaller than the FP32 file (goal 20x),
+  test accuracy within 1 point.
+
+    python milestones/06_2018_mlperf/02_compression.py [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parent))
+
+from harness import Run, find_module, require  # noqa: E402  (first: it sets the BLAS thread count before NumPy loads)
+
+import numpy as np  # noqa: E402
+
+NAMES = ["digits_mlp", "digits_cnn"]
+
+
+def int8_storage(fp32, int8, npz_path: Path, tc, quant) -> tuple[bool, str]:
+    """Is every matmul weight of `int8` really stored as int8, in memory and in its file?"""
+    weight_elements = sum(m.weight.size for _, m in fp32.named_modules() if type(m) in (tc.Linear, tc.Conv2d))
+    arrays = [a.data if isinstance(a, tc.Tensor) else a for _, a in list(int8.named_parameters()) +
+              list(int8.named_buffers())]
+    int8_elements = sum(a.size for a in arrays if a.dtype == np.int8)
+    float_elements = sum(a.size for a in arrays if a.dtype.kind == "f")
+    float_left = [n for n, m in int8.named_modules() if type(m) in (tc.Linear, tc.Conv2d)]
+    layers = [m for _, m in int8.named_modules() if isinstance(m, (quant.QuantizedLinear, quant.QuantizedConv2d))]
+    # the int8 numbers must be the weights: dequantized, each lies within half a step of the float weight
+    floats = [m for _, m in fp32.named_modules() if type(m) in (tc.Linear, tc.Conv2d)]
+    close = len(layers) == len(floats) and all(
+        np.all(np.abs(q.weight_int8.astype(np.float32) * _per_row(q.weight_scale, q.weight_int8.ndim)
+                      - f.weight.data) <= 0.5001 * _per_row(q.weight_scale, q.weight_int8.ndim) + 1e-6)
+        for q, f in zip(layers, floats))
+    with np.load(npz_path) as saved:
+        file_int8 = sum(saved[k].size for k in saved.files if saved[k].dtype == np.int8)
+    ok = (not float_left and int8_elements == weight_elements and file_int8 == weight_elements and close
+          and float_elements < weight_elements / 4)
+    return ok, (f"{int8_elements:,}/{weight_elements:,} weights int8 ({file_int8:,} in the file), "
+                f"{float_elements:,} floats left (biases, scales), float layers left: {len(float_left)}, "
+                f"dequantized within half a step: {'yes' if close else 'NO'}")
+
+
+def _per_row(scale, ndim):
+    s = np.asarray(scale, np.float32)
+    return s.reshape((-1,) + (1,) * (ndim - 1)) if s.ndim else s
+
+
+def main() -> int:
+    run = Run("02_compression", "Compression of the digits models: INT8, INT4, pruned + INT8 (modules 15, 16)", __doc__)
+    quant = require(run, "quantization", ["quantize_model", "quantize_weights_groupwise", "weight_bytes",
+                                          "QuantizedLinear", "QuantizedConv2d"])
+    prof = require(run, "profiling", ["measure_latency"])
+    import matplotlib.pyplot as plt
+
+    import tinytorch.core as tc
+    from tinytorch import models
+    from tinytorch.core.serialization import save_checkpoint
+    from tinytorch.datasets import load_digits
+    from tinytorch.models.evaluate import accuracy
+
+    tc.manual_seed(0)
+    quick = run.quick
+    digits = load_digits()
+    files = run.out / "files"
+    files.mkdir(exist_ok=True)
+    repeats = 10 if quick else 40
+    rows, points = [], []
+    variants_of = {}
+
+    def measure(name, variant, model, fp32=None):
+        path = save_checkpoint(files / f"{name}_{variant}", model)
+        acc = accuracy(model, digits.x_test, digits.y_test)
+
+        def forward(x):
+            with tc.no_grad():
+                return model(x)
+
+        lat = prof.measure_latency(forward, digits.x_test[:1], warmup=3, repeats=repeats)
+        entry = {"model": name, "variant": variant, "weight_bytes": quant.weight_bytes(model),
+                 "file_bytes": path.stat().st_size, "accuracy": acc, "latency_s": lat.median,
+                 "latency_ci_s": [lat.ci_low, lat.ci_high], "file": path.name}
+        variants_of.setdefault(name, {})[variant] = entry
+        return entry, path
+
+    # 1. FP32, INT8 (module 15), INT4 weight-only (module 15) ------------------------------------------
+    storage = []
+    for name in run.progress(NAMES, "FP32, INT8 and INT4 variants of the digits models"):
+        fp32 = models.load(name)
+        measure(name, "FP32", fp32)
+        int8 = quant.quantize_model(fp32, digits.x_train[:256])
+        _, int8_path = measure(name, "INT8", int8)
+        storage.append((name, *int8_storage(fp32, int8, int8_path, tc, quant)))
+        measure(name, "INT4 (weight-only, groups of 32)", quant.quantize_weights_groupwise(fp32, bits=4))
+
+    run.claim("INT8 storage is really int8", kind="correctness",
+              measured="; ".join(f"{n}: {text}" for n, _, text in storage),
+              goal="every matmul weight int8 in memory and file, no float copy left, values are the weights",
+              met=all(ok for _, ok, _ in storage), value=sum(not ok for _, ok, _ in storage), target=0)
+    for name in NAMES:
+        v = variants_of[name]
+        ratio = v["FP32"]["weight_bytes"] / v["INT8"]["weight_bytes"]
+        drop = 100 * (v["FP32"]["accuracy"] - v["INT8"]["accuracy"])
+        run.claim(f"{name}: INT8 weights >= 3.9x smaller, accuracy within 0.5 points", kind="correctness",
+                  measured=f"{ratio:.3f}x ({v['FP32']['weight_bytes']:,} -> {v['INT8']['weight_bytes']:,} B), "
+                           f"accuracy {100 * v['FP32']['accuracy']:.2f}% -> {100 * v['INT8']['accuracy']:.2f}%",
+                  goal="at least 3.9x, drop at most 0.5 points", met=ratio >= 3.9 and drop <= 0.5,
+                  value=ratio, target=3.9)
+
+    # 2. pruned + fine-tuned + INT8 in a sparse file (module 16) ---------------------------------------
+    comp, reason = find_module("compression", COMPRESSION_API)
+    if comp is None:  # show what module 15 gave, then stop with exit code 2
+        report(run, variants_of)
+        sys.exit(run.missing("compression", reason))
+    for name in run.progress(NAMES, "prune, fine-tune, quantize and pack the digits models"):
+        entry = pruned_int8(run, comp, quant, name, models.load(name), digits, files, quick)
+        variants_of[name]["pruned + INT8 sparse"] = entry
+        fp32 = variants_of[name]["FP32"]
+        ratio = fp32["file_bytes"] / entry["file_bytes"]
+        drop = 100 * (fp32["accuracy"] - entry["accuracy"])
+        run.claim(f"{name}: pruned + INT8 file >= 16x smaller (goal 20x), accuracy within 1 point", kind="correctness",
+                  measured=f"{ratio:.1f}x ({fp32['file_bytes']:,} -> {entry['file_bytes']:,} B on disk, "
+                           f"{100 * entry.get('sparsity', 0):.0f}% of weights zero), accuracy "
+                           f"{100 * fp32['accuracy']:.2f}% -> {100 * entry['accuracy']:.2f}%"
+                           + ("; the 20x goal is met" if ratio >= 20 else "; short of the 20x goal"),
+                  goal="at least 16x (goal 20x), drop at most 1 point", met=ratio >= 16 and drop <= 1,
+                  value=ratio, target=16)
+
+    report(run, variants_of)
+    return run.finish()
+
+
+def report(run, variants_of: dict) -> None:
+    """One table per model and the size-accuracy plot with module 19's Pareto front."""
+    import matplotlib.pyplot as plt
+
+    run.results["variants"] = variants_of
+    bench = None
+    try:
+        import tinytorch.benchmarking as bench
+    except ImportError:
+        pass
+    for name in NAMES:
+        v = variants_of[name]
+        base = v["FP32"]
+        rows = [[variant, f"{e['weight_bytes']:,}", f"{base['weight_bytes'] / e['weight_bytes']:.2f}x",
+                 f"{e['file_bytes']:,}", f"{base['file_bytes'] / e['file_bytes']:.2f}x", f"{100 * e['accuracy']:.2f}%",
+                 f"{e['latency_s'] * 1e3:.3f} [{e['latency_ci_s'][0] * 1e3:.3f}, {e['latency_ci_s'][1] * 1e3:.3f}]"]
+                for variant, e in v.items()]
+        run.table(f"{name}: size, accuracy (360 test images) and batch-1 latency (ms, median [95% CI])",
+                  ["variant", "weight bytes", "smaller", "file bytes", "smaller", "accuracy", "latency ms"], rows)
+
+    fig, axes = plt.subplots(1, len(NAMES), figsize=(11, 4))
+    for ax, name in zip(axes, NAMES):
+        v = variants_of[name]
+        labels = list(v)
+        size = np.array([v[k]["file_bytes"] for k in labels], float)
+        acc = np.array([100 * v[k]["accuracy"] for k in labels])
+        ax.scatter(size / 1e3, acc, s=40)
+        for x, y, label in zip(size / 1e3, acc, labels):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if bench is not None and hasattr(bench, "pareto_front"):
+            front = bench.pareto_front(np.c_[size, acc], maximize=[False, True])
+            order = front[np.argsort(size[front])]
+            ax.plot(size[order] / 1e3, acc[order], "k--", lw=1, label="Pareto front (module 19)")
+            ax.legend(fontsize=8, loc="lower right")
+            run.results.setdefault("pareto_front", {})[name] = [labels[i] for i in order]
+        ax.set_xscale("log")
+        ax.set_xlabel("file on disk (kB, log)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(name)
+    fig.suptitle("Size vs accuracy of the compressed digits models")
+    fig.tight_layout()
+    run.plot(fig, "size_accuracy_pareto")
+
+
+# --- module 16: filled in from tinytorch.compression's API ------------------------------------------
+COMPRESSION_API: list = []
+
+
+def pruned_int8(run, comp, quant, name, model, digits, files, quick) -> dict:
+    raise NotImplementedError
+
+
+if __name__ == "__main__":
+    sys.exit(main())
