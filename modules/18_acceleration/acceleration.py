@@ -160,6 +160,7 @@ import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.core.attention import causal_mask
+from tinytorch.memoization import KVCache, decode_step, prefill
 from tinytorch.profiling import LatencyStats, latency_stats, measure_latency
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -1196,7 +1197,6 @@ def generate_static(model, prompts, max_new_tokens, max_batch_size: int = 8,
     TODO: for each group: reset the cache, prefill each request into its row (first token = argmax),
     then decode_step the unfinished rows together until every request of the group has its tokens.
     """
-    from tinytorch.memoization import KVCache, decode_step, prefill
     prompts, counts = _check_requests(model, prompts, max_new_tokens)
     _check_int(max_batch_size, "max_batch_size", 1)
     ### BEGIN SOLUTION
@@ -1242,7 +1242,6 @@ def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
     HINTS:
     - A request with max_new_tokens == 0 finishes at once; one with 1 finishes at its prefill.
     """
-    from tinytorch.memoization import KVCache, decode_step, prefill
     prompts, counts = _check_requests(model, prompts, max_new_tokens)
     _check_int(max_batch_size, "max_batch_size", 1)
     ### BEGIN SOLUTION
