@@ -891,3 +891,193 @@ _outs = generate_cached_batch(_m, _prompts, 9)
 assert len(_outs) == 4 and all(o.shape == (9,) for o in _outs)
 for _p, _o in zip(_prompts, _outs):
     assert np.array_equal(_o, generate_cached(_m, _p, 9)), _p
+
+# %% [markdown]
+# ## 4. Use it on a real model: `tiny_gpt`, token for token
+#
+# For several prompts we generate greedily with the cache, keep the logits of every step,
+# and compare with the plain model: the tokens of `GPT.generate`, and the logits of one
+# plain forward over the finished sequence (position `i`'s logits are the ones that chose
+# token `i + 1`).
+
+# %%
+def cached_steps(model, prompt, n_new):
+    """Greedy generation with the cache, keeping every step's logits (n_new, vocab)."""
+    cache = KVCache.for_model(model, batch_size=1)
+    steps, new = [prefill(model, cache, prompt, 0)], []
+    for i in range(n_new):
+        new.append(int(steps[-1].argmax()))
+        if i < n_new - 1:
+            steps.append(decode_step(model, cache, np.array(new[-1:]), [0])[0])
+    return np.array(new), np.array(steps)
+
+
+_worst = 0.0
+for _text in ("def ", "import numpy", "Return the ", "class Tensor:\n    ", "x"):
+    _prompt = tok.encode(_text)
+    _new, _steps = cached_steps(gpt, _prompt, 60)
+    _plain = gpt.generate(_prompt, 60, temperature=0.0)
+    with tc.no_grad():
+        _plain_logits = gpt(_plain[None, :-1]).data[0, len(_prompt) - 1:]
+    _diff = float(np.abs(_steps - _plain_logits).max())
+    _worst = max(_worst, _diff)
+    print(f"{_text!r:22} identical tokens: {np.array_equal(_new, _plain[len(_prompt):])}, "
+          f"max |logit difference| over 60 steps: {_diff:.1e}")
+    assert np.array_equal(_new, _plain[len(_prompt):]) and _diff < 1e-4
+print(f"worst logit difference: {_worst:.1e} (float32 rounding; the issue's bar is 1e-4)")
+print("sample:", repr(tok.decode(np.concatenate([tok.encode("def "), generate_cached(gpt, tok.encode("def "), 80)]))))
+
+# %% [markdown]
+# The differences are float32 rounding (the cached path multiplies `(1, C)` rows where
+# the plain one multiplies `(T, C)` blocks, so BLAS adds in a different order), far below
+# anything that changes an argmax here. And the batched form, four prompts of lengths
+# from 1 to 36 in one cache, gives each prompt's tokens exactly:
+
+# %%
+_prompts = [tok.encode(s) for s in ("x", "def __init__(self", "The ", "if not isinstance(value, int):\n    ")]
+_batched = generate_cached_batch(gpt, _prompts, 40)
+print("lengths", [len(p) for p in _prompts], "batched == alone:",
+      all(np.array_equal(b, generate_cached(gpt, p, 40)) for p, b in zip(_prompts, _batched)))
+
+# %% [markdown]
+# ## 5. Systems analysis
+#
+# ### 5.1 Time per token vs position
+#
+# From a one-token prompt we generate up to the full context (256 tokens) and time every
+# step: the plain step (the model on all tokens so far, LM head on the last) and the
+# cached decode step, alternating at each position so both see the same machine state.
+
+# %%
+def per_token_times(model, n):
+    """Seconds of the plain step and the cached step at positions 1..n-1, timed alternately."""
+    tokens = np.array([tok.encode("d")[0]])
+    cache = KVCache.for_model(model, batch_size=1)
+    prefill(model, cache, tokens, 0)
+    plain, cached = [], []
+    with tc.no_grad():
+        for _ in range(n - 1):
+            nxt = np.array([int(tokens[-1] * 7 % model.config.vocab_size)])  # any token; the timing is the same
+            tokens = np.concatenate([tokens, nxt])
+            start = time.perf_counter()
+            model.lm_head(model.features(tokens[None])[:, -1, :])
+            plain.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            decode_step(model, cache, nxt, [0])
+            cached.append(time.perf_counter() - start)
+    return np.array(plain), np.array(cached)
+
+
+_plain_t, _cached_t = per_token_times(gpt, CTX)
+_pos = np.arange(2, CTX + 1)  # sequence length the step works on
+_first, _last = np.median(_cached_t[:16]), np.median(_cached_t[-16:])
+print(f"plain step:  {1e3 * np.median(_plain_t[:16]):.2f} ms at positions 1-16, "
+      f"{1e3 * np.median(_plain_t[-16:]):.2f} ms at 240-255")
+print(f"cached step: {1e3 * _first:.2f} ms at positions 1-16, {1e3 * _last:.2f} ms at 240-255 "
+      f"(last/first = {_last / _first:.2f})")
+print(f"whole run of {CTX - 1} steps: plain {np.sum(_plain_t):.2f} s, cached {np.sum(_cached_t):.3f} s, "
+      f"{np.sum(_plain_t) / np.sum(_cached_t):.1f}x")
+
+_fig, _ax = plt.subplots(figsize=(7, 3.5))
+_ax.plot(_pos, 1e3 * _plain_t, ".", ms=3, label="plain (whole sequence each step)")
+_ax.plot(_pos, 1e3 * _cached_t, ".", ms=3, label="KV-cache (newest token only)")
+_ax.set(xlabel="sequence length at the step", ylabel="ms per generated token", yscale="log",
+        title="tiny_gpt: time per token vs position (measured)")
+_ax.legend()
+show(_fig)
+
+# %% [markdown]
+# The plain step grows with the position (it multiplies all `t` rows by every weight
+# matrix; below ~64 tokens the Python overhead of the layers dominates, so it starts
+# flat). The cached step stays nearly flat: its attention over `t` keys is tiny next to
+# the fixed per-layer work for one row. The ratio of the two numbers printed above for
+# the whole run is the benchmark's goal (at least 8x): the issue also asks that the last
+# cached step be within 1.5x of the first.
+#
+# ### 5.2 Tokens per second
+#
+# End to end, `GPT.generate` against `generate_cached`, greedy, from a one-token prompt.
+# 256 is the most new tokens that fit the context (`1 + n - 1 <= 256`); past it,
+# both slide the window and the cache degrades to plain speed (section 3.5).
+
+# %%
+def tokens_per_second(n):
+    prompt = tok.encode("d")
+    start = time.perf_counter()
+    gpt.generate(prompt, n, temperature=0.0)
+    plain = time.perf_counter() - start
+    start = time.perf_counter()
+    generate_cached(gpt, prompt, n)
+    cached = time.perf_counter() - start
+    return n / plain, n / cached
+
+
+print(f"{'new tokens':>10} {'plain tok/s':>12} {'cached tok/s':>13} {'speedup':>8}")
+for _n in (64, 128, CTX):
+    _p, _c = tokens_per_second(_n)
+    print(f"{_n:>10} {_p:>12.0f} {_c:>13.0f} {_c / _p:>7.1f}x")
+
+# %% [markdown]
+# The speedup grows with the length: the plain cost per token grows with `t`, the cached
+# one does not, so for `n` tokens the ratio grows roughly like `n`.
+#
+# ### 5.3 Memory: the formula against the real bytes
+#
+# We build caches of several lengths, batch sizes and widths and compare three numbers:
+# the formula, `KVCache.nbytes` (the arrays' `nbytes`), and the bytes that module 14's
+# `measure_memory` saw the constructor allocate (tracemalloc, independent of our code).
+
+# %%
+from tinytorch.profiling import measure_memory
+
+print(f"{'layers':>6} {'batch':>5} {'heads':>5} {'head_dim':>8} {'max_len':>7} {'formula':>12} {'nbytes':>12} "
+      f"{'allocated':>12}")
+_rows_mem = []
+for _args in [(4, 1, 4, 64, 32), (4, 1, 4, 256, 32), (4, 8, 4, 256, 32), (4, 1, 8, 256, 32), (4, 1, 16, 256, 32),
+              (8, 4, 8, 512, 64)]:
+    _layers, _batch, _heads, _len, _hd = _args
+    _report = measure_memory(lambda: KVCache(_layers, _batch, _heads, _len, _hd))
+    _f = cache_bytes(*_args)
+    _rows_mem.append((_args, _f))
+    print(f"{_layers:>6} {_batch:>5} {_heads:>5} {_hd:>8} {_len:>7} {_f:>12,} "
+          f"{KVCache(*_args).nbytes:>12,} {_report.retained_bytes:>12,}")
+    assert KVCache(*_args).nbytes == _f and abs(_report.retained_bytes - _f) < 0.01 * _f + 4096
+
+_lens = np.arange(16, CTX + 1, 16)
+_fig, _ax = plt.subplots(figsize=(7, 3.2))
+for _b in (1, 4, 16):
+    _ax.plot(_lens, [KVCache.for_model(gpt, _b, max_len=int(L)).nbytes / 2**20 for L in _lens], "o-", ms=3,
+             label=f"batch {_b}")
+_ax.axhline(sum(p.data.nbytes for p in gpt.parameters()) / 2**20, color="gray", ls="--", label="tiny_gpt weights")
+_ax.set(xlabel="max_len (positions)", ylabel="MiB (nbytes)", title="tiny_gpt KV-cache size (measured nbytes)")
+_ax.legend()
+show(_fig)
+
+# %% [markdown]
+# The allocated bytes match the formula to within a few hundred bytes of Python object
+# overhead: the cache is exactly `2 x layers x batch x heads x max_len x head_dim x 4`.
+# Linear in every factor, and at batch 4 `tiny_gpt`'s full-context cache already
+# outweighs the model.
+#
+# **Worked example: GPT-2 sized.** GPT-2 small has 12 layers, 12 heads of 64 (width 768)
+# and a 1,024-token context. The same formula, checked by really allocating one
+# sequence's cache:
+
+# %%
+_gpt2 = dict(num_layers=12, num_heads=12, head_dim=64, max_len=1024)
+_one = KVCache(batch_size=1, **_gpt2)
+print(f"GPT-2 small, one sequence, float32: {cache_bytes(batch_size=1, **_gpt2):,} bytes by the formula, "
+      f"{_one.nbytes:,} allocated ({_one.nbytes / 2**20:.0f} MiB)")
+del _one
+print(f"  float16: {cache_bytes(batch_size=1, dtype=np.float16, **_gpt2) / 2**20:.0f} MiB; "
+      f"a batch of 32 in float16: {cache_bytes(batch_size=32, dtype=np.float16, **_gpt2) / 2**30:.2f} GiB "
+      f"(the weights: 124M parameters, {124e6 * 2 / 2**30:.2f} GiB in float16)")
+print(f"  per token: 2 x 12 x 768 x 2 bytes = {2 * 12 * 768 * 2:,} bytes in float16")
+
+# %% [markdown]
+# One GPT-2-small sequence at full context needs 72 MiB of float32 cache (2 x 12 layers
+# x 768 x 1,024 x 4 bytes), 36 MiB in float16. A batch of 32 float16 sequences needs
+# more memory for its cache than for the weights: in serving, the cache, not the model,
+# decides how many requests fit on the device. That is why vLLM pages it (next section),
+# and why newer models share keys and values between heads (multi-query and grouped-query
+# attention divide the `heads` factor).
