@@ -87,6 +87,10 @@ def test_02_compression_int8_claims_hold_on_the_reference_build(tmp_path):
         assert claim["met"] and claim["value"] >= 3.9
         variants = record["results"]["variants"][name]
         assert variants["INT8"]["weight_bytes"] * 3.9 <= variants["FP32"]["weight_bytes"]
+    if record["exit_code"] == 0:
+        pruned = found["digits_mlp: pruned + INT8 file >= 16x smaller (goal 20x), accuracy within 1 point"]
+        assert pruned["met"] and pruned["value"] >= 16
+        assert found["the sparse file stores int8 values"]["met"]
     assert (tmp_path / "out" / "size_accuracy_pareto.png").exists()
 
 
