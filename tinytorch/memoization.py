@@ -53,6 +53,13 @@ def _merge_heads(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 1, 3).reshape(n, t, h * d)
 
 
+def _rows_index(rows: np.ndarray):
+    """A slice when rows are consecutive (a view, no copy), else the index array."""
+    if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+        return slice(int(rows[0]), int(rows[0]) + len(rows))
+    return rows
+
+
 def _check_int(value, what: str, low: int = 0, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{what} must be an int, got {value!r}")
@@ -175,27 +182,9 @@ class KVCache:
             raise ValueError(f"rows must be distinct, got {r.tolist()}")
         return r
 
-    def append(self, layer: int, k: np.ndarray, v: np.ndarray, rows=None) -> None:
-        """Write k, v (n, num_heads, T, head_dim) at each listed row's current length in `layer`.
-
-        TODO: check everything first (nothing is written when a check fails), then write all
-        rows in one indexed assignment and advance this layer's lengths of those rows by T.
-
-        APPROACH:
-        1. rows = self._rows(rows); n = len(rows). k and v must have shape
-           (n, num_heads, T, head_dim), T >= 1 (given code below checks this).
-        2. Order: layer 0 may start a new step only when every layer has caught up for those
-           rows; layer l > 0 must be exactly T behind layer l - 1 (given).
-        3. Overflow: start = self._filled[layer, rows]; if any start + T > max_len raise a
-           ValueError naming the row, its length, T and max_len.
-        4. positions = start[:, None] + np.arange(T), shape (n, T). Then
-           self.k[layer][rows[:, None], :, positions] has shape (n, T, H, D): assign
-           k.transpose(0, 2, 1, 3) to it (same for v), and add T to self._filled[layer, rows].
-
-        HINTS:
-        - Two index arrays separated by a slice put their broadcast shape (n, T) FIRST in the
-          result: that is why the data is transposed to (n, T, H, D).
-        """
+    def _check_append(self, layer, k, v, rows):
+        """The checks of append that are not about space: layer, rows, shapes, layer order.
+        Returns (layer, rows, k, v, start, T) with start = this layer's lengths of those rows."""
         layer = _check_int(layer, "layer", 0, self.num_layers)
         rows = self._rows(rows)
         k, v = np.asarray(k), np.asarray(v)
@@ -218,6 +207,29 @@ class KVCache:
             raise ValueError(f"layers must be appended in order 0..{self.num_layers - 1} with the same number of "
                              f"positions: row {rows[behind][0]} has lengths {self._filled[:, rows[behind][0]].tolist()} "
                              f"per layer, and layer {layer} was given {t} new positions")
+        return layer, rows, k, v, start, t
+
+    def append(self, layer: int, k: np.ndarray, v: np.ndarray, rows=None) -> None:
+        """Write k, v (n, num_heads, T, head_dim) at each listed row's current length in `layer`.
+
+        TODO: check everything first (nothing is written when a check fails), then write all
+        rows in one indexed assignment and advance this layer's lengths of those rows by T.
+
+        APPROACH:
+        1. The given self._check_append validates layer, rows, the shapes (n, num_heads, T,
+           head_dim) and the layer order (layer 0 may start a new step only when every layer
+           has caught up for those rows; layer l > 0 must be exactly T behind layer l - 1).
+        3. Overflow: start = self._filled[layer, rows]; if any start + T > max_len raise a
+           ValueError naming the row, its length, T and max_len.
+        4. positions = start[:, None] + np.arange(T), shape (n, T). Then
+           self.k[layer][rows[:, None], :, positions] has shape (n, T, H, D): assign
+           k.transpose(0, 2, 1, 3) to it (same for v), and add T to self._filled[layer, rows].
+
+        HINTS:
+        - Two index arrays separated by a slice put their broadcast shape (n, T) FIRST in the
+          result: that is why the data is transposed to (n, T, H, D).
+        """
+        layer, rows, k, v, start, t = self._check_append(layer, k, v, rows)
         over = start + t > self.max_len
         if over.any():
             i = int(np.argmax(over))
@@ -251,8 +263,15 @@ class KVCache:
         rows = self._rows(rows)
         self._filled[:, rows] = 0
 
+    def gather(self, layer: int, rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values of positions 0..length-1 of the listed rows in one layer, each
+        (n, num_heads, length, head_dim), for attention. Entries past a row's own length are
+        stale or zero; the attention mask hides them. A view when the rows are consecutive."""
+        index = _rows_index(rows)
+        return self.k[layer][index, :, :length], self.v[layer][index, :, :length]
+
     def __repr__(self) -> str:
-        return (f"KVCache(num_layers={self.num_layers}, batch_size={self.batch_size}, num_heads={self.num_heads}, "
+        return (f"{type(self).__name__}(num_layers={self.num_layers}, batch_size={self.batch_size}, num_heads={self.num_heads}, "
                 f"max_len={self.max_len}, head_dim={self.head_dim}, dtype={self.dtype}, "
                 f"lengths={self.lengths.tolist()}, nbytes={self.nbytes:,})")
 
@@ -312,13 +331,6 @@ def _check_cache_fits(model, cache: KVCache) -> None:
         raise ValueError(f"the cache has (num_layers, num_heads, head_dim) = {have}, the model needs {want}")
 
 
-def _rows_index(rows: np.ndarray):
-    """A slice when rows are consecutive (a view, no copy), else the index array."""
-    if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
-        return slice(int(rows[0]), int(rows[0]) + len(rows))
-    return rows
-
-
 def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     """Run new tokens (n, T) of the listed rows through `model`, each row continuing at its own
     cached length; append their keys and values to the cache; return the logits of each row's
@@ -333,8 +345,8 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     3. For each layer, block = model.blocks[layer]: h = _layer_norm(x, block.ln1);
        q, k, v = (_split_heads(_linear(h, p), H) for p in (attn.q_proj, attn.k_proj, attn.v_proj));
        cache.append(layer, k, v, rows); S = (positions[:, -1] + 1).max();
-       K = cache.k[layer][index, :, :S] (index = _rows_index(rows)), same for V;
-       x = x + _linear(_merge_heads(cached_attention(q, K, V, positions)), attn.out_proj);
+       keys, values = cache.gather(layer, rows, S) (given: the layer's buffers of those rows);
+       x = x + _linear(_merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj);
        x = x + _linear(_gelu(_linear(_layer_norm(x, block.ln2), mlp.fc)), mlp.proj).
     4. Return _linear(_layer_norm(x[:, -1], model.ln_f), model.lm_head).
 
@@ -365,7 +377,6 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
                          "(no position embedding there)")
     positions = cache.lengths[rows][:, None] + np.arange(t)
     x = model.tok_emb.weight.data[tokens] + model.pos_emb.weight.data[positions]
-    index = _rows_index(rows)
     heads = model.config.num_heads
     for layer, block in enumerate(model.blocks):
         attn, mlp = block.attn, block.mlp
@@ -373,7 +384,7 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
         q, k, v = (_split_heads(_linear(h, proj), heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         cache.append(layer, k, v, rows)
         s = int(positions[:, -1].max()) + 1
-        keys, values = cache.k[layer][index, :, :s], cache.v[layer][index, :, :s]
+        keys, values = cache.gather(layer, rows, s)
         x = x + _linear(_merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj)
         x = x + _linear(_gelu(_linear(_layer_norm(x, block.ln2), mlp.fc)), mlp.proj)
     return _linear(_layer_norm(x[:, -1], model.ln_f), model.lm_head)
@@ -525,3 +536,98 @@ def generate_cached_batch(model, prompts, max_new_tokens: int, temperature: floa
             cache.reset([i])  # past the context: slide the window, recompute this row
             logits[i] = prefill(model, cache, np.concatenate([prompts[i], out[i, :step + 1]])[-ctx:], i)
     return list(out)
+
+
+# %% modules/17_memoization/memoization.py (cell 42)
+class PagedKVCache(KVCache):
+    """A KV-cache in fixed-size blocks (vLLM's PagedAttention layout): per layer one pool
+    k[layer], v[layer] of shape (num_blocks, num_heads, block_size, head_dim), and a block table
+    (batch_size, ceil(max_len / block_size)) of block ids per row (-1 = none). A block id names
+    the same slot in every layer's pool. Blocks are taken when a row grows into them (at the
+    layer-0 append) and given back by reset. Running out of blocks is a clear error."""
+
+    def __init__(self, num_layers: int, batch_size: int, num_heads: int, max_len: int, head_dim: int,
+                 block_size: int = 16, num_blocks: int | None = None, dtype=np.float32):
+        for name, value in dict(num_layers=num_layers, batch_size=batch_size, num_heads=num_heads,
+                                max_len=max_len, head_dim=head_dim, block_size=block_size).items():
+            _check_int(value, name, low=1)
+        self.num_layers, self.batch_size, self.num_heads = int(num_layers), int(batch_size), int(num_heads)
+        self.max_len, self.head_dim, self.dtype = int(max_len), int(head_dim), np.dtype(dtype)
+        self.block_size = int(block_size)
+        blocks_per_row = -(-self.max_len // self.block_size)
+        self.num_blocks = batch_size * blocks_per_row if num_blocks is None else _check_int(num_blocks, "num_blocks", 1)
+        shape = (self.num_blocks, self.num_heads, self.block_size, self.head_dim)
+        self.k = [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers)]
+        self.v = [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers)]
+        self.block_table = np.full((self.batch_size, blocks_per_row), -1, dtype=np.int64)
+        self._free = list(range(self.num_blocks - 1, -1, -1))  # a stack: pop() gives the lowest id
+        self._filled = np.zeros((self.num_layers, self.batch_size), dtype=np.int64)
+
+    @classmethod
+    def for_model(cls, model, batch_size: int, max_len: int | None = None, block_size: int = 16,
+                  num_blocks: int | None = None) -> "PagedKVCache":
+        c = model.config
+        max_len = c.context_length if max_len is None else _check_int(max_len, "max_len", low=1)
+        if max_len > c.context_length:
+            raise ValueError(f"max_len {max_len} exceeds the model's context length {c.context_length}")
+        return cls(c.num_layers, batch_size, c.num_heads, max_len, c.embed_dim // c.num_heads, block_size, num_blocks)
+
+    @property
+    def blocks_in_use(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes of the blocks that rows hold (K and V, every layer)."""
+        return self.blocks_in_use * self.nbytes // self.num_blocks
+
+    def append(self, layer: int, k: np.ndarray, v: np.ndarray, rows=None) -> None:
+        layer, rows, k, v, start, t = self._check_append(layer, k, v, rows)
+        over = start + t > self.max_len
+        if over.any():
+            i = int(np.argmax(over))
+            raise ValueError(f"KV-cache overflow: row {rows[i]} holds {start[i]} positions; appending {t} "
+                             f"would pass max_len {self.max_len}")
+        if layer == 0:  # take the blocks the new positions reach into, all or nothing
+            have = (self.block_table[rows] >= 0).sum(axis=1)
+            need = -(-(start + t) // self.block_size) - have
+            if need.sum() > len(self._free):
+                raise ValueError(f"out of KV blocks: rows {rows.tolist()} need {need.sum()} more blocks of "
+                                 f"{self.block_size} positions, the pool has {len(self._free)} free of {self.num_blocks}")
+            for r, h, m in zip(rows, have, need):
+                for j in range(h, h + m):
+                    self.block_table[r, j] = self._free.pop()
+        positions = start[:, None] + np.arange(t)
+        blocks = self.block_table[rows[:, None], positions // self.block_size]
+        offsets = positions % self.block_size
+        self.k[layer][blocks, :, offsets] = k.transpose(0, 2, 1, 3)
+        self.v[layer][blocks, :, offsets] = v.transpose(0, 2, 1, 3)
+        self._filled[layer, rows] += t
+
+    def gather(self, layer: int, rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copy the listed rows' blocks into (n, num_heads, length, head_dim) arrays."""
+        rows = np.asarray(rows, dtype=np.int64)
+        nb = -(-length // self.block_size)
+        blocks = np.maximum(self.block_table[rows, :nb], 0)  # missing blocks: any block, masked anyway
+        n, h, bs, d = len(rows), self.num_heads, self.block_size, self.head_dim
+
+        def collect(pool):
+            return pool[blocks].transpose(0, 2, 1, 3, 4).reshape(n, h, nb * bs, d)[:, :, :length]
+        return collect(self.k[layer]), collect(self.v[layer])
+
+    def get(self, layer: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        layer = _check_int(layer, "layer", 0, self.num_layers)
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
+            raise TypeError(f"row must be an int, got {row!r}")
+        if not 0 <= row < self.batch_size:
+            raise IndexError(f"row {row} is out of range for a cache of batch_size {self.batch_size}")
+        k, v = self.gather(layer, np.array([row]), int(self._filled[layer, row]))
+        return k[0], v[0]
+
+    def reset(self, rows=None) -> None:
+        rows = self._rows(rows)
+        for r in rows:
+            held = self.block_table[r][self.block_table[r] >= 0]
+            self._free.extend(int(b) for b in held[::-1])
+            self.block_table[r] = -1
+        self._filled[:, rows] = 0

@@ -199,6 +199,13 @@ def _merge_heads(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 1, 3).reshape(n, t, h * d)
 
 
+def _rows_index(rows: np.ndarray):
+    """A slice when rows are consecutive (a view, no copy), else the index array."""
+    if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+        return slice(int(rows[0]), int(rows[0]) + len(rows))
+    return rows
+
+
 def _check_int(value, what: str, low: int = 0, high: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{what} must be an int, got {value!r}")
@@ -360,27 +367,9 @@ class KVCache:
             raise ValueError(f"rows must be distinct, got {r.tolist()}")
         return r
 
-    def append(self, layer: int, k: np.ndarray, v: np.ndarray, rows=None) -> None:
-        """Write k, v (n, num_heads, T, head_dim) at each listed row's current length in `layer`.
-
-        TODO: check everything first (nothing is written when a check fails), then write all
-        rows in one indexed assignment and advance this layer's lengths of those rows by T.
-
-        APPROACH:
-        1. rows = self._rows(rows); n = len(rows). k and v must have shape
-           (n, num_heads, T, head_dim), T >= 1 (given code below checks this).
-        2. Order: layer 0 may start a new step only when every layer has caught up for those
-           rows; layer l > 0 must be exactly T behind layer l - 1 (given).
-        3. Overflow: start = self._filled[layer, rows]; if any start + T > max_len raise a
-           ValueError naming the row, its length, T and max_len.
-        4. positions = start[:, None] + np.arange(T), shape (n, T). Then
-           self.k[layer][rows[:, None], :, positions] has shape (n, T, H, D): assign
-           k.transpose(0, 2, 1, 3) to it (same for v), and add T to self._filled[layer, rows].
-
-        HINTS:
-        - Two index arrays separated by a slice put their broadcast shape (n, T) FIRST in the
-          result: that is why the data is transposed to (n, T, H, D).
-        """
+    def _check_append(self, layer, k, v, rows):
+        """The checks of append that are not about space: layer, rows, shapes, layer order.
+        Returns (layer, rows, k, v, start, T) with start = this layer's lengths of those rows."""
         layer = _check_int(layer, "layer", 0, self.num_layers)
         rows = self._rows(rows)
         k, v = np.asarray(k), np.asarray(v)
@@ -403,6 +392,29 @@ class KVCache:
             raise ValueError(f"layers must be appended in order 0..{self.num_layers - 1} with the same number of "
                              f"positions: row {rows[behind][0]} has lengths {self._filled[:, rows[behind][0]].tolist()} "
                              f"per layer, and layer {layer} was given {t} new positions")
+        return layer, rows, k, v, start, t
+
+    def append(self, layer: int, k: np.ndarray, v: np.ndarray, rows=None) -> None:
+        """Write k, v (n, num_heads, T, head_dim) at each listed row's current length in `layer`.
+
+        TODO: check everything first (nothing is written when a check fails), then write all
+        rows in one indexed assignment and advance this layer's lengths of those rows by T.
+
+        APPROACH:
+        1. The given self._check_append validates layer, rows, the shapes (n, num_heads, T,
+           head_dim) and the layer order (layer 0 may start a new step only when every layer
+           has caught up for those rows; layer l > 0 must be exactly T behind layer l - 1).
+        3. Overflow: start = self._filled[layer, rows]; if any start + T > max_len raise a
+           ValueError naming the row, its length, T and max_len.
+        4. positions = start[:, None] + np.arange(T), shape (n, T). Then
+           self.k[layer][rows[:, None], :, positions] has shape (n, T, H, D): assign
+           k.transpose(0, 2, 1, 3) to it (same for v), and add T to self._filled[layer, rows].
+
+        HINTS:
+        - Two index arrays separated by a slice put their broadcast shape (n, T) FIRST in the
+          result: that is why the data is transposed to (n, T, H, D).
+        """
+        layer, rows, k, v, start, t = self._check_append(layer, k, v, rows)
         ### BEGIN SOLUTION
         over = start + t > self.max_len
         if over.any():
@@ -442,8 +454,15 @@ class KVCache:
         self._filled[:, rows] = 0
         ### END SOLUTION
 
+    def gather(self, layer: int, rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values of positions 0..length-1 of the listed rows in one layer, each
+        (n, num_heads, length, head_dim), for attention. Entries past a row's own length are
+        stale or zero; the attention mask hides them. A view when the rows are consecutive."""
+        index = _rows_index(rows)
+        return self.k[layer][index, :, :length], self.v[layer][index, :, :length]
+
     def __repr__(self) -> str:
-        return (f"KVCache(num_layers={self.num_layers}, batch_size={self.batch_size}, num_heads={self.num_heads}, "
+        return (f"{type(self).__name__}(num_layers={self.num_layers}, batch_size={self.batch_size}, num_heads={self.num_heads}, "
                 f"max_len={self.max_len}, head_dim={self.head_dim}, dtype={self.dtype}, "
                 f"lengths={self.lengths.tolist()}, nbytes={self.nbytes:,})")
 
@@ -577,8 +596,8 @@ assert np.allclose(cached_attention(_q, _k2, _v2, _pos)[2], _out[2])
 #
 # 1. `h = ln1(x)`; `q, k, v = q_proj(h), k_proj(h), v_proj(h)`, split into heads `(n, H, T, D)`;
 # 2. `cache.append(layer, k, v, rows)`;
-# 3. attend: `cached_attention(q, K, V, positions)` with `K, V` the layer's buffers of those
-#    rows up to the longest row, merge heads, `out_proj`; `x = x + that`;
+# 3. attend: `cached_attention(q, K, V, positions)` with `K, V = cache.gather(layer, rows, S)`,
+#    the layer's buffers of those rows up to the longest row; merge heads, `out_proj`; `x = x + that`;
 # 4. `x = x + mlp.proj(gelu(mlp.fc(ln2(x))))`.
 #
 # Finally `ln_f` and `lm_head` on the last new position only. `prefill` (one row, the whole
@@ -595,13 +614,6 @@ def _check_cache_fits(model, cache: KVCache) -> None:
         raise ValueError(f"the cache has (num_layers, num_heads, head_dim) = {have}, the model needs {want}")
 
 
-def _rows_index(rows: np.ndarray):
-    """A slice when rows are consecutive (a view, no copy), else the index array."""
-    if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
-        return slice(int(rows[0]), int(rows[0]) + len(rows))
-    return rows
-
-
 def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     """Run new tokens (n, T) of the listed rows through `model`, each row continuing at its own
     cached length; append their keys and values to the cache; return the logits of each row's
@@ -616,8 +628,8 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     3. For each layer, block = model.blocks[layer]: h = _layer_norm(x, block.ln1);
        q, k, v = (_split_heads(_linear(h, p), H) for p in (attn.q_proj, attn.k_proj, attn.v_proj));
        cache.append(layer, k, v, rows); S = (positions[:, -1] + 1).max();
-       K = cache.k[layer][index, :, :S] (index = _rows_index(rows)), same for V;
-       x = x + _linear(_merge_heads(cached_attention(q, K, V, positions)), attn.out_proj);
+       keys, values = cache.gather(layer, rows, S) (given: the layer's buffers of those rows);
+       x = x + _linear(_merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj);
        x = x + _linear(_gelu(_linear(_layer_norm(x, block.ln2), mlp.fc)), mlp.proj).
     4. Return _linear(_layer_norm(x[:, -1], model.ln_f), model.lm_head).
 
@@ -649,7 +661,6 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     ### BEGIN SOLUTION
     positions = cache.lengths[rows][:, None] + np.arange(t)
     x = model.tok_emb.weight.data[tokens] + model.pos_emb.weight.data[positions]
-    index = _rows_index(rows)
     heads = model.config.num_heads
     for layer, block in enumerate(model.blocks):
         attn, mlp = block.attn, block.mlp
@@ -657,7 +668,7 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
         q, k, v = (_split_heads(_linear(h, proj), heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         cache.append(layer, k, v, rows)
         s = int(positions[:, -1].max()) + 1
-        keys, values = cache.k[layer][index, :, :s], cache.v[layer][index, :, :s]
+        keys, values = cache.gather(layer, rows, s)
         x = x + _linear(_merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj)
         x = x + _linear(_gelu(_linear(_layer_norm(x, block.ln2), mlp.fc)), mlp.proj)
     return _linear(_layer_norm(x[:, -1], model.ln_f), model.lm_head)
@@ -1065,10 +1076,9 @@ show(_fig)
 
 # %%
 _gpt2 = dict(num_layers=12, num_heads=12, head_dim=64, max_len=1024)
-_one = KVCache(batch_size=1, **_gpt2)
+_alloc = measure_memory(lambda: KVCache(batch_size=1, **_gpt2)).retained_bytes
 print(f"GPT-2 small, one sequence, float32: {cache_bytes(batch_size=1, **_gpt2):,} bytes by the formula, "
-      f"{_one.nbytes:,} allocated ({_one.nbytes / 2**20:.0f} MiB)")
-del _one
+      f"{_alloc:,} allocated by KVCache ({_alloc / 2**20:.0f} MiB)")
 print(f"  float16: {cache_bytes(batch_size=1, dtype=np.float16, **_gpt2) / 2**20:.0f} MiB; "
       f"a batch of 32 in float16: {cache_bytes(batch_size=32, dtype=np.float16, **_gpt2) / 2**30:.2f} GiB "
       f"(the weights: 124M parameters, {124e6 * 2 / 2**30:.2f} GiB in float16)")
@@ -1081,3 +1091,184 @@ print(f"  per token: 2 x 12 x 768 x 2 bytes = {2 * 12 * 768 * 2:,} bytes in floa
 # decides how many requests fit on the device. That is why vLLM pages it (next section),
 # and why newer models share keys and values between heads (multi-query and grouped-query
 # attention divide the `heads` factor).
+
+# %% [markdown]
+# ### 5.4 Going further: a paged cache (given code, not graded)
+#
+# Our `KVCache` reserves `max_len` positions for every row, whatever the row's real
+# length: a 10-token request in a 256-position slot wastes 96% of it. vLLM's
+# **PagedAttention** stores the cache in fixed-size **blocks** from one shared pool, and
+# each sequence owns a **block table**, the list of its blocks, like virtual memory pages.
+# A row takes a new block only when it crosses a block boundary, and `reset` returns its
+# blocks to the pool. The waste per sequence is then at most one partly filled block.
+#
+# `PagedKVCache` below is a `KVCache` with the same interface (`append`, `get`, `reset`,
+# `lengths`, `nbytes`) and a `gather` that collects a row's blocks for attention, so
+# `prefill` and `decode_step` run on it unchanged. (vLLM's kernel reads the blocks in place;
+# we copy them into a contiguous array, which NumPy needs for its matmul.)
+
+# %%
+#| export
+class PagedKVCache(KVCache):
+    """A KV-cache in fixed-size blocks (vLLM's PagedAttention layout): per layer one pool
+    k[layer], v[layer] of shape (num_blocks, num_heads, block_size, head_dim), and a block table
+    (batch_size, ceil(max_len / block_size)) of block ids per row (-1 = none). A block id names
+    the same slot in every layer's pool. Blocks are taken when a row grows into them (at the
+    layer-0 append) and given back by reset. Running out of blocks is a clear error."""
+
+    def __init__(self, num_layers: int, batch_size: int, num_heads: int, max_len: int, head_dim: int,
+                 block_size: int = 16, num_blocks: int | None = None, dtype=np.float32):
+        for name, value in dict(num_layers=num_layers, batch_size=batch_size, num_heads=num_heads,
+                                max_len=max_len, head_dim=head_dim, block_size=block_size).items():
+            _check_int(value, name, low=1)
+        self.num_layers, self.batch_size, self.num_heads = int(num_layers), int(batch_size), int(num_heads)
+        self.max_len, self.head_dim, self.dtype = int(max_len), int(head_dim), np.dtype(dtype)
+        self.block_size = int(block_size)
+        blocks_per_row = -(-self.max_len // self.block_size)
+        self.num_blocks = batch_size * blocks_per_row if num_blocks is None else _check_int(num_blocks, "num_blocks", 1)
+        shape = (self.num_blocks, self.num_heads, self.block_size, self.head_dim)
+        self.k = [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers)]
+        self.v = [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers)]
+        self.block_table = np.full((self.batch_size, blocks_per_row), -1, dtype=np.int64)
+        self._free = list(range(self.num_blocks - 1, -1, -1))  # a stack: pop() gives the lowest id
+        self._filled = np.zeros((self.num_layers, self.batch_size), dtype=np.int64)
+
+    @classmethod
+    def for_model(cls, model, batch_size: int, max_len: int | None = None, block_size: int = 16,
+                  num_blocks: int | None = None) -> "PagedKVCache":
+        c = model.config
+        max_len = c.context_length if max_len is None else _check_int(max_len, "max_len", low=1)
+        if max_len > c.context_length:
+            raise ValueError(f"max_len {max_len} exceeds the model's context length {c.context_length}")
+        return cls(c.num_layers, batch_size, c.num_heads, max_len, c.embed_dim // c.num_heads, block_size, num_blocks)
+
+    @property
+    def blocks_in_use(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes of the blocks that rows hold (K and V, every layer)."""
+        return self.blocks_in_use * self.nbytes // self.num_blocks
+
+    def append(self, layer: int, k: np.ndarray, v: np.ndarray, rows=None) -> None:
+        layer, rows, k, v, start, t = self._check_append(layer, k, v, rows)
+        over = start + t > self.max_len
+        if over.any():
+            i = int(np.argmax(over))
+            raise ValueError(f"KV-cache overflow: row {rows[i]} holds {start[i]} positions; appending {t} "
+                             f"would pass max_len {self.max_len}")
+        if layer == 0:  # take the blocks the new positions reach into, all or nothing
+            have = (self.block_table[rows] >= 0).sum(axis=1)
+            need = -(-(start + t) // self.block_size) - have
+            if need.sum() > len(self._free):
+                raise ValueError(f"out of KV blocks: rows {rows.tolist()} need {need.sum()} more blocks of "
+                                 f"{self.block_size} positions, the pool has {len(self._free)} free of {self.num_blocks}")
+            for r, h, m in zip(rows, have, need):
+                for j in range(h, h + m):
+                    self.block_table[r, j] = self._free.pop()
+        positions = start[:, None] + np.arange(t)
+        blocks = self.block_table[rows[:, None], positions // self.block_size]
+        offsets = positions % self.block_size
+        self.k[layer][blocks, :, offsets] = k.transpose(0, 2, 1, 3)
+        self.v[layer][blocks, :, offsets] = v.transpose(0, 2, 1, 3)
+        self._filled[layer, rows] += t
+
+    def gather(self, layer: int, rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copy the listed rows' blocks into (n, num_heads, length, head_dim) arrays."""
+        rows = np.asarray(rows, dtype=np.int64)
+        nb = -(-length // self.block_size)
+        blocks = np.maximum(self.block_table[rows, :nb], 0)  # missing blocks: any block, masked anyway
+        n, h, bs, d = len(rows), self.num_heads, self.block_size, self.head_dim
+
+        def collect(pool):
+            return pool[blocks].transpose(0, 2, 1, 3, 4).reshape(n, h, nb * bs, d)[:, :, :length]
+        return collect(self.k[layer]), collect(self.v[layer])
+
+    def get(self, layer: int, row: int) -> tuple[np.ndarray, np.ndarray]:
+        layer = _check_int(layer, "layer", 0, self.num_layers)
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
+            raise TypeError(f"row must be an int, got {row!r}")
+        if not 0 <= row < self.batch_size:
+            raise IndexError(f"row {row} is out of range for a cache of batch_size {self.batch_size}")
+        k, v = self.gather(layer, np.array([row]), int(self._filled[layer, row]))
+        return k[0], v[0]
+
+    def reset(self, rows=None) -> None:
+        rows = self._rows(rows)
+        for r in rows:
+            held = self.block_table[r][self.block_table[r] >= 0]
+            self._free.extend(int(b) for b in held[::-1])
+            self.block_table[r] = -1
+        self._filled[:, rows] = 0
+
+
+# %% [markdown]
+# The same requests in both layouts: 16 prompts of mixed lengths (drawn once, 5 to 256
+# tokens) prefilled into `tiny_gpt` caches. "Reserved" is what the layout holds for the
+# rows, "used" is `sum(lengths)` positions, both in bytes of K and V over all layers.
+
+# %%
+_rng = np.random.default_rng(0)
+_lens_mixed = _rng.integers(5, CTX + 1, size=16)
+_val_ids = tok.encode(datasets.load_text().val[:CTX])
+_per_pos = cache_bytes(gpt.config.num_layers, 1, gpt.config.num_heads, 1, gpt.config.embed_dim // gpt.config.num_heads)
+_used = int(_lens_mixed.sum()) * _per_pos
+_contig = KVCache.for_model(gpt, batch_size=16)
+_ref_logits = np.stack([prefill(gpt, _contig, _val_ids[:L], i) for i, L in enumerate(_lens_mixed)])
+print(f"prompt lengths: {sorted(_lens_mixed.tolist())}; used {_used:,} bytes")
+print(f"{'layout':>22} {'reserved bytes':>15} {'waste':>7}")
+print(f"{'contiguous (max_len)':>22} {_contig.nbytes:>15,} {1 - _used / _contig.nbytes:>7.1%}")
+for _bs in (64, 16, 4):
+    _paged = PagedKVCache.for_model(gpt, batch_size=16, block_size=_bs)
+    _logits = np.stack([prefill(gpt, _paged, _val_ids[:L], i) for i, L in enumerate(_lens_mixed)])
+    assert np.abs(_logits - _ref_logits).max() < 1e-4  # same model output from either layout
+    print(f"{f'paged, blocks of {_bs}':>22} {_paged.reserved_bytes:>15,} {1 - _used / _paged.reserved_bytes:>7.1%}")
+# one batched decode step on the paged cache agrees with the contiguous one
+_next = _ref_logits.argmax(axis=1)
+print("decode step on paged == contiguous:", np.abs(decode_step(gpt, _paged, _next, np.arange(16))
+                                                   - decode_step(gpt, _contig, _next, np.arange(16))).max() < 1e-4)
+
+# %% [markdown]
+# With contiguous slots, about half the memory of these mixed requests is reserved and
+# never used (it would be worse with a longer context and shorter prompts); with blocks of
+# 16 the waste is a few percent: only the last block of each row is partly empty, at most
+# `block_size - 1` positions per row. Smaller blocks waste less but mean a longer block
+# table and more, smaller copies (or kernel reads); vLLM uses 16 positions by default.
+# The freed memory is what lets a server admit more requests at once (module 18).
+
+# %% [markdown]
+# ## 6. Reflection
+#
+# 1. Our cache refuses to pass `max_len`, and `generate_cached` falls back to re-prefilling
+#    the whole window once the context is full. Why can't a model with learned absolute
+#    position embeddings (like ours, and GPT-2) simply drop the oldest cached key and keep
+#    going? What do models with rotary or relative positions, and StreamingLLM's
+#    "attention sinks", do instead?
+# 2. The cache makes each decode step nearly flat in time, but its memory still grows
+#    linearly with length. For GPT-2 small with a batch of 32 at 1,024 tokens, which is
+#    bigger, the weights or the cache (section 5.3)? How do multi-query and grouped-query
+#    attention (one K/V head shared by several query heads) change the formula?
+# 3. A decode step multiplies ONE row by every weight matrix: each weight byte is read
+#    from memory to do 2 FLOPs. Use module 14's roofline to say whether a decode step is
+#    compute-bound or memory-bound. What does batching several sequences (`decode_step`
+#    over many rows, module 18) do to that ratio?
+# 4. Prefill processes the prompt in one pass, decode one token at a time. In a server,
+#    a long prompt's prefill can stall everyone else's decode steps. How do chunked
+#    prefill (`forward_cached` with a chunk of T tokens) and vLLM's scheduler deal with it?
+# 5. What goes wrong in production if a slot is reused without `reset`, or if a bug puts
+#    the new token at position `len + 1`? Which of this module's tests would catch each?
+#
+# ## 7. Summary
+#
+# You built a KV-cache for `tinytorch`'s GPT: preallocated per-layer buffers with a length
+# per row and real-byte accounting, attention of new queries over the cache with one mask
+# rule that is both causal and per-row, a prefill and a batched decode step computed from
+# each block's own weights, and cached generation for one prompt or many. It is exact:
+# identical tokens to `GPT.generate` and logits within float32 rounding at every step. It
+# is fast: the cached step stays nearly flat with position while the plain one grows, and
+# the speedup grows with the number of tokens (section 5.2 printed it for 64, 128 and 256).
+# Its memory is exactly `2 x layers x batch x heads x max_len x head_dim x bytes`, which
+# for real models rivals the weights; a paged layout reserves far less for requests of
+# mixed lengths. Module 18 builds on `decode_step` and `reset`: a server that batches
+# many requests and refills the slots of finished ones (continuous batching).
