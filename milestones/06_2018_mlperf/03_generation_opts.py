@@ -122,12 +122,13 @@ def main() -> int:
 
 
     # 3. throughput: plain one request vs cached one request vs cached + batched ---------------------
-    p_len, n_new, batch = (192, 64, 32) if quick else (128, 128, 64)
-    requests = [prompt(p_len) for _ in range(batch)]
+    p_len, n_new = (192, 64) if quick else (128, 128)
+    batches = [8, 32] if quick else [8, 32, 64, 128]  # the best batch size is what a server would pick
+    requests = [prompt(p_len) for _ in range(max(batches))]
     rounds = 1 if quick else 2
-    timings = {"plain": [], "cached": [], "cached + batched": []}
+    timings = {"plain": [], "cached": [], **{b: [] for b in batches}}
     ttft = {"plain": [], "cached": []}
-    for _ in run.progress(range(rounds), f"throughput: {batch} requests of {p_len} + {n_new} tokens"):
+    for _ in run.progress(range(rounds), f"throughput: up to {max(batches)} requests of {p_len} + {n_new} tokens"):
         t = time.perf_counter()
         gpt.generate(requests[0], 1, temperature=0)
         ttft["plain"].append(time.perf_counter() - t)
@@ -140,16 +141,19 @@ def main() -> int:
         t = time.perf_counter()
         cached_out = mem.generate_cached(gpt, requests[0], n_new)
         timings["cached"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        batch_out = mem.generate_cached_batch(gpt, requests, n_new)
-        timings["cached + batched"].append(time.perf_counter() - t)
+        for b in batches:
+            t = time.perf_counter()
+            batch_out = mem.generate_cached_batch(gpt, requests[:b], n_new)
+            timings[b].append(time.perf_counter() - t)
     for method, out in (("generate_cached", cached_out), ("generate_cached_batch", batch_out[0])):
         compared.append(np.array_equal(plain_out, out))
         if not compared[-1]:
             wrong.append(f"throughput run, {method}: request 0's tokens differ from plain")
     tps = {"plain": n_new / statistics.median(timings["plain"]),
-           "cached": n_new / statistics.median(timings["cached"]),
-           "cached + batched": batch * n_new / statistics.median(timings["cached + batched"])}
+           "cached": n_new / statistics.median(timings["cached"])}
+    batch_tps = {b: b * n_new / statistics.median(timings[b]) for b in batches}
+    batch = max(batch_tps, key=batch_tps.get)
+    tps["cached + batched"] = batch_tps[batch]
     ratio = tps["cached + batched"] / tps["plain"]
 
     # 4. static vs continuous batching: requests that want different numbers of tokens ----------------
@@ -175,18 +179,19 @@ def main() -> int:
                        f"median over context {ctx - 31}-{ctx})",
               goal="at least 8x", met=speedup_full >= 8, value=speedup_full, target=8)
     run.claim("cached + batched >= 100x plain single-request tokens/s", kind="speed",
-              measured=f"{ratio:.0f}x ({tps['cached + batched']:,.0f} vs {tps['plain']:,.1f} tokens/s; "
-                       f"{batch} requests of {p_len} + {n_new} tokens)",
+              measured=f"{ratio:.0f}x ({tps['cached + batched']:,.0f} vs {tps['plain']:,.1f} tokens/s; best of batch "
+                       f"sizes {batches}: {batch} requests of {p_len} + {n_new} tokens)",
               goal="at least 100x", met=ratio >= 100, value=ratio, target=100)
 
     # tables -----------------------------------------------------------------------------------------
     ms = 1e3
-    run.table(f"tiny_gpt, one request of {p_len} + {n_new} tokens, and {batch} at once (median of {rounds})",
+    run.table(f"tiny_gpt, requests of {p_len} + {n_new} tokens: one alone, or several at once (median of {rounds})",
               ["method", "time to first token", "tokens/s", "vs plain"],
               [["plain generate (no cache)", f"{statistics.median(ttft['plain']) * ms:.1f} ms", f"{tps['plain']:,.1f}", "1x"],
                ["generate_cached (module 17)", f"{statistics.median(ttft['cached']) * ms:.1f} ms",
-                f"{tps['cached']:,.1f}", f"{tps['cached'] / tps['plain']:.1f}x"],
-               [f"generate_cached_batch, {batch} requests", "-", f"{tps['cached + batched']:,.0f}", f"{ratio:.0f}x"]])
+                f"{tps['cached']:,.1f}", f"{tps['cached'] / tps['plain']:.1f}x"]]
+              + [[f"generate_cached_batch, {b} requests", "-", f"{batch_tps[b]:,.0f}", f"{batch_tps[b] / tps['plain']:.0f}x"]
+                 for b in batches])
     pick = [j for j, p in enumerate(positions) if p in {start_len + 1, 32, 64, 128, 192, 224, ctx}]
     run.table("Per-token time vs context length (one plain step = a forward over the whole context)",
               ["context", "plain ms", "cached ms", "speed-up"],
@@ -204,8 +209,9 @@ def main() -> int:
         "per_token": {"context": positions, "plain_s": plain_s, "cached_s": cached_s,
                       "full_context_plain_s": plain_full, "full_context_cached_s": cached_full,
                       "full_context_speedup": speedup_full, "prefill_s": ttft_cached_once},
-        "throughput": {"prompt_len": p_len, "new_tokens": n_new, "batch": batch, "rounds": rounds,
-                       "seconds": timings, "ttft_s": ttft, "tokens_per_s": tps, "batched_vs_plain": ratio},
+        "throughput": {"prompt_len": p_len, "new_tokens": n_new, "best_batch": batch, "rounds": rounds,
+                       "seconds": {str(k): v for k, v in timings.items()}, "ttft_s": ttft, "tokens_per_s": tps,
+                       "batched_tokens_per_s": {str(b): v for b, v in batch_tps.items()}, "batched_vs_plain": ratio},
         "batching": {name: {"tokens_per_s": r.tokens_per_s, "mean_ttft_s": r.mean_ttft_s,
                             "decode_steps": r.decode_steps, "seconds": r.seconds,
                             "ttft_s": [x.ttft_s for x in r.results], "latency_s": [x.latency_s for x in r.results]}
@@ -224,11 +230,14 @@ def main() -> int:
     run.plot(fig, "per_token_time")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    names = list(tps)
-    axes[0].bar(names, [tps[n] for n in names], color=["tab:gray", "tab:blue", "tab:green"])
+    names = ["plain", "cached"] + [f"batch {b}" for b in batches]
+    values = [tps["plain"], tps["cached"]] + [batch_tps[b] for b in batches]
+    axes[0].bar(names, values, color=["tab:gray", "tab:blue"] + ["tab:green"] * len(batches))
+    axes[0].axhline(100 * tps["plain"], ls="--", color="k", lw=1, label="100x plain (the goal)")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("tokens/s (log)")
-    axes[0].set_title(f"Throughput: cached + batched = {ratio:.0f}x plain")
+    axes[0].set_title(f"Throughput: best cached + batched = {ratio:.0f}x plain")
+    axes[0].legend(fontsize=8)
     for name, r in (("static", static), ("continuous", continuous)):
         axes[1].scatter([x.ttft_s * ms for x in r.results], [x.latency_s * ms for x in r.results], label=name, alpha=0.7)
     axes[1].set_xlabel("time to first token (ms)")

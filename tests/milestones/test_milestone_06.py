@@ -74,7 +74,8 @@ def test_knockout_a_flop_counter_that_ignores_the_batch_fails_the_flop_claim(tmp
     assert "FAILED (correctness): FLOP counts equal the analytic counts" in proc.stdout
 
 
-def test_02_compression_int8_claims_hold_on_the_reference_build(tmp_path):
+@pytest.mark.slow  # fine-tunes two pruned models (about 10 s); the knockout below runs in the default set
+def test_02_compression_claims_hold_on_the_reference_build(tmp_path):
     proc, record = run_script("02_compression", tmp_path / "out")
     assert record is not None, proc.stdout + proc.stderr
     assert proc.returncode == record["exit_code"] and record["exit_code"] in (0, 2)  # 2: module 16 not there yet
@@ -108,6 +109,7 @@ def test_knockout_quantization_that_keeps_float32_weights_fails_the_int8_claims(
     assert "FAILED (correctness): INT8 storage is really int8" in proc.stdout
 
 
+@pytest.mark.slow  # about 10 s of generation; the knockout below runs in the default set
 def test_03_generation_tokens_identical_on_the_reference_build(tmp_path):
     proc, record = run_script("03_generation_opts", tmp_path / "out")
     assert record is not None, proc.stdout + proc.stderr
@@ -130,3 +132,21 @@ def test_knockout_a_prefill_that_skips_the_prompt_fails_the_tokens_claim(tmp_pat
     assert proc.returncode == 1 and record["status"] == "claims failed"
     tokens = claims(record)["cached generation: tokens identical to plain (greedy)"]
     assert not tokens["met"] and tokens["value"] > 0
+
+
+@pytest.mark.slow  # the whole milestone, as the README's main command runs it (about a minute)
+def test_tito_milestone_run_06_quick_writes_the_report_and_exits_by_the_claims(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TITO_ROOT")}
+    env["NO_COLOR"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "tito", "--root", str(ROOT), "milestone", "run", "06", "--quick",
+                           "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    records = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("*/result.json")}
+    assert set(records) == {"01_baseline_profile", "02_compression", "03_generation_opts"}, proc.stdout[-3000:]
+    codes = {r["exit_code"] for r in records.values()}
+    assert proc.returncode == (1 if codes - {0, 2} else 2 if 2 in codes else 0)
+    assert codes <= {0, 2}, proc.stdout[-3000:]  # the reference build meets every correctness claim it reaches
+    report = (tmp_path / "report.md").read_text()
+    for name, record in records.items():
+        assert f"## {name}" in report
+        for c in record["claims"]:
+            assert c["name"] in report
