@@ -55,7 +55,7 @@ def test_01_baseline_profile_quick_run_meets_its_claims_on_the_reference_build(t
     assert set(models) == {"digits_mlp", "digits_cnn", "tiny_gpt"}
     assert models["digits_mlp"]["parameters"] == 50_826 and models["tiny_gpt"]["parameters"] == 850_688
     for m in models.values():
-        lat = m["latency_batch1_s"]
+        lat = m["latency_small_s"]
         assert 0 < lat["ci_low"] <= lat["median"] <= lat["ci_high"]
         assert m["bottleneck"]
     assert {"roofline.png", "flops_vs_time.png"} <= set(os.listdir(tmp_path / "out"))
