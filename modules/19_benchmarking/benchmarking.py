@@ -1,0 +1,1833 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Module 19: Benchmarking. A benchmark is a method, not a timer
+#
+# Modules 14 to 18 made the reference models smaller and faster: INT8 weights (15),
+# pruning (16), a KV-cache (17), batching and fusion (18). Each claimed a gain. This
+# module builds the instrument that decides whether a claim holds, in the shape of the
+# industry's own: **MLPerf Inference** and its load generator, LoadGen.
+#
+# | you build | it answers |
+# |---|---|
+# | `percentile_ci`, `bootstrap_ci`, `t_interval`, `wilson_interval` | how sure are we of a p90, a mean, an accuracy? |
+# | `early_stopping_percentile` | with only a few hundred queries, what p90 can we still *guarantee*? |
+# | `paired_ratio` | is A faster than B, and by how much, at 95% confidence? |
+# | `run_stream` | SingleStream (p90 of one-sample queries) and MultiStream (p99 of 8-sample queries) |
+# | `poisson_arrivals`, `run_server`, `find_max_qps` | Server: random arrivals at a target rate; the highest rate that meets a latency bound |
+# | `run_offline` | Offline: all samples at once, samples per second |
+# | `QualityTarget` | an optimized model counts only if it keeps 99% of the FP32 quality |
+# | `BenchmarkReport`, `pareto_front` | one report with every figure and its interval, saved as versioned JSON, plotted |
+#
+# Prerequisites: modules 14 (profiling: sizes, memory, latency) and 15 (INT8); the
+# notebook also benchmarks what modules 16 to 18 built when they are present, but the
+# package `tinytorch.benchmarking` needs only module 14. Time: about 3 hours.
+
+# %%
+#| default_exp benchmarking
+
+# %%
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import matplotlib
+
+if "ipykernel" not in sys.modules:  # run as a script: draw into memory, show nothing
+    matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+import tinytorch.core as tc
+from tinytorch import datasets, models
+from tinytorch.models.evaluate import accuracy, lm_loss
+
+
+def show(fig):
+    """Display a figure in Jupyter; close it when run as a plain script (Agg backend)."""
+    if matplotlib.get_backend().lower() == "agg":
+        plt.close(fig)
+    else:
+        plt.show()
+
+
+# %% [markdown]
+# ## 1. Why: one number from one run is not a result
+#
+# Time the trained `digits_mlp` on one test image, 30 times, and do it three times over.
+# A typical "benchmark" would report the mean of the first 30.
+
+# %%
+_digits = datasets.load_digits()
+_mlp = models.load("digits_mlp")
+_x1 = _digits.x_test[:1]
+
+
+def _forward_once():
+    with tc.no_grad():
+        _mlp(_x1)
+
+
+for _run in range(3):
+    _t = []
+    for _ in range(30):
+        _t0 = time.perf_counter()
+        _forward_once()
+        _t.append(time.perf_counter() - _t0)
+    _t = np.array(_t) * 1e6
+    print(f"run {_run}: mean {_t.mean():7.1f} us, median {np.median(_t):7.1f} us, p90 {np.percentile(_t, 90):7.1f} us,"
+          f" max {_t.max():8.1f} us")
+
+# %% [markdown]
+# Look at the three lines. The first run usually carries the warm-up (the first calls
+# touch cold memory), the mean moves with any single slow call (the max column shows
+# them), and the p90, the number a user waiting for an answer feels, moves more than
+# the median. Three runs of one unchanged program give three different numbers. A
+# result needs a **method**: what is measured (a scenario), how many times (minimum
+# query counts and durations), what is reported (a percentile, not a mean), how sure we
+# are (an interval), and under which conditions (system info, warm-up, load, threads).
+# MLPerf Inference (Reddi et al., 2020, arXiv:1911.02549) is such a method. We rebuild
+# its core at the scale of this machine and these models.
+
+# %% [markdown]
+# ## 2. The idea
+#
+# **Four scenarios** (MLPerf Inference rules; the minimums are those of v2.0 onwards):
+#
+# | scenario | how queries arrive | metric | MLPerf minimum run |
+# |---|---|---|---|
+# | SingleStream | one query of 1 sample; the next when it returns | 90th-percentile latency | 1,024 queries and 600 s |
+# | MultiStream | one query of 8 samples; the next when it returns | 99th-percentile latency | 270,336 queries and 600 s |
+# | Server | queries of 1 sample arrive at random (Poisson) at a target rate | the highest rate whose 99th-percentile latency meets a bound | 270,336 queries and 600 s |
+# | Offline | one query with all samples | samples per second | 24,576 samples and 600 s |
+#
+# The minimums exist so that a p99 rests on enough samples and a run lasts long enough
+# to see thermal throttling, garbage collection and other slow events. Ten minutes per
+# run is too long for a notebook, so our settings take the counts as **parameters**:
+# `mlperf_settings(scenario)` holds MLPerf's values, `notebook_settings(scenario)`
+# small ones, and every result records which were used and says whether the run met
+# them.
+#
+# **Percentiles and their intervals.** The `q`-quantile of latency, `xi`, is a
+# point with a fraction `q` of queries below it. Sort `n` measured latencies
+# `x(1) <= ... <= x(n)`. The number `B` of them below `xi` is `Binomial(n, q)`, so
+# `P(x(l) <= xi <= x(u)) = P(l <= B <= u - 1)`, whatever the latency distribution.
+# Worked example: `n = 20`, `q = 0.9`. `B ~ Binomial(20, 0.9)`; `P(B <= 15) = 0.043`
+# and `P(B <= 19) = 0.878`, so `[x(16), x(20)]` covers the p90 with probability
+# `0.878 - 0.043 = 0.835`. Twenty queries cannot give a 95% interval for a p90 at all:
+# even `[x(1), x(20)]` has only `1 - 0.9^20 = 87.8%` coverage. Tail percentiles need
+# many queries, which is why MLPerf asks for hundreds of thousands for a p99.
+#
+# **Bootstrap.** For any statistic (a median, a mean, a ratio of two medians) resample
+# the `n` measurements with replacement many times, compute the statistic on each
+# resample, and take the middle 95% of those values. It assumes only that the samples
+# are independent draws; it is approximate for small `n`.
+#
+# **t-interval for a mean.** `mean +- t(1 - alpha/2, n - 1) * s / sqrt(n)`, with `s`
+# the sample standard deviation and `t` Student's quantile. Worked example: samples
+# `[1, 2, 3, 4, 5]`: mean 3, `s = 1.581`, `t(0.975, 4) = 2.776`, so
+# `3 +- 2.776 * 1.581 / sqrt(5) = [1.037, 4.963]`. At `n = 10` the t quantile is 2.262,
+# not the normal 1.96: a z-interval on ten timings claims 95% and delivers less.
+#
+# **Early stopping (MLPerf's idea, v2.0 onwards).** Instead of demanding 270k queries,
+# LoadGen asks: given `n` queries of which `t` were slower than some latency `L`, can we
+# say with 99% confidence that the true p90 is at most `L`? If the true fraction of
+# queries slower than the p90 is `1 - q`, the chance of seeing at most `t` of them in
+# `n` is `P(Binomial(n, 1 - q) <= t)`. When that is below `1 - c` (1% for `c = 0.99`),
+# having seen so few slow queries would be unlikely, so `L` is an upper bound of the p90
+# at confidence `c`. The **early-stopping estimate** is the smallest such `L`: the
+# latency `x(n - t)` with the largest `t` that passes. It is never below the measured
+# p90 and approaches it as `n` grows. With `t = 0` the test needs `q^n <= 1 - c`:
+# `0.9^44 = 0.0097`, so 44 queries is the least that can bound a p90 at 99% (459 for a
+# p99). LoadGen's `MinPassingQueriesFinder` solves the same inequality (with an optional
+# tolerance) through the regularized incomplete beta function.
+#
+# **Paired comparison.** To say "INT8 is 1.3x slower than FP32", time them
+# **interleaved** (A, B, A, B, ...) so that a burst of background load hits both, and
+# bootstrap the ratio of their medians by resampling the *pairs*. If the interval
+# excludes 1, the difference is a claim at that confidence; if it contains 1, the
+# honest statement is "no difference measured".
+#
+# **Server.** Arrivals of a Poisson process at rate `lambda` have independent
+# exponential gaps of mean `1 / lambda`. One worker serves queries in arrival order; a
+# query that arrives while the worker is busy waits. With arrival times `a_i` and
+# service times `s_i`, the finish times follow the recursion
+# `f_i = max(a_i, f_(i-1)) + s_i`, and the latency a user sees is `f_i - a_i`, waiting
+# included. Worked example: arrivals `[0, 1, 2]` ms, service 1.5 ms each: finishes
+# `[1.5, 3.0, 4.5]`, latencies `[1.5, 2.0, 2.5]` ms: the queue grows because the
+# worker is slower than the arrivals. The Server result is the highest rate whose p99
+# still meets the bound.
+#
+# **Quality.** A faster model that answers worse is not a result. MLPerf's closed
+# division requires 99% of the FP32 reference quality (99.9% for its "high accuracy"
+# variants). We use 99% of the FP32 test accuracy for the digits classifiers, and for
+# `tiny_gpt` a perplexity at most `1 / 0.99` times the FP32 one.
+
+# %% [markdown]
+# ## 3. Build it
+#
+# The first cell is given: the `Estimate` every figure is reported as, Student's t
+# and binomial distributions (NumPy has no statistics library, and this project does
+# not depend on SciPy), the scenario settings, and the system description.
+
+# %%
+#| export
+"""Benchmarking: MLPerf-style scenarios, honest statistics, quality targets, reports.
+
+Every figure is an Estimate: a value with a confidence interval and the method that
+made it. Scenarios follow MLPerf Inference (SingleStream p90, MultiStream p99 of
+8-sample queries, Server at Poisson arrivals, Offline samples/s) with the minimum
+query counts and durations as parameters: `mlperf_settings` holds MLPerf's,
+`notebook_settings` small ones for a laptop.
+"""
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import psutil
+
+import tinytorch.core as tc
+from tinytorch.core.serialization import save_checkpoint
+from tinytorch.profiling import measure_memory, parameter_bytes
+
+SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A measured value with its confidence interval [low, high] and how it was made."""
+    value: float
+    low: float
+    high: float
+    confidence: float   # the coverage the method aims at (or guarantees, for exact methods)
+    method: str         # "order statistic", "bootstrap", "t", "wilson", "early stopping", "exact", ...
+
+    def __post_init__(self):
+        if not (self.low <= self.value <= self.high) and not any(map(math.isnan, (self.low, self.value, self.high))):
+            raise ValueError(f"Estimate needs low <= value <= high, got {self.low} <= {self.value} <= {self.high}")
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+    def contains(self, x: float) -> bool:
+        return self.low <= x <= self.high
+
+    def scaled(self, factor: float) -> "Estimate":
+        """The same estimate in other units (factor > 0), e.g. seconds -> milliseconds."""
+        return Estimate(self.value * factor, self.low * factor, self.high * factor, self.confidence, self.method)
+
+    def format(self, unit: str = "", digits: int = 3) -> str:
+        return (f"{self.value:.{digits}g}{unit} [{self.low:.{digits}g}, {self.high:.{digits}g}]"
+                f" ({100 * self.confidence:.0f}% {self.method})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _samples(x, what: str, minimum: int = 1) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 1 or a.size < minimum:
+        raise ValueError(f"{what} must be a 1-D sequence of at least {minimum} numbers, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what} must be finite numbers, got {a[~np.isfinite(a)][:3]}")
+    return a
+
+
+def _check_confidence(confidence) -> None:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+        raise ValueError(f"confidence must be a number between 0 and 1 (e.g. 0.95), got {confidence!r}")
+
+
+def _check_fraction(q, name: str = "q") -> None:
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q < 1:
+        raise ValueError(f"{name} must be a fraction strictly between 0 and 1 (0.9 for a p90), got {q!r}")
+
+
+def _check_int(value, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+# --- distributions: Student's t and the binomial, without SciPy ---------------------------
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b), by its continued fraction (modified Lentz)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only on this side: use the symmetry
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * h / a
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t distribution with `df` degrees of freedom."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df!r}")
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The t with t_cdf(t, df) = p (bisection; 1e-10 relative accuracy). t_quantile(0.975, 9) = 2.262."""
+    _check_fraction(p, "p")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+        if hi - lo <= 1e-10 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def normal_quantile(p: float) -> float:
+    """The z with P(Z <= z) = p for a standard normal (bisection on math.erf)."""
+    _check_fraction(p, "p")
+    lo, hi = -40.0, 40.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def binomial_cdf(n: int, p: float) -> np.ndarray:
+    """[P(B <= k) for k = 0..n], B ~ Binomial(n, p), computed in log space (exact enough for any n)."""
+    _check_int(n, "n", 0)
+    k = np.arange(n + 1)
+    if p <= 0.0 or p >= 1.0:
+        return np.ones(n + 1) if p <= 0.0 else (k >= n).astype(float)
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])  # log k!, k = 0..n
+    log_comb = log_fact[n] - log_fact - log_fact[::-1]
+    log_pmf = log_comb + k * math.log(p) + (n - k) * math.log1p(-p)
+    return np.minimum(np.cumsum(np.exp(log_pmf - log_pmf.max())) * math.exp(log_pmf.max()), 1.0)
+
+
+# --- scenario settings ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScenarioSettings:
+    """How long a scenario runs and what it reports. Times in seconds."""
+    scenario: str
+    min_query_count: int          # the run is valid only with at least this many queries ...
+    min_duration_s: float         # ... and only if it lasted at least this long
+    max_duration_s: float         # a safety stop for notebooks (MLPerf has none: inf)
+    samples_per_query: int = 1    # 8 in MultiStream; the whole data set per query in Offline
+    percentile: float = 0.9       # the latency percentile reported (0.9 SingleStream, 0.99 others)
+    target_qps: float = 0.0       # Server: the Poisson arrival rate
+    latency_bound_s: float = math.inf  # Server: the percentile must be at most this
+    warmup_queries: int = 0       # untimed queries first (not counted anywhere)
+
+    def __post_init__(self):
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
+        _check_int(self.min_query_count, "min_query_count", 1)
+        _check_int(self.samples_per_query, "samples_per_query", 1)
+        _check_int(self.warmup_queries, "warmup_queries", 0)
+        _check_fraction(self.percentile, "percentile")
+        if not 0 <= self.min_duration_s <= self.max_duration_s:
+            raise ValueError(f"need 0 <= min_duration_s <= max_duration_s, got {self.min_duration_s} and "
+                             f"{self.max_duration_s}")
+        if self.scenario == "Server" and not (self.target_qps > 0 and self.latency_bound_s > 0):
+            raise ValueError(f"Server needs target_qps > 0 and a latency_bound_s > 0, got {self.target_qps} "
+                             f"and {self.latency_bound_s}")
+
+    def replace(self, **changes) -> "ScenarioSettings":
+        return dataclasses.replace(self, **changes)
+
+
+# MLPerf Inference (v2.0 onwards) minimums. Latency bounds are per benchmark in MLPerf
+# (e.g. 15 ms for ResNet-50 Server); pass yours with .replace(latency_bound_s=...).
+MLPERF = {
+    "SingleStream": ScenarioSettings("SingleStream", 1024, 600.0, math.inf, 1, 0.90),
+    "MultiStream": ScenarioSettings("MultiStream", 270_336, 600.0, math.inf, 8, 0.99),
+    "Server": ScenarioSettings("Server", 270_336, 600.0, math.inf, 1, 0.99, target_qps=1.0, latency_bound_s=0.015),
+    "Offline": ScenarioSettings("Offline", 1, 600.0, math.inf, 24_576, 0.90),
+}
+# Small runs for a notebook on a laptop: seconds, not ten minutes.
+NOTEBOOK = {
+    "SingleStream": ScenarioSettings("SingleStream", 200, 0.2, 10.0, 1, 0.90, warmup_queries=10),
+    "MultiStream": ScenarioSettings("MultiStream", 200, 0.2, 10.0, 8, 0.99, warmup_queries=10),
+    "Server": ScenarioSettings("Server", 300, 0.2, 10.0, 1, 0.99, target_qps=100.0, latency_bound_s=0.010,
+                               warmup_queries=10),
+    "Offline": ScenarioSettings("Offline", 5, 0.2, 10.0, 360, 0.90, warmup_queries=1),
+}
+
+
+def mlperf_settings(scenario: str, **changes) -> ScenarioSettings:
+    """MLPerf's minimum run for `scenario` (ten minutes), with optional changes."""
+    if scenario not in MLPERF:
+        raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
+    return MLPERF[scenario].replace(**changes)
+
+
+def notebook_settings(scenario: str, **changes) -> ScenarioSettings:
+    """A small run for `scenario` (a fraction of a second to a few seconds), with optional changes."""
+    if scenario not in NOTEBOOK:
+        raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
+    return NOTEBOOK[scenario].replace(**changes)
+
+
+# --- the machine ------------------------------------------------------------------------
+
+def system_info() -> dict:
+    """What a result depends on: CPU, cores, memory, Python, NumPy and its BLAS, thread settings, load."""
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = {k: blas.get(k) for k in ("name", "version") if k in blas}
+    except Exception:  # older NumPy: no dict form of the build configuration
+        blas = {}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "logical_cores": psutil.cpu_count(logical=True),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "thread_env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+                       if k in os.environ},
+    }
+
+
+# %% [markdown]
+# A quick check of the given distributions against printed tables: `t(0.975, 9)` is
+# 2.262 and `t(0.975, 4)` is 2.776; `P(Binomial(20, 0.9) <= 15)` is 0.043, as in the
+# worked example.
+
+# %%
+print(f"t(0.975, 4) = {t_quantile(0.975, 4):.4f}, t(0.975, 9) = {t_quantile(0.975, 9):.4f}, "
+      f"z(0.975) = {normal_quantile(0.975):.4f}")
+_cdf = binomial_cdf(20, 0.9)
+print(f"P(B <= 15) = {_cdf[15]:.4f}, P(B <= 19) = {_cdf[19]:.4f}, coverage of [x(16), x(20)] = {_cdf[19] - _cdf[15]:.4f}")
+
+# %% [markdown]
+# ### 3.1 Percentiles with a distribution-free interval
+#
+# `percentile_ci(samples, q)` returns the `q`-quantile (NumPy's linear interpolation)
+# with the equal-tailed order-statistic interval of section 2: the largest lower index
+# `l` with `P(B <= l - 1) <= alpha/2` and the smallest upper index `u` with
+# `P(B <= u - 1) >= 1 - alpha/2`, for `B ~ Binomial(n, q)`. When the samples are too
+# few for the level, clamp to `x(1)` or `x(n)` and report the coverage actually reached
+# (it is the honest `confidence` of that Estimate).
+
+# %% nbgrader={"grade": false, "grade_id": "percentile-ci", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def percentile_ci(samples, q: float, confidence: float = 0.95) -> Estimate:
+    """The q-quantile of `samples` with a distribution-free order-statistic confidence interval.
+
+    TODO: compute the quantile and the interval [x(l), x(u)] (1-based order statistics).
+
+    APPROACH:
+    1. x = sorted samples, n = len(x); value = np.percentile(x, 100 * q).
+    2. cdf = binomial_cdf(n, q): cdf[k] = P(B <= k), B = number of samples below the true quantile.
+    3. alpha = 1 - confidence. l = the number of k with cdf[k] <= alpha / 2 (the largest l with
+       P(B <= l - 1) <= alpha / 2), at least 1. u = 1 + (smallest k with cdf[k] >= 1 - alpha / 2), at most n.
+    4. coverage = P(l <= B <= u - 1) = cdf[u - 1] - cdf[l - 1].
+    5. Return Estimate(value, x[l - 1], x[u - 1], coverage if it is below confidence else confidence,
+       "order statistic"); make sure low <= value <= high.
+
+    HINTS:
+    - np.searchsorted(cdf, level) finds the first k with cdf[k] >= level.
+    - The interval holds with probability >= coverage for ANY continuous distribution.
+
+    EXAMPLE:
+    >>> e = percentile_ci(np.arange(1.0, 101.0), 0.9)
+    >>> round(e.value, 6), (e.low, e.high)
+    (90.1, (84.0, 96.0))
+    """
+    x = np.sort(_samples(samples, "samples"))
+    _check_fraction(q)
+    _check_confidence(confidence)
+    ### BEGIN SOLUTION
+    n = len(x)
+    value = float(np.percentile(x, 100 * q))
+    cdf = binomial_cdf(n, q)
+    alpha = 1 - confidence
+    l = max(1, int(np.sum(cdf <= alpha / 2)))
+    u = min(n, 1 + int(np.searchsorted(cdf, 1 - alpha / 2)))
+    coverage = float(cdf[u - 1] - cdf[l - 1])
+    low, high = min(float(x[l - 1]), value), max(float(x[u - 1]), value)
+    return Estimate(value, low, high, min(confidence, coverage), "order statistic")
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-percentile-ci", "locked": true, "points": 10, "schema_version": 3, "solution": false}
+_e = percentile_ci(np.arange(1.0, 101.0), 0.9)
+assert abs(_e.value - 90.1) < 1e-9 and (_e.low, _e.high) == (84.0, 96.0), _e
+assert _e.confidence == 0.95 and _e.method == "order statistic"
+_e20 = percentile_ci(np.arange(1.0, 21.0), 0.9)   # too few samples for 95%: [x(1)... x(20)] reaches only 87.8%
+assert _e20.high == 20.0 and _e20.confidence < 0.95
+# coverage on a known distribution: exponential latencies, true p90 = ln(10)
+_rng = np.random.default_rng(0)
+_hits = sum(percentile_ci(_rng.exponential(1.0, 200), 0.9).contains(math.log(10)) for _ in range(400))
+assert 0.92 <= _hits / 400 <= 0.995, f"covered the true p90 in {_hits}/400 runs, expected about 95%"
+for _bad in ([], [[1.0, 2.0]], [1.0, float("nan")]):
+    try:
+        percentile_ci(_bad, 0.9)
+        raise AssertionError(f"{_bad!r} must be rejected")
+    except ValueError:
+        pass
+print("percentile_ci: ok", _e.format())
+
+# %% [markdown]
+# ### 3.2 Bootstrap intervals
+#
+# `bootstrap_ci(samples, statistic)` works for any statistic that NumPy can compute
+# along an axis (`np.mean`, `np.median`, `lambda x, axis: np.percentile(x, 90, axis=axis)`).
+# Draw all resamples at once as an index matrix of shape `(n_resamples, n)`: one
+# vectorized call instead of a Python loop over resamples. A seed makes it reproducible.
+
+# %% nbgrader={"grade": false, "grade_id": "bootstrap-ci", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def bootstrap_ci(samples, statistic: Callable = np.median, confidence: float = 0.95, n_resamples: int = 2000,
+                 seed: int | None = 0) -> Estimate:
+    """Percentile-bootstrap confidence interval of statistic(samples).
+
+    statistic(array, axis=...) must reduce along `axis` (np.mean, np.median, ...).
+
+    TODO: resample with replacement, compute the statistic of every resample, take quantiles.
+
+    APPROACH:
+    1. x = the samples; value = float(statistic(x, axis=0)).
+    2. rng = np.random.default_rng(seed); idx = rng.integers(0, n, size=(n_resamples, n)).
+    3. stats = statistic(x[idx], axis=1): one value per resample.
+    4. low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2]) with alpha = 1 - confidence.
+    5. Return Estimate(value, min(low, value), max(high, value), confidence, "bootstrap").
+
+    HINTS:
+    - x[idx] has shape (n_resamples, n): row r is resample r.
+
+    EXAMPLE:
+    >>> bootstrap_ci([5.0] * 10, np.mean).width     # no spread, no uncertainty
+    0.0
+    """
+    x = _samples(samples, "samples")
+    _check_confidence(confidence)
+    _check_int(n_resamples, "n_resamples", 10)
+    if not callable(statistic):
+        raise TypeError(f"statistic must be a function like np.median, got {type(statistic).__name__}")
+    ### BEGIN SOLUTION
+    value = float(statistic(x, axis=0))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(n_resamples, len(x)))
+    stats = statistic(x[idx], axis=1)
+    alpha = 1 - confidence
+    low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return Estimate(value, min(float(low), value), max(float(high), value), confidence, "bootstrap")
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-bootstrap-ci", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+assert bootstrap_ci([5.0] * 10, np.mean).width == 0.0
+_a = bootstrap_ci(np.arange(50.0), np.mean, seed=1)
+assert _a == bootstrap_ci(np.arange(50.0), np.mean, seed=1), "the same seed must give the same interval"
+assert _a.value == 24.5 and _a.low < 24.5 < _a.high and 4 < _a.width < 12, _a
+_rng = np.random.default_rng(1)
+_hits = sum(bootstrap_ci(_rng.normal(10.0, 2.0, 60), np.mean, n_resamples=500, seed=k).contains(10.0)
+            for k in range(300))
+assert 0.88 <= _hits / 300 <= 0.99, f"the bootstrap CI of a normal mean covered {_hits}/300, expected ~95%"
+print("bootstrap_ci: ok", _a.format())
+
+# %% [markdown]
+# ### 3.3 The t-interval for a mean, and the Wilson interval for an accuracy
+#
+# Means come with `t_interval` (section 2); a single sample has no spread to measure,
+# so ask for at least two. An accuracy is a proportion `k / n`; its textbook interval
+# `p +- z sqrt(p(1-p)/n)` collapses to a point at `p = 1` and can leave `[0, 1]`. The
+# Wilson score interval does neither:
+# `(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`.
+# Worked example: 353 correct of 360 gives `p = 0.9806` and the interval
+# `[0.9604, 0.9905]` at 95%. Read it: the test set is too small to tell apart two
+# models whose accuracies differ by one point.
+
+# %% nbgrader={"grade": false, "grade_id": "t-interval", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def t_interval(samples, confidence: float = 0.95) -> Estimate:
+    """mean +- t(1 - alpha/2, n - 1) * s / sqrt(n) for the mean of `samples` (n >= 2).
+
+    TODO: compute the mean, the sample standard deviation (ddof=1) and the half-width.
+
+    APPROACH:
+    1. n, mean, s = np.std(x, ddof=1).
+    2. half = t_quantile(1 - (1 - confidence) / 2, n - 1) * s / sqrt(n).
+    3. Estimate(mean, mean - half, mean + half, confidence, "t").
+
+    EXAMPLE:
+    >>> e = t_interval([1, 2, 3, 4, 5])
+    >>> round(e.low, 3), round(e.high, 3)
+    (1.037, 4.963)
+    """
+    x = _samples(samples, "samples", minimum=2)
+    _check_confidence(confidence)
+    ### BEGIN SOLUTION
+    n, mean = len(x), float(x.mean())
+    half = t_quantile(1 - (1 - confidence) / 2, n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
+    return Estimate(mean, mean - half, mean + half, confidence, "t")
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-t-interval", "locked": true, "points": 10, "schema_version": 3, "solution": false}
+_e = t_interval([1, 2, 3, 4, 5])
+assert abs(_e.low - (3 - 2.7764451 * math.sqrt(2.5) / math.sqrt(5))) < 1e-6 and abs(_e.high - 4.963) < 1e-3, _e
+_e10 = t_interval(np.arange(10.0), 0.99)
+assert abs(_e10.high - (4.5 + 3.2498355 * np.std(np.arange(10.0), ddof=1) / math.sqrt(10))) < 1e-6
+_rng = np.random.default_rng(2)
+_hits = sum(t_interval(_rng.normal(0.0, 1.0, 8)).contains(0.0) for _ in range(2000))
+assert 0.935 <= _hits / 2000 <= 0.965, f"t-interval coverage {_hits / 2000} at n=8, expected 0.95"
+try:
+    t_interval([1.0])
+    raise AssertionError("one sample has no spread: must be rejected")
+except ValueError:
+    pass
+print("t_interval: ok", _e.format())
+
+# %% nbgrader={"grade": false, "grade_id": "wilson", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimate:
+    """The proportion successes / n with its Wilson score interval.
+
+    TODO: apply the formula of the markdown above with z = normal_quantile(1 - alpha / 2).
+
+    EXAMPLE:
+    >>> e = wilson_interval(353, 360)
+    >>> round(e.value, 4), round(e.low, 4), round(e.high, 4)
+    (0.9806, 0.9604, 0.9905)
+    """
+    _check_int(n, "n", 1)
+    _check_int(successes, "successes", 0)
+    if successes > n:
+        raise ValueError(f"successes ({successes}) cannot exceed n ({n})")
+    _check_confidence(confidence)
+    ### BEGIN SOLUTION
+    p = successes / n
+    z = normal_quantile(1 - (1 - confidence) / 2)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Estimate(p, min(p, centre - half), max(p, centre + half), confidence, "wilson")
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-wilson", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+_w = wilson_interval(353, 360)
+assert (round(_w.low, 4), round(_w.high, 4)) == (0.9604, 0.9905), _w
+_all = wilson_interval(10, 10)
+assert _all.value == 1.0 and _all.high == 1.0 and 0.65 < _all.low < 0.75, "10/10 is not proof of 100%"
+assert wilson_interval(0, 10).low == 0.0
+try:
+    wilson_interval(11, 10)
+    raise AssertionError("more successes than trials must be rejected")
+except ValueError:
+    pass
+print("wilson_interval: ok", _w.format())
+
+# %% [markdown]
+# ### 3.4 Early stopping: a percentile you can guarantee from few queries
+#
+# Implement section 2's test. For `t = 0, 1, 2, ...` overlatency queries, the bound
+# `x(n - t)` passes when `P(Binomial(n, 1 - q) <= t) <= 1 - confidence`. Take the
+# largest passing `t`. If not even `t = 0` passes, the run has too few queries: raise
+# a `ValueError` that says how many are needed (`ceil(log(1 - c) / log(q))`).
+
+# %% nbgrader={"grade": false, "grade_id": "early-stopping", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def min_queries_for_percentile(q: float, confidence: float = 0.99) -> int:
+    """The fewest queries that can bound the q-quantile at `confidence` (all of them under the bound)."""
+    _check_fraction(q)
+    _check_confidence(confidence)
+    n = math.ceil(math.log(1 - confidence) / math.log(q))
+    return n if q ** n <= 1 - confidence else n + 1  # guard the float rounding of the ratio
+
+
+def early_stopping_percentile(samples, q: float = 0.9, confidence: float = 0.99) -> Estimate:
+    """MLPerf-style early-stopping estimate: an upper bound of the q-quantile at `confidence`.
+
+    Returns Estimate(value=bound, low=measured quantile, high=bound, confidence, "early stopping").
+
+    TODO: find the largest number t of top latencies that can be set aside.
+
+    APPROACH:
+    1. x = sorted samples, n = len(x). cdf = binomial_cdf(n, 1 - q): cdf[t] = P(at most t overlatency).
+    2. passing = the t with cdf[t] <= 1 - confidence. None: raise ValueError (name the minimum n,
+       min_queries_for_percentile(q, confidence)).
+    3. t = the largest passing t (cdf grows with t); bound = x[n - 1 - t] (0-based).
+    4. measured = np.percentile(x, 100 * q); return Estimate(bound, min(measured, bound), bound, ...).
+
+    EXAMPLE:
+    >>> early_stopping_percentile(np.arange(1.0, 45.0), 0.9).value   # 44 queries: t = 0, the max
+    44.0
+    """
+    x = np.sort(_samples(samples, "samples"))
+    _check_fraction(q)
+    _check_confidence(confidence)
+    ### BEGIN SOLUTION
+    n = len(x)
+    cdf = binomial_cdf(n, 1 - q)
+    passing = np.flatnonzero(cdf <= 1 - confidence)
+    if passing.size == 0:
+        raise ValueError(f"{n} queries are too few to bound the {100 * q:g}th percentile at "
+                         f"{100 * confidence:g}% confidence; need at least {min_queries_for_percentile(q, confidence)}")
+    t = int(passing[-1])
+    bound = float(x[n - 1 - t])
+    measured = float(np.percentile(x, 100 * q))
+    return Estimate(bound, min(measured, bound), bound, confidence, "early stopping")
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-early-stopping", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+assert min_queries_for_percentile(0.9, 0.99) == 44 and min_queries_for_percentile(0.99, 0.99) == 459
+assert early_stopping_percentile(np.arange(1.0, 45.0), 0.9).value == 44.0
+try:
+    early_stopping_percentile(np.arange(1.0, 44.0), 0.9)
+    raise AssertionError("43 queries cannot bound a p90 at 99%")
+except ValueError as err:
+    assert "44" in str(err), err
+_x = np.arange(1.0, 1001.0)
+_es = early_stopping_percentile(_x, 0.9)
+_t = 1000 - int(_es.value)             # queries set aside
+_cdf = binomial_cdf(1000, 0.1)
+assert _cdf[_t] <= 0.01 < _cdf[_t + 1], "t must be the LARGEST passing count"
+assert _es.value > np.percentile(_x, 90) and _es.low == np.percentile(_x, 90)
+print(f"early_stopping_percentile: ok; 1000 queries 1..1000: measured p90 {_es.low:.1f}, bound {_es.value:.0f}")
+
+# %% [markdown]
+# (A p99 at 99% needs 459 queries by the same rule: `0.99^459 = 0.0099`.)
+#
+# ### 3.5 A paired comparison of two systems
+#
+# `paired_ratio(a, b)` takes latencies measured interleaved (`a[i]` and `b[i]` side by
+# side) and bootstraps the ratio `median(a) / median(b)`, resampling pair indices so a
+# slow moment stays in both. `interleave` does the measuring: it calls A and B in turn,
+# alternating which goes first, and returns both sample arrays.
+
+# %% nbgrader={"grade": false, "grade_id": "paired-ratio", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def interleave(fn_a: Callable, fn_b: Callable, repeats: int = 30, warmup: int = 3,
+               clock: Callable[[], float] = time.perf_counter) -> tuple:
+    """Time fn_a() and fn_b() in turn (A B, B A, A B, ...): (latencies of A, latencies of B), seconds."""
+    if not callable(fn_a) or not callable(fn_b):
+        raise TypeError("interleave needs two callables")
+    _check_int(repeats, "repeats", 1)
+    _check_int(warmup, "warmup", 0)
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    times = {0: [], 1: []}
+    for i in range(repeats):
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            start = clock()
+            (fn_a if which == 0 else fn_b)()
+            times[which].append(clock() - start)
+    return np.array(times[0]), np.array(times[1])
+
+
+def paired_ratio(a, b, confidence: float = 0.95, n_resamples: int = 2000, seed: int | None = 0) -> Estimate:
+    """median(a) / median(b) for paired samples, with a pair-bootstrap confidence interval.
+
+    A ratio below 1 with high < 1 means "A is faster than B at this confidence".
+
+    TODO: bootstrap over pair indices and take quantiles of the ratios.
+
+    APPROACH:
+    1. a, b as arrays of the same length n (> 0 values).
+    2. idx = rng.integers(0, n, size=(n_resamples, n)); ratios = median(a[idx], axis=1) / median(b[idx], axis=1).
+    3. Estimate(median(a) / median(b), quantile alpha/2, quantile 1 - alpha/2 ..., "paired bootstrap").
+
+    EXAMPLE:
+    >>> paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]).value
+    2.0
+    """
+    a, b = _samples(a, "a"), _samples(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples need the same length, got {len(a)} and {len(b)}")
+    if (a <= 0).any() or (b <= 0).any():
+        raise ValueError("latencies must be > 0 to form a ratio")
+    _check_confidence(confidence)
+    _check_int(n_resamples, "n_resamples", 10)
+    ### BEGIN SOLUTION
+    value = float(np.median(a) / np.median(b))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_resamples, len(a)))
+    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    alpha = 1 - confidence
+    low, high = np.quantile(ratios, [alpha / 2, 1 - alpha / 2])
+    return Estimate(value, min(float(low), value), max(float(high), value), confidence, "paired bootstrap")
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-paired-ratio", "locked": true, "points": 10, "schema_version": 3, "solution": false}
+_b = np.random.default_rng(3).exponential(1.0, 40) + 1.0
+_r = paired_ratio(2 * _b, _b)
+assert _r.value == 2.0 and _r.low == 2.0 and _r.high == 2.0, "an exact factor of 2 in every pair is certain"
+_rng = np.random.default_rng(4)
+_same = [paired_ratio(_rng.lognormal(0, 0.3, 40), _rng.lognormal(0, 0.3, 40), n_resamples=400, seed=k).contains(1.0)
+         for k in range(200)]
+assert np.mean(_same) >= 0.88, f"identical systems: the interval held 1 only {np.mean(_same):.2f} of the time"
+_fast = paired_ratio(_rng.lognormal(0, 0.1, 40), _rng.lognormal(np.log(1.5), 0.1, 40))
+assert _fast.high < 1.0, "A 1.5x faster than B must be a claim at 95%"
+# interleave alternates the order and calls each function warmup + repeats times
+_calls = []
+_ta, _tb = interleave(lambda: _calls.append("a"), lambda: _calls.append("b"), repeats=4, warmup=1)
+assert _calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"] and len(_ta) == len(_tb) == 4
+print("paired_ratio: ok", _r.format(), "|", _fast.format())
+
+
+# %% [markdown]
+# ### 3.6 The scenarios
+#
+# A **system under test** (SUT) is any function that takes a batch of samples (an array
+# whose first axis is the sample) and returns the answers. The **query sample library**
+# is the array of samples; each query draws its samples at random from it (a seeded
+# generator), outside the timed region. Every scenario returns a `ScenarioResult`
+# (given below): the latencies, the metric as an `Estimate`, MLPerf's early-stopping
+# bound where it applies, and whether the run met its settings.
+#
+# Each runner takes the `clock` as a parameter. The notebook uses the real
+# `time.perf_counter`; the tests pass a fake clock that a fake SUT advances by a known
+# latency, so the scenario logic is tested exactly, with no timing in the tests.
+
+# %%
+#| export
+@dataclass
+class ScenarioResult:
+    """One scenario run: the raw latencies (seconds, one per query) and what they mean."""
+    scenario: str
+    settings: ScenarioSettings
+    latencies: np.ndarray        # per query: from issue (Server: from scheduled arrival) to completion
+    queries: int
+    samples: int
+    duration_s: float
+    metric: str                  # what `value` is: "p90 latency" (seconds) or "throughput" (samples/s)
+    value: Estimate
+    early_stopping: Estimate | None = None
+    valid: bool = True
+    notes: list = field(default_factory=list)   # why a run is not valid, and other remarks
+    extra: dict = field(default_factory=dict)   # scenario-specific numbers (target_qps, achieved_qps, ...)
+
+    def __str__(self) -> str:
+        unit = (" samples/s", 1.0) if self.scenario == "Offline" else (" ms", 1e3)
+        es = f", early-stopping bound {self.early_stopping.value * 1e3:.3g} ms" if self.early_stopping else ""
+        return (f"{self.scenario}: {self.metric} {self.value.scaled(unit[1]).format(unit[0])}{es}; "
+                f"{self.queries} queries, {self.samples} samples in {self.duration_s:.2f} s; "
+                f"{'VALID' if self.valid else 'INVALID: ' + '; '.join(self.notes)}")
+
+    def to_dict(self) -> dict:
+        return {"scenario": self.scenario, "settings": _settings_to_dict(self.settings),
+                "latencies": [float(v) for v in self.latencies], "queries": self.queries, "samples": self.samples,
+                "duration_s": self.duration_s, "metric": self.metric, "value": self.value.to_dict(),
+                "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
+                "valid": self.valid, "notes": list(self.notes), "extra": dict(self.extra)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScenarioResult":
+        return cls(scenario=d["scenario"], settings=_settings_from_dict(d["settings"]),
+                   latencies=np.asarray(d["latencies"], dtype=np.float64), queries=int(d["queries"]),
+                   samples=int(d["samples"]), duration_s=float(d["duration_s"]), metric=d["metric"],
+                   value=Estimate(**d["value"]),
+                   early_stopping=Estimate(**d["early_stopping"]) if d.get("early_stopping") else None,
+                   valid=bool(d["valid"]), notes=list(d.get("notes", [])), extra=dict(d.get("extra", {})))
+
+
+def _settings_to_dict(s: ScenarioSettings) -> dict:
+    # JSON has no infinity: an unlimited duration or bound is stored as null
+    return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in dataclasses.asdict(s).items()}
+
+
+def _settings_from_dict(d: dict) -> ScenarioSettings:
+    return ScenarioSettings(**{k: (math.inf if v is None and k in ("max_duration_s", "latency_bound_s") else v)
+                               for k, v in d.items()})
+
+
+def _check_sut(sut, samples) -> np.ndarray:
+    if not callable(sut):
+        raise TypeError(f"the system under test must be a callable taking a batch, got {type(sut).__name__}")
+    data = np.asarray(samples)
+    if data.ndim < 1 or len(data) == 0:
+        raise ValueError(f"samples must be a non-empty array with samples on the first axis, got shape {data.shape}")
+    return data
+
+
+def _run_checks(settings: ScenarioSettings, queries: int, duration: float, notes: list) -> bool:
+    """MLPerf's validity rules on the size of a run; appends the reasons it fails to `notes`."""
+    ok = True
+    if queries < settings.min_query_count:
+        notes.append(f"{queries} queries < min_query_count {settings.min_query_count}")
+        ok = False
+    if duration < settings.min_duration_s:
+        notes.append(f"ran {duration:.3g} s < min_duration_s {settings.min_duration_s:g}")
+        ok = False
+    return ok
+
+
+def _early_stopping(latencies, q: float, notes: list):
+    try:
+        return early_stopping_percentile(latencies, q, 0.99)
+    except ValueError as err:
+        notes.append(f"no early-stopping bound: {err}")
+        return None
+
+
+# %% [markdown]
+# **SingleStream and MultiStream** are the same loop: issue a query of
+# `samples_per_query` samples, wait for it, issue the next, until the run has at least
+# `min_query_count` queries **and** has lasted `min_duration_s` (or hits the safety stop
+# `max_duration_s`, which makes it invalid if the minimums are not met). Report the
+# percentile of the settings (0.9 or 0.99) with `percentile_ci`, and the early-stopping
+# bound.
+
+# %% nbgrader={"grade": false, "grade_id": "run-stream", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
+               seed: int = 0) -> ScenarioResult:
+    """SingleStream / MultiStream: back-to-back queries of settings.samples_per_query samples.
+
+    TODO: warm up, then time queries until the minimums are met; summarize.
+
+    APPROACH:
+    1. rng = np.random.default_rng(seed). A query is data[rng.integers(0, len(data), samples_per_query)];
+       draw it BEFORE starting its clock.
+    2. Run settings.warmup_queries untimed queries.
+    3. start = now = clock(). Loop while not (enough queries and now - start >= min_duration_s)
+       and now - start < max_duration_s: t0 = clock(); sut(batch); now = clock(); latencies.append(now - t0).
+    4. notes = []; valid = _run_checks(settings, len(latencies), now - start, notes).
+    5. ScenarioResult(settings.scenario, settings, latencies array, queries, queries * samples_per_query,
+       now - start, f"p{100 * percentile:g} latency", percentile_ci(latencies, percentile),
+       _early_stopping(latencies, percentile, notes), valid, notes).
+
+    HINTS:
+    - Read the clock twice per query (before and after) plus once at the start: the tests count reads.
+
+    EXAMPLE:
+    >>> r = run_stream(model_forward, x_test, notebook_settings("SingleStream"))
+    >>> r.value.value      # the p90 latency in seconds
+    """
+    data = _check_sut(sut, samples)
+    if settings.scenario not in ("SingleStream", "MultiStream"):
+        raise ValueError(f"run_stream runs SingleStream or MultiStream, got settings for {settings.scenario}")
+    ### BEGIN SOLUTION
+    rng = np.random.default_rng(seed)
+    spq = settings.samples_per_query
+
+    def draw():
+        return data[rng.integers(0, len(data), spq)]
+
+    for _ in range(settings.warmup_queries):
+        sut(draw())
+    latencies = []
+    start = now = clock()
+    while (not (len(latencies) >= settings.min_query_count and now - start >= settings.min_duration_s)
+           and now - start < settings.max_duration_s):
+        batch = draw()
+        t0 = clock()
+        sut(batch)
+        now = clock()
+        latencies.append(now - t0)
+    notes = []
+    valid = _run_checks(settings, len(latencies), now - start, notes)
+    q = settings.percentile
+    return ScenarioResult(settings.scenario, settings, np.array(latencies), len(latencies), len(latencies) * spq,
+                          now - start, f"p{100 * q:g} latency", percentile_ci(latencies, q),
+                          _early_stopping(latencies, q, notes), valid, notes)
+    ### END SOLUTION
+
+
+# %% [markdown]
+# The test uses a fake clock: `FakeClock()` returns its time when called, and a fake
+# SUT advances it by a latency we choose. No real time passes, and every number is
+# known in advance.
+
+# %%
+class FakeClock:
+    """A clock that only moves when told: clock() reads it, advance(dt) moves it, sleep(dt) too."""
+
+    def __init__(self):
+        self.now, self.reads = 0.0, 0
+
+    def __call__(self):
+        self.reads += 1
+        return self.now
+
+    def advance(self, dt):
+        self.now += dt
+
+    sleep = advance
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-run-stream", "locked": true, "points": 10, "schema_version": 3, "solution": false}
+_clock = FakeClock()
+_lat = iter(np.tile(np.arange(1, 11) * 1e-3, 1000))  # latencies 1, 2, ..., 10 ms, repeating
+_sizes = []
+
+
+def _fake_sut(batch):
+    _sizes.append(len(batch))
+    _clock.advance(next(_lat))
+
+
+_s = notebook_settings("SingleStream", min_query_count=100, min_duration_s=0.0, warmup_queries=5)
+_r = run_stream(_fake_sut, np.arange(50.0), _s, clock=_clock)
+assert _r.queries == 100 and _r.samples == 100 and _r.valid, _r
+assert np.allclose(_r.latencies[:5], [6e-3, 7e-3, 8e-3, 9e-3, 10e-3]), "the 5 warm-up queries must not be timed"
+assert abs(_r.value.value - np.percentile(_r.latencies, 90)) < 1e-12 and _clock.reads == 1 + 2 * 100
+assert abs(_r.duration_s - _r.latencies.sum()) < 1e-9
+# the duration minimum keeps the run going: 100 queries take 0.55 s, so 1.0 s needs more
+_r2 = run_stream(_fake_sut, np.arange(50.0), _s.replace(min_duration_s=1.0, warmup_queries=0), clock=_clock)
+assert _r2.queries > 100 and _r2.duration_s >= 1.0 and _r2.valid
+# MultiStream: 8 samples per query, the p99
+_sizes.clear()
+_m = run_stream(_fake_sut, np.arange(50.0), notebook_settings("MultiStream", min_query_count=500,
+                                                              min_duration_s=0.0, warmup_queries=0), clock=_clock)
+assert set(_sizes) == {8} and _m.samples == 8 * _m.queries and _m.metric.startswith("p99")
+assert _m.early_stopping is not None and _m.early_stopping.value >= _m.value.value
+# the safety stop ends the run early: not enough queries, so not valid, and it says why
+_short = run_stream(_fake_sut, np.arange(50.0), _s.replace(max_duration_s=0.05, warmup_queries=0), clock=_clock)
+assert not _short.valid and "min_query_count" in " ".join(_short.notes)
+print("run_stream: ok", _r)
+
+# %% [markdown]
+# **Server.** First the arrival schedule. Draw unit exponential gaps with the seed and
+# divide them by the rate: `arrivals = cumsum(gaps) / rate`. Scaling one set of draws
+# means that with the same seed a higher rate gives the same schedule compressed in
+# time, so the queue (and the p99) can only grow with the rate, and a search over rates
+# is well defined. `queue_latencies` is the recursion of section 2, computed without a
+# Python loop: with `S` the running sum of the service times, the finish time is
+# `f_i = S_i + max over j <= i of (a_j - S_(j-1))`, a running maximum.
+
+# %% nbgrader={"grade": false, "grade_id": "poisson", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def poisson_arrivals(rate: float, n: int, seed: int | None = 0) -> np.ndarray:
+    """n arrival times (seconds, increasing) of a Poisson process of `rate` per second.
+
+    EXAMPLE:
+    >>> poisson_arrivals(100.0, 3, seed=0) * 100 == np.cumsum(np.random.default_rng(0).exponential(1.0, 3))
+    array([ True,  True,  True])
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0 or math.isinf(rate):
+        raise ValueError(f"rate must be a positive number of queries per second, got {rate!r}")
+    _check_int(n, "n", 1)
+    ### BEGIN SOLUTION
+    return np.cumsum(np.random.default_rng(seed).exponential(1.0, n)) / rate
+    ### END SOLUTION
+
+
+def queue_latencies(arrivals, service_times) -> np.ndarray:
+    """Latency (finish - arrival) of each query at one first-come first-served worker.
+
+    f_i = max(a_i, f_(i-1)) + s_i, computed as f = S + running max of (a - S + s), S = cumsum(s).
+
+    EXAMPLE:
+    >>> queue_latencies([0.0, 1.0, 2.0], [1.5, 1.5, 1.5])
+    array([1.5, 2. , 2.5])
+    """
+    a, s = _samples(arrivals, "arrivals"), _samples(service_times, "service_times")
+    if a.shape != s.shape or (np.diff(a) < 0).any() or (s < 0).any():
+        raise ValueError("need as many service times (>= 0) as arrival times (non-decreasing)")
+    ### BEGIN SOLUTION
+    total = np.cumsum(s)
+    finish = total + np.maximum.accumulate(a - (total - s))
+    return finish - a
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-poisson", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+_a = poisson_arrivals(200.0, 20000, seed=5)
+_gaps = np.diff(_a)
+assert (_gaps > 0).all() and abs(_gaps.mean() - 1 / 200) < 3 * (1 / 200) / math.sqrt(20000), _gaps.mean()
+assert abs(np.std(_gaps) / _gaps.mean() - 1.0) < 0.05, "exponential gaps: std equals mean"
+assert abs(np.mean(_gaps > 2 / 200) - math.exp(-2)) < 0.01, "P(gap > 2/rate) = e^-2"
+assert np.allclose(poisson_arrivals(400.0, 100, seed=5), _a[:100] / 2), "same seed, double rate: half the times"
+assert np.allclose(queue_latencies([0.0, 1.0, 2.0], [1.5, 1.5, 1.5]), [1.5, 2.0, 2.5])
+_rng = np.random.default_rng(6)
+_arr, _svc = np.sort(_rng.uniform(0, 10, 300)), _rng.uniform(0, 0.06, 300)
+_f, _oracle = 0.0, []
+for _ai, _si in zip(_arr, _svc):          # the recursion, one query at a time, as the oracle
+    _f = max(_ai, _f) + _si
+    _oracle.append(_f - _ai)
+assert np.allclose(queue_latencies(_arr, _svc), _oracle)
+print("poisson_arrivals, queue_latencies: ok")
+
+# %% [markdown]
+# Now the real run. `run_server` issues query `i` at `start + arrivals[i]` in real
+# time: it sleeps until then if the worker is idle; if the worker is still busy, the
+# query starts late, and its latency counts from its scheduled arrival, waiting
+# included. So the real run executes exactly the recursion above, with service times
+# measured instead of given. Why not simulate, that is, measure service times with
+# SingleStream and feed them to `queue_latencies`? Because a simulation assumes the
+# service time does not depend on the load, and on a real machine it does (caches
+# shared with the issuing code, the OS scheduler, `sleep` waking up late, background
+# work that comes in bursts). The run lasts `max(min_query_count, target_qps *
+# min_duration_s)` arrivals, bounded by `max_duration_s`. Valid if the minimums are met
+# and the measured percentile is at most the latency bound.
+
+# %% nbgrader={"grade": false, "grade_id": "run-server", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
+               sleep: Callable[[float], None] = time.sleep, seed: int = 0) -> ScenarioResult:
+    """Server: queries arrive as a Poisson process at settings.target_qps; one worker serves them in order.
+
+    TODO: build the schedule, then issue each query at its time (or when the worker is free).
+
+    APPROACH:
+    1. n = max(min_query_count, ceil(target_qps * min_duration_s)); arrivals = poisson_arrivals(target_qps, n, seed).
+       Draw every query's sample indices up front (rng = np.random.default_rng(seed + 1)).
+    2. Run settings.warmup_queries untimed queries back to back.
+    3. start = clock(). For each query i: now = clock(); stop (with a note) if now - start > max_duration_s;
+       due = start + arrivals[i]; while now < due: sleep(due - now); now = clock().
+       sut(batch_i); latencies.append(clock() - due).
+    4. duration = clock() - start; p = percentile_ci(latencies, percentile); valid = _run_checks(...) and
+       p.value <= latency_bound_s (else a note).
+    5. extra: target_qps, achieved_qps (= queries / duration), latency_bound_s.
+
+    EXAMPLE:
+    >>> r = run_server(forward, x_test, notebook_settings("Server", target_qps=500, latency_bound_s=0.002))
+    >>> r.valid, r.value.value
+    """
+    data = _check_sut(sut, samples)
+    if settings.scenario != "Server":
+        raise ValueError(f"run_server needs Server settings, got {settings.scenario}")
+    ### BEGIN SOLUTION
+    n = max(settings.min_query_count, math.ceil(settings.target_qps * settings.min_duration_s))
+    arrivals = poisson_arrivals(settings.target_qps, n, seed)
+    rng = np.random.default_rng(seed + 1)
+    picks = rng.integers(0, len(data), size=(n, settings.samples_per_query))
+    for i in range(settings.warmup_queries):
+        sut(data[picks[i % n]])
+    notes, latencies = [], []
+    start = clock()
+    for i, arrival in enumerate(arrivals):
+        now = clock()
+        if now - start > settings.max_duration_s:
+            notes.append(f"stopped at max_duration_s {settings.max_duration_s:g} s after {i} queries")
+            break
+        due = start + arrival          # absolute times: differences of large clock values lose digits
+        while now < due:
+            sleep(due - now)
+            now = clock()
+        sut(data[picks[i]])
+        latencies.append(clock() - due)
+    duration = clock() - start
+    q = settings.percentile
+    p = percentile_ci(latencies, q)
+    valid = _run_checks(settings, len(latencies), duration, notes)
+    if p.value > settings.latency_bound_s:
+        notes.append(f"p{100 * q:g} {p.value * 1e3:.3g} ms > bound {settings.latency_bound_s * 1e3:.3g} ms")
+        valid = False
+    return ScenarioResult("Server", settings, np.array(latencies), len(latencies),
+                          len(latencies) * settings.samples_per_query, duration, f"p{100 * q:g} latency", p,
+                          _early_stopping(latencies, q, notes), valid, notes,
+                          {"target_qps": settings.target_qps, "achieved_qps": len(latencies) / duration,
+                           "latency_bound_s": settings.latency_bound_s})
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-run-server", "locked": true, "points": 10, "schema_version": 3, "solution": false}
+_clock = FakeClock()
+_service = 0.004                                             # the fake worker takes 4 ms per query
+
+
+def _fake_server_sut(batch):
+    _clock.advance(_service)
+
+
+_s = notebook_settings("Server", target_qps=200.0, latency_bound_s=0.010, min_query_count=400,
+                       min_duration_s=0.0, max_duration_s=math.inf, warmup_queries=0)
+_r = run_server(_fake_server_sut, np.arange(10.0), _s, clock=_clock, sleep=_clock.sleep, seed=7)
+_expected = queue_latencies(poisson_arrivals(200.0, 400, seed=7), np.full(400, _service))
+assert _r.queries == 400 and np.allclose(_r.latencies, _expected), "the real loop must execute the queue recursion"
+assert _r.latencies.min() >= _service - 1e-12 and _r.extra["target_qps"] == 200.0
+assert _r.valid == (np.percentile(_expected, 99) <= 0.010)
+# overloaded: 400 queries/s against a 4 ms worker (250/s max): the queue grows without bound
+_over = run_server(_fake_server_sut, np.arange(10.0), _s.replace(target_qps=400.0), clock=_clock,
+                   sleep=_clock.sleep, seed=7)
+assert not _over.valid and _over.latencies[-1] > 0.1 and "bound" in " ".join(_over.notes)
+print("run_server: ok", _r)
+
+# %% [markdown]
+# **The highest rate that meets the bound.** `find_max_qps(meets, low, high)` searches
+# between a rate that passes and one that fails, halving the bracket in log space
+# (`sqrt(low * high)`) until `high / low <= 1 + rel_tol`. `meets(rate)` is any function
+# returning a bool, or a `ScenarioResult` whose `valid` is used: a real server run, or a
+# formula in a test.
+
+# %% nbgrader={"grade": false, "grade_id": "find-max-qps", "locked": false, "schema_version": 3, "solution": true}
+#| export
+@dataclass
+class QPSSearch:
+    max_qps: float          # the highest rate that passed
+    failed_qps: float       # the lowest rate that failed (inf if even `high` passed)
+    history: list           # (rate, passed) in the order they were tried
+    results: dict = field(default_factory=dict)   # rate -> ScenarioResult, when `meets` returned them
+
+    def bracket(self) -> Estimate:
+        """[max_qps, failed_qps] as an Estimate; a search bracket, not a confidence interval (confidence 0)."""
+        return Estimate(self.max_qps, self.max_qps, self.failed_qps, 0.0, "search bracket")
+
+
+def find_max_qps(meets: Callable, low: float, high: float, rel_tol: float = 0.05, max_steps: int = 30) -> QPSSearch:
+    """The highest rate in [low, high] at which meets(rate) holds, by bisection in log space.
+
+    TODO: check both ends, then halve the bracket [passing, failing] geometrically.
+
+    APPROACH:
+    1. A helper that calls meets(rate), records (rate, passed) in history, and keeps ScenarioResults.
+    2. If low fails: raise ValueError (the search needs a passing start). If high passes: return it
+       (failed_qps = inf).
+    3. Loop while high / low > 1 + rel_tol (at most max_steps): mid = sqrt(low * high); move low or high.
+    4. QPSSearch(low, high, history, results).
+
+    EXAMPLE:
+    >>> find_max_qps(lambda r: r <= 37.3, 1.0, 1000.0).max_qps     # within 5% below 37.3
+    """
+    if not callable(meets):
+        raise TypeError("meets must be a function of the rate")
+    if not 0 < low < high:
+        raise ValueError(f"need 0 < low < high, got low={low!r}, high={high!r}")
+    if not rel_tol > 0:
+        raise ValueError(f"rel_tol must be > 0, got {rel_tol!r}")
+    ### BEGIN SOLUTION
+    history, results = [], {}
+
+    def passes(rate):
+        outcome = meets(rate)
+        if isinstance(outcome, ScenarioResult):
+            results[rate] = outcome
+            outcome = outcome.valid
+        history.append((rate, bool(outcome)))
+        return bool(outcome)
+
+    if not passes(low):
+        raise ValueError(f"even the lowest rate {low:g}/s misses the target; start the search lower")
+    if passes(high):
+        return QPSSearch(high, math.inf, history, results)
+    for _ in range(max_steps):
+        if high / low <= 1 + rel_tol:
+            break
+        mid = math.sqrt(low * high)
+        low, high = (mid, high) if passes(mid) else (low, mid)
+    return QPSSearch(low, high, history, results)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-find-max-qps", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+_q = find_max_qps(lambda r: r <= 37.3, 1.0, 1000.0)
+assert 37.3 / 1.05 <= _q.max_qps <= 37.3 < _q.failed_qps <= 37.3 * 1.05, _q
+assert len(_q.history) <= 2 + math.ceil(math.log2(math.log(1000) / math.log(1.05))) + 1
+assert find_max_qps(lambda r: True, 1.0, 8.0).max_qps == 8.0
+try:
+    find_max_qps(lambda r: False, 1.0, 8.0)
+    raise AssertionError("no passing rate: must be an error")
+except ValueError:
+    pass
+
+
+# against the fake 4 ms worker with a 10 ms p99 bound: the oracle is a fine scan of the queue recursion
+def _p99_at(rate):
+    return np.percentile(queue_latencies(poisson_arrivals(rate, 400, seed=7), np.full(400, 0.004)), 99)
+
+
+_grid = np.linspace(10, 250, 2401)
+_true_max = _grid[[_p99_at(r) <= 0.010 for r in _grid]].max()
+
+
+def _fake_run(rate):
+    clock = FakeClock()
+    return run_server(lambda b: clock.advance(0.004), np.arange(10.0), _s.replace(target_qps=float(rate)),
+                      clock=clock, sleep=clock.sleep, seed=7)
+
+
+_q = find_max_qps(_fake_run, 10.0, 250.0, rel_tol=0.01)
+assert _q.max_qps <= _true_max + 0.1 and _q.failed_qps >= _true_max, (_q.max_qps, _true_max, _q.failed_qps)
+assert all(isinstance(v, ScenarioResult) for v in _q.results.values())
+print(f"find_max_qps: ok; fake 4 ms worker meets p99 <= 10 ms up to {_q.max_qps:.1f}/s (scan: {_true_max:.1f}/s)")
+
+# %% [markdown]
+# **Offline.** One query holds many samples (`samples_per_query`; the whole test set,
+# repeated if needed). The SUT is free to batch them. Repeat the query until the
+# minimums are met, and report the mean throughput over queries with its t-interval
+# (a single query has no interval: report it with `low == high` and say so).
+
+# %% nbgrader={"grade": false, "grade_id": "run-offline", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
+                seed: int = 0) -> ScenarioResult:
+    """Offline: queries of settings.samples_per_query samples at once; throughput in samples/s.
+
+    TODO: build the query once, time it repeatedly, report the throughput.
+
+    APPROACH:
+    1. batch = data[rng.permutation(len(data))[np.arange(spq) % len(data)]]: all samples, shuffled, cycled.
+    2. warmup_queries untimed calls; then the stream loop of run_stream (same stopping rule).
+    3. throughputs = spq / latencies. value = t_interval(throughputs) with >= 2 queries, else
+       Estimate(v, v, v, confidence 0, "single query") and a note.
+    4. ScenarioResult("Offline", ..., metric "throughput", extra {"samples_per_query": spq}).
+    """
+    data = _check_sut(sut, samples)
+    if settings.scenario != "Offline":
+        raise ValueError(f"run_offline needs Offline settings, got {settings.scenario}")
+    ### BEGIN SOLUTION
+    rng = np.random.default_rng(seed)
+    spq = settings.samples_per_query
+    batch = data[rng.permutation(len(data))[np.arange(spq) % len(data)]]
+    for _ in range(settings.warmup_queries):
+        sut(batch)
+    latencies = []
+    start = now = clock()
+    while (not (len(latencies) >= settings.min_query_count and now - start >= settings.min_duration_s)
+           and now - start < settings.max_duration_s):
+        t0 = clock()
+        sut(batch)
+        now = clock()
+        latencies.append(now - t0)
+    notes = []
+    valid = _run_checks(settings, len(latencies), now - start, notes)
+    throughputs = spq / np.array(latencies)
+    if len(latencies) >= 2:
+        value = t_interval(throughputs)
+    else:
+        v = float(throughputs[0])
+        value = Estimate(v, v, v, 0.0, "single query")
+        notes.append("one query: no interval")
+    return ScenarioResult("Offline", settings, np.array(latencies), len(latencies), len(latencies) * spq,
+                          now - start, "throughput", value, None, valid, notes,
+                          {"samples_per_query": spq})
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-run-offline", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+_clock = FakeClock()
+_seen = []
+
+
+def _batched_sut(batch):                   # 1 ms fixed cost + 0.1 ms per sample: batching pays
+    _seen.append(np.array(batch))
+    _clock.advance(1e-3 + 1e-4 * len(batch))
+
+
+_o = run_offline(_batched_sut, np.arange(100.0), notebook_settings("Offline", samples_per_query=250, min_query_count=4,
+                                                                   min_duration_s=0.0, warmup_queries=1),
+                 clock=_clock)
+assert _o.queries == 4 and _o.samples == 1000 and len(_seen) == 5
+assert sorted(_seen[0][:100]) == list(range(100)), "one query holds every sample"
+assert abs(_o.value.value - 250 / 0.026) < 1e-6 and _o.value.width < 1e-6, _o.value
+_one = run_offline(_batched_sut, np.arange(100.0), notebook_settings("Offline", min_query_count=1, min_duration_s=0.0),
+                   clock=_clock)
+assert _one.value.low == _one.value.high and "no interval" in " ".join(_one.notes)
+print("run_offline: ok", _o)
+
+
+# %% [markdown]
+# One dispatcher runs any scenario from its settings (given):
+
+# %%
+#| export
+def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], None] = time.sleep, seed: int = 0) -> ScenarioResult:
+    """Run settings.scenario against `sut` on `samples`."""
+    if settings.scenario == "Server":
+        return run_server(sut, samples, settings, clock, sleep, seed)
+    if settings.scenario == "Offline":
+        return run_offline(sut, samples, settings, clock, seed)
+    return run_stream(sut, samples, settings, clock, seed)
+
+
+# %% [markdown]
+# ### 3.7 Quality targets
+#
+# A `QualityTarget` holds the FP32 reference and the fraction to keep. For a metric
+# where higher is better (accuracy) the threshold is `fraction * reference`; where lower
+# is better (loss, perplexity) it is `reference / fraction`. Worked example: FP32
+# accuracy 0.9806 gives the threshold `0.99 * 0.9806 = 0.9708`, so a variant may lose
+# at most 3 of the 360 test images (0.9722 passes, 0.9694 does not).
+
+# %% nbgrader={"grade": false, "grade_id": "quality-target", "locked": false, "schema_version": 3, "solution": true}
+#| export
+@dataclass(frozen=True)
+class QualityTarget:
+    """An optimized model counts only if its `metric` reaches the threshold set from the FP32 reference."""
+    metric: str                  # "accuracy", "perplexity", ...
+    reference: float             # the FP32 model's value
+    fraction: float = 0.99       # MLPerf closed division: 99% (99.9% for its high-accuracy variants)
+    higher_is_better: bool = True
+
+    def __post_init__(self):
+        if not (isinstance(self.reference, (int, float)) and math.isfinite(self.reference) and self.reference > 0):
+            raise ValueError(f"reference must be a finite positive number, got {self.reference!r}")
+        _check_fraction(self.fraction, "fraction")
+
+    @property
+    def threshold(self) -> float:
+        """The value a variant must reach: fraction * reference, or reference / fraction if lower is better."""
+        ### BEGIN SOLUTION
+        return self.fraction * self.reference if self.higher_is_better else self.reference / self.fraction
+        ### END SOLUTION
+
+    def met(self, value) -> bool:
+        """Does `value` (a number or an Estimate: its point value counts, as in MLPerf) reach the threshold?"""
+        ### BEGIN SOLUTION
+        v = value.value if isinstance(value, Estimate) else float(value)
+        return v >= self.threshold if self.higher_is_better else v <= self.threshold
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-quality-target", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+_acc = QualityTarget("accuracy", 353 / 360)
+assert abs(_acc.threshold - 0.99 * 353 / 360) < 1e-12
+assert _acc.met(350 / 360) and not _acc.met(349 / 360) and _acc.met(wilson_interval(351, 360))
+_ppl = QualityTarget("perplexity", 7.9, higher_is_better=False)
+assert abs(_ppl.threshold - 7.9 / 0.99) < 1e-12 and _ppl.met(7.95) and not _ppl.met(8.0)
+try:
+    QualityTarget("accuracy", 0.98, fraction=1.5)
+    raise AssertionError("a fraction above 1 must be rejected")
+except ValueError:
+    pass
+print(f"QualityTarget: ok; digits_mlp threshold {_acc.threshold:.4f}, tiny_gpt perplexity threshold {_ppl.threshold:.3f}")
+
+# %% [markdown]
+# Measuring quality and size (given). Accuracy comes from `tinytorch.models.evaluate`
+# with its Wilson interval. The language model's loss also comes from `evaluate.lm_loss`,
+# on `groups` equal slices of the validation text: their mean is the loss over the
+# whole text, and their spread gives a t-interval (perplexity is `exp(loss)`, so its
+# interval is the exponential of the loss interval). Sizes come from module 14:
+# parameter and buffer bytes, the traced activation peak of one forward, and the bytes
+# of the checkpoint written to disk. `measure_generation` times a generator
+# `generate(n)` that produces `n` new tokens: time to first token (TTFT) is the time
+# of `generate(1)`, time per output token (TPOT) is `(time of generate(n) - TTFT) /
+# (n - 1)`, measured in interleaved pairs.
+
+# %%
+#| export
+def measure_accuracy(model, x, y, confidence: float = 0.95) -> Estimate:
+    """Test accuracy of a classifier (tinytorch.models.evaluate.accuracy) with its Wilson interval."""
+    from tinytorch.models.evaluate import accuracy
+
+    acc = accuracy(model, x, y)
+    return wilson_interval(int(round(acc * len(y))), len(y), confidence)
+
+
+def measure_lm_quality(model, ids, groups: int = 8, confidence: float = 0.95) -> dict:
+    """{'loss', 'perplexity'}: Estimates from evaluate.lm_loss on `groups` equal slices of `ids`."""
+    from tinytorch.models.evaluate import lm_loss
+
+    _check_int(groups, "groups", 2)
+    ids = np.asarray(ids)
+    context = model.config.context_length
+    windows = (len(ids) - 1) // context // groups
+    if windows < 1:
+        raise ValueError(f"{len(ids)} tokens are too few for {groups} groups of one {context}-token window")
+    step = windows * context
+    losses = [lm_loss(model, ids[g * step: (g + 1) * step + 1])["loss"] for g in range(groups)]
+    loss = t_interval(losses, confidence)
+    return {"loss": loss, "perplexity": Estimate(math.exp(loss.value), math.exp(loss.low), math.exp(loss.high),
+                                                 confidence, "t (exp of loss)"),
+            "tokens": groups * step}
+
+
+def measure_footprint(model, example_input) -> dict:
+    """Bytes: parameters + buffers (module 14), activation peak of one forward, checkpoint on disk."""
+    memory = measure_memory(model, example_input)
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = save_checkpoint(Path(tmp) / "model", model)
+        disk = npz.stat().st_size + npz.with_suffix(".json").stat().st_size
+    return {"parameter_bytes": int(parameter_bytes(model)), "peak_activation_bytes": int(memory.peak_bytes),
+            "disk_bytes": int(disk)}
+
+
+def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, repeats: int = 10,
+                       warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict:
+    """{'ttft', 'tpot'} in seconds (medians with order-statistic CIs) for generate(n) producing n tokens."""
+    _check_int(new_tokens, "new_tokens", 2)
+    first, full = interleave(lambda: generate(1), lambda: generate(new_tokens), repeats=repeats, warmup=warmup,
+                             clock=clock)
+    per_token = np.maximum(full - first, 0.0) / (new_tokens - 1)
+    return {"ttft": percentile_ci(first, 0.5), "tpot": percentile_ci(per_token, 0.5),
+            "total": percentile_ci(full, 0.5), "new_tokens": new_tokens}
+
+
+# %% [markdown]
+# ### 3.8 The report
+#
+# A `VariantResult` gathers one model variant's figures: its quality with the target,
+# its scenario results, its memory and size. A `BenchmarkReport` holds the variants
+# and the system they ran on. It is saved as JSON with a **schema name and version**:
+# a reader must refuse a file it does not understand instead of guessing, and say
+# which field or version is wrong. You write `validate_report` and the `save`/`load`
+# pair; `to_dict`, the rich table and the plots are given.
+
+# %%
+#| export
+REPORT_SCHEMA = "tinytorch-benchmark-report"
+SCHEMA_VERSION = 1
+
+
+class ReportError(ValueError):
+    """A report file that is not a benchmark report of a version this code reads, or misses a field."""
+
+
+@dataclass
+class VariantResult:
+    """One model variant: quality (with its target), scenario results, memory and size, other figures."""
+    name: str
+    quality: Estimate | None = None
+    quality_target: QualityTarget | None = None
+    scenarios: dict = field(default_factory=dict)   # scenario name -> ScenarioResult
+    memory: dict = field(default_factory=dict)      # parameter_bytes, peak_activation_bytes, disk_bytes
+    figures: dict = field(default_factory=dict)     # other named Estimates (TTFT, max QPS, ...)
+
+    @property
+    def meets_quality(self) -> bool:
+        """True when there is no target, else whether the quality reaches it."""
+        if self.quality_target is None:
+            return True
+        return self.quality is not None and self.quality_target.met(self.quality)
+
+    @property
+    def valid(self) -> bool:
+        """MLPerf's rule: a result counts only if quality meets its target and every scenario run is valid."""
+        return self.meets_quality and all(r.valid for r in self.scenarios.values())
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "quality": self.quality.to_dict() if self.quality else None,
+                "quality_target": dataclasses.asdict(self.quality_target) if self.quality_target else None,
+                "scenarios": {k: r.to_dict() for k, r in self.scenarios.items()},
+                "memory": dict(self.memory), "figures": {k: e.to_dict() for k, e in self.figures.items()},
+                "valid": self.valid}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VariantResult":
+        return cls(name=d["name"], quality=Estimate(**d["quality"]) if d["quality"] else None,
+                   quality_target=QualityTarget(**d["quality_target"]) if d["quality_target"] else None,
+                   scenarios={k: ScenarioResult.from_dict(r) for k, r in d["scenarios"].items()},
+                   memory=dict(d["memory"]), figures={k: Estimate(**e) for k, e in d.get("figures", {}).items()})
+
+
+# The fields a report must have, and their JSON types.
+REPORT_FIELDS = {"schema": str, "schema_version": int, "title": str, "created": str, "system": dict,
+                 "variants": list}
+VARIANT_FIELDS = {"name": str, "quality": (dict, type(None)), "quality_target": (dict, type(None)),
+                  "scenarios": dict, "memory": dict}
+
+# %% nbgrader={"grade": false, "grade_id": "report", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def validate_report(d) -> None:
+    """Raise ReportError unless `d` is a report dict this code reads.
+
+    TODO: check the schema name, the version, then every required field and its type.
+
+    APPROACH:
+    1. d must be a dict; d.get("schema") must be REPORT_SCHEMA ("... is not a tinytorch benchmark report").
+    2. d.get("schema_version") must equal SCHEMA_VERSION; the error names both versions.
+    3. For each (name, type) of REPORT_FIELDS: missing -> ReportError naming the field; wrong type -> too.
+    4. The same for each variant with VARIANT_FIELDS (name the variant by index and name in the error).
+
+    EXAMPLE:
+    >>> validate_report({"schema": REPORT_SCHEMA, "schema_version": 2})
+    ReportError: report schema_version 2 is not supported: this tinytorch reads version 1
+    """
+    ### BEGIN SOLUTION
+    if not isinstance(d, dict):
+        raise ReportError(f"a report must be a JSON object, got {type(d).__name__}")
+    if d.get("schema") != REPORT_SCHEMA:
+        raise ReportError(f"schema {d.get('schema')!r} is not a tinytorch benchmark report ({REPORT_SCHEMA!r})")
+    if d.get("schema_version") != SCHEMA_VERSION:
+        raise ReportError(f"report schema_version {d.get('schema_version')!r} is not supported: "
+                          f"this tinytorch reads version {SCHEMA_VERSION}")
+    for name, kind in REPORT_FIELDS.items():
+        if name not in d:
+            raise ReportError(f"report is missing required field {name!r}")
+        if not isinstance(d[name], kind):
+            raise ReportError(f"report field {name!r} must be {kind.__name__}, got {type(d[name]).__name__}")
+    for i, v in enumerate(d["variants"]):
+        if not isinstance(v, dict):
+            raise ReportError(f"variant {i} must be an object, got {type(v).__name__}")
+        for name, kind in VARIANT_FIELDS.items():
+            if name not in v:
+                raise ReportError(f"variant {i} ({v.get('name', '?')!r}) is missing required field {name!r}")
+            if not isinstance(v[name], kind):
+                raise ReportError(f"variant {i} ({v.get('name', '?')!r}) field {name!r} has the wrong type "
+                                  f"{type(v[name]).__name__}")
+    ### END SOLUTION
+
+
+@dataclass
+class BenchmarkReport:
+    """Variants measured on one system; JSON with a schema version; a rich table; plots."""
+    title: str
+    variants: list = field(default_factory=list)
+    system: dict = field(default_factory=system_info)
+    created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
+                         .isoformat(timespec="seconds"))
+    notes: list = field(default_factory=list)
+
+    def add(self, variant: VariantResult) -> VariantResult:
+        if any(v.name == variant.name for v in self.variants):
+            raise ValueError(f"the report already has a variant named {variant.name!r}")
+        self.variants.append(variant)
+        return variant
+
+    def variant(self, name: str) -> VariantResult:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(f"no variant {name!r}; the report has {[v.name for v in self.variants]}")
+
+    def to_dict(self) -> dict:
+        return {"schema": REPORT_SCHEMA, "schema_version": SCHEMA_VERSION, "title": self.title,
+                "created": self.created, "system": self.system, "notes": list(self.notes),
+                "variants": [v.to_dict() for v in self.variants]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BenchmarkReport":
+        validate_report(d)
+        return cls(title=d["title"], variants=[VariantResult.from_dict(v) for v in d["variants"]],
+                   system=d["system"], created=d["created"], notes=list(d.get("notes", [])))
+
+    def save(self, path) -> Path:
+        """Write the report as JSON (atomically: a temporary file, then a rename); returns the path."""
+        ### BEGIN SOLUTION
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+        ### END SOLUTION
+
+    @classmethod
+    def load(cls, path) -> "BenchmarkReport":
+        """Read a report written by save(); a ReportError says what is wrong with a bad file."""
+        ### BEGIN SOLUTION
+        try:
+            d = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ReportError(f"{path} is not valid JSON: {err}") from None
+        return cls.from_dict(d)
+        ### END SOLUTION
+
+    def table(self):
+        """A rich Table: one row per variant, every figure with its interval."""
+        from rich.table import Table
+
+        t = Table(title=self.title)
+        for col in ("variant", "valid", "quality [95% CI]", "target", "SingleStream p90 ms", "MultiStream p99 ms",
+                    "Server max QPS", "Offline samples/s", "params KiB", "disk KiB"):
+            t.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+        for v in self.variants:
+            q = v.quality.format(digits=4).split(" (")[0] if v.quality else "-"
+            tgt = f"{'>=' if v.quality_target.higher_is_better else '<='} {v.quality_target.threshold:.4g}" \
+                if v.quality_target else "-"
+
+            def cell(name, factor, digits=3):
+                r = v.scenarios.get(name)
+                return r.value.scaled(factor).format(digits=digits).split(" (")[0] + ("" if r.valid else " !") \
+                    if r else "-"
+
+            qps = v.figures.get("server_max_qps")
+            t.add_row(v.name, "yes" if v.valid else "NO", q, tgt, cell("SingleStream", 1e3), cell("MultiStream", 1e3),
+                      f"{qps.value:.4g} [<{qps.high:.4g}]" if qps else "-", cell("Offline", 1.0),
+                      f"{v.memory['parameter_bytes'] / 1024:.1f}" if "parameter_bytes" in v.memory else "-",
+                      f"{v.memory['disk_bytes'] / 1024:.1f}" if "disk_bytes" in v.memory else "-")
+        return t
+
+    def __str__(self) -> str:
+        import io
+
+        from rich.console import Console
+
+        console = Console(file=io.StringIO(), width=160, color_system=None)
+        console.print(self.table())
+        load = self.system.get("load_average_1m")
+        console.print(f"{self.system.get('processor')}, {self.system.get('logical_cores')} logical cores, "
+                      f"numpy {self.system.get('numpy')}, BLAS {self.system.get('blas')}, Python "
+                      f"{self.system.get('python')}, load {load}; '!' marks an invalid scenario run")
+        return console.file.getvalue()
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-report", "locked": true, "points": 10, "schema_version": 3, "solution": false}
+_clock = FakeClock()
+_res = run_stream(lambda b: _clock.advance(0.002), np.arange(5.0),
+                  notebook_settings("SingleStream", min_query_count=60, min_duration_s=0.0), clock=_clock)
+_rep = BenchmarkReport("test", system={"processor": "test"})
+_rep.add(VariantResult("fp32", wilson_interval(353, 360), QualityTarget("accuracy", 353 / 360),
+                       {"SingleStream": _res}, {"parameter_bytes": 100}))
+_rep.add(VariantResult("bad", wilson_interval(340, 360), QualityTarget("accuracy", 353 / 360), {}, {}))
+assert _rep.variant("fp32").valid and not _rep.variant("bad").valid, "a variant below its quality target is not valid"
+with tempfile.TemporaryDirectory() as _tmp:
+    _path = _rep.save(Path(_tmp) / "r.json")
+    _back = BenchmarkReport.load(_path)
+    assert _back.to_dict() == _rep.to_dict(), "a report must survive a JSON round trip unchanged"
+    assert np.array_equal(_back.variant("fp32").scenarios["SingleStream"].latencies, _res.latencies)
+    _d = _rep.to_dict()
+    for _change, _words in ((lambda d: d.update(schema_version=2), "version 2"),
+                            (lambda d: d.pop("system"), "system"),
+                            (lambda d: d["variants"][1].pop("memory"), "memory"),
+                            (lambda d: d.update(schema="something else"), "not a tinytorch")):
+        _bad = json.loads(json.dumps(_d))
+        _change(_bad)
+        Path(_path).write_text(json.dumps(_bad))
+        try:
+            BenchmarkReport.load(_path)
+            raise AssertionError(f"a report with {_words!r} wrong must be rejected")
+        except ReportError as err:
+            assert _words in str(err), err
+print("report: ok")
+print(_rep)
+
+# %% [markdown]
+# ### 3.9 The Pareto front
+#
+# With several variants and several objectives (lower latency, smaller size, higher
+# accuracy) there is rarely one best. A variant is **dominated** if another is at least
+# as good in every objective and strictly better in one; the **Pareto front** is the
+# set of variants no other dominates. Compare every pair at once with broadcasting:
+# `better_eq[i, j, k]` says whether point `j` is at least as good as point `i` in
+# objective `k`.
+
+# %% nbgrader={"grade": false, "grade_id": "pareto", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def pareto_front(points, maximize=None) -> np.ndarray:
+    """Indices (sorted) of the non-dominated rows of `points` (n, k). Objectives are minimized,
+    except those with maximize[k] True.
+
+    TODO: flip the maximized objectives, then test domination for all pairs at once.
+
+    APPROACH:
+    1. p = float array (n, k); multiply the maximized columns by -1 (now everything is minimized).
+    2. le = p[None, :, :] <= p[:, None, :] (j at least as good as i); lt = p[None] < p[:, None].
+    3. dominated[i] = any over j of (all over k of le) and (any over k of lt).
+    4. return np.flatnonzero(~dominated).
+
+    EXAMPLE:
+    >>> pareto_front([[1, 5], [2, 2], [3, 3], [5, 1]])       # (latency, size): [3, 3] is beaten by [2, 2]
+    array([0, 1, 3])
+    """
+    p = np.array(points, dtype=np.float64)
+    if p.ndim != 2 or len(p) == 0 or not np.isfinite(p).all():
+        raise ValueError(f"points must be a finite (n, k) array with n >= 1, got shape {p.shape}")
+    flip = np.zeros(p.shape[1], dtype=bool) if maximize is None else np.asarray(maximize, dtype=bool)
+    if flip.shape != (p.shape[1],):
+        raise ValueError(f"maximize needs one flag per objective ({p.shape[1]}), got {flip.shape}")
+    ### BEGIN SOLUTION
+    p[:, flip] *= -1
+    le = p[None, :, :] <= p[:, None, :]
+    lt = p[None, :, :] < p[:, None, :]
+    dominated = (le.all(axis=2) & lt.any(axis=2)).any(axis=1)
+    return np.flatnonzero(~dominated)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-pareto", "locked": true, "points": 5, "schema_version": 3, "solution": false}
+assert list(pareto_front([[1, 5], [2, 2], [3, 3], [5, 1]])) == [0, 1, 3]
+assert list(pareto_front([[1.0, 0.9], [1.0, 0.95]], maximize=[False, True])) == [1], "same latency, more accurate"
+assert list(pareto_front([[1, 1], [1, 1]])) == [0, 1], "equal points do not dominate each other"
+_pts = np.random.default_rng(8).random((40, 3))
+_naive = [i for i in range(40) if not any((_pts[j] <= _pts[i]).all() and (_pts[j] < _pts[i]).any() for j in range(40))]
+assert list(pareto_front(_pts)) == _naive
+print("pareto_front: ok")
+
+# %% [markdown]
+# Two plots every report needs (given): the latency distribution of scenario runs (as
+# an empirical CDF, with the percentile each one reports), and the Pareto front of
+# quality against latency, with the model size as the marker area.
+
+# %%
+#| export
+def plot_latency_distribution(results: dict, ax=None, unit: float = 1e3):
+    """Empirical CDF of each ScenarioResult's latencies (ms), with its reported percentile and CI."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        ax = plt.subplots(figsize=(7, 4))[1]
+    for i, (label, r) in enumerate(results.items()):
+        x = np.sort(r.latencies) * unit
+        color = f"C{i}"
+        ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", color=color,
+                label=f"{label}: {r.metric} {r.value.value * unit:.3g} ms")
+        ax.axvspan(r.value.low * unit, r.value.high * unit, color=color, alpha=0.15)
+        ax.axhline(r.settings.percentile, color="grey", lw=0.5, ls=":")
+    ax.set(xscale="log", xlabel="latency (ms, log scale)", ylabel="fraction of queries at or below",
+           title="Latency distribution (shaded: 95% CI of the reported percentile)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3):
+    """Quality vs scenario latency for every variant with both; marker area ~ parameter bytes; front joined."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        ax = plt.subplots(figsize=(7, 4.5))[1]
+    vs = [v for v in report.variants if v.quality is not None and scenario in v.scenarios]
+    if not vs:
+        raise ValueError(f"no variant has both a quality and a {scenario} result")
+    lat = np.array([v.scenarios[scenario].value.value for v in vs]) * unit
+    size = np.array([v.memory.get("parameter_bytes", 0) for v in vs], dtype=float)
+    qual = np.array([v.quality.value for v in vs])
+    higher = vs[0].quality_target.higher_is_better if vs[0].quality_target else True
+    front = pareto_front(np.c_[lat, size, qual], maximize=[False, False, higher])
+    area = 30 + 400 * size / max(size.max(), 1)
+    for i, v in enumerate(vs):
+        r = v.scenarios[scenario].value
+        ax.errorbar(lat[i], qual[i], xerr=[[lat[i] - r.low * unit], [r.high * unit - lat[i]]],
+                    yerr=[[qual[i] - v.quality.low], [v.quality.high - qual[i]]], fmt="none", ecolor="grey", lw=1)
+        ax.scatter(lat[i], qual[i], s=area[i], alpha=0.6, marker="o" if v.valid else "x",
+                   label=f"{v.name}: {size[i] / 1024:.0f} KiB{'' if v.valid else ' (not valid)'}")
+    order = front[np.argsort(lat[front])]
+    ax.plot(lat[order], qual[order], "k--", lw=1, label="Pareto front (latency, size, quality)")
+    if vs[0].quality_target is not None:
+        ax.axhline(vs[0].quality_target.threshold, color="red", lw=1, ls=":", label="quality target")
+    ax.set(xlabel=f"{scenario} {vs[0].scenarios[scenario].metric} (ms)", ylabel=vs[0].quality_target.metric
+           if vs[0].quality_target else "quality", title="Quality vs latency vs size")
+    ax.legend(fontsize=8)
+    return ax
