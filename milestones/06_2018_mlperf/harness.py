@@ -20,6 +20,7 @@ tinytorch was imported (the reference build, the student's, or a test's broken c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -47,7 +48,7 @@ import psutil  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
 import tinytorch  # noqa: E402
-from tito.console import console, is_plain, print_table, say  # noqa: E402
+from tito.console import console, is_plain, print_table, say, step  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MILESTONE = HERE.name                       # 06_2018_mlperf
@@ -155,6 +156,14 @@ class Run:
             for item in items:
                 yield item
                 bar.advance(task)
+
+    @contextlib.contextmanager
+    def step(self, description: str):
+        """A long step without a count: a spinner on a terminal, a start and an end line otherwise."""
+        start = time.perf_counter()
+        with step(f"   {description}"):
+            yield
+        say(f"   {description}: done in {time.perf_counter() - start:.1f} s")
 
     # --- the end ------------------------------------------------------------------------------
     def _write(self, status: str, exit_code: int, **extra) -> Path:
