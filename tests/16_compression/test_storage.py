@@ -182,8 +182,8 @@ def test_combined_pipeline_on_digits_mlp(tmp_path, digits):
     from tinytorch.models.evaluate import accuracy
     fp = models.load("digits_mlp")
     fp32 = save_checkpoint(tmp_path / "fp32", fp).stat().st_size
-    model = prune_iteratively(models.load("digits_mlp"), digits.x_train, digits.y_train, 0.95, epochs=20,
-                              prune_epochs=12, seed=0)
+    model = prune_iteratively(models.load("digits_mlp"), digits.x_train, digits.y_train, 0.95, epochs=30,
+                              prune_epochs=15, seed=0)
     path = save_compressed(model, tmp_path / "c")
     loaded = load_compressed(path)
     assert fp32 / file_bytes(path) >= 20
