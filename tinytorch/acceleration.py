@@ -10,6 +10,7 @@ generation on module 17's KV-cache."""
 import http.client
 import json
 import math
+import socket
 import threading
 import time
 from collections import deque
@@ -303,6 +304,7 @@ def parse_request(body: bytes, input_shape: tuple) -> np.ndarray:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"     # keep-alive: one connection per client, many requests
+    timeout = 30                      # seconds an idle connection may stay open
 
     def setup(self):
         super().setup()
@@ -425,7 +427,7 @@ class InferenceServer:
         with self._lock:
             for sock in list(self._connections):
                 try:
-                    sock.shutdown(__import__("socket").SHUT_RD)
+                    sock.shutdown(socket.SHUT_RD)
                 except OSError:
                     pass
         self.httpd.server_close()
@@ -489,7 +491,7 @@ class HTTPClient:
 class LoadReport:
     requests: int           # answered without error
     errors: int
-    seconds: float          # wall time from the first request to the last answer
+    seconds: float          # wall time from the start until the last client stopped (>= duration_s)
     latency: LatencyStats | None   # per answered request (None if there was none)
     error_messages: list = field(default_factory=list)   # up to 5 examples
 
@@ -516,7 +518,8 @@ def run_load(call, inputs, concurrency: int = 8, duration_s: float = 2.0, check=
        the next input index i % len(inputs), so requests cycle through the inputs.
     2. Each thread: while time.perf_counter() < deadline: t0; y = call(x); if check: check(i, y);
        append the latency; on an exception count an error (keep up to 5 messages).
-    3. Join the threads; seconds = last answer time - start; latency_stats of the latencies.
+    3. When a thread leaves its loop, record the time; join the threads; seconds = the latest
+       of those times - start; latency_stats of the latencies.
 
     EXAMPLE:
     >>> run_load(lambda x: x + 1, [np.zeros(2)], concurrency=2, duration_s=0.05).errors
@@ -550,13 +553,14 @@ def run_load(call, inputs, concurrency: int = 8, duration_s: float = 2.0, check=
                 ok, message = False, f"{type(error).__name__}: {error}"
             t1 = time.perf_counter()
             with lock:
-                state["last"] = max(state["last"], t1)
                 if ok:
                     latencies.append(t1 - t0)
                 else:
                     state["errors"] += 1
                     if len(messages) < 5:
                         messages.append(message)
+        with lock:   # this client stopped: its last answer came after the deadline
+            state["last"] = max(state["last"], time.perf_counter())
 
     threads = [threading.Thread(target=client, name=f"load-{k}") for k in range(concurrency)]
     for t in threads:
