@@ -165,6 +165,18 @@ class Run:
             yield
         say(f"   {description}: done in {time.perf_counter() - start:.1f} s")
 
+    def print_claims(self, title: str) -> None:
+        """A rich table on a terminal; in logs and pipes one short block per claim (the figures are long)."""
+        if not is_plain():
+            print_table(title, ["claim", "measured", "goal", "kind", "result"],
+                        [[c.name, c.measured, c.goal, c.kind, "met" if c.met else "NOT MET"] for c in self.claims])
+            return
+        say(title)
+        for c in self.claims:
+            say(f"  [{'met' if c.met else 'NOT MET'}] {c.name} ({c.kind})")
+            say(f"      measured: {c.measured}")
+            say(f"      goal:     {c.goal}")
+
     # --- the end ------------------------------------------------------------------------------
     def _write(self, status: str, exit_code: int, **extra) -> Path:
         self.record.update(
@@ -180,8 +192,7 @@ class Run:
 
     def finish(self) -> int:
         """Print the claims, write result.json; the exit code is 1 iff a correctness claim failed."""
-        rows = [[c.name, c.measured, c.goal, c.kind, "met" if c.met else "NOT MET"] for c in self.claims]
-        print_table(f"{self.script}: claims", ["claim", "measured", "goal", "kind", "result"], rows)
+        self.print_claims(f"{self.script}: claims")
         failed = [c for c in self.claims if c.kind == "correctness" and not c.met]
         missed = [c for c in self.claims if c.kind == "speed" and not c.met]
         code = EXIT_CLAIM_FAILED if failed else EXIT_OK
@@ -200,8 +211,7 @@ class Run:
                    f"({self.record['tinytorch']}) does not provide it yet. Build and complete that module, "
                    f"then run this script again.")
         if self.claims:  # what was measured before the missing module was needed still counts
-            print_table(f"{self.script}: claims measured before stopping", ["claim", "measured", "goal", "kind", "result"],
-                        [[c.name, c.measured, c.goal, c.kind, "met" if c.met else "NOT MET"] for c in self.claims])
+            self.print_claims(f"{self.script}: claims measured before stopping")
         say(f"   MISSING MODULE: {message}")
         failed = [c for c in self.claims if c.kind == "correctness" and not c.met]
         for c in failed:

@@ -82,7 +82,7 @@ def test_02_compression_claims_hold_on_the_reference_build(tmp_path):
     if record["exit_code"] == 2:
         assert record["missing"]["module"] == "compression" and "tinytorch.compression" in proc.stdout
     found = claims(record)
-    assert found["INT8 storage is really int8"]["met"]
+    assert found["digits_mlp: INT8 storage is really int8"]["met"] and found["digits_cnn: INT8 storage is really int8"]["met"]
     for name in ("digits_mlp", "digits_cnn"):
         claim = found[f"{name}: INT8 weights >= 3.9x smaller, accuracy within 0.5 points"]
         assert claim["met"] and claim["value"] >= 3.9
@@ -104,9 +104,10 @@ def test_knockout_quantization_that_keeps_float32_weights_fails_the_int8_claims(
     assert Path(record["tinytorch"]) == build / "tinytorch"
     assert proc.returncode == 1 and record["status"] == "claims failed"  # even if module 16 is missing
     found = claims(record)
-    assert not found["INT8 storage is really int8"]["met"]
+    assert not found["digits_mlp: INT8 storage is really int8"]["met"]
+    assert not found["digits_cnn: INT8 storage is really int8"]["met"]
     assert not found["digits_mlp: INT8 weights >= 3.9x smaller, accuracy within 0.5 points"]["met"]
-    assert "FAILED (correctness): INT8 storage is really int8" in proc.stdout
+    assert "FAILED (correctness): digits_mlp: INT8 storage is really int8" in proc.stdout
 
 
 @pytest.mark.slow  # about 10 s of generation; the knockout below runs in the default set
