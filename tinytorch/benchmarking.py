@@ -921,6 +921,15 @@ class VariantResult:
                    memory=dict(d["memory"]), figures={k: Estimate(**e) for k, e in d.get("figures", {}).items()})
 
 
+def _short(x: float) -> str:
+    """3 significant digits, or a whole number with thousands separators from 1000 up."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
+def _interval_text(e: Estimate) -> str:
+    return f"{_short(e.value)} [{_short(e.low)}, {_short(e.high)}]"
+
+
 # The fields a report must have, and their JSON types.
 REPORT_FIELDS = {"schema": str, "schema_version": int, "title": str, "created": str, "system": dict,
                  "variants": list}
@@ -1030,20 +1039,19 @@ class BenchmarkReport:
         t = Table(title=self.title)
         for col in ("variant", "valid", "quality [95% CI]", "target", "SingleStream p90 ms", "MultiStream p99 ms",
                     "Server max QPS", "Offline samples/s", "params KiB", "disk KiB"):
-            t.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+            t.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
         for v in self.variants:
-            q = v.quality.format(digits=4).split(" (")[0] if v.quality else "-"
+            q = _interval_text(v.quality) if v.quality else "-"
             tgt = f"{'>=' if v.quality_target.higher_is_better else '<='} {v.quality_target.threshold:.4g}" \
                 if v.quality_target else "-"
 
-            def cell(name, factor, digits=3):
+            def cell(name, factor):
                 r = v.scenarios.get(name)
-                return r.value.scaled(factor).format(digits=digits).split(" (")[0] + ("" if r.valid else " !") \
-                    if r else "-"
+                return _interval_text(r.value.scaled(factor)) + ("" if r.valid else " !") if r else "-"
 
             qps = v.figures.get("server_max_qps")
             t.add_row(v.name, "yes" if v.valid else "NO", q, tgt, cell("SingleStream", 1e3), cell("MultiStream", 1e3),
-                      f"{qps.value:.4g} [<{qps.high:.4g}]" if qps else "-", cell("Offline", 1.0),
+                      f"{_short(qps.value)} (<{_short(qps.high)})" if qps else "-", cell("Offline", 1.0),
                       f"{v.memory['parameter_bytes'] / 1024:.1f}" if "parameter_bytes" in v.memory else "-",
                       f"{v.memory['disk_bytes'] / 1024:.1f}" if "disk_bytes" in v.memory else "-")
         return t
@@ -1053,7 +1061,7 @@ class BenchmarkReport:
 
         from rich.console import Console
 
-        console = Console(file=io.StringIO(), width=160, color_system=None)
+        console = Console(file=io.StringIO(), width=200, color_system=None)
         console.print(self.table())
         load = self.system.get("load_average_1m")
         console.print(f"{self.system.get('processor')}, {self.system.get('logical_cores')} logical cores, "
@@ -1112,8 +1120,9 @@ def plot_latency_distribution(results: dict, ax=None, unit: float = 1e3):
     return ax
 
 
-def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3):
-    """Quality vs scenario latency for every variant with both; marker area ~ parameter bytes; front joined."""
+def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3,
+                size_key: str = "disk_bytes"):
+    """Quality vs scenario latency for every variant with both; marker area ~ memory[size_key]; front joined."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -1122,7 +1131,7 @@ def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None
     if not vs:
         raise ValueError(f"no variant has both a quality and a {scenario} result")
     lat = np.array([v.scenarios[scenario].value.value for v in vs]) * unit
-    size = np.array([v.memory.get("parameter_bytes", 0) for v in vs], dtype=float)
+    size = np.array([v.memory.get(size_key, 0) for v in vs], dtype=float)
     qual = np.array([v.quality.value for v in vs])
     higher = vs[0].quality_target.higher_is_better if vs[0].quality_target else True
     front = pareto_front(np.c_[lat, size, qual], maximize=[False, False, higher])

@@ -1547,6 +1547,15 @@ class VariantResult:
                    memory=dict(d["memory"]), figures={k: Estimate(**e) for k, e in d.get("figures", {}).items()})
 
 
+def _short(x: float) -> str:
+    """3 significant digits, or a whole number with thousands separators from 1000 up."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
+def _interval_text(e: Estimate) -> str:
+    return f"{_short(e.value)} [{_short(e.low)}, {_short(e.high)}]"
+
+
 # The fields a report must have, and their JSON types.
 REPORT_FIELDS = {"schema": str, "schema_version": int, "title": str, "created": str, "system": dict,
                  "variants": list}
@@ -1662,20 +1671,19 @@ class BenchmarkReport:
         t = Table(title=self.title)
         for col in ("variant", "valid", "quality [95% CI]", "target", "SingleStream p90 ms", "MultiStream p99 ms",
                     "Server max QPS", "Offline samples/s", "params KiB", "disk KiB"):
-            t.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+            t.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
         for v in self.variants:
-            q = v.quality.format(digits=4).split(" (")[0] if v.quality else "-"
+            q = _interval_text(v.quality) if v.quality else "-"
             tgt = f"{'>=' if v.quality_target.higher_is_better else '<='} {v.quality_target.threshold:.4g}" \
                 if v.quality_target else "-"
 
-            def cell(name, factor, digits=3):
+            def cell(name, factor):
                 r = v.scenarios.get(name)
-                return r.value.scaled(factor).format(digits=digits).split(" (")[0] + ("" if r.valid else " !") \
-                    if r else "-"
+                return _interval_text(r.value.scaled(factor)) + ("" if r.valid else " !") if r else "-"
 
             qps = v.figures.get("server_max_qps")
             t.add_row(v.name, "yes" if v.valid else "NO", q, tgt, cell("SingleStream", 1e3), cell("MultiStream", 1e3),
-                      f"{qps.value:.4g} [<{qps.high:.4g}]" if qps else "-", cell("Offline", 1.0),
+                      f"{_short(qps.value)} (<{_short(qps.high)})" if qps else "-", cell("Offline", 1.0),
                       f"{v.memory['parameter_bytes'] / 1024:.1f}" if "parameter_bytes" in v.memory else "-",
                       f"{v.memory['disk_bytes'] / 1024:.1f}" if "disk_bytes" in v.memory else "-")
         return t
@@ -1685,7 +1693,7 @@ class BenchmarkReport:
 
         from rich.console import Console
 
-        console = Console(file=io.StringIO(), width=160, color_system=None)
+        console = Console(file=io.StringIO(), width=200, color_system=None)
         console.print(self.table())
         load = self.system.get("load_average_1m")
         console.print(f"{self.system.get('processor')}, {self.system.get('logical_cores')} logical cores, "
@@ -1779,7 +1787,7 @@ print("pareto_front: ok")
 # %% [markdown]
 # Two plots every report needs (given): the latency distribution of scenario runs (as
 # an empirical CDF, with the percentile each one reports), and the Pareto front of
-# quality against latency, with the model size as the marker area.
+# quality against latency, with the model size (bytes on disk by default) as the marker area.
 
 # %%
 #| export
@@ -1802,8 +1810,9 @@ def plot_latency_distribution(results: dict, ax=None, unit: float = 1e3):
     return ax
 
 
-def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3):
-    """Quality vs scenario latency for every variant with both; marker area ~ parameter bytes; front joined."""
+def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3,
+                size_key: str = "disk_bytes"):
+    """Quality vs scenario latency for every variant with both; marker area ~ memory[size_key]; front joined."""
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -1812,7 +1821,7 @@ def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None
     if not vs:
         raise ValueError(f"no variant has both a quality and a {scenario} result")
     lat = np.array([v.scenarios[scenario].value.value for v in vs]) * unit
-    size = np.array([v.memory.get("parameter_bytes", 0) for v in vs], dtype=float)
+    size = np.array([v.memory.get(size_key, 0) for v in vs], dtype=float)
     qual = np.array([v.quality.value for v in vs])
     higher = vs[0].quality_target.higher_is_better if vs[0].quality_target else True
     front = pareto_front(np.c_[lat, size, qual], maximize=[False, False, higher])
@@ -1831,3 +1840,466 @@ def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None
            if vs[0].quality_target else "quality", title="Quality vs latency vs size")
     ax.legend(fontsize=8)
     return ax
+
+
+# %% [markdown]
+# ## 4. Use it on real models
+#
+# ### 4.1 The digits classifiers: FP32, INT8, pruned + INT8
+#
+# Three variants of each trained digits model:
+# - **FP32**, the reference;
+# - **INT8**: module 15's `quantize_model` (int8 weights, calibrated activations);
+# - **pruned + INT8**: module 16's `prune_structured` removes half of the hidden units
+#   (the model becomes a smaller *dense* model, so NumPy really does less work),
+#   two epochs of fine-tuning with `train_epochs`, then module 15's INT8. Its size on
+#   disk is the file of module 16's `save_compressed` (sparse int8 values).
+#
+# Modules 15 and 16 are imported here, at the point of use: the package
+# `tinytorch.benchmarking` does not depend on them. Each variant runs all four
+# scenarios with `notebook_settings` (a few hundred queries, not MLPerf's ten minutes;
+# every result records that), quality on the 360 test images with the 99% target, and
+# memory. For Server, the latency bound is 10 ms at the p99 (MLPerf sets one bound per
+# benchmark, 15 ms for ResNet-50) and `find_max_qps` searches between 200 and 20,000
+# queries/s to within 25%; the report keeps the last passing run and the search bracket
+# (a variant that misses the bound even at 200 queries/s keeps that failing run, and is
+# not valid).
+
+# %%
+import copy
+
+from tinytorch.compression import file_bytes, prune_structured, save_compressed, train_epochs  # module 16
+from tinytorch.quantization import quantize_model  # module 15
+
+digits = datasets.load_digits()
+calibration = digits.x_train[:256]
+SERVER_BOUND = 0.010
+
+
+def forward_fn(model):
+    """The SUT of a classifier: a batch of images in, logits out, no autograd graph."""
+    def sut(batch):
+        with tc.no_grad():
+            return model(batch)
+    return sut
+
+
+def pruned_int8(model):
+    """Module 16 then module 15: half the hidden units, 2 epochs of fine-tuning, INT8; plus its sparse file size."""
+    small = prune_structured(copy.deepcopy(model), 0.5)
+    train_epochs(small, digits.x_train, digits.y_train, epochs=2, seed=0)
+    small.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        disk = file_bytes(save_compressed(small, os.path.join(tmp, "pruned"), values="int8"))
+    return quantize_model(small, calibration), disk
+
+
+def benchmark_variant(name, model, target, disk_bytes=None, server=True, seed=0):
+    """Quality, memory and the four scenarios of one variant, as a VariantResult."""
+    sut = forward_fn(model)
+    v = VariantResult(name, measure_accuracy(model, digits.x_test, digits.y_test), target,
+                      memory=measure_footprint(model, digits.x_test[:1]))
+    if disk_bytes is not None:
+        v.memory["disk_bytes"] = int(disk_bytes)
+    for scenario in ("SingleStream", "MultiStream", "Offline"):
+        v.scenarios[scenario] = run_scenario(sut, digits.x_test, notebook_settings(scenario), seed=seed)
+    if server:
+        base = notebook_settings("Server", latency_bound_s=SERVER_BOUND, min_query_count=200)
+        try:
+            search = find_max_qps(lambda rate: run_server(sut, digits.x_test, base.replace(target_qps=rate),
+                                                          seed=seed), 200.0, 20_000.0, rel_tol=0.25)
+            v.scenarios["Server"] = search.results[search.max_qps]
+            v.figures["server_max_qps"] = search.bracket()
+        except ValueError:  # even 200 queries/s miss the bound (a loaded machine): keep that run, invalid
+            v.scenarios["Server"] = run_server(sut, digits.x_test, base.replace(target_qps=200.0), seed=seed)
+            v.figures["server_max_qps"] = Estimate(0.0, 0.0, 200.0, 0.0, "search bracket")
+    return v
+
+
+_t_start = time.perf_counter()
+report = BenchmarkReport("digits classifiers on this machine (notebook settings, not MLPerf minimums)")
+for model_name in ("digits_mlp", "digits_cnn"):
+    fp32 = models.load(model_name)
+    target = QualityTarget("accuracy", accuracy(fp32, digits.x_test, digits.y_test))
+    report.add(benchmark_variant(f"{model_name} FP32", fp32, target))
+    report.add(benchmark_variant(f"{model_name} INT8", quantize_model(fp32, calibration), target))
+    _model, _disk = pruned_int8(fp32)
+    report.add(benchmark_variant(f"{model_name} pruned+INT8", _model, target, disk_bytes=_disk))
+print(f"benchmarked {len(report.variants)} variants in {time.perf_counter() - _t_start:.1f} s")
+print(report)
+for v in report.variants:
+    print(f"{v.name:25s} quality {v.quality.format(digits=4)}  target {v.quality_target.threshold:.4f}  "
+          f"{'meets it' if v.meets_quality else 'MISSES it'}; invalid runs: "
+          f"{[k for k, r in v.scenarios.items() if not r.valid] or 'none'}")
+
+# %% [markdown]
+# Read the table row by row (the numbers are this run's).
+#
+# - **Quality.** The intervals are wide: with 360 test images, the Wilson interval of
+#   a 98% accuracy spans about three points, three times the 1% margin the target
+#   allows. The target is met or missed on the point value, as MLPerf does; the interval
+#   says how little a one-image difference means. A variant whose point value falls
+#   below the threshold is marked not valid, however fast it is.
+# - **Latency.** The MLP's SingleStream p90 of one image is a fraction of a
+#   millisecond: at this size, Python and NumPy call overhead dominates, not
+#   arithmetic. INT8 in NumPy has no integer GEMM, so it quantizes and dequantizes
+#   around a float matmul and is *slower* than FP32 (module 15 measured the same; the
+#   paired comparison below puts an interval on it). Pruned + INT8 does half the work
+#   of INT8 in its hidden layers and lands between the two. The CNN's convolutions go
+#   through im2col and BLAS; when other processes keep the cores busy (the load in the
+#   table's last line), its p90 can grow to milliseconds (section 5.4 shows why).
+# - **Server and Offline.** The highest Poisson rate that keeps the p99 under 10 ms
+#   (a search bracket, not a confidence interval), and the throughput when all 360
+#   images come in one query. On a quiet machine Offline is many times the SingleStream
+#   rate (one call for 360 images instead of 360 calls): batching is the largest speedup
+#   available here, as module 18 found. The batched products are also the ones that
+#   suffer most when BLAS threads wait for busy cores, so on a loaded machine the gap
+#   shrinks, and the Offline intervals are wide: read them with the load.
+# - **Size.** `disk KiB` is the file a deployment would ship: the INT8 checkpoint is
+#   about 4x smaller than FP32, and the pruned sparse file smaller again.
+#
+# The same report, saved and loaded back through its versioned JSON:
+
+# %%
+with tempfile.TemporaryDirectory() as _tmp:
+    _path = report.save(os.path.join(_tmp, "digits_report.json"))
+    _size = os.path.getsize(_path)
+    _back = BenchmarkReport.load(_path)
+print(f"saved {_size / 1024:.0f} KiB of JSON (schema {REPORT_SCHEMA} v{SCHEMA_VERSION}); "
+      f"round trip equal: {_back.to_dict() == report.to_dict()}")
+
+# %% [markdown]
+# Now the two plots. Left: the SingleStream latency distributions of the MLP variants
+# with the 95% interval of each p90 shaded. Right: the Pareto front of quality, p90
+# latency and size for all six variants (marker area: bytes on disk; a cross: not
+# valid).
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
+plot_latency_distribution({v.name: v.scenarios["SingleStream"] for v in report.variants if "mlp" in v.name},
+                          ax=axes[0])
+plot_pareto(report, "SingleStream", ax=axes[1])
+fig.tight_layout()
+show(fig)
+
+# %% [markdown]
+# **Which variant wins under which constraint?** For each objective, among the variants
+# that meet their quality target and whose run for that objective is valid, pick the
+# best (the front tells us there is no single winner when the answer changes with the
+# constraint):
+
+# %%
+_rules = {
+    "lowest SingleStream p90": ("SingleStream", lambda v: v.scenarios["SingleStream"].value.value),
+    "lowest MultiStream p99": ("MultiStream", lambda v: v.scenarios["MultiStream"].value.value),
+    "highest Server QPS at p99 <= 10 ms": ("Server", lambda v: -v.figures["server_max_qps"].value),
+    "highest Offline samples/s": ("Offline", lambda v: -v.scenarios["Offline"].value.value),
+    "smallest file on disk": (None, lambda v: v.memory["disk_bytes"]),
+    "highest accuracy": (None, lambda v: -v.quality.value),
+}
+for _rule, (_scenario, _key) in _rules.items():
+    _ok = [v for v in report.variants if v.meets_quality and (_scenario is None or v.scenarios[_scenario].valid)]
+    print(f"{_rule:36s} -> {min(_ok, key=_key).name if _ok else 'no variant with a valid run'}")
+_front = pareto_front([[v.scenarios["SingleStream"].value.value, v.memory["disk_bytes"], v.quality.value]
+                       for v in report.variants], maximize=[False, False, True])
+print("Pareto front (p90, disk bytes, accuracy):", [report.variants[i].name for i in _front])
+print("not valid:", [v.name for v in report.variants if not v.valid] or "none")
+
+# %% [markdown]
+# Is INT8 really slower than FP32, or is it noise? Two single runs cannot say. Time
+# them interleaved and form the paired ratio:
+
+# %%
+_mlp_fp32, _mlp_int8 = models.load("digits_mlp"), quantize_model(models.load("digits_mlp"), calibration)
+_ta, _tb = interleave(lambda: forward_fn(_mlp_int8)(_x1), lambda: forward_fn(_mlp_fp32)(_x1), repeats=300, warmup=20)
+_ratio = paired_ratio(_ta, _tb)
+print(f"INT8 / FP32 median latency, one image: {_ratio.format()}")
+print("claim at 95%:", "INT8 is slower" if _ratio.low > 1 else "INT8 is faster" if _ratio.high < 1 else
+      "no difference measured")
+
+# %% [markdown]
+# ### 4.2 `tiny_gpt`: quality and generation
+#
+# The language model's quality is its validation loss (perplexity `exp(loss)`), here on
+# the first 16 context windows of the validation text in 8 groups, FP32 against INT8.
+# Then generation, the latencies a chat user feels: **time to first token** (TTFT: the
+# prompt is read and the first token produced) and **time per output token** (TPOT),
+# for 16 new tokens after a 64-token prompt, greedy:
+# - **plain**: `GPT.generate`, which runs the whole sequence again for every token;
+# - **cached**: module 17's `generate_cached` (KV-cache: only the new token is computed);
+# - **batched**: module 18's `generate_static`, 8 prompts in one batch on module 17's
+#   cache; its TPOT is per decode step, which yields 8 tokens.
+
+# %%
+from tinytorch.acceleration import generate_static  # module 18
+from tinytorch.memoization import generate_cached  # module 17
+
+text = datasets.load_text()
+gpt = models.load("tiny_gpt")
+_ctx = gpt.config.context_length
+val_ids = text.tokenizer.encode(text.val[: 16 * _ctx + 1])
+gpt_int8 = quantize_model(gpt, [text.tokenizer.encode(text.train[: 4 * _ctx]).reshape(4, _ctx)])
+gpt_q = {name: measure_lm_quality(m, val_ids, groups=8) for name, m in (("FP32", gpt), ("INT8", gpt_int8))}
+gpt_target = QualityTarget("perplexity", gpt_q["FP32"]["perplexity"].value, higher_is_better=False)
+for _name, _q in gpt_q.items():
+    print(f"tiny_gpt {_name}: loss {_q['loss'].format(digits=4)}, perplexity {_q['perplexity'].format(digits=4)} "
+          f"on {_q['tokens']} tokens; target <= {gpt_target.threshold:.3f}: "
+          f"{'met' if gpt_target.met(_q['perplexity']) else 'MISSED'}")
+
+# %%
+prompt = text.tokenizer.encode(text.val[1000:1064])
+prompts = [text.tokenizer.encode(text.val[1000 + 500 * i: 1064 + 500 * i]) for i in range(8)]
+NEW = 16
+_plain = gpt.generate(prompt, NEW, temperature=0)[len(prompt):]
+print("cached tokens equal plain greedy tokens:", bool(np.array_equal(generate_cached(gpt, prompt, NEW), _plain)))
+generation = {
+    "plain (GPT.generate)": measure_generation(lambda n: gpt.generate(prompt, n, temperature=0), NEW, repeats=5),
+    "cached (module 17)": measure_generation(lambda n: generate_cached(gpt, prompt, n), NEW, repeats=7),
+    "batched x8 (module 18)": measure_generation(lambda n: generate_static(gpt, prompts, n, max_batch_size=8), NEW,
+                                                 repeats=5),
+}
+gpt_report = BenchmarkReport("tiny_gpt generation, 64-token prompt, 16 new tokens, greedy")
+for _name, _g in generation.items():
+    _per_seq = 8 if "batched" in _name else 1
+    gpt_report.add(VariantResult(_name, figures={"ttft_s": _g["ttft"], "tpot_s": _g["tpot"]},
+                                 memory={"parameter_bytes": parameter_bytes(gpt)}))
+    _rate = f"{_per_seq / _g['tpot'].value:6.0f}" if _g["tpot"].value > 0 else "   n/a"
+    print(f"{_name:24s} TTFT {_g['ttft'].scaled(1e3).format(' ms')}, TPOT {_g['tpot'].scaled(1e3).format(' ms')}, "
+          f"{_rate} tokens/s in decode")
+
+# %% [markdown]
+# Read the three lines. The plain loop pays a full forward over the growing sequence for
+# every token, so its TPOT is several times the cached one; its TTFT is about one
+# forward of the prompt, as is the cached TTFT (the cache must be filled first: the
+# prefill). Batching 8 prompts costs more per step than one, but each step yields 8
+# tokens, so on a quiet machine the decode throughput (the last column) is several times
+# higher, while each user's TTFT grows (8 prefills come first) and so does the time per
+# step: the trade every LLM server tunes (module 18). The medians come with
+# order-statistic intervals from only 5 to 7 repeats; `measure_generation` times
+# `generate(1)` and `generate(16)` interleaved so that a slow moment hits both. Under
+# heavy background load these intervals become very wide, and a TPOT can even come out
+# as 0 (`generate(1)` happened to be slower than `generate(16)` in most pairs): the
+# interval is then the honest answer, "we do not know", and the table says `n/a`.
+
+# %% [markdown]
+# ## 5. Systems analysis
+#
+# ### 5.1 How many queries does a p90 need?
+#
+# One long SingleStream run of `digits_mlp` (3,000 queries). For growing prefixes of it,
+# the width of the 95% interval of the p90 (order statistics and bootstrap) and the
+# early-stopping bound.
+
+# %%
+_long = run_stream(forward_fn(_mlp_fp32), digits.x_test,
+                   notebook_settings("SingleStream", min_query_count=3000, min_duration_s=0.0), seed=1)
+ns = [20, 50, 100, 200, 500, 1000, 2000, 3000]
+widths, boot_widths, es_gap = [], [], []
+for n in ns:
+    _lat = _long.latencies[:n]
+    e = percentile_ci(_lat, 0.9)
+    widths.append(e.width if e.confidence >= 0.95 else np.nan)
+    boot_widths.append(bootstrap_ci(_lat, lambda x, axis: np.percentile(x, 90, axis=axis), n_resamples=1000).width)
+    try:
+        es_gap.append(early_stopping_percentile(_lat, 0.9).value - e.value)
+    except ValueError:
+        es_gap.append(np.nan)
+    print(f"n={n:5d}: p90 {e.value * 1e6:6.1f} us, order-statistic CI width {e.width * 1e6:7.1f} us "
+          f"(coverage {e.confidence:.3f}), bootstrap width {boot_widths[-1] * 1e6:7.1f} us, "
+          f"early-stopping bound - p90 {es_gap[-1] * 1e6:7.1f} us")
+fig, ax = plt.subplots(figsize=(7, 4))
+ax.plot(ns, np.array(widths) * 1e6, "o-", label="95% order-statistic CI width")
+ax.plot(ns, np.array(boot_widths) * 1e6, "s-", label="95% bootstrap CI width")
+ax.plot(ns, np.array(es_gap) * 1e6, "^-", label="early-stopping bound minus p90 (99%)")
+_ref = np.array(ns, dtype=float)
+ax.plot(_ref, boot_widths[2] * 1e6 * np.sqrt(100 / _ref), "k:", label="~ 1/sqrt(n)")
+ax.set(xscale="log", yscale="log", xlabel="queries", ylabel="us", title="How sure is a p90? digits_mlp SingleStream")
+ax.legend(fontsize=8)
+show(fig)
+
+# %% [markdown]
+# The interval narrows roughly as `1 / sqrt(n)` (the dotted line): four times the
+# queries for half the width, though a single slow query near the top (another process
+# taking the core) can make a small-`n` order-statistic interval far wider, since its
+# upper end is one of the few largest latencies. At 20 queries there is no 95%
+# order-statistic interval at all (the point is missing from the plot; section 2), and
+# the bootstrap's width there is an optimistic guess. The early-stopping bound needs 44 queries, then its
+# distance above the p90 shrinks the same way; MLPerf uses it so that a slow system
+# can stop early with a guaranteed, slightly pessimistic, percentile instead of running
+# 270,336 queries.
+#
+# ### 5.2 Warm-up
+#
+# The first calls of a freshly loaded model, one by one, then a SingleStream run with
+# and without warm-up queries on another fresh copy.
+
+# %%
+_fresh = models.load("digits_cnn")
+_sut = forward_fn(_fresh)
+_first = []
+for _i in range(40):
+    _t0 = time.perf_counter()
+    _sut(digits.x_test[_i:_i + 1])
+    _first.append(time.perf_counter() - _t0)
+_first = np.array(_first)
+print(f"call 1: {_first[0] * 1e3:.2f} ms, median of calls 21-40: {np.median(_first[20:]) * 1e3:.3f} ms "
+      f"({_first[0] / np.median(_first[20:]):.0f}x)")
+_cold = run_stream(forward_fn(models.load("digits_cnn")), digits.x_test,
+                   notebook_settings("SingleStream", min_query_count=60, min_duration_s=0.0, warmup_queries=0))
+_warm = run_stream(forward_fn(models.load("digits_cnn")), digits.x_test,
+                   notebook_settings("SingleStream", min_query_count=60, min_duration_s=0.0, warmup_queries=20))
+print(f"60 queries, no warm-up : max {_cold.latencies.max() * 1e3:.2f} ms, mean {_cold.latencies.mean() * 1e3:.3f} ms,"
+      f" p90 {_cold.value.scaled(1e3).format(' ms')}")
+print(f"60 queries, 20 warm-up : max {_warm.latencies.max() * 1e3:.2f} ms, mean {_warm.latencies.mean() * 1e3:.3f} ms,"
+      f" p90 {_warm.value.scaled(1e3).format(' ms')}")
+fig, ax = plt.subplots(figsize=(7, 3.2))
+ax.plot(np.arange(1, 41), _first * 1e3, "o-")
+ax.set(yscale="log", xlabel="call number of a freshly loaded digits_cnn", ylabel="ms", title="Warm-up")
+show(fig)
+
+# %% [markdown]
+# The first call costs more than a warm one (the printed ratio: first use of the arrays
+# and code paths, im2col buffers allocated, caches cold). In a short run it lands in the
+# maximum and drags the mean; a p90 over 60 queries is robust to one slow call but not
+# to a few.
+# This is why LoadGen and `run_stream` discard warm-up queries, and why the settings
+# record how many.
+#
+# ### 5.3 Background load
+#
+# The machine is shared. Start a second Python process that keeps one core busy for a
+# few seconds (bounded), and run the same SingleStream on `tiny_gpt` forwards (64
+# tokens, BLAS-heavy) before, during and after it.
+
+# %%
+_x64 = val_ids[None, :64]
+_gpt_sut = lambda batch: forward_fn(gpt)(_x64)  # noqa: E731  (the query content does not matter here)
+_small = notebook_settings("SingleStream", min_query_count=40, min_duration_s=0.0, max_duration_s=4.0,
+                           warmup_queries=3)
+load_runs = {"quiet (before)": run_stream(_gpt_sut, np.zeros(1), _small)}
+_burner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 6: pass"])
+try:
+    time.sleep(0.2)
+    load_runs["one core busy"] = run_stream(_gpt_sut, np.zeros(1), _small)
+finally:
+    _burner.kill()
+    _burner.wait()
+load_runs["quiet (after)"] = run_stream(_gpt_sut, np.zeros(1), _small)
+for _name, _r in load_runs.items():
+    print(f"{_name:15s}: median {np.median(_r.latencies) * 1e3:7.2f} ms, p90 {_r.value.scaled(1e3).format(' ms')}, "
+          f"{_r.queries} queries{'' if _r.valid else ' (INVALID: ' + '; '.join(_r.notes) + ')'}")
+print(f"load average now: {os.getloadavg()[0]:.2f}")
+fig, ax = plt.subplots(figsize=(7, 4))
+plot_latency_distribution(load_runs, ax=ax)
+ax.set_title("tiny_gpt forward (T=64): quiet vs one core busy")
+show(fig)
+
+# %% [markdown]
+# On this 2-core machine, with OpenBLAS using both cores, one busy core can make each
+# matrix product wait for the slower thread: the printed p90 under load is often
+# several times the quiet one (module 14 measured a 128 x 128 matmul going from 0.06 ms
+# to 16 ms). If the machine already had other work running, the "quiet" runs are not
+# quiet either: compare them with the load average printed above. A benchmark must
+# record the load (our `system_info` does) and compare variants interleaved.
+#
+# ### 5.4 BLAS threads
+#
+# OpenBLAS reads `OPENBLAS_NUM_THREADS` once, when NumPy loads, so each setting needs
+# its own process. Each child times a 256 x 256 float32 matmul and a `tiny_gpt`
+# forward on 8 sequences of 64 tokens, 30 times each, and prints the samples as JSON;
+# the children run one after another, alternating 1, 2, 1, 2 threads, each bounded to
+# 60 s.
+
+# %%
+_child = textwrap.dedent("""
+    import json, time
+    import numpy as np
+    import tinytorch.core as tc
+    from tinytorch import datasets, models
+    a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    gpt = models.load("tiny_gpt")
+    text = datasets.load_text()
+    x = text.tokenizer.encode(text.val[: 8 * 64]).reshape(8, 64)
+    def timed(fn, n=30):
+        for _ in range(3):
+            fn()
+        out = []
+        for _ in range(n):
+            t = time.perf_counter(); fn(); out.append(time.perf_counter() - t)
+        return out
+    def fwd():
+        with tc.no_grad():
+            gpt(x)
+    print(json.dumps({"matmul": timed(lambda: a @ a), "gpt": timed(fwd)}))
+""")
+blas = {1: {"matmul": [], "gpt": []}, 2: {"matmul": [], "gpt": []}}
+for _threads in (1, 2, 1, 2):
+    _env = {**os.environ, "OPENBLAS_NUM_THREADS": str(_threads), "OMP_NUM_THREADS": str(_threads)}
+    _out = subprocess.run([sys.executable, "-c", _child], env=_env, capture_output=True, text=True, timeout=60,
+                          check=True)
+    for _k, _v in json.loads(_out.stdout).items():
+        blas[_threads][_k] += _v
+for _k in ("matmul", "gpt"):
+    _one, _two = percentile_ci(blas[1][_k], 0.5), percentile_ci(blas[2][_k], 0.5)
+    _ratio = bootstrap_ci(np.array(blas[1][_k]) / np.median(blas[2][_k]), np.median)
+    print(f"{_k:6s}: 1 thread median {_one.scaled(1e3).format(' ms')}; 2 threads {_two.scaled(1e3).format(' ms')}; "
+          f"1-thread / 2-thread = {_one.value / _two.value:.2f}")
+print(f"load average now: {os.getloadavg()[0]:.2f}")
+
+# %% [markdown]
+# Which setting wins depends on the machine's state. With both cores free, a second
+# thread can halve a large enough product; the GPT forward, a chain of smaller products
+# and element-wise NumPy work, gains less. With other processes on the cores (compare
+# the load average printed above with the 2 cores), the second thread waits for a busy
+# core at every product, and one thread can be many times faster: in our run at a load
+# average near 6, two threads made the 256 x 256 matmul about 45x *slower* (median
+# 16 ms against 0.36 ms). The printed ratios are this run's. Either way the thread
+# count is part of the result, and `system_info()` records `OPENBLAS_NUM_THREADS` when
+# it is set.
+
+# %% [markdown]
+# ## 6. Reflection
+#
+# 1. MLPerf's Server scenario uses Poisson arrivals. Real traffic is burstier (diurnal
+#    cycles, retries, batch jobs). How would a burstier arrival process change the
+#    highest rate that meets a p99 bound for the same system, and what would you add to
+#    `run_server` to test it?
+# 2. The quality target is checked on the point value, but the 360-image test set gives
+#    an interval three points wide. How large a test set would make a 1% target
+#    meaningful at 95%, and what does MLPerf do about it (look at the sizes of its
+#    validation sets)?
+# 3. `run_server` has one worker. A real server (module 18's dynamic batcher, Triton,
+#    vLLM) serves many queries at once and batches them. Which results of section 4
+#    would change, and why does batching trade the p99 against throughput?
+# 4. Early stopping lets a system stop after a few hundred queries with a guaranteed
+#    bound. Why is the bound *above* the measured percentile, and what does a submitter
+#    gain by running longer?
+# 5. INT8 was slower than FP32 here. On which hardware and in which runtime (ONNX Runtime
+#    with VNNI, TensorRT, llama.cpp) would the same quantized model be faster, and which
+#    of our measurements would you trust to carry over, and which not?
+
+# %% [markdown]
+# ## 7. Summary
+#
+# You built `tinytorch.benchmarking`:
+# - statistics that say how sure a number is: `percentile_ci` (distribution-free),
+#   `bootstrap_ci`, `t_interval` (with Student's t, not z), `wilson_interval`,
+#   `early_stopping_percentile` (MLPerf's guaranteed bound from few queries), and
+#   `paired_ratio` with `interleave` for "A is faster than B" at a stated confidence;
+# - the four MLPerf scenarios with their rules as parameters: `run_stream`
+#   (SingleStream p90, MultiStream p99 of 8-sample queries), `run_server` (Poisson
+#   arrivals in real time, one first-come first-served worker) with `find_max_qps`,
+#   and `run_offline`;
+# - quality targets (99% of FP32), sizes from module 14 and checkpoint files, TTFT and
+#   TPOT for generation;
+# - `BenchmarkReport`: system information, every figure with its interval, versioned
+#   JSON that refuses what it does not understand, a table, a latency plot and a
+#   Pareto plot.
+#
+# It measured the digits models in FP32, INT8 and pruned + INT8 under all four
+# scenarios with quality targets, `tiny_gpt` generation plain vs cached vs batched, how
+# the p90's interval shrinks with the number of queries, and what warm-up, background
+# load and BLAS threads do to the numbers.
+#
+# This closes the Optimization tier: milestone 06 uses these tools on all the
+# optimizations of modules 14 to 18.
