@@ -55,7 +55,7 @@ def _merge_heads(x: np.ndarray) -> np.ndarray:
 
 def _rows_index(rows: np.ndarray):
     """A slice when rows are consecutive (a view, no copy), else the index array."""
-    if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+    if len(rows) == 1 or (len(rows) > 1 and (np.diff(rows) == 1).all()):
         return slice(int(rows[0]), int(rows[0]) + len(rows))
     return rows
 
@@ -73,7 +73,7 @@ def _check_tokens(tokens, model, what: str = "tokens", ndim: int = 1) -> np.ndar
     a = np.asarray(tokens.data if isinstance(tokens, tc.Tensor) else tokens)
     if a.ndim != ndim:
         raise ValueError(f"{what} must be a {ndim}-D array of token ids, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.integer):
+    if a.dtype.kind not in "iu":
         raise TypeError(f"{what} must be integer token ids, got dtype {a.dtype}")
     vocab = model.config.vocab_size
     if a.size and (a.min() < 0 or a.max() >= vocab):
@@ -172,9 +172,9 @@ class KVCache:
         r = np.asarray(rows)
         if r.ndim == 0:
             r = r[None]
-        if r.ndim != 1 or (r.size and not np.issubdtype(r.dtype, np.integer)):
+        if r.ndim != 1 or (r.size and r.dtype.kind not in "iu"):
             raise TypeError(f"rows must be a 1-D sequence of int row indices, got {rows!r}")
-        r = r.astype(np.int64)
+        r = r.astype(np.int64, copy=False)
         if r.size and (r.min() < 0 or r.max() >= self.batch_size):
             bad = r[(r < 0) | (r >= self.batch_size)][0]
             raise IndexError(f"row {bad} is out of range for a cache of batch_size {self.batch_size}")
@@ -309,7 +309,7 @@ def cached_attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, query_
             or keys.shape[3] != q.shape[3]:
         raise ValueError(f"expected q (n, H, T, D) and keys, values (n, H, S, D), got {q.shape}, {keys.shape}, "
                          f"{values.shape}")
-    if pos.shape != (q.shape[0], q.shape[2]) or not np.issubdtype(pos.dtype, np.integer):
+    if pos.shape != (q.shape[0], q.shape[2]) or pos.dtype.kind not in "iu":
         raise ValueError(f"query_positions must be int of shape (n, T) = {(q.shape[0], q.shape[2])}, got "
                          f"{pos.shape} {pos.dtype}")
     if pos.size and (pos.min() < 0 or pos.max() >= keys.shape[2]):
