@@ -50,9 +50,12 @@ def test_every_step_matches_the_plain_forward(cfg, data):
     full = plain_logits(m, ids)
     tol = 1e-5 * max(1.0, np.abs(full).max())
     cache = KVCache.for_model(m, batch_size=1)
-    np.testing.assert_allclose(prefill(m, cache, ids[:p], 0), full[p - 1], rtol=1e-4, atol=tol)
+    first = prefill(m, cache, ids[:p], 0)
+    assert first.shape == (cfg["vocab"],) and first.dtype == np.float32  # no silent float64 (3x slower)
+    np.testing.assert_allclose(first, full[p - 1], rtol=1e-4, atol=tol)
     for pos in range(p, ctx):
         got = decode_step(m, cache, ids[pos:pos + 1], [0])
+        assert got.shape == (1, cfg["vocab"]) and got.dtype == np.float32
         np.testing.assert_allclose(got[0], full[pos], rtol=1e-4, atol=tol, err_msg=f"position {pos}")
     assert cache.lengths.tolist() == [ctx]
 
