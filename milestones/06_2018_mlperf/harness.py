@@ -179,8 +179,12 @@ class Run:
 
     # --- the end ------------------------------------------------------------------------------
     def _write(self, status: str, exit_code: int, **extra) -> Path:
+        foreign = foreign_modules()
+        if foreign:
+            say(f"   warning: these tinytorch modules came from another copy than {self.record['tinytorch']}: {foreign}")
         self.record.update(
             status=status, exit_code=exit_code, seconds=round(time.perf_counter() - self.started, 2),
+            foreign_modules=foreign,
             claims=[asdict(c) for c in self.claims], tables=self.tables, plots=self.plots,
             results=self.results, **extra,
         )
@@ -231,8 +235,21 @@ def find_module(module: str, names: list[str]):
         mod = importlib.import_module(f"tinytorch.{module}")
     except ImportError as exc:
         return None, f"importing it failed: {exc}"
+    home = Path(tinytorch.__file__).resolve().parent
+    if home not in Path(mod.__file__).resolve().parents:
+        # an editable install's finder supplies submodules a copied package lacks from the checkout
+        del sys.modules[f"tinytorch.{module}"]  # not used: this run measures one tinytorch only
+        return None, f"this tinytorch has no {module}.py; it was found only in another copy, {mod.__file__}"
     absent = [n for n in names if not hasattr(mod, n)]
     return (None, f"it lacks {', '.join(absent)}") if absent else (mod, None)
+
+
+def foreign_modules() -> list[str]:
+    """tinytorch submodules imported from outside the imported tinytorch folder (should be none)."""
+    home = Path(tinytorch.__file__).resolve().parent
+    return sorted(f"{name} ({getattr(m, '__file__', None)})" for name, m in list(sys.modules.items())
+                  if name.startswith("tinytorch.") and getattr(m, "__file__", None)
+                  and home not in Path(m.__file__).resolve().parents)
 
 
 def require(run: Run, module: str, names: list[str]):

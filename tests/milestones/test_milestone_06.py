@@ -48,7 +48,7 @@ def test_01_baseline_profile_quick_run_meets_its_claims_on_the_reference_build(t
     proc, record = run_script("01_baseline_profile", tmp_path / "out")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert record["status"] == "ok" and record["exit_code"] == 0 and record["quick"] is True
-    assert Path(record["tinytorch"]) == PACKAGE
+    assert Path(record["tinytorch"]) == PACKAGE and record["foreign_modules"] == []
     flop = claims(record)["FLOP counts equal the analytic counts"]
     assert flop["met"] and flop["kind"] == "correctness" and flop["value"] == 0
     models = record["results"]["models"]
@@ -99,10 +99,16 @@ def test_knockout_quantization_that_keeps_float32_weights_fails_the_int8_claims(
     build = broken_build(tmp_path, "quantization.py",
                          "setattr(parent, name, quantize_layer(layer, observers[id(layer)].qparams(), per_channel))",
                          "pass  # knocked out: the float layer stays")
+    # Without module 16 the script stops after the INT8 claims (and skips 10 s of fine-tuning); a failed
+    # correctness claim must still give exit code 1, not the "module missing" 2. (The editable install's
+    # finder would supply the checkout's compression.py; the harness must not take a module from there.)
+    (build / "tinytorch" / "compression.py").unlink(missing_ok=True)
     proc, record = run_script("02_compression", tmp_path / "out", build)
     assert record is not None, proc.stdout + proc.stderr
     assert Path(record["tinytorch"]) == build / "tinytorch"
-    assert proc.returncode == 1 and record["status"] == "claims failed"  # even if module 16 is missing
+    assert record["missing"]["module"] == "compression" and "only in another copy" in record["missing"]["message"]
+    assert record["foreign_modules"] == []
+    assert proc.returncode == 1 and record["status"] == "claims failed"
     found = claims(record)
     assert not found["digits_mlp: INT8 storage is really int8"]["met"]
     assert not found["digits_cnn: INT8 storage is really int8"]["met"]
