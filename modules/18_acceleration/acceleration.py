@@ -1517,8 +1517,8 @@ for _name, (_u, _f) in _pairs.items():
 # %% [markdown]
 # ### Generation: plain, cached, static and continuous batching on the same prompts
 #
-# A mixed workload: 48 requests whose prompts (4 to 48 characters of validation text)
-# and output lengths (4 to 48 tokens) differ. All four methods run on exactly these
+# A mixed workload: 32 requests whose prompts (4 to 48 characters of validation text)
+# and output lengths (4 to 32 tokens) differ. All four methods run on exactly these
 # requests, greedy, one after the other in this cell:
 #
 # - plain `GPT.generate`, one request at a time (the whole sequence again at every step);
@@ -1530,9 +1530,9 @@ for _name, (_u, _f) in _pairs.items():
 from tinytorch.memoization import generate_cached
 
 _wl = np.random.default_rng(7)
-_lens = _wl.integers(4, 49, size=48)
-_outs = [int(n) for n in _wl.integers(4, 49, size=48)]
-_starts = _wl.integers(0, len(_val) - 64, size=48)
+_lens = _wl.integers(4, 49, size=32)
+_outs = [int(n) for n in _wl.integers(4, 33, size=32)]
+_starts = _wl.integers(0, len(_val) - 64, size=32)
 _reqs = [_val[s:s + n] for s, n in zip(_starts, _lens)]
 _gen = {}
 _t0 = time.perf_counter()
@@ -1545,7 +1545,7 @@ _static = generate_static(_gpt, _reqs, _outs, max_batch_size=16)
 _gen["cached + static batching (16)"] = (_static.tokens_per_s, _static)
 _cont = generate_continuous(_gpt, _reqs, _outs, max_batch_size=16)
 _gen["cached + continuous batching (16)"] = (_cont.tokens_per_s, _cont)
-for _i in range(48):
+for _i in range(32):
     assert _plain[_i].tolist() == _cached[_i].tolist() == _static.results[_i].tokens.tolist() \
         == _cont.results[_i].tokens.tolist(), f"request {_i} differs"
 _base = _gen["plain GPT.generate, one at a time"][0]
@@ -1569,20 +1569,20 @@ for _name, (_tps, _run) in _gen.items():
 # the tokens per second of plain single-request generation. Plain generation pays more per
 # token the longer the sequence (it reruns the whole sequence at every step), so the
 # ratio depends on the workload. Below, a second workload with longer outputs (prompts of
-# 8 to 32 characters, 96 to 160 new tokens each, 128 requests): plain `GPT.generate` on
-# its first 4 requests (the per-request rate does not depend on how many we run), then
-# continuous batching of all 128 with 32 and with 128 cache rows, measured now.
+# 8 to 32 characters, 96 to 160 new tokens each, 64 requests): plain `GPT.generate` on
+# its first 2 requests (the per-request rate does not depend on how many we run), then
+# continuous batching of all 64 with 16 and with 64 cache rows, measured now.
 
 # %%
 _lw = np.random.default_rng(11)
-_long_outs = [int(n) for n in _lw.integers(96, 161, size=128)]
-_long_reqs = [_val[s:s + n] for s, n in zip(_lw.integers(0, len(_val) - 64, size=128), _lw.integers(8, 33, size=128))]
+_long_outs = [int(n) for n in _lw.integers(96, 161, size=64)]
+_long_reqs = [_val[s:s + n] for s, n in zip(_lw.integers(0, len(_val) - 64, size=64), _lw.integers(8, 33, size=64))]
 _t0 = time.perf_counter()
-_long_plain = [_gpt.generate(p, n, temperature=0)[len(p):] for p, n in zip(_long_reqs[:4], _long_outs[:4])]
-_long_base = sum(_long_outs[:4]) / (time.perf_counter() - _t0)
+_long_plain = [_gpt.generate(p, n, temperature=0)[len(p):] for p, n in zip(_long_reqs[:2], _long_outs[:2])]
+_long_base = sum(_long_outs[:2]) / (time.perf_counter() - _t0)
 print(f"plain GPT.generate, one at a time: {_long_base:8.0f} tokens/s")
 _scale = {}
-for _rows in (32, 128):
+for _rows in (16, 64):
     _r = generate_continuous(_gpt, _long_reqs, _long_outs, max_batch_size=_rows)
     assert all(a.tolist() == b.tokens.tolist() for a, b in zip(_long_plain, _r.results))
     _scale[_rows] = _r.tokens_per_s
@@ -1603,7 +1603,7 @@ axes[0].barh(range(4), [_gen[n][0] for n in _names])
 axes[0].set_yticks(range(4), [n.replace(", one at a time", "") for n in _names], fontsize=8)
 axes[0].set_xscale("log")
 axes[0].set_xlabel("tokens per second (log)")
-axes[0].set_title("48 mixed requests, tiny_gpt, greedy")
+axes[0].set_title("32 mixed requests, tiny_gpt, greedy")
 axes[1].hist([[r.ttft_s * 1e3 for r in _static.results], [r.ttft_s * 1e3 for r in _cont.results]],
              bins=12, label=["static", "continuous"])
 axes[1].set_xlabel("time to first token (ms)")
