@@ -1050,8 +1050,10 @@ class BenchmarkReport:
                 return _interval_text(r.value.scaled(factor)) + ("" if r.valid else " !") if r else "-"
 
             qps = v.figures.get("server_max_qps")
+            server_ok = "Server" not in v.scenarios or v.scenarios["Server"].valid
             t.add_row(v.name, "yes" if v.valid else "NO", q, tgt, cell("SingleStream", 1e3), cell("MultiStream", 1e3),
-                      f"{_short(qps.value)} (<{_short(qps.high)})" if qps else "-", cell("Offline", 1.0),
+                      f"{_short(qps.value)} (<{_short(qps.high)})" + ("" if server_ok else " !") if qps else "-",
+                      cell("Offline", 1.0),
                       f"{v.memory['parameter_bytes'] / 1024:.1f}" if "parameter_bytes" in v.memory else "-",
                       f"{v.memory['disk_bytes'] / 1024:.1f}" if "disk_bytes" in v.memory else "-")
         return t
@@ -1061,7 +1063,7 @@ class BenchmarkReport:
 
         from rich.console import Console
 
-        console = Console(file=io.StringIO(), width=200, color_system=None)
+        console = Console(file=io.StringIO(), width=200, color_system=None, force_jupyter=False)
         console.print(self.table())
         load = self.system.get("load_average_1m")
         console.print(f"{self.system.get('processor')}, {self.system.get('logical_cores')} logical cores, "
