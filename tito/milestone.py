@@ -147,8 +147,8 @@ def markdown(milestone: Path, outcomes: list, started: str, quick: bool, out: Pa
     lines = [f"# {title(milestone)}: report", "",
              f"`tito milestone run {milestone.name}{' --quick' if quick else ''}`, started {started}"
              + (f" on {m.get('node')} ({m.get('processor')}, {m.get('logical_cores')} logical cores, "
-                f"{m.get('memory_gb')} GB; Python {m.get('python')}, NumPy {m.get('numpy')}; "
-                f"load average {m.get('load_average_1m')} at the start)" if m else "") + ".",
+                f"{m.get('memory_gb')} GB; Python {m.get('python')}, NumPy {m.get('numpy')}, BLAS threads "
+                f"{m.get('blas_threads', '?')}; load average {m.get('load_average_1m')} at the start)" if m else "") + ".",
              f"tinytorch imported from `{first.get('tinytorch', '?')}`.", "",
              "Every figure below was measured by this run. Correctness claims decide the exit code; "
              "speed goals are reported (machines differ).", "", "## Summary", ""]
@@ -173,6 +173,8 @@ def markdown(milestone: Path, outcomes: list, started: str, quick: bool, out: Pa
                                 for c in r["claims"]])
         for t in r.get("tables", []):
             lines += ["", f"### {t['title']}", ""] + _md_table(t["columns"], t["rows"])
+        for note in r.get("notes", []):
+            lines += ["", f"Note: {note}"]
         for plot in r.get("plots", []):
             lines += ["", f"![{plot}]({o['script']}/{plot})"]
     return "\n".join(lines) + "\n"

@@ -170,6 +170,13 @@ def main() -> int:
     batch = max(batch_tps, key=batch_tps.get)
     tps["cached + batched"] = batch_tps[batch]
     ratio = tps["cached + batched"] / tps["plain"]
+    small, large = min(batches), max(batches)
+    step_growth = (large / small) / (batch_tps[large] / batch_tps[small])
+    run.note(f"batched generation: {large // small}x the requests per decode step ({small} -> {large}) gave "
+             f"{batch_tps[large] / batch_tps[small]:.1f}x the tokens/s, so each step took {step_growth:.1f}x as long"
+             + (": the step's cost grows almost with the batch, so batching levels off (at "
+                f"{max(batch_tps.values()) / tps['plain']:.0f}x the plain single request here)"
+                if step_growth > 0.5 * large / small else ": batching still pays at the largest batch tried"))
 
     # 4. static vs continuous batching: requests that want different numbers of tokens ----------------
     n_req, max_batch = (12, 4) if quick else (32, 8)

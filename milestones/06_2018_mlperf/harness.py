@@ -103,6 +103,7 @@ class Run:
         self.claims: list[Claim] = []
         self.tables: list[dict] = []
         self.plots: list[str] = []
+        self.notes: list[str] = []
         self.results: dict = {}
         self.started = time.perf_counter()
         self.record = {
@@ -130,6 +131,11 @@ class Run:
         rows = [[str(v) for v in row] for row in rows]
         print_table(title, columns, rows)
         self.tables.append({"title": title, "columns": list(columns), "rows": rows})
+
+    def note(self, text: str) -> None:
+        """A finding or caveat worth keeping beside the tables (printed, and written to the JSON)."""
+        say(f"   note: {text}")
+        self.notes.append(text)
 
     def plot(self, fig, name: str) -> Path:
         path = self.out / f"{name}.png"
@@ -185,7 +191,7 @@ class Run:
         self.record.update(
             status=status, exit_code=exit_code, seconds=round(time.perf_counter() - self.started, 2),
             foreign_modules=foreign,
-            claims=[asdict(c) for c in self.claims], tables=self.tables, plots=self.plots,
+            claims=[asdict(c) for c in self.claims], tables=self.tables, plots=self.plots, notes=self.notes,
             results=self.results, **extra,
         )
         path = self.out / "result.json"

@@ -24,7 +24,7 @@ code = CODE
 status = {0: "ok", 1: "claims failed", 2: "missing module"}[code]
 record = {"script": Path(__file__).stem, "title": "fake " + Path(__file__).stem, "status": status,
           "exit_code": code, "quick": quick, "claims": claims, "plots": [], "results": {},
-          "tables": [{"title": "numbers", "columns": ["a", "b"], "rows": [["1", "2|3"]]}],
+          "tables": [{"title": "numbers", "columns": ["a", "b"], "rows": [["1", "2|3"]]}], "notes": ["a caveat"],
           "tinytorch": "/somewhere/tinytorch", "machine": {"node": "testbox", "processor": "x", "logical_cores": 2,
           "memory_gb": 1, "python": "3", "numpy": "2", "load_average_1m": 0.0}}
 if code == 2:
@@ -87,6 +87,7 @@ def test_run_passes_quick_and_out_and_writes_the_report(tmp_path, capsys):
     assert report.index("## 01_first") < report.index("## 02_second")
     assert "| fast | m | g | speed | **NOT MET** |" in report
     assert "2\\|3" in report and "testbox" in report  # tables copied, pipes escaped, machine named
+    assert "Note: a caveat" in report
 
 
 def test_a_failed_correctness_claim_fails_the_run_but_later_scripts_still_run(tmp_path, capsys):
