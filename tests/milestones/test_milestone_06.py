@@ -157,3 +157,20 @@ def test_tito_milestone_run_06_quick_writes_the_report_and_exits_by_the_claims(t
         assert f"## {name}" in report
         for c in record["claims"]:
             assert c["name"] in report
+
+
+@pytest.mark.slow  # four quick runs (about 40 s)
+def test_repeated_runs_give_the_same_accuracies_sizes_and_tokens(tmp_path):
+    runs = {}
+    for k in (1, 2):
+        for name in ("02_compression", "03_generation_opts"):
+            proc, record = run_script(name, tmp_path / f"{name}_{k}")
+            assert record is not None and record["exit_code"] in (0, 2), proc.stdout[-2000:]
+            runs[name, k] = record["results"]
+    for model, variants in runs["02_compression", 1]["variants"].items():
+        for variant, entry in variants.items():
+            again = runs["02_compression", 2]["variants"][model][variant]
+            assert (entry["accuracy"], entry["file_bytes"], entry["weight_bytes"]) == \
+                   (again["accuracy"], again["file_bytes"], again["weight_bytes"]), (model, variant)
+    assert runs["03_generation_opts", 1]["sample"] == runs["03_generation_opts", 2]["sample"]
+    assert runs["03_generation_opts", 1]["tokens"] == runs["03_generation_opts", 2]["tokens"]
