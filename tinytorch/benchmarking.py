@@ -18,7 +18,6 @@ import json
 import math
 import os
 import platform
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from typing import Callable
 import numpy as np
 import psutil
 
-import tinytorch.core as tc
 from tinytorch.core.serialization import save_checkpoint
 from tinytorch.profiling import measure_memory, parameter_bytes
 
