@@ -1353,11 +1353,16 @@ for _name, _pts, _mk in (("digits_cnn", _cnn_pts, lambda b: _digits.x_test[np.ar
               f"{100 * _compute_share:3.0f}% of FLOPs in compute-bound layers")
 
 # %% [markdown]
-# Per item, a batch is far cheaper (the items/s column). The roofline columns say why
+# On a quiet machine a batch is far cheaper per item (the items/s column; under load the
+# larger batches can stall in OpenBLAS, as section 1 warned). The roofline columns say why
 # in module 14's terms: with one image, every layer is memory-bound (each weight read
 # from memory is used for a handful of FLOPs); as the batch grows, the layers' arithmetic
 # intensity climbs past the ridge point and the share of FLOPs in compute-bound layers
-# rises, and the achieved GFLOP/s climbs with it. It stays well below the peak: these
+# rises, and the achieved GFLOP/s climbs with it. `tiny_gpt` is different: one window of
+# 64 tokens already multiplies a (64, 128) matrix in every layer, so even batch 1 is mostly
+# compute-bound and batching windows adds little per item; its batching win is in
+# generation, where each step has one token per request (section "Generation" below).
+# The achieved rate stays well below the peak: these
 # models are small enough that per-call Python overhead and small GEMMs, not the roofline,
 # set the pace at batch 1.
 
