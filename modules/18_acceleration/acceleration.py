@@ -336,7 +336,7 @@ class DynamicBatcher:
     EXAMPLE:
     >>> with DynamicBatcher(lambda b: b * 2, max_batch_size=8, max_wait_ms=1) as batcher:
     ...     futures = [batcher.submit(np.full(3, i, np.float32)) for i in range(5)]
-    ...     [f.result(timeout=10)[0] for f in futures]
+    ...     [float(f.result(timeout=10)[0]) for f in futures]
     [0.0, 2.0, 4.0, 6.0, 8.0]
     """
 
