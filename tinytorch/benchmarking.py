@@ -62,7 +62,21 @@ class Estimate:
                 f" ({100 * self.confidence:.0f}% {self.method})")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """A JSON-ready dict; an infinite or NaN bound is written as the string 'inf', '-inf' or 'nan'."""
+        return {k: _encode_float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Estimate":
+        return cls(**{k: _decode_float(v) if k in ("value", "low", "high", "confidence") else v for k, v in d.items()})
+
+
+def _encode_float(x: float):
+    """JSON has no infinity or NaN: write them as strings."""
+    return x if math.isfinite(x) else repr(float(x))
+
+
+def _decode_float(x):
+    return float(x) if isinstance(x, str) and x in ("inf", "-inf", "nan") else x
 
 
 def _samples(x, what: str, minimum: int = 1) -> np.ndarray:
@@ -496,16 +510,18 @@ class ScenarioResult:
                 "latencies": [float(v) for v in self.latencies], "queries": self.queries, "samples": self.samples,
                 "duration_s": self.duration_s, "metric": self.metric, "value": self.value.to_dict(),
                 "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
-                "valid": self.valid, "notes": list(self.notes), "extra": dict(self.extra)}
+                "valid": self.valid, "notes": list(self.notes),
+                "extra": {k: _encode_float(v) if isinstance(v, float) else v for k, v in self.extra.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScenarioResult":
         return cls(scenario=d["scenario"], settings=_settings_from_dict(d["settings"]),
                    latencies=np.asarray(d["latencies"], dtype=np.float64), queries=int(d["queries"]),
                    samples=int(d["samples"]), duration_s=float(d["duration_s"]), metric=d["metric"],
-                   value=Estimate(**d["value"]),
-                   early_stopping=Estimate(**d["early_stopping"]) if d.get("early_stopping") else None,
-                   valid=bool(d["valid"]), notes=list(d.get("notes", [])), extra=dict(d.get("extra", {})))
+                   value=Estimate.from_dict(d["value"]),
+                   early_stopping=Estimate.from_dict(d["early_stopping"]) if d.get("early_stopping") else None,
+                   valid=bool(d["valid"]), notes=list(d.get("notes", [])),
+                   extra={k: _decode_float(v) for k, v in d.get("extra", {}).items()})
 
 
 def _settings_to_dict(s: ScenarioSettings) -> dict:
@@ -913,10 +929,11 @@ class VariantResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VariantResult":
-        return cls(name=d["name"], quality=Estimate(**d["quality"]) if d["quality"] else None,
+        return cls(name=d["name"], quality=Estimate.from_dict(d["quality"]) if d["quality"] else None,
                    quality_target=QualityTarget(**d["quality_target"]) if d["quality_target"] else None,
                    scenarios={k: ScenarioResult.from_dict(r) for k, r in d["scenarios"].items()},
-                   memory=dict(d["memory"]), figures={k: Estimate(**e) for k, e in d.get("figures", {}).items()})
+                   memory=dict(d["memory"]),
+                   figures={k: Estimate.from_dict(e) for k, e in d.get("figures", {}).items()})
 
 
 def _short(x: float) -> str:

@@ -245,7 +245,21 @@ class Estimate:
                 f" ({100 * self.confidence:.0f}% {self.method})")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """A JSON-ready dict; an infinite or NaN bound is written as the string 'inf', '-inf' or 'nan'."""
+        return {k: _encode_float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Estimate":
+        return cls(**{k: _decode_float(v) if k in ("value", "low", "high", "confidence") else v for k, v in d.items()})
+
+
+def _encode_float(x: float):
+    """JSON has no infinity or NaN: write them as strings."""
+    return x if math.isfinite(x) else repr(float(x))
+
+
+def _decode_float(x):
+    return float(x) if isinstance(x, str) and x in ("inf", "-inf", "nan") else x
 
 
 def _samples(x, what: str, minimum: int = 1) -> np.ndarray:
@@ -861,16 +875,18 @@ class ScenarioResult:
                 "latencies": [float(v) for v in self.latencies], "queries": self.queries, "samples": self.samples,
                 "duration_s": self.duration_s, "metric": self.metric, "value": self.value.to_dict(),
                 "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
-                "valid": self.valid, "notes": list(self.notes), "extra": dict(self.extra)}
+                "valid": self.valid, "notes": list(self.notes),
+                "extra": {k: _encode_float(v) if isinstance(v, float) else v for k, v in self.extra.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScenarioResult":
         return cls(scenario=d["scenario"], settings=_settings_from_dict(d["settings"]),
                    latencies=np.asarray(d["latencies"], dtype=np.float64), queries=int(d["queries"]),
                    samples=int(d["samples"]), duration_s=float(d["duration_s"]), metric=d["metric"],
-                   value=Estimate(**d["value"]),
-                   early_stopping=Estimate(**d["early_stopping"]) if d.get("early_stopping") else None,
-                   valid=bool(d["valid"]), notes=list(d.get("notes", [])), extra=dict(d.get("extra", {})))
+                   value=Estimate.from_dict(d["value"]),
+                   early_stopping=Estimate.from_dict(d["early_stopping"]) if d.get("early_stopping") else None,
+                   valid=bool(d["valid"]), notes=list(d.get("notes", [])),
+                   extra={k: _decode_float(v) for k, v in d.get("extra", {}).items()})
 
 
 def _settings_to_dict(s: ScenarioSettings) -> dict:
@@ -1542,10 +1558,11 @@ class VariantResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VariantResult":
-        return cls(name=d["name"], quality=Estimate(**d["quality"]) if d["quality"] else None,
+        return cls(name=d["name"], quality=Estimate.from_dict(d["quality"]) if d["quality"] else None,
                    quality_target=QualityTarget(**d["quality_target"]) if d["quality_target"] else None,
                    scenarios={k: ScenarioResult.from_dict(r) for k, r in d["scenarios"].items()},
-                   memory=dict(d["memory"]), figures={k: Estimate(**e) for k, e in d.get("figures", {}).items()})
+                   memory=dict(d["memory"]),
+                   figures={k: Estimate.from_dict(e) for k, e in d.get("figures", {}).items()})
 
 
 def _short(x: float) -> str:
@@ -1958,11 +1975,12 @@ for v in report.variants:
 #   table's last line), its p90 can grow to milliseconds (section 5.4 shows why).
 # - **Server and Offline.** The highest Poisson rate that keeps the p99 under 10 ms
 #   (a search bracket, not a confidence interval), and the throughput when all 360
-#   images come in one query. On a quiet machine Offline is many times the SingleStream
-#   rate (one call for 360 images instead of 360 calls): batching is the largest speedup
-#   available here, as module 18 found. The batched products are also the ones that
-#   suffer most when BLAS threads wait for busy cores, so on a loaded machine the gap
-#   shrinks, and the Offline intervals are wide: read them with the load.
+#   images come in one query. Compare Offline with the SingleStream rate `1 / latency`:
+#   one call for 360 images instead of 360 calls is worth a factor of several for most
+#   variants (2x to 8x in our runs on a lightly loaded machine): batching, as module 18
+#   found. The batched products are also the ones that suffer most when BLAS threads
+#   wait for busy cores, so on a heavily loaded machine the gap shrinks and the Offline
+#   intervals widen: read them with the load.
 # - **Size.** `disk KiB` is the file a deployment would ship: the INT8 checkpoint is
 #   about 4x smaller than FP32, and the pruned sparse file smaller again.
 #
@@ -2008,6 +2026,11 @@ _rules = {
 for _rule, (_scenario, _key) in _rules.items():
     _ok = [v for v in report.variants if v.meets_quality and (_scenario is None or v.scenarios[_scenario].valid)]
     print(f"{_rule:36s} -> {min(_ok, key=_key).name if _ok else 'no variant with a valid run'}")
+
+# %% [markdown]
+# The rules pick by point value. Where the winner's interval overlaps the runner-up's
+# (look at the Offline column of the table), the ranking is not a claim; a paired
+# comparison is how to make one, as below.
 _front = pareto_front([[v.scenarios["SingleStream"].value.value, v.memory["disk_bytes"], v.quality.value]
                        for v in report.variants], maximize=[False, False, True])
 print("Pareto front (p90, disk bytes, accuracy):", [report.variants[i].name for i in _front])
@@ -2167,10 +2190,14 @@ show(fig)
 
 # %% [markdown]
 # The first call costs more than a warm one (the printed ratio: first use of the arrays
-# and code paths, im2col buffers allocated, caches cold). In a short run it lands in the
-# maximum and drags the mean; a p90 over 60 queries is robust to one slow call but not
-# to a few.
-# This is why LoadGen and `run_stream` discard warm-up queries, and why the settings
+# and code paths, im2col buffers allocated, caches cold); the plot shows how many calls
+# it takes to settle. For a model this small the cold cost is one or two slow calls, so
+# in 60 queries it can only reach the maximum and the mean, not the p90, and the two
+# SingleStream lines may differ by no more than their noise (compare their intervals).
+# For a large model whose first calls allocate hundreds of megabytes, or a runtime that
+# compiles on the first call (`torch.compile`, ONNX Runtime's graph optimizations), the
+# cold calls are much slower and more numerous.
+# That is why LoadGen and `run_stream` discard warm-up queries, and why the settings
 # record how many.
 #
 # ### 5.3 Background load

@@ -75,6 +75,18 @@ def test_infinite_settings_survive_json(report, tmp_path):
     assert back.variant("int8").scenarios["SingleStream"].settings.max_duration_s == math.inf
 
 
+def test_infinite_figures_survive_json(report, tmp_path):
+    # find_max_qps returns failed_qps = inf when even the highest rate passed; JSON has no inf
+    v = report.variant("int8")
+    v.figures["server_max_qps"] = Estimate(20_000.0, 20_000.0, math.inf, 0.0, "search bracket")
+    v.scenarios["SingleStream"].extra["latency_bound_s"] = math.inf
+    text = report.save(tmp_path / "r.json").read_text()
+    assert "Infinity" not in text, "the file must be standard JSON"
+    back = BenchmarkReport.load(tmp_path / "r.json").variant("int8")
+    assert back.figures["server_max_qps"].high == math.inf
+    assert back.scenarios["SingleStream"].extra["latency_bound_s"] == math.inf
+
+
 def test_a_variant_below_its_quality_target_is_not_valid(report):
     assert report.variant("fp32").valid and report.variant("int8").valid
     assert not report.variant("broken").meets_quality and not report.variant("broken").valid
