@@ -2026,15 +2026,15 @@ _rules = {
 for _rule, (_scenario, _key) in _rules.items():
     _ok = [v for v in report.variants if v.meets_quality and (_scenario is None or v.scenarios[_scenario].valid)]
     print(f"{_rule:36s} -> {min(_ok, key=_key).name if _ok else 'no variant with a valid run'}")
+_front = pareto_front([[v.scenarios["SingleStream"].value.value, v.memory["disk_bytes"], v.quality.value]
+                       for v in report.variants], maximize=[False, False, True])
+print("Pareto front (p90, disk bytes, accuracy):", [report.variants[i].name for i in _front])
+print("not valid:", [v.name for v in report.variants if not v.valid] or "none")
 
 # %% [markdown]
 # The rules pick by point value. Where the winner's interval overlaps the runner-up's
 # (look at the Offline column of the table), the ranking is not a claim; a paired
 # comparison is how to make one, as below.
-_front = pareto_front([[v.scenarios["SingleStream"].value.value, v.memory["disk_bytes"], v.quality.value]
-                       for v in report.variants], maximize=[False, False, True])
-print("Pareto front (p90, disk bytes, accuracy):", [report.variants[i].name for i in _front])
-print("not valid:", [v.name for v in report.variants if not v.valid] or "none")
 
 # %% [markdown]
 # Is INT8 really slower than FP32, or is it noise? Two single runs cannot say. Time
@@ -2241,9 +2241,9 @@ show(fig)
 #
 # OpenBLAS reads `OPENBLAS_NUM_THREADS` once, when NumPy loads, so each setting needs
 # its own process. Each child times a 256 x 256 float32 matmul and a `tiny_gpt`
-# forward on 8 sequences of 64 tokens, 30 times each, and prints the samples as JSON;
+# forward on 8 sequences of 64 tokens, 20 times each, and prints the samples as JSON;
 # the children run one after another, alternating 1, 2, 1, 2 threads, each bounded to
-# 60 s.
+# 30 s (on a heavily loaded machine a child may not finish; the cell says so).
 
 # %%
 _child = textwrap.dedent("""
@@ -2255,7 +2255,7 @@ _child = textwrap.dedent("""
     gpt = models.load("tiny_gpt")
     text = datasets.load_text()
     x = text.tokenizer.encode(text.val[: 8 * 64]).reshape(8, 64)
-    def timed(fn, n=30):
+    def timed(fn, n=20):
         for _ in range(3):
             fn()
         out = []
@@ -2270,13 +2270,19 @@ _child = textwrap.dedent("""
 blas = {1: {"matmul": [], "gpt": []}, 2: {"matmul": [], "gpt": []}}
 for _threads in (1, 2, 1, 2):
     _env = {**os.environ, "OPENBLAS_NUM_THREADS": str(_threads), "OMP_NUM_THREADS": str(_threads)}
-    _out = subprocess.run([sys.executable, "-c", _child], env=_env, capture_output=True, text=True, timeout=60,
-                          check=True)
+    try:
+        _out = subprocess.run([sys.executable, "-c", _child], env=_env, capture_output=True, text=True,
+                              timeout=30, check=True)
+    except subprocess.TimeoutExpired:  # a heavily loaded machine: say so and go on
+        print(f"{_threads} thread(s): the child did not finish in 30 s (skipped)")
+        continue
     for _k, _v in json.loads(_out.stdout).items():
         blas[_threads][_k] += _v
 for _k in ("matmul", "gpt"):
+    if not (blas[1][_k] and blas[2][_k]):
+        print(f"{_k}: no comparison (a setting timed out)")
+        continue
     _one, _two = percentile_ci(blas[1][_k], 0.5), percentile_ci(blas[2][_k], 0.5)
-    _ratio = bootstrap_ci(np.array(blas[1][_k]) / np.median(blas[2][_k]), np.median)
     print(f"{_k:6s}: 1 thread median {_one.scaled(1e3).format(' ms')}; 2 threads {_two.scaled(1e3).format(' ms')}; "
           f"1-thread / 2-thread = {_one.value / _two.value:.2f}")
 print(f"load average now: {os.getloadavg()[0]:.2f}")
