@@ -1970,7 +1970,9 @@ for v in report.variants:
 #   arithmetic. INT8 in NumPy has no integer GEMM, so it quantizes and dequantizes
 #   around a float matmul and is *slower* than FP32 (module 15 measured the same; the
 #   paired comparison below puts an interval on it). Pruned + INT8 does half the work
-#   of INT8 in its hidden layers and lands between the two. The CNN's convolutions go
+#   of INT8 in its hidden layers, so it should land between the two; with other jobs on
+#   the machine, close variants can swap places from run to run, which is what their
+#   overlapping intervals warn about. The CNN's convolutions go
 #   through im2col and BLAS; when other processes keep the cores busy (the load in the
 #   table's last line), its p90 can grow to milliseconds (section 5.4 shows why).
 # - **Server and Offline.** The highest Poisson rate that keeps the p99 under 10 ms
