@@ -60,6 +60,21 @@ def test_linear_matches_numpy_and_pytorch_layout():
     assert np.abs(lin.weight.data).max() <= bound
 
 
+@pytest.mark.parametrize("shape", [(3,), (5, 3), (4, 1, 3), (2, 3, 5, 3), (0, 3)])
+def test_linear_folds_any_leading_dimensions(shape):
+    # leading dimensions are folded into one GEMM and unfolded again; a transposed (non-
+    # contiguous) input must give the same numbers
+    lin = tc.Linear(3, 2)
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    ref = np.einsum("...k,nk->...n", x.astype(np.float64), lin.weight.data.astype(np.float64)) + lin.bias.data
+    y = lin(x).data
+    assert y.shape == shape[:-1] + (2,) and y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+    if len(shape) == 4:
+        xt = np.ascontiguousarray(x.swapaxes(0, 1)).swapaxes(0, 1)  # same values, other strides
+        np.testing.assert_array_equal(lin(xt).data, y)
+
+
 def test_activation_values():
     x = np.array([-1.0, 0.0, 2.0], dtype=np.float32)
     np.testing.assert_array_equal(tc.ReLU()(x).data, [0.0, 0.0, 2.0])

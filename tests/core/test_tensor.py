@@ -69,6 +69,32 @@ def test_no_grad_restores_state_after_an_exception():
     assert tc.is_grad_enabled()
 
 
+def test_no_grad_is_per_thread():
+    # two threads enter and leave no_grad interleaved; a third records a graph all the while.
+    # With one process-wide flag, the first to leave would restore the other's "off" state
+    # and graph recording would stay switched off for everyone.
+    import threading
+    entered, release = threading.Barrier(3), threading.Event()
+    seen = []
+
+    def inference():
+        with tc.no_grad():
+            entered.wait(timeout=10)
+            release.wait(timeout=10)
+            seen.append(tc.is_grad_enabled())
+
+    threads = [threading.Thread(target=inference) for _ in range(2)]
+    for t in threads:
+        t.start()
+    entered.wait(timeout=10)
+    w = Tensor(np.ones(2), requires_grad=True)
+    assert tc.is_grad_enabled() and (w * 2).requires_grad  # this thread is unaffected
+    release.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert seen == [False, False] and tc.is_grad_enabled()
+
+
 def test_leaf_gradients_accumulate_and_interior_ones_are_freed():
     w = Tensor(np.array([1.0, 2.0]), requires_grad=True)
     h = w * 3

@@ -17,26 +17,29 @@ Rules kept here:
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Callable, Iterable
 
 import numpy as np
 
-_grad_enabled = True
+# Per thread, as in PyTorch: a server thread running inference under no_grad must not switch
+# graph recording off for a training loop in another thread.
+_state = threading.local()
 
 
 @contextlib.contextmanager
 def no_grad():
-    """Inside this block operations record no graph (inference mode)."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
+    """Inside this block operations record no graph (inference mode), in this thread."""
+    previous = is_grad_enabled()
+    _state.grad_enabled = False
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _state.grad_enabled = previous
 
 
 def is_grad_enabled() -> bool:
-    return _grad_enabled
+    return getattr(_state, "grad_enabled", True)
 
 
 def _as_array(data) -> np.ndarray:
@@ -127,7 +130,7 @@ class Tensor:
     def _make(self, data: np.ndarray, parents: tuple[Tensor, ...]) -> Tensor:
         """A result tensor; it joins the graph only if grad is on and a parent needs it."""
         out = Tensor(data)
-        if _grad_enabled and any(p.requires_grad for p in parents):
+        if is_grad_enabled() and any(p.requires_grad for p in parents):
             out.requires_grad = True
             out._parents = parents
         return out
