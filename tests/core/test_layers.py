@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tinytorch.core as tc
 from tinytorch.core import Tensor
@@ -49,6 +51,20 @@ def test_max_pool_hand_computed():
     x = np.array([[1, 5, 2, 0], [3, 4, 8, 1], [0, 0, 1, 1], [9, 0, 1, 7]], dtype=np.float32)[None, None]
     np.testing.assert_array_equal(tc.MaxPool2d(2)(x).data[0, 0], [[5, 8], [9, 7]])
     np.testing.assert_array_equal(tc.MaxPool2d(3, stride=1)(x).data[0, 0], [[8, 8], [9, 8]])
+
+
+@settings(max_examples=40, deadline=None)
+@given(kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       h=st.integers(3, 9), w=st.integers(3, 9), seed=st.integers(0, 10_000))
+def test_max_pool_equals_a_naive_loop_over_windows(kh, kw, sh, sw, h, w, seed):
+    x = np.random.default_rng(seed).integers(-3, 4, (2, 2, h, w)).astype(np.float32)  # ties happen
+    y = tc.functional.max_pool2d(x, (kh, kw), (sh, sw)).data
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    ref = np.empty((2, 2, oh, ow), np.float32)
+    for i in range(oh):
+        for j in range(ow):
+            ref[:, :, i, j] = x[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].max(axis=(2, 3))
+    np.testing.assert_array_equal(y, ref)
 
 
 def test_linear_matches_numpy_and_pytorch_layout():
