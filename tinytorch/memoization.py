@@ -22,8 +22,9 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def _linear(x: np.ndarray, layer) -> np.ndarray:
-    """x @ W.T + b with a tinytorch Linear's own parameters."""
-    y = x @ layer.weight.data.T
+    """x @ W.T + b with a tinytorch Linear's own parameters, as ONE matrix product: np.matmul
+    on (n, 1, C) would run n matrix-vector products, ~4x slower for a decode step of 128 rows."""
+    y = (x.reshape(-1, x.shape[-1]) @ layer.weight.data.T).reshape(*x.shape[:-1], -1)
     if layer.bias is not None:
         y += layer.bias.data
     return y
