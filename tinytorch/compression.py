@@ -14,14 +14,13 @@ computes with stays zero where the mask is 0. `remove_masks` bakes the product i
 
 import copy
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import tinytorch.core as tc
+from tinytorch.core.serialization import _atomic_write, _paths
 from tinytorch.core import functional as F
 from tinytorch.quantization import QuantParams, dequantize, quantize, tensor_qparams
 
@@ -703,23 +702,8 @@ FORMAT, VERSION = "tinytorch-compressed", 1
 GAP_MAX = 255  # gaps are uint8; a longer gap is split with filler entries (value 0)
 
 
-def _paths(path) -> tuple:
-    path = Path(path)
-    stem = path.with_suffix("") if path.suffix in (".npz", ".json") else path
-    return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write to a temporary file beside `path`, then rename: an interrupted save leaves the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# the file pair (.npz + .json) and the write-then-rename (an interrupted save leaves the old
+# file) are the foundation's checkpoint helpers, _paths and _atomic_write
 
 
 def file_bytes(path) -> int:

@@ -45,24 +45,12 @@ import tempfile
 import textwrap
 import time
 
-import matplotlib
-
-if "ipykernel" not in sys.modules:  # run as a script: draw into memory, show nothing
-    matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 import tinytorch.core as tc
+from tinytorch.notebook import plt, show
 from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
-
-
-def show(fig):
-    """Display a figure in Jupyter; close it when run as a plain script (Agg backend)."""
-    if matplotlib.get_backend().lower() == "agg":
-        plt.close(fig)
-    else:
-        plt.show()
 
 
 # %% [markdown]
