@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -222,29 +223,41 @@ class DynamicBatcher:
             if out.ndim == 0 or out.shape[0] != len(live):
                 raise ValueError(f"fn returned shape {out.shape} for a batch of {len(live)} inputs; "
                                  f"expected one row per input")
-        except Exception as error:  # this batch fails; the worker and other batches go on
+        except BaseException as error:  # this batch fails; the worker and other batches go on
             for r in live:
                 r.future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise  # SystemExit, KeyboardInterrupt: the worker ends (_loop fails what is queued)
             return
         for i, r in enumerate(live):
             r.future.set_result(np.array(out[i]))
 
     def _loop(self) -> None:
-        while True:
-            requests = self._collect()
-            if requests is None:
-                return
-            self._run_batch(requests)
+        try:
+            while True:
+                requests = self._collect()
+                if requests is None:
+                    return
+                self._run_batch(requests)
+        finally:
+            # however the worker ends, no queued request may wait forever and later submits fail
+            with self._cond:
+                self._closed = True
+                self._fail_queued("the DynamicBatcher worker stopped before this request ran")
+
+    def _fail_queued(self, why: str) -> None:
+        """Fail every queued request (call with self._cond held)."""
+        while self._queue:
+            r = self._queue.popleft()
+            if r.future.set_running_or_notify_cancel():
+                r.future.set_exception(RuntimeError(why))
 
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop accepting requests. drain=True: finish the queued ones; False: fail them. Joins the worker."""
         with self._cond:
             self._closed = True
             if not drain:
-                while self._queue:
-                    r = self._queue.popleft()
-                    if r.future.set_running_or_notify_cancel():
-                        r.future.set_exception(RuntimeError("DynamicBatcher was closed before this request ran"))
+                self._fail_queued("DynamicBatcher was closed before this request ran")
             self._cond.notify_all()
         if threading.current_thread() is not self._worker:
             self._worker.join(timeout)
@@ -322,6 +335,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:  # tell the client, so it opens a new connection for its next request
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
 
@@ -343,10 +358,12 @@ class InferenceServer:
     APPROACH:
     1. start: self.httpd = ThreadingHTTPServer((host, port), _Handler); httpd.app = self;
        read the bound port from httpd.server_address; serve_forever in a daemon thread.
-    2. _handle_post(h): path must be /predict (else 404); read Content-Length bytes (a missing or
+    2. _handle_post(h): path must be /predict (else 404, closing the connection: the body is
+       not read); read Content-Length bytes (a missing or
        bad length is a 400 and closes the connection; more than max_body_bytes is 413);
-       x = parse_request(...) (BadRequest -> 400 with its message); y = predict(x)
-       (an exception -> 500 "<Type>: <message>"); 200 {"output": y.tolist()}.
+       x = parse_request(...) (BadRequest -> 400 with its message); y = predict(x), waiting at
+       most `timeout` seconds when predict is a DynamicBatcher (no answer by then -> 504; a plain
+       function cannot be interrupted); an exception -> 500 "<Type>: <message>"; 200 {"output": y.tolist()}.
     3. close: httpd.shutdown() (stops accepting), shut down the read side of every open
        connection (idle keep-alive threads see end-of-file and exit; a request in flight still
        gets its answer), httpd.server_close() (closes the socket, joins the threads).
@@ -393,6 +410,7 @@ class InferenceServer:
 
     def _handle_post(self, h: BaseHTTPRequestHandler) -> None:
         if h.path != "/predict":
+            h.close_connection = True  # its body is not read: it must not be taken for the next request
             h._reply(404, {"error": f"no such path {h.path!r}; POST /predict"})
             return
         try:
@@ -413,7 +431,13 @@ class InferenceServer:
             h._reply(400, {"error": str(error)})
             return
         try:
-            y = _array(self.predict(x))
+            if isinstance(self.predict, DynamicBatcher):
+                y = _array(self.predict(x, timeout=self.timeout))
+            else:
+                y = _array(self.predict(x))
+        except FutureTimeout:
+            h._reply(504, {"error": f"no answer within {self.timeout} s"})
+            return
         except Exception as error:
             h._reply(500, {"error": f"{type(error).__name__}: {error}"})
             return
@@ -583,6 +607,10 @@ class FusedQKV:
        bias likewise -> (3C,) (zeros for a projection without bias).
     2. __call__(x): y = x @ weight.T + bias, shape (..., 3C); return y[..., :C], y[..., C:2C], y[..., 2C:].
 
+    HINTS:
+    - Fold the leading dimensions into one GEMM: x.reshape(-1, C) @ weight.T, then reshape back.
+      np.matmul on a (B, 1, C) decode batch runs B matrix-vector products instead.
+
     EXAMPLE:
     >>> attn = tc.MultiHeadAttention(8, 2)
     >>> q, k, v = FusedQKV.from_attention(attn)(np.ones((1, 3, 8), np.float32))
@@ -611,7 +639,9 @@ class FusedQKV:
         x = _array(x)
         if x.ndim == 0 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"FusedQKV expects input with last dimension {self.embed_dim}, got shape {x.shape}")
-        y = np.matmul(x, self.weight.T)
+        # one GEMM over all leading dimensions: np.matmul on (B, 1, C) would run B matrix-vector
+        # products, slower than the three unfused projections it replaces
+        y = (x.reshape(-1, x.shape[-1]) @ self.weight.T).reshape(*x.shape[:-1], -1)
         y += self.bias
         c = self.embed_dim
         return y[..., :c], y[..., c:2 * c], y[..., 2 * c:]
@@ -688,7 +718,7 @@ def fused_attention(attn, x, qkv: FusedQKV | None = None) -> np.ndarray:
     qkv = FusedQKV.from_attention(attn) if qkv is None else qkv
     b, t, c = x.shape
     h, d = attn.num_heads, attn.head_dim
-    y = np.matmul(x, qkv.weight.T)
+    y = (x.reshape(b * t, c) @ qkv.weight.T).reshape(b, t, 3 * c)
     y += qkv.bias
     q, k, v = np.ascontiguousarray(y.reshape(b, t, 3, h, d).transpose(2, 0, 3, 1, 4))
     q *= 1.0 / math.sqrt(d)
@@ -698,7 +728,7 @@ def fused_attention(attn, x, qkv: FusedQKV | None = None) -> np.ndarray:
     softmax(scores, out=scores)
     heads = scores @ v                                    # (B, H, T, D)
     merged = heads.transpose(0, 2, 1, 3).reshape(b, t, c)
-    out = np.matmul(merged, attn.out_proj.weight.data.T)
+    out = (merged.reshape(b * t, c) @ attn.out_proj.weight.data.T).reshape(b, t, -1)
     if attn.out_proj.bias is not None:
         out += attn.out_proj.bias.data
     return out

@@ -177,3 +177,34 @@ def test_parse_request_and_constructor_errors():
             srv.start()
     finally:
         srv.close()
+
+
+def test_a_404_closes_the_connection_so_its_unread_body_is_not_the_next_request(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    try:
+        conn.request("POST", "/wrong", body=json.dumps({"input": [1, 2, 3]}))
+        r = conn.getresponse()
+        assert r.status == 404 and "no such path" in json.loads(r.read())["error"]
+        # http.client reconnects for the next request on a closed connection; on a kept-alive one
+        # the unread body would be parsed as a request line and this would fail
+        conn.request("POST", "/predict", body=json.dumps({"input": [1, 2, 3]}))
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["output"] == [6, 3, 2, 1]
+    finally:
+        conn.close()
+
+
+def test_a_batch_that_does_not_answer_in_time_is_504():
+    release = threading.Event()
+
+    def stuck(batch):
+        release.wait(TIMEOUT)
+        return batch
+
+    with DynamicBatcher(stuck, max_batch_size=2, max_wait_ms=0) as batcher, \
+            InferenceServer(batcher, input_shape=(3,), timeout=0.2) as srv:
+        try:
+            status, body = raw(srv.port, "POST", "/predict", json.dumps({"input": [1, 2, 3]}))
+            assert status == 504 and "0.2 s" in body["error"]
+        finally:
+            release.set()
