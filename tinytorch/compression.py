@@ -35,6 +35,12 @@ def _check_amount(amount, what: str = "amount") -> float:
     return float(amount)
 
 
+def _check_positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def _check_model(model, where: str) -> None:
     if not isinstance(model, tc.Module):
         raise TypeError(f"{where} needs a tinytorch Module, got {type(model).__name__}")
@@ -81,6 +87,7 @@ def train_epochs(model, x, y, epochs: int, lr: float = 1e-3, batch_size: int = 6
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as inputs (and at least one), got {len(x)} and {len(y)}")
+    batch_size = _check_positive_int(batch_size, "batch_size")
     optimizer = optimizer or tc.Adam(model.parameters(), lr=lr)
     loss_fn = loss_fn or (lambda m, xb, yb, idx: F.cross_entropy(m(xb), yb))
     rng = np.random.default_rng(seed)
@@ -424,6 +431,9 @@ def prune_iteratively(model, x, y, final_sparsity: float, epochs: int, prune_epo
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     if isinstance(prune_every, bool) or not isinstance(prune_every, (int, np.integer)) or prune_every < 1:
         raise ValueError(f"prune_every must be a positive int (steps between pruning), got {prune_every!r}")
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    if prune_epochs is not None:
+        prune_epochs = _check_positive_int(prune_epochs, "prune_epochs")
     prune_epochs = max(1, epochs - 1) if prune_epochs is None else prune_epochs
     total = max(1, prune_epochs * (-(-len(x) // batch_size)))
     optimizer = tc.Adam(model.parameters(), lr=lr)
@@ -574,10 +584,12 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     >>> abs(distillation_loss(z, z, np.array([0]), alpha=1.0).item()) < 1e-6   # same logits: KL = 0
     True
     """
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
+    number = (int, float, np.integer, np.floating)
+    if isinstance(temperature, bool) or not isinstance(temperature, number) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, number) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    temperature, alpha = float(temperature), float(alpha)
     s = tc.as_tensor(student_logits)
     t = np.asarray(teacher_logits.data if isinstance(teacher_logits, tc.Tensor) else teacher_logits)
     if s.shape != t.shape:
@@ -811,13 +823,33 @@ def save_compressed(model, path, values: str = "int8") -> Path:
     return npz_path
 
 
+def _check_index(info: dict, arrays: dict, json_path) -> None:
+    """An edited or corrupt index must be an error, not a model with weights silently missing:
+    every entry's slice lies inside its shared array, and the entries cover each array exactly."""
+    for key in ("architecture", "tensors"):
+        if key not in info:
+            raise ValueError(f"{json_path} has no {key!r} entry")
+    used = {}
+    for t in info["tensors"]:
+        array = "dense" if t.get("encoding") == "dense-float32" else "values"
+        o, n = t.get("offset"), t.get("count")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (o, n)) \
+                or array not in arrays or o + n > len(arrays[array]):
+            raise ValueError(f"{json_path}: tensor {t.get('name')!r} has offset {o!r} and count {n!r}, "
+                             f"outside its {array!r} array")
+        used[array] = used.get(array, 0) + n
+    for array, n in used.items():
+        if n != len(arrays[array]):
+            raise ValueError(f"{json_path}: the tensors use {n} entries of {array!r}, the file holds {len(arrays[array])}")
+
+
 def load_compressed(path):
     """The model saved by save_compressed, as an ordinary dense model in eval mode.
 
     TODO: read both files, rebuild the architecture, decode each tensor, load the state.
 
-    APPROACH:
-    1. arrays from np.load(npz_path, allow_pickle=False) (never pickle); model = build_model(info["architecture"]).
+    APPROACH (given: the index `info`, checked against `arrays` read with np.load(allow_pickle=False)):
+    1. model = build_model(info["architecture"]).
     2. For each entry t of info["tensors"]: the slice [offset, offset + count) of its shared array;
        'dense-float32' reshapes it; 'sparse-*' decode_relative(values, gaps, shape), and for
        int8 dequantize with QuantParams(scale, 0, "int8", None, "symmetric").
@@ -835,6 +867,7 @@ def load_compressed(path):
         raise ValueError(f"{json_path} is not a {FORMAT} version {VERSION} index")
     with np.load(npz_path, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
+    _check_index(info, arrays, json_path)
     model = build_model(info["architecture"])
     state = {}
     for t in info["tensors"]:

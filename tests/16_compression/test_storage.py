@@ -53,6 +53,31 @@ def test_filler_entries_follow_the_format(positions):
     assert np.all(values[gaps == 0] == 0) and (gaps.min(initial=1) >= 1)
 
 
+def test_gaps_of_exactly_255_and_its_multiples():
+    # the boundary: a gap of 255 fits in one entry, 256 needs one filler, 510 = 255 + 255 one filler
+    a = np.zeros(2000, np.int8)
+    a[[254, 509, 765, 1275]] = [1, 2, 3, 4]  # gaps 255, 255, 256, 510
+    values, gaps = encode_relative(a)
+    assert gaps.tolist() == [255, 255, 255, 1, 255, 255] and values.tolist() == [1, 2, 0, 3, 0, 4]
+    assert np.array_equal(decode_relative(values, gaps, a.shape), a)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda info: info["tensors"][0].update(count=info["tensors"][0]["count"] - 1), "entries"),
+    (lambda info: info["tensors"][0].update(offset=-1), "offset"),
+    (lambda info: info["tensors"][-1].update(count=10**6), "outside"),
+    (lambda info: info.pop("architecture"), "architecture"),
+])
+def test_an_edited_index_is_an_error_not_a_model_with_missing_weights(tmp_path, edit, words):
+    path = save_compressed(prune_model(models.load("digits_mlp"), 0.5), tmp_path / "m")
+    index = path.with_suffix(".json")
+    info = json.loads(index.read_text())
+    edit(info)
+    index.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=words):
+        load_compressed(path)
+
+
 def test_worked_example():
     a = np.zeros(400, np.int8)
     a[[1, 4, 300]] = [5, -3, 9]

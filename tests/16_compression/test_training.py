@@ -120,6 +120,10 @@ def test_distillation_bad_inputs():
         distillation_loss(z, z, np.zeros(2, dtype=np.int64), 0.0)
     with pytest.raises(ValueError, match="alpha"):
         distillation_loss(z, z, np.zeros(2, dtype=np.int64), 2.0, 1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss(z, z, np.zeros(2, dtype=np.int64), True)  # a bool is not a temperature
+    assert distillation_loss(z, z, np.zeros(2, dtype=np.int64), np.float32(4.0), np.float64(1.0)).item() \
+        == pytest.approx(0.0, abs=1e-9)  # NumPy scalars are numbers
     with pytest.raises(ValueError, match="same shape"):
         distillation_loss(z, np.zeros((2, 4)), np.zeros(2, dtype=np.int64))
 
@@ -137,3 +141,14 @@ def test_distill_really_trains_a_student_toward_the_teacher(digits):
     assert accuracy(student, digits.x_test, digits.y_test) > 0.8
     agree = (student(digits.x_test).data.argmax(-1) == teacher(digits.x_test).data.argmax(-1)).mean()
     assert agree > 0.8
+
+
+def test_batch_size_and_prune_epochs_must_be_positive_ints(digits):
+    model = models.load("digits_mlp")
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    with pytest.raises(ValueError, match="batch_size"):
+        train_epochs(model, x, y, 1, batch_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        prune_iteratively(model, x, y, 0.5, 2, batch_size=0)
+    with pytest.raises(ValueError, match="prune_epochs"):
+        prune_iteratively(model, x, y, 0.5, 2, prune_epochs=-3)
