@@ -648,6 +648,19 @@ def queue_latencies(arrivals, service_times) -> np.ndarray:
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 40)
+def server_arrivals(settings: ScenarioSettings, seed: int = 0) -> np.ndarray:
+    """The Server schedule: Poisson arrivals at target_qps until there are min_query_count of them
+    AND one at or after min_duration_s (LoadGen's rule). A fixed count of qps * min_duration_s
+    would end before min_duration_s about half the time, and the run would be invalid by chance."""
+    n = max(settings.min_query_count, math.ceil(settings.target_qps * settings.min_duration_s), 1)
+    arrivals = poisson_arrivals(settings.target_qps, n, seed)
+    while arrivals[-1] < settings.min_duration_s:  # same seed, more draws: the earlier ones are kept
+        n = 2 * n
+        arrivals = poisson_arrivals(settings.target_qps, n, seed)
+    last = int(np.searchsorted(arrivals, settings.min_duration_s))  # the first at or after the minimum
+    return arrivals[:max(settings.min_query_count, last + 1)]
+
+
 def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                sleep: Callable[[float], None] = time.sleep, seed: int = 0) -> ScenarioResult:
     """Server: queries arrive as a Poisson process at settings.target_qps; one worker serves them in order.
@@ -655,7 +668,7 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     TODO: build the schedule, then issue each query at its time (or when the worker is free).
 
     APPROACH:
-    1. n = max(min_query_count, ceil(target_qps * min_duration_s)); arrivals = poisson_arrivals(target_qps, n, seed).
+    1. arrivals = server_arrivals(settings, seed) (given); n = len(arrivals).
        Draw every query's sample indices up front (rng = np.random.default_rng(seed + 1)).
     2. Run settings.warmup_queries untimed queries back to back.
     3. start = clock(). For each query i: now = clock(); stop (with a note) if now - start > max_duration_s;
@@ -672,8 +685,8 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     data = _check_sut(sut, samples)
     if settings.scenario != "Server":
         raise ValueError(f"run_server needs Server settings, got {settings.scenario}")
-    n = max(settings.min_query_count, math.ceil(settings.target_qps * settings.min_duration_s))
-    arrivals = poisson_arrivals(settings.target_qps, n, seed)
+    arrivals = server_arrivals(settings, seed)
+    n = len(arrivals)
     rng = np.random.default_rng(seed + 1)
     picks = rng.integers(0, len(data), size=(n, settings.samples_per_query))
     for i in range(settings.warmup_queries):

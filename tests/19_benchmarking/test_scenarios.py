@@ -170,7 +170,21 @@ def test_server_query_count_follows_the_duration_minimum():
     sut, _ = fixed_latency_sut(clock, [0.001])
     r = run_server(sut, np.arange(10.0), server_settings(min_query_count=10, min_duration_s=2.0), clock=clock,
                    sleep=clock.sleep)
-    assert r.queries == 200                                    # 100/s for 2 s
+    every = poisson_arrivals(100.0, 1000, seed=0)              # the schedule's own draws, far enough
+    assert r.queries == int(np.argmax(every >= 2.0)) + 1       # up to the first arrival at or after 2 s
+    assert r.valid and r.duration_s >= 2.0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_fast_server_is_never_invalid_for_duration(seed):
+    # 2,000/s for at least 0.2 s against a worker 20x faster: with a fixed count of 400 queries the
+    # last arrival came before 0.2 s for about half of the seeds, and the run was invalid by chance
+    clock = FakeClock()
+    sut, _ = fixed_latency_sut(clock, [0.000025])
+    settings = server_settings(target_qps=2000.0, min_query_count=200, min_duration_s=0.2, latency_bound_s=0.01)
+    r = run_server(sut, np.arange(10.0), settings, clock=clock, sleep=clock.sleep, seed=seed)
+    assert r.valid, r.notes
+    assert r.queries >= 200 and r.duration_s >= 0.2
 
 
 def test_overloaded_server_is_invalid_and_says_why():
