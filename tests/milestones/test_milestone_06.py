@@ -116,6 +116,19 @@ def test_knockout_quantization_that_keeps_float32_weights_fails_the_int8_claims(
     assert "FAILED (correctness): digits_mlp: INT8 storage is really int8" in proc.stdout
 
 
+def test_knockout_a_batcher_that_mixes_up_rows_fails_the_serving_claim(tmp_path):
+    build = broken_build(tmp_path, "acceleration.py", "r.future.set_result(np.array(out[i]))",
+                         "r.future.set_result(np.array(out[len(live) - 1 - i]))  # knocked out: rows reversed")
+    (build / "tinytorch" / "compression.py").unlink(missing_ok=True)  # stop before the fine-tuning (exit 2 path)
+    proc, record = run_script("02_compression", tmp_path / "out", build)
+    assert record is not None, proc.stdout + proc.stderr
+    assert Path(record["tinytorch"]) == build / "tinytorch"
+    served = claims(record)["INT8 digits_cnn served by the DynamicBatcher: each request gets its own answer"]
+    assert not served["met"] and served["kind"] == "correctness"
+    assert proc.returncode == 1 and record["status"] == "claims failed"
+    assert claims(record)["digits_cnn: INT8 storage is really int8"]["met"]  # only the serving claim fails
+
+
 @pytest.mark.slow  # about 10 s of generation; the knockout below runs in the default set
 def test_03_generation_tokens_identical_on_the_reference_build(tmp_path):
     proc, record = run_script("03_generation_opts", tmp_path / "out")
