@@ -2234,10 +2234,12 @@ ax.set_title("tiny_gpt forward (T=64): quiet vs one core busy")
 show(fig)
 
 # %% [markdown]
-# On this 2-core machine, with OpenBLAS using both cores, one busy core can make each
-# matrix product wait for the slower thread: the printed p90 under load is often
-# several times the quiet one (module 14 measured a 128 x 128 matmul going from 0.06 ms
-# to 16 ms). If the machine already had other work running, the "quiet" runs are not
+# Compare the two printed p90s. How much one busy core hurts depends on the BLAS threads:
+# with OpenBLAS using both cores, each matrix product can wait for the thread on the busy
+# core, and the p90 under load can be several times the quiet one (module 14 measured a
+# 128 x 128 matmul going from 0.06 ms to 16 ms); with one BLAS thread (as the milestone
+# runs) the kernel gives our single thread the free core, and the two are close (we have
+# seen 1.1x). If the machine already had other work running, the "quiet" runs are not
 # quiet either: compare them with the load average printed above. A benchmark must
 # record the load (our `system_info` does) and compare variants interleaved.
 #
