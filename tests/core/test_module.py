@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tinytorch.core as tc
 
@@ -95,6 +97,36 @@ def test_load_state_dict_errors_name_the_keys_and_shapes():
         model.load_state_dict({**state, "fc1.bias": np.full(3, np.nan)})
 
 
+_VALUES = {"module": lambda: tc.ReLU(), "parameter": lambda: tc.Parameter(np.ones(2, np.float32)),
+           "tensor": lambda: tc.Tensor(np.ones(2)), "none": lambda: None}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from([*_VALUES, "delete"])), max_size=12))
+def test_registries_agree_with_the_attributes_after_any_sets_and_deletes(ops):
+    # the oracle: what a scan of the attributes finds (the registries exist to avoid that scan)
+    m = tc.Module()
+    for name, op in ops:
+        if op == "delete":
+            if name in vars(m):
+                delattr(m, name)
+        else:
+            setattr(m, name, _VALUES[op]())
+    assert dict(m.named_children()) == {k: v for k, v in vars(m).items() if isinstance(v, tc.Module)}
+    assert dict(m.named_parameters()) == {k: v for k, v in vars(m).items() if isinstance(v, tc.Parameter)}
+
+
+def test_replacing_a_child_keeps_its_place_and_deleting_unregisters_it():
+    seq = tc.Sequential(tc.Linear(2, 2), tc.ReLU(), tc.Linear(2, 2))
+    setattr(seq, "1", tc.GELU())  # how module 15 swaps a layer
+    assert [type(m).__name__ for m in seq] == ["Linear", "GELU", "Linear"]
+    lin = tc.Linear(2, 2)
+    lin.weight = tc.Tensor(lin.weight.data)  # no longer a Parameter (pruning's computed weight)
+    assert [n for n, _ in lin.named_parameters()] == ["bias"]
+    del lin.bias
+    assert lin.parameters() == [] and not hasattr(lin, "bias")
+
+
 def test_forward_hook_sees_inputs_and_output_and_can_be_removed():
     model = TwoLayer()
     seen = []
@@ -104,6 +136,27 @@ def test_forward_hook_sees_inputs_and_output_and_can_be_removed():
     handle.remove()
     model(np.ones((2, 4)))
     assert len(seen) == 1
+
+
+def test_a_removed_handle_never_removes_a_later_hook():
+    # keys were once max(existing) + 1: removing A, adding B, then removing A again removed B
+    lin = tc.Linear(2, 2)
+    calls = []
+    a = lin.register_forward_hook(lambda m, i, o: calls.append("a"))
+    a.remove()
+    lin.register_forward_hook(lambda m, i, o: calls.append("b"))
+    a.remove()
+    lin(np.ones((1, 2)))
+    assert calls == ["b"]
+
+
+def test_a_hook_may_remove_itself_while_running():
+    lin = tc.Linear(2, 2)
+    calls = []
+    handle = lin.register_forward_hook(lambda m, i, o: (calls.append(1), handle.remove()) and None)
+    lin(np.ones((1, 2)))
+    lin(np.ones((1, 2)))
+    assert calls == [1]
 
 
 def test_hooks_can_replace_inputs_and_outputs():

@@ -1,13 +1,16 @@
 """Module and the layers: the building blocks of every model in TinyTorch.
 
-A `Module` finds its parameters and sub-modules by looking at its own attributes (in the
-order they were set), so a layer is just a class that stores `Parameter`s and other
-modules and defines `forward`. Names follow PyTorch: `blocks.0.attn.q_proj.weight`.
+A layer is just a class that stores `Parameter`s and other modules as attributes and
+defines `forward`. As in PyTorch, `Module.__setattr__` notes each one in a registry
+(`_parameters`, `_modules`, in the order they were set), so walking a model visits only
+what matters; the values themselves stay ordinary attributes, fast to read in `forward`.
+Names follow PyTorch: `blocks.0.attn.q_proj.weight`.
 """
 
 from __future__ import annotations
 
 import math
+import itertools
 from collections import OrderedDict
 from typing import Callable, Iterator
 
@@ -26,6 +29,9 @@ class Parameter(Tensor):
 
     def __repr__(self) -> str:
         return "Parameter" + super().__repr__()[len("Tensor"):]
+
+
+_hook_ids = itertools.count()  # one counter for every hook: a key is never reused
 
 
 class RemovableHandle:
@@ -53,16 +59,44 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        for hook in list(self.__dict__.get("_forward_pre_hooks", {}).values()):
-            replaced = hook(self, args)
-            if replaced is not None:
-                args = replaced if isinstance(replaced, tuple) else (replaced,)
+        hooks = self.__dict__.get("_forward_pre_hooks")
+        if hooks:
+            for hook in list(hooks.values()):  # a copy: a hook may remove itself
+                replaced = hook(self, args)
+                if replaced is not None:
+                    args = replaced if isinstance(replaced, tuple) else (replaced,)
         output = self.forward(*args, **kwargs)
-        for hook in list(self.__dict__.get("_forward_hooks", {}).values()):
-            replaced = hook(self, args, output)
-            if replaced is not None:
-                output = replaced
+        hooks = self.__dict__.get("_forward_hooks")
+        if hooks:
+            for hook in list(hooks.values()):
+                replaced = hook(self, args, output)
+                if replaced is not None:
+                    output = replaced
         return output
+
+    # ------------------------------------------------------------ registries
+    def __setattr__(self, name: str, value) -> None:
+        # Note sub-modules and parameters by name (PyTorch's _modules/_parameters), so that
+        # named_modules() and named_parameters() need not scan every attribute. A value that
+        # is neither (None, an int, a plain Tensor) takes the name out of both registries.
+        # Replacing a child keeps its place (a Sequential's order is its registry's order).
+        modules = self.__dict__.setdefault("_modules", {})
+        parameters = self.__dict__.setdefault("_parameters", {})
+        if isinstance(value, Module):
+            parameters.pop(name, None)
+            modules[name] = value
+        elif isinstance(value, Parameter):
+            modules.pop(name, None)
+            parameters[name] = value
+        else:
+            modules.pop(name, None)
+            parameters.pop(name, None)
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self.__dict__.get("_modules", {}).pop(name, None)
+        self.__dict__.get("_parameters", {}).pop(name, None)
+        object.__delattr__(self, name)
 
     # ----------------------------------------------------------------- hooks
     def register_forward_hook(self, hook: Callable) -> RemovableHandle:
@@ -77,43 +111,49 @@ class Module:
         if not callable(hook):
             raise TypeError(f"a hook must be callable, got {type(hook).__name__}")
         hooks = self.__dict__.setdefault(kind, {})
-        key = max(hooks, default=-1) + 1
+        key = next(_hook_ids)
         hooks[key] = hook
         return RemovableHandle(hooks, key)
 
     # ------------------------------------------------------- tree traversal
     def children(self) -> Iterator[Module]:
-        for _, module in self.named_children():
-            yield module
+        # a snapshot: the loop may replace or add children (module 15 swaps layers this way)
+        return iter(list(self.__dict__.get("_modules", {}).values()))
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
-        for name, value in vars(self).items():
-            if isinstance(value, Module):
-                yield name, value
+        return iter(list(self.__dict__.get("_modules", {}).items()))
 
-    def named_modules(self, prefix: str = "", _seen: set | None = None) -> Iterator[tuple[str, Module]]:
-        """This module (named `prefix`, "" at the top) and every sub-module, depth first."""
-        seen = set() if _seen is None else _seen
-        if id(self) in seen:
-            return
-        seen.add(id(self))
-        yield prefix, self
-        for name, child in self.named_children():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name, seen)
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module (named `prefix`, "" at the top) and every sub-module, depth first;
+        a module reachable by two paths is visited once, under the first name."""
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:
+            name, module = stack.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            yield name, module
+            children = module.__dict__.get("_modules")
+            if children:  # pushed in reverse, so the first child comes out first
+                stack.extend((f"{name}.{k}" if name else k, child) for k, child in reversed(children.items()))
 
     def modules(self) -> Iterator[Module]:
         for _, module in self.named_modules():
             yield module
 
-    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+    def named_parameters(self, recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
+        """Every parameter once, by dotted name; recurse=False: only this module's own."""
         seen = set()
-        for prefix, module in self.named_modules():
-            for name, value in vars(module).items():
-                if isinstance(value, Parameter) and id(value) not in seen:
+        for prefix, module in (self.named_modules() if recurse else [("", self)]):
+            for name, value in module.__dict__.get("_parameters", {}).items():
+                if id(value) not in seen:
                     seen.add(id(value))
                     yield (f"{prefix}.{name}" if prefix else name), value
 
-    def parameters(self) -> list[Parameter]:
+    def parameters(self, recurse: bool = True) -> list[Parameter]:
+        if not recurse:  # this module's own: its registry, no walk (profilers ask this per module)
+            return list(self.__dict__.get("_parameters", {}).values())
         return [p for _, p in self.named_parameters()]
 
     # --------------------------------------------------------------- buffers
