@@ -39,8 +39,9 @@ def overhead(seq_len: int, repeats: int, batch: int = 1) -> dict:
         "count_flops (one hooked forward)": lambda: count_flops(model, x),
         "per-layer timing (one hooked forward)": lambda: profiler.time_layers(x, warmup=0, repeats=1),
     }, warmup=2, repeats=repeats)
-    counting = timings["count_flops (one hooked forward)"]["ratio_to_first"] - 1
-    timing = timings["per-layer timing (one hooked forward)"]["ratio_to_first"] - 1
+    # paired per round (plain, count, timing run back to back): robust to a drifting machine
+    counting = timings["count_flops (one hooked forward)"]["paired_ratio_median"] - 1
+    timing = timings["per-layer timing (one hooked forward)"]["paired_ratio_median"] - 1
     return {
         "model": f"tiny_gpt ({source}), input ({batch}, {seq_len})",
         "modules_hooked": sum(1 for _ in model.modules()),

@@ -57,7 +57,9 @@ def summarize(samples: list[float]) -> dict:
 def compare(fns: dict[str, Callable[[], object]], warmup: int = 3, repeats: int = 20) -> dict:
     """Time each function round-robin (A, B, A, B, ...) after warm-up.
 
-    Returns per-function summaries and, for each, the ratio of its median to the first one's.
+    Returns per-function summaries and, for each, the ratio of its median to the first one's
+    and the paired ratio: the median over rounds of (its time / the first one's time in the
+    same round), which cancels a machine that speeds up or slows down during the run.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -69,9 +71,12 @@ def compare(fns: dict[str, Callable[[], object]], warmup: int = 3, repeats: int 
             fn()
             samples[name].append(time.perf_counter() - start)
     result = {name: summarize(s) for name, s in samples.items()}
-    base = result[next(iter(fns))]["median_s"]
-    for r in result.values():
-        r["ratio_to_first"] = r["median_s"] / base
+    first = next(iter(fns))
+    for name, r in result.items():
+        r["ratio_to_first"] = r["median_s"] / result[first]["median_s"]
+        paired = np.asarray(samples[name]) / np.asarray(samples[first])
+        q1, median, q3 = np.percentile(paired, [25, 50, 75])
+        r["paired_ratio_median"], r["paired_ratio_iqr"] = float(median), float(q3 - q1)
     return result
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import run as runner
@@ -14,6 +15,28 @@ def test_summary_and_compare_statistics():
     r = runner.compare({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=3)
     assert calls == ["a", "b"] * 4  # round-robin, warm-up included
     assert r["a"]["ratio_to_first"] == 1.0 and r["b"]["repeats"] == 3
+
+
+def test_paired_ratio_cancels_a_drifting_machine(monkeypatch):
+    # a fake clock: the machine gets 10x slower over the run, b always takes 2x a's time
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+    speed = iter(np.linspace(1, 10, 9))  # one factor per round, set by a, used by both
+
+    def work(units):
+        def fn():
+            clock[0] += units * factor[0]
+        return fn
+
+    factor = [1.0]
+
+    def a():
+        factor[0] = next(speed, 1.0)
+        work(1)()
+
+    r = runner.compare({"a": a, "b": work(2)}, warmup=0, repeats=9)
+    assert r["b"]["paired_ratio_median"] == pytest.approx(2.0) and r["b"]["paired_ratio_iqr"] == pytest.approx(0.0)
+    assert r["a"]["paired_ratio_median"] == 1.0
 
 
 def test_core_suite_writes_json(tmp_path):
