@@ -185,10 +185,42 @@ def long_outputs(gpt, val, quick: bool) -> dict:
     return res
 
 
+def decode_bound(gpt, val, quick: bool) -> dict:
+    """Why cached + batched generation levels off below 100x: an upper bound on its tokens/s if every
+    matrix product, softmax and MLP were free. What is left is reading each row's cached keys and
+    values once per decode step (at this machine's measured read rate) and the prompts' prefills
+    (measured). Workload as milestone 06: requests of 128 + 128 tokens."""
+    from tinytorch.memoization import KVCache, prefill
+    rows, p_len, n_new = (16 if quick else 128), 128, 128
+    c = gpt.config
+    a = np.ones(25_000_000, np.float32)  # 100 MB, as much as a batch-128 step reads
+    m, v = a.reshape(-1, 32), np.ones(32, np.float32)
+    reads = compare({"sum": a.sum, "matrix-vector": lambda: m @ v}, warmup=1, repeats=3 if quick else 7)
+    read_rate = max(a.nbytes / r["median_s"] for r in reads.values())
+    avg_context = p_len + n_new / 2  # the decode steps run at contexts p_len + 1 .. p_len + n_new - 1
+    kv_bytes = 2 * c.num_layers * c.num_heads * avg_context * (c.embed_dim // c.num_heads) * 4
+    prompts = [np.asarray(val[i * 997 % (len(val) - p_len):][:p_len]) for i in range(rows)]
+    cache = KVCache.for_model(gpt, rows, max_len=p_len + n_new - 1)
+    t = time.perf_counter()
+    for i, p in enumerate(prompts):
+        prefill(gpt, cache, p, i)
+    prefill_per_token = (time.perf_counter() - t) / (rows * n_new)
+    plain_new = 32 if quick else n_new  # quick: the first 32 tokens only, which flatters plain
+    t = time.perf_counter()
+    gpt.generate(prompts[0], plain_new, temperature=0)
+    plain = plain_new / (time.perf_counter() - t)
+    bound = 1 / (kv_bytes / read_rate + prefill_per_token)
+    return {"read_bytes_per_s": read_rate, "kv_bytes_per_token": kv_bytes, "decode_floor_s_per_token": kv_bytes / read_rate,
+            "prefill_s_per_token": prefill_per_token, "bound_tokens_per_s": bound,
+            "plain_tokens_per_s": plain, "plain_new_tokens": plain_new, "bound_vs_plain": bound / plain,
+            "workload": f"{rows} requests of {p_len} + {n_new} tokens"}
+
+
 def run(quick: bool = False) -> dict:
     digits = datasets.load_digits()
     text = datasets.load_text()
     val = text.tokenizer.encode(text.val[:40_000])
     cnn, gpt = models.load("digits_cnn").eval(), models.load("tiny_gpt").eval()
     return {"batch_sweep": sweeps(cnn, gpt, digits, val, quick), "load": batcher_load(cnn, digits, quick),
-            "fusion": fusion(gpt, quick), "generation": generation(gpt, val, quick)}
+            "fusion": fusion(gpt, quick), "generation": generation(gpt, val, quick),
+            "decode_bound": decode_bound(gpt, val, quick)}

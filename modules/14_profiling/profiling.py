@@ -1660,8 +1660,8 @@ print(f"per-layer timing hooks: {100 * gpt_report.hook_overhead:+.1f}% on the T=
       f"({len(gpt_report.layer_times)} modules, 2 clock reads each)")
 
 # %% [markdown]
-# Both overheads are a fixed cost per module (tens of microseconds for `count_flops`:
-# the hook, the rule, the shapes), so their share depends on how long the forward is:
+# Both overheads are a fixed cost per module (about 10-15 microseconds for `count_flops`:
+# the hook, the rule, the row), so their share depends on how long the forward is:
 # small at `T = 256`, larger at `T = 64`, and large for a model made of many tiny
 # layers. The benchmark `python -m benchmarks.run profiling` measures them
 # round-robin with more repeats at both lengths. This is why real profilers

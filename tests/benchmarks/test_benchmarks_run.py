@@ -58,3 +58,14 @@ def test_models_suite_writes_json(tmp_path):
     assert runner.main(["models", "--quick", "--out", str(tmp_path)]) == 0
     figures = json.loads((tmp_path / "models.json").read_text())["figures"]
     assert set(figures["tiny_gpt_forward_latency"]) == {"batch_1", "batch_16"}
+
+
+def test_decode_bound_counts_the_cache_bytes_by_hand():
+    from benchmarks.bench_acceleration import decode_bound
+    from tinytorch import datasets, models
+    text = datasets.load_text()
+    r = decode_bound(models.load("tiny_gpt").eval(), text.tokenizer.encode(text.val[:20_000]), quick=True)
+    # keys and values, 4 layers, 4 heads of 32, float32, at the average context 128 + 128 / 2
+    assert r["kv_bytes_per_token"] == 2 * 4 * 4 * 192 * 32 * 4
+    assert r["bound_tokens_per_s"] == pytest.approx(1 / (r["decode_floor_s_per_token"] + r["prefill_s_per_token"]))
+    assert r["bound_vs_plain"] == pytest.approx(r["bound_tokens_per_s"] / r["plain_tokens_per_s"])
