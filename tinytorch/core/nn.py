@@ -9,8 +9,8 @@ Names follow PyTorch: `blocks.0.attn.q_proj.weight`.
 
 from __future__ import annotations
 
-import math
 import itertools
+import math
 from collections import OrderedDict
 from typing import Callable, Iterator
 
