@@ -544,11 +544,12 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
     and remove every hook you added, even if the forward raises.
 
     APPROACH:
-    1. modules = list(model.named_modules()). One hook function, registered on every
-       module, appends (module, inputs' shapes, output shape, bytes) to a list `calls`:
-       the hook runs inside the forward, so it only writes down; all the rest is done
-       once, after the forward. Keep the handles.
-    2. `with tc.no_grad(): model(*args)` inside try: ... finally: remove every handle.
+    1. modules = list(model.named_modules()); names = {id(module): name}. ONE hook,
+       registered once with tc.register_module_forward_hook (it sees every module call
+       in this thread), appends (module, input shapes, output shape, bytes) to a list
+       `calls` for the modules in `names`. It runs inside the forward, so it only
+       writes down; everything else is done once, after the forward.
+    2. `with tc.no_grad(): model(*args)` inside try: ... finally: handle.remove().
     3. For each call: its cost is the first rule whose class is in type(module).__mro__,
        else layer_flops. Sum each module's calls (keyed by id(module); the first call
        gives the shapes); a cost of None adds 0 and marks the module unknown.
@@ -559,14 +560,16 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
        uncounted layers, if any.
 
     HINTS:
-    - _array(x) is the ndarray behind a Tensor or ndarray, None for anything else (e.g. a
-      Python int argument); _nbytes(x) also sums the arrays of a tuple (an output may be one).
+    - An input or output may be a Tensor (its array is .data), an ndarray, or something
+      else (a Python int, a tuple): keep the shapes of the arrays; _nbytes(x) sums the
+      arrays inside a tuple.
     - Keep shapes, not arrays: holding every activation until the end costs memory and
       time (NumPy can no longer reuse the freed buffers).
     - Own parameters: _own_parameters(module); their bytes are p.data.nbytes, once per call.
     - `next(module.children(), None) is None` tells a leaf.
     - The hook's cost is the profiler's overhead: tiny_gpt has 67 modules, so every
-      microsecond in the hook, the registration or the bookkeeping is 67 us per count.
+      microsecond in the hook or the bookkeeping is 67 us per count. One registration
+      instead of 67 (and 67 removals) is part of that.
 
     EXAMPLE:
     >>> r = count_flops(tc.Sequential(tc.Linear(3, 2), tc.ReLU()), np.ones((4, 3), np.float32))
@@ -581,23 +584,30 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
             raise TypeError(f"rules must map Module classes to functions, got {cls!r}: {fn!r}")
     ### BEGIN SOLUTION
     modules = list(model.named_modules())
+    names = {id(module): name for name, module in modules}
     calls = []  # (module, input shapes, output shape, bytes in + out), one per call, in call order
 
-    def hook(module, inputs, output):  # shapes and sizes only: arrays kept here would stay alive
-        arrays = [a for a in map(_array, inputs) if a is not None]
-        out = _array(output)
-        calls.append((module, [a.shape for a in arrays], None if out is None else out.shape,
-                      sum(a.nbytes for a in arrays) + (_nbytes(output) if out is None else out.nbytes)))
+    def hook(module, inputs, output):
+        if id(module) not in names:
+            return  # a module of another model, called in this thread
+        shapes, nbytes = [], 0  # shapes and sizes only: an array kept here would stay alive
+        for a in inputs:
+            a = a.data if isinstance(a, Tensor) else a
+            if isinstance(a, np.ndarray):
+                shapes.append(a.shape)
+                nbytes += a.nbytes
+        out = output.data if isinstance(output, Tensor) else output
+        if isinstance(out, np.ndarray):
+            calls.append((module, shapes, out.shape, nbytes + out.nbytes))
+        else:  # e.g. a tuple of arrays: no single output shape
+            calls.append((module, shapes, None, nbytes + _nbytes(output)))
 
-    handles = []
+    handle = tc.register_module_forward_hook(hook)
     try:
-        for _, module in modules:
-            handles.append(module.register_forward_hook(hook))
         with tc.no_grad():
             model(*args)
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
 
     # After the forward: sum each module's calls, then one row per module that ran.
     totals = {}  # id(module) -> [input shapes, output shape, macs, flops, bytes, calls, known]
@@ -616,13 +626,17 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
         t[5] += 1
     rows = []
     for name, module in modules:
-        if id(module) in totals:
-            in_shapes, out_shape, macs, flops, nbytes, n, known = totals[id(module)]
-            own = _own_parameters(module)
-            leaf = next(module.children(), None) is None
-            rows.append(LayerRow(name, type(module).__name__, in_shapes, out_shape, macs, flops,
-                                 sum(p.data.size for p in own), nbytes + n * sum(p.data.nbytes for p in own),
-                                 n, leaf, counted=known or not leaf))
+        t = totals.get(id(module))
+        if t is None:
+            continue  # never called in this forward
+        in_shapes, out_shape, macs, flops, nbytes, n, known = t
+        params = param_bytes = 0
+        for p in _own_parameters(module):
+            params += p.data.size
+            param_bytes += p.data.nbytes
+        leaf = next(module.children(), None) is None
+        rows.append(LayerRow(name, type(module).__name__, in_shapes, out_shape, macs, flops, params,
+                             nbytes + n * param_bytes, n, leaf, counted=known or not leaf))
     report = FlopReport(type(model).__name__, rows)
     if report.uncounted:
         warnings.warn(f"count_flops: no FLOP rule for {report.uncounted}; they count as 0 "
@@ -655,6 +669,7 @@ assert _r.total_flops == _expected, (_r.total_flops, _expected)
 assert _r.total_flops == sum(row.flops for row in _r.rows)
 assert _r.row("blocks.0.attn.q_proj").macs == _B * _T * _C * _C
 assert all(not m._forward_hooks for _, m in _gpt.named_modules()), "remove every hook"
+assert not tc.nn._thread_hooks.forward, "remove the module-wide hook too (handle.remove())"
 assert count_flops(_gpt, np.zeros((_B, _T), dtype=np.int64)).total_flops == _expected, "a second count is identical"
 try:
     count_flops(tc.Linear(3, 2), np.ones((4, 5), np.float32))

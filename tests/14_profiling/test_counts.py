@@ -6,6 +6,8 @@ per output, attention 2 + 5 per score, TransformerBlock 2 residual adds, GPT one
 """
 
 import math
+import sys
+import threading
 import warnings
 
 import numpy as np
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinytorch.core as tc
+from tinytorch.core import nn
 from tinytorch.profiling import count_flops, count_parameters, layer_flops, parameter_bytes
 
 RELU, GELU, SOFTMAX, LAYERNORM, PER_SCORE = 1, 9, 5, 7, 7
@@ -199,7 +202,9 @@ def test_digits_cnn_shape_of_real_reference_model():
 
 # ---------------------------------------------------------- hooks and errors
 def hook_count(model):
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    # per-module hooks, and the module-wide ones of this thread (tc.register_module_forward_hook)
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) \
+        + len(nn._thread_hooks.forward)
 
 
 def test_hooks_removed_counts_repeatable_outputs_unchanged():
@@ -233,6 +238,46 @@ def test_wrong_input_shape_raises_and_leaves_no_hooks():
     with pytest.raises(ValueError, match="3"):
         count_flops(model, randn(4, 5))
     assert hook_count(model) == 0
+
+
+def test_a_module_outside_the_tree_is_not_a_row():
+    # called in the forward but not registered (kept in a plain list): no name, so no row
+    class Hidden(tc.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = tc.Linear(3, 2)
+            self.extra = [tc.ReLU()]
+
+        def forward(self, x):
+            return self.extra[0](self.fc(x))
+
+    r = count_flops(Hidden(), randn(4, 3))
+    assert [row.name for row in r.rows] == ["", "fc"] and r.total_macs == 4 * 3 * 2
+
+
+def test_counting_in_one_thread_does_not_see_another_threads_forwards():
+    # the same model running in a second thread meanwhile: a process-wide hook would count its calls too
+    model = tc.GPT(tc.GPTConfig(vocab_size=13, context_length=16, embed_dim=8, num_layers=2, num_heads=2)).eval()
+    x = rng.integers(0, 13, (2, 6))
+    expected = count_flops(model, x).total_flops
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            with tc.no_grad():
+                model(x)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so the worker runs in the middle of a count
+    worker = threading.Thread(target=busy)
+    worker.start()
+    try:
+        totals = [count_flops(model, x).total_flops for _ in range(20)]
+    finally:
+        stop.set()
+        worker.join()
+        sys.setswitchinterval(interval)
+    assert totals == [expected] * 20
 
 
 def test_non_module_rejected():

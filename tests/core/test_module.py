@@ -1,5 +1,7 @@
 """Module API: names, state_dict round trips and errors, hooks, modes, buffers."""
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -157,6 +159,24 @@ def test_a_hook_may_remove_itself_while_running():
     lin(np.ones((1, 2)))
     lin(np.ones((1, 2)))
     assert calls == [1]
+
+
+def test_module_forward_hook_sees_every_call_in_this_thread_only():
+    model = TwoLayer()
+    seen = []
+    handle = tc.register_module_forward_hook(lambda m, inp, out: seen.append(type(m).__name__))
+    try:
+        model(np.ones((2, 4)))
+        other = threading.Thread(target=lambda: model(np.ones((2, 4))))
+        other.start()
+        other.join()
+    finally:
+        handle.remove()
+    assert seen == ["Linear", "ReLU", "Linear", "TwoLayer"]  # each after its forward; none from the thread
+    model(np.ones((2, 4)))
+    assert len(seen) == 4
+    with pytest.raises(TypeError, match="callable"):
+        tc.register_module_forward_hook("not a function")
 
 
 def test_hooks_can_replace_inputs_and_outputs():

@@ -7,7 +7,7 @@ from tinytorch.core.data import DataLoader, TensorDataset
 from tinytorch.core.losses import CrossEntropyLoss, MSELoss
 from tinytorch.core.nn import (
     GELU, Conv2d, Dropout, Embedding, Flatten, LayerNorm, Linear, MaxPool2d, Module, ModuleList,
-    Parameter, ReLU, RemovableHandle, Sequential, Softmax,
+    Parameter, ReLU, RemovableHandle, Sequential, Softmax, register_module_forward_hook,
 )
 from tinytorch.core.optim import SGD, Adam, AdamW, Optimizer, clip_grad_norm
 from tinytorch.core.rng import manual_seed
@@ -18,7 +18,7 @@ __all__ = [
     "functional", "GPT", "MLP", "GPTConfig", "MultiHeadAttention", "TransformerBlock", "causal_mask",
     "DataLoader", "TensorDataset", "CrossEntropyLoss", "MSELoss", "GELU", "Conv2d", "Dropout", "Embedding",
     "Flatten", "LayerNorm", "Linear", "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU",
-    "RemovableHandle", "Sequential", "Softmax", "SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm",
+    "RemovableHandle", "Sequential", "Softmax", "register_module_forward_hook", "SGD", "Adam", "AdamW", "Optimizer", "clip_grad_norm",
     "manual_seed", "CheckpointError", "load_checkpoint", "save_checkpoint", "Tensor", "as_tensor", "cat",
     "is_grad_enabled", "no_grad", "tensor",
 ]

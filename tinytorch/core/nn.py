@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections import OrderedDict
 from typing import Callable, Iterator
 
@@ -34,6 +35,16 @@ class Parameter(Tensor):
 _hook_ids = itertools.count()  # one counter for every hook: a key is never reused
 
 
+class _ThreadHooks(threading.local):
+    """The hooks of register_module_forward_hook, one dict per thread (as no_grad is per thread)."""
+
+    def __init__(self):
+        self.forward: dict[int, Callable] = {}
+
+
+_thread_hooks = _ThreadHooks()
+
+
 class RemovableHandle:
     """Returned by register_*_hook; `remove()` unregisters the hook."""
 
@@ -42,6 +53,18 @@ class RemovableHandle:
 
     def remove(self) -> None:
         self._hooks.pop(self._key, None)
+
+
+def register_module_forward_hook(hook: Callable) -> RemovableHandle:
+    """hook(module, inputs, output) runs after the forward of EVERY module called in this thread,
+    after the module's own hooks, until removed. One registration instead of one per module: what
+    a profiler wants. PyTorch's torch.nn.modules.module.register_module_forward_hook is the same
+    but process-wide; here it is per thread, so another thread's forwards never reach it."""
+    if not callable(hook):
+        raise TypeError(f"a hook must be callable, got {type(hook).__name__}")
+    key = next(_hook_ids)
+    _thread_hooks.forward[key] = hook
+    return RemovableHandle(_thread_hooks.forward, key)
 
 
 class Module:
@@ -66,12 +89,12 @@ class Module:
                 if replaced is not None:
                     args = replaced if isinstance(replaced, tuple) else (replaced,)
         output = self.forward(*args, **kwargs)
-        hooks = self.__dict__.get("_forward_hooks")
-        if hooks:
-            for hook in list(hooks.values()):
-                replaced = hook(self, args, output)
-                if replaced is not None:
-                    output = replaced
+        for hooks in (self.__dict__.get("_forward_hooks"), _thread_hooks.forward):
+            if hooks:
+                for hook in list(hooks.values()):
+                    replaced = hook(self, args, output)
+                    if replaced is not None:
+                        output = replaced
         return output
 
     # ------------------------------------------------------------ registries
