@@ -330,6 +330,8 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
             if isinstance(a, np.ndarray):
                 shapes.append(a.shape)
                 nbytes += a.nbytes
+            elif isinstance(a, (tuple, list)):
+                nbytes += _nbytes(a)  # arrays inside a list argument still cross the boundary
         out = output.data if isinstance(output, Tensor) else output
         if isinstance(out, np.ndarray):
             calls.append((module, shapes, out.shape, nbytes + out.nbytes))

@@ -596,6 +596,8 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
             if isinstance(a, np.ndarray):
                 shapes.append(a.shape)
                 nbytes += a.nbytes
+            elif isinstance(a, (tuple, list)):
+                nbytes += _nbytes(a)  # arrays inside a list argument still cross the boundary
         out = output.data if isinstance(output, Tensor) else output
         if isinstance(out, np.ndarray):
             calls.append((module, shapes, out.shape, nbytes + out.nbytes))
@@ -1675,7 +1677,7 @@ print(f"per-layer timing hooks: {100 * gpt_report.hook_overhead:+.1f}% on the T=
       f"({len(gpt_report.layer_times)} modules, 2 clock reads each)")
 
 # %% [markdown]
-# Both overheads are a fixed cost per module (about 10-15 microseconds for `count_flops`:
+# Both overheads are a fixed cost per module (about 7-12 microseconds for `count_flops`:
 # the hook, the rule, the row), so their share depends on how long the forward is:
 # small at `T = 256`, larger at `T = 64`, and large for a model made of many tiny
 # layers. The benchmark `python -m benchmarks.run profiling` measures them

@@ -280,6 +280,16 @@ def test_counting_in_one_thread_does_not_see_another_threads_forwards():
     assert totals == [expected] * 20
 
 
+def test_arrays_inside_a_list_argument_count_as_bytes():
+    class Pair(tc.Module):
+        def forward(self, xs):
+            return xs[0] + xs[1]
+
+    x = randn(2, 4)  # 32 bytes each
+    row = count_flops(Pair(), ([x, x],), rules={Pair: lambda m, i, o: (0, 0)}).row("")
+    assert row.input_shapes == [] and row.bytes == 2 * 32 + 32
+
+
 def test_non_module_rejected():
     with pytest.raises(TypeError, match="function"):
         count_flops(lambda x: x, randn(2, 2))

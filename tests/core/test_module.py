@@ -125,7 +125,9 @@ def test_replacing_a_child_keeps_its_place_and_deleting_unregisters_it():
     lin = tc.Linear(2, 2)
     lin.weight = tc.Tensor(lin.weight.data)  # no longer a Parameter (pruning's computed weight)
     assert [n for n, _ in lin.named_parameters()] == ["bias"]
-    del lin.bias
+    lin.weight = tc.Parameter(lin.weight.data)  # a parameter again: registered last, as in PyTorch
+    assert [n for n, _ in lin.named_parameters()] == ["bias", "weight"]
+    del lin.bias, lin.weight
     assert lin.parameters() == [] and not hasattr(lin, "bias")
 
 

@@ -57,9 +57,10 @@ class RemovableHandle:
 
 def register_module_forward_hook(hook: Callable) -> RemovableHandle:
     """hook(module, inputs, output) runs after the forward of EVERY module called in this thread,
-    after the module's own hooks, until removed. One registration instead of one per module: what
-    a profiler wants. PyTorch's torch.nn.modules.module.register_module_forward_hook is the same
-    but process-wide; here it is per thread, so another thread's forwards never reach it."""
+    until removed. One registration instead of one per module: what a profiler wants. Modelled on
+    PyTorch's torch.nn.modules.module.register_module_forward_hook, with two differences: it is per
+    thread (another thread's forwards never reach it), and it runs AFTER the module's own hooks
+    (PyTorch runs it before), so it sees the output they may have replaced."""
     if not callable(hook):
         raise TypeError(f"a hook must be callable, got {type(hook).__name__}")
     key = next(_hook_ids)
@@ -102,7 +103,8 @@ class Module:
         # Note sub-modules and parameters by name (PyTorch's _modules/_parameters), so that
         # named_modules() and named_parameters() need not scan every attribute. A value that
         # is neither (None, an int, a plain Tensor) takes the name out of both registries.
-        # Replacing a child keeps its place (a Sequential's order is its registry's order).
+        # Replacing a child keeps its place (a Sequential's order is its registry's order); a name
+        # that stops being a parameter and becomes one again goes last, as in PyTorch.
         modules = self.__dict__.setdefault("_modules", {})
         parameters = self.__dict__.setdefault("_parameters", {})
         if isinstance(value, Module):
