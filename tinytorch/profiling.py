@@ -279,19 +279,19 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
     and remove every hook you added, even if the forward raises.
 
     APPROACH:
-    1. modules = list(model.named_modules()); names = {id(module): name}. ONE hook,
-       registered once with tc.register_module_forward_hook (it sees every module call
-       in this thread), appends (module, input shapes, output shape, bytes) to a list
-       `calls` for the modules in `names`. It runs inside the forward, so it only
-       writes down; everything else is done once, after the forward.
+    1. modules = list(model.named_modules()); ours = {id(module) for _, module in modules}.
+       ONE hook, registered once with tc.register_module_forward_hook (it sees every module
+       call in this thread), writes down (input shapes, output shape, bytes in + out) in
+       calls[id(module)], a list per module, for the modules in `ours`. It runs inside the
+       forward, so it only writes down; everything else is done once, after the forward.
     2. `with tc.no_grad(): model(*args)` inside try: ... finally: handle.remove().
-    3. For each call: its cost is the first rule whose class is in type(module).__mro__,
-       else layer_flops. Sum each module's calls (keyed by id(module); the first call
-       gives the shapes); a cost of None adds 0 and marks the module unknown.
-    4. One LayerRow per module that ran, in named_modules() order: an unknown leaf (a
-       module without children) has counted=False; an unknown container only called
-       its children, so it is counted (at 0). Bytes add the own parameters once per call.
-       Return FlopReport(type(model).__name__, rows); warn (warnings.warn) naming the
+    3. Then one pass over `modules` (named_modules() order), skipping those never called:
+       each call's cost is the first rule whose class is in type(module).__mro__, else
+       layer_flops; sum them (the first call gives the shapes). A cost of None adds 0 and
+       marks the module unknown: an unknown leaf (a module without children) has
+       counted=False; an unknown container only called its children, so it is counted
+       (at 0). Bytes add the own parameters once per call.
+    4. Return FlopReport(type(model).__name__, rows); warn (warnings.warn) naming the
        uncounted layers, if any.
 
     HINTS:
@@ -318,11 +318,11 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
         if not (isinstance(cls, type) and callable(fn)):
             raise TypeError(f"rules must map Module classes to functions, got {cls!r}: {fn!r}")
     modules = list(model.named_modules())
-    names = {id(module): name for name, module in modules}
-    calls = []  # (module, input shapes, output shape, bytes in + out), one per call, in call order
+    ours = {id(module) for _, module in modules}
+    calls = {}  # id(module) -> [(input shapes, output shape, bytes in + out), one per call]
 
     def hook(module, inputs, output):
-        if id(module) not in names:
+        if id(module) not in ours:
             return  # a module of another model, called in this thread
         shapes, nbytes = [], 0  # shapes and sizes only: an array kept here would stay alive
         for a in inputs:
@@ -334,9 +334,9 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
                 nbytes += _nbytes(a)  # arrays inside a list argument still cross the boundary
         out = output.data if isinstance(output, Tensor) else output
         if isinstance(out, np.ndarray):
-            calls.append((module, shapes, out.shape, nbytes + out.nbytes))
+            calls.setdefault(id(module), []).append((shapes, out.shape, nbytes + out.nbytes))
         else:  # e.g. a tuple of arrays: no single output shape
-            calls.append((module, shapes, None, nbytes + _nbytes(output)))
+            calls.setdefault(id(module), []).append((shapes, None, nbytes + _nbytes(output)))
 
     handle = tc.register_module_forward_hook(hook)
     try:
@@ -345,32 +345,30 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
     finally:
         handle.remove()
 
-    # After the forward: sum each module's calls, then one row per module that ran.
-    totals = {}  # id(module) -> [input shapes, output shape, macs, flops, bytes, calls, known]
-    for module, in_shapes, out_shape, nbytes in calls:
-        rule = next((rules[c] for c in type(module).__mro__ if c in rules), layer_flops) if rules else layer_flops
-        cost = rule(module, in_shapes, out_shape)
-        t = totals.get(id(module))
-        if t is None:  # the first call gives the shapes
-            t = totals[id(module)] = [in_shapes, out_shape, 0, 0, 0, 0, True]
-        if cost is None:
-            t[6] = False
-        else:
-            t[2] += int(cost[0])
-            t[3] += int(cost[1])
-        t[4] += nbytes
-        t[5] += 1
+    # After the forward: one row per module that ran, its calls summed.
     rows = []
     for name, module in modules:
-        t = totals.get(id(module))
-        if t is None:
+        own_calls = calls.get(id(module))
+        if own_calls is None:
             continue  # never called in this forward
-        in_shapes, out_shape, macs, flops, nbytes, n, known = t
+        rule = next((rules[c] for c in type(module).__mro__ if c in rules), layer_flops) if rules else layer_flops
+        macs = flops = nbytes = 0
+        known = True
+        for in_shapes, out_shape, call_bytes in own_calls:
+            cost = rule(module, in_shapes, out_shape)
+            if cost is None:
+                known = False
+            else:
+                macs += int(cost[0])
+                flops += int(cost[1])
+            nbytes += call_bytes
         params = param_bytes = 0
         for p in _own_parameters(module):
             params += p.data.size
             param_bytes += p.data.nbytes
         leaf = next(module.children(), None) is None
+        in_shapes, out_shape, _ = own_calls[0]  # the first call gives the shapes
+        n = len(own_calls)
         rows.append(LayerRow(name, type(module).__name__, in_shapes, out_shape, macs, flops, params,
                              nbytes + n * param_bytes, n, leaf, counted=known or not leaf))
     report = FlopReport(type(model).__name__, rows)
