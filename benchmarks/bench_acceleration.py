@@ -2,11 +2,14 @@
 under closed-loop load (max_wait_ms sweep, unbatched baseline = max_batch_size 1), the HTTP server with
 and without batching, fused vs unfused operators (time round-robin, tracemalloc peak), and generation:
 plain GPT.generate vs generate_cached vs cached + static batching vs cached + continuous batching on the
-same mixed prompts in one run. Goal from issue 9: cached + batched >= 100x plain single-request tokens/s
+same mixed prompts in one run, and generate_parallel (one continuous batch per core) on the same
+requests. Goal from issue 9: cached + batched >= 100x plain single-request tokens/s
 on tiny_gpt. Every answer of the load runs is checked against the model's own output."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import numpy as np
@@ -16,7 +19,7 @@ from benchmarks.run import compare
 from tinytorch import datasets, models
 from tinytorch.acceleration import (
     DynamicBatcher, FusedQKV, HTTPClient, InferenceServer, batch_sweep, bias_gelu, fused_attention,
-    generate_continuous, generate_static, run_load, softmax,
+    generate_continuous, generate_parallel, generate_static, run_load, softmax,
 )
 from tinytorch.memoization import generate_cached
 from tinytorch.profiling import measure_memory
@@ -145,6 +148,14 @@ def generation(gpt, val, quick: bool) -> dict:
                                        "p50_ttft_ms": float(np.median([x.ttft_s for x in r.results])) * 1e3,
                                        "decode_steps": r.decode_steps, "seconds": r.seconds,
                                        "tokens_equal_plain": same}
+    workers = os.cpu_count() or 1  # one continuous batch per core, the same rows in all
+    c0 = time.process_time()
+    r = generate_parallel(gpt, reqs, outs, workers=workers, max_batch_size=-(-rows // workers))
+    cpu = time.process_time() - c0
+    runs[f"parallel_{workers}_workers_{rows}_rows"] = {
+        "tokens_per_s": r.tokens_per_s, "tokens_per_cpu_s": r.tokens / cpu, "mean_ttft_ms": r.mean_ttft_s * 1e3,
+        "p50_ttft_ms": float(np.median([x.ttft_s for x in r.results])) * 1e3, "decode_steps": r.decode_steps,
+        "seconds": r.seconds, "tokens_equal_plain": all(a.tolist() == b.tokens.tolist() for a, b in zip(plain, r.results))}
     res["batched"] = runs
     base = res["plain_generate_tokens_per_s"]
     best = max(runs, key=lambda k: runs[k]["tokens_per_s"])
@@ -189,7 +200,8 @@ def decode_bound(gpt, val, quick: bool) -> dict:
     """Why cached + batched generation levels off below 100x: an upper bound on its tokens/s if every
     matrix product, softmax and MLP were free. What is left is reading each row's cached keys and
     values once per decode step (at this machine's measured read rate) and the prompts' prefills
-    (measured). Workload as milestone 06: requests of 128 + 128 tokens."""
+    (measured). Workload as milestone 06: requests of 128 + 128 tokens. Once for one core, and once
+    for every core at work (generate_parallel): all cores reading at once, the prefills shared out."""
     from tinytorch.memoization import KVCache, prefill
     rows, p_len, n_new = (16 if quick else 128), 128, 128
     c = gpt.config
@@ -197,6 +209,19 @@ def decode_bound(gpt, val, quick: bool) -> dict:
     m, v = a.reshape(-1, 32), np.ones(32, np.float32)
     reads = compare({"sum": a.sum, "matrix-vector": lambda: m @ v}, warmup=1, repeats=3 if quick else 7)
     read_rate = max(a.nbytes / r["median_s"] for r in reads.values())
+    workers = os.cpu_count() or 1
+    parts = [np.ones(a.size // workers, np.float32) for _ in range(workers)]  # 100 MB in all, one part per core
+
+    def read_on_every_core():
+        threads = [threading.Thread(target=part.sum) for part in parts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    every = compare({"every core": read_on_every_core}, warmup=1, repeats=3 if quick else 7)["every core"]
+    read_rate_all = sum(part.nbytes for part in parts) / every["median_s"]
+    del parts
     avg_context = p_len + n_new / 2  # the decode steps run at contexts p_len + 1 .. p_len + n_new - 1
     kv_bytes = 2 * c.num_layers * c.num_heads * avg_context * (c.embed_dim // c.num_heads) * 4
     prompts = [np.asarray(val[i * 997 % (len(val) - p_len):][:p_len]) for i in range(rows)]
@@ -210,9 +235,12 @@ def decode_bound(gpt, val, quick: bool) -> dict:
     gpt.generate(prompts[0], plain_new, temperature=0)
     plain = plain_new / (time.perf_counter() - t)
     bound = 1 / (kv_bytes / read_rate + prefill_per_token)
+    bound_all = 1 / (kv_bytes / read_rate_all + prefill_per_token / workers)  # prefills split evenly: optimistic
     return {"read_bytes_per_s": read_rate, "kv_bytes_per_token": kv_bytes, "decode_floor_s_per_token": kv_bytes / read_rate,
             "prefill_s_per_token": prefill_per_token, "bound_tokens_per_s": bound,
             "plain_tokens_per_s": plain, "plain_new_tokens": plain_new, "bound_vs_plain": bound / plain,
+            "workers": workers, "read_bytes_per_s_every_core": read_rate_all,
+            "bound_every_core_tokens_per_s": bound_all, "bound_every_core_vs_plain": bound_all / plain,
             "workload": f"{rows} requests of {p_len} + {n_new} tokens"}
 
 

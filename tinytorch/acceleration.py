@@ -5,7 +5,7 @@
 # %% modules/18_acceleration/acceleration.py (cell 9)
 """Acceleration: batched inference, a dynamic batcher, an HTTP inference server with a load
 generator, operator fusion with preallocated buffers, and static vs continuous batching for
-generation on module 17's KV-cache."""
+generation on module 17's KV-cache, on one core or on several (one worker thread per core)."""
 
 import http.client
 import json
@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -869,3 +869,52 @@ def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
     seconds = clock() - start
     return GenerationRun([RequestResult(np.array(o, dtype=np.int64), t, d) for o, t, d in zip(out, ttft, done_at)],
                          seconds, steps)
+
+
+# %% modules/18_acceleration/acceleration.py (cell 29)
+def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batch_size: int = 64,
+                      clock: Callable[[], float] = time.perf_counter) -> GenerationRun:
+    """Continuous batching on `workers` threads at once, each with its own KV-cache of max_batch_size rows.
+
+    TODO: split the requests round-robin, run generate_continuous on each share in its own thread,
+    and merge the results in request order, with times measured from the start of this call.
+
+    APPROACH:
+    1. shares = [list(range(w, len(prompts), workers)) for w in range(min(workers, len(prompts)))].
+    2. start = clock(). A worker's function notes offset = clock() - start, then runs
+       generate_continuous(model, its prompts, its counts, max_batch_size, clock) and
+       returns (offset, run).
+    3. with ThreadPoolExecutor(len(shares)) as pool: runs = list(pool.map(work, shares)).
+    4. seconds = clock() - start. Request shares[w][j] gets runs[w]'s result j, with
+       offset added to its ttft_s and latency_s; decode_steps is the sum over workers.
+
+    HINTS:
+    - pool.map re-raises a worker's exception in the caller: nothing is lost silently.
+    - The threads share the model (read only) but not a cache: each generate_continuous
+      makes its own.
+
+    EXAMPLE:
+    >>> run = generate_parallel(gpt, [np.array([1, 2]), np.array([3])], [4, 2], workers=2)
+    >>> [len(r.tokens) for r in run.results], run.decode_steps
+    ([4, 2], 4)
+    """
+    prompts, counts = _check_requests(model, prompts, max_new_tokens)
+    _check_int(workers, "workers", 1)
+    _check_int(max_batch_size, "max_batch_size", 1)
+    shares = [list(range(w, len(prompts), workers)) for w in range(min(workers, len(prompts)))]
+    start = clock()
+
+    def work(share):
+        offset = clock() - start
+        run = generate_continuous(model, [prompts[i] for i in share], [counts[i] for i in share],
+                                  max_batch_size, clock)
+        return offset, run
+
+    with ThreadPoolExecutor(len(shares)) as pool:
+        runs = list(pool.map(work, shares))   # re-raises a worker's exception here
+    seconds = clock() - start
+    results = [None] * len(prompts)
+    for share, (offset, run) in zip(shares, runs):
+        for i, r in zip(share, run.results):
+            results[i] = RequestResult(r.tokens, r.ttft_s + offset, r.latency_s + offset)
+    return GenerationRun(results, seconds, sum(run.decode_steps for _, run in runs))

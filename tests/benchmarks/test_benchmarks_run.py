@@ -1,6 +1,7 @@
 """The benchmark suites run and write well-formed JSON (no timing is asserted here)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -63,3 +64,4 @@ def test_decode_bound_counts_the_cache_bytes_by_hand():
     # keys and values, 4 layers, 4 heads of 32, float32, at the average context 128 + 128 / 2
     assert r["kv_bytes_per_token"] == 2 * 4 * 4 * 192 * 32 * 4
     assert r["plain_new_tokens"] == 32 and r["workload"] == "16 requests of 128 + 128 tokens"  # quick mode
+    assert r["workers"] == (os.cpu_count() or 1)  # the every-core bound: one reader per core

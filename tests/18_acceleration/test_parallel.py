@@ -1,0 +1,86 @@
+"""generate_parallel: one continuous batch per worker thread. Every request gets exactly its solo greedy
+tokens, in request order; the work is split round-robin (decode steps equal the sum of each share's own
+continuous batch); the shares really run in worker threads; a worker's exception reaches the caller."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tinytorch.core as tc
+from tinytorch.acceleration import generate_continuous, generate_parallel
+
+
+@pytest.fixture(scope="module")
+def lm():
+    tc.manual_seed(0)
+    model = tc.GPT(tc.GPTConfig(vocab_size=23, context_length=24, embed_dim=16, num_layers=2, num_heads=2))
+    rng = np.random.default_rng(5)
+    for p in model.parameters():    # larger random weights: well-separated logits, no float near-ties
+        p.data = (rng.standard_normal(p.shape) * 0.5).astype(np.float32)
+    return model.eval()
+
+
+def solo(model, prompt, n):
+    return model.generate(prompt, n, temperature=0)[len(prompt):].tolist()
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 10)), min_size=1, max_size=9),
+       st.integers(1, 4), st.integers(1, 3), st.integers(0, 1000))
+def test_every_request_gets_its_solo_tokens_in_request_order(lm, shapes, workers, rows, seed):
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, 23, size=p) for p, _ in shapes]
+    counts = [n for _, n in shapes]
+    run = generate_parallel(lm, prompts, counts, workers=workers, max_batch_size=rows)
+    assert [r.tokens.tolist() for r in run.results] == [solo(lm, p, n) for p, n in zip(prompts, counts)]
+    assert run.tokens == sum(counts)
+    assert all(0 <= r.ttft_s <= r.latency_s <= run.seconds for r in run.results)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+def test_round_robin_shares_each_one_continuous_batch(lm, workers):
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(0, 23, size=n) for n in (4, 2, 6, 1, 3, 5)]
+    counts = [5, 7, 2, 8, 4, 1]
+    shares = [list(range(w, len(prompts), workers)) for w in range(min(workers, len(prompts)))]
+    want = sum(generate_continuous(lm, [prompts[i] for i in s], [counts[i] for i in s], max_batch_size=2).decode_steps
+               for s in shares)
+    assert generate_parallel(lm, prompts, counts, workers=workers, max_batch_size=2).decode_steps == want
+
+
+def test_the_shares_run_in_worker_threads(lm):
+    seen = set()
+
+    def clock():  # generate_continuous reads the clock in whichever thread runs it
+        seen.add(threading.get_ident())
+        return time.perf_counter()
+
+    prompts = [np.array([1, 2, 3])] * 4
+    run = generate_parallel(lm, prompts, [3, 3, 3, 3], workers=2, max_batch_size=2, clock=clock)
+    assert len(seen - {threading.get_ident()}) == 2, "each share runs in its own worker thread"
+    assert run.decode_steps == 2 * 2
+
+
+def test_a_worker_exception_reaches_the_caller():
+    tc.manual_seed(3)
+    broken = tc.GPT(tc.GPTConfig(vocab_size=11, context_length=16, embed_dim=8, num_layers=2, num_heads=2)).eval()
+    broken.blocks[1].mlp.fc.weight.data = np.zeros((3, 3), np.float32)   # a matmul in every worker fails
+    with pytest.raises(ValueError):
+        generate_parallel(broken, [np.array([1, 2])] * 4, 3, workers=2)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
+def test_bad_workers(lm, workers):
+    with pytest.raises(ValueError, match="workers"):
+        generate_parallel(lm, [np.array([1])], [1], workers=workers)
+
+
+def test_bad_requests_are_checked_before_any_thread_starts(lm):
+    with pytest.raises(ValueError, match="context length 24"):
+        generate_parallel(lm, [np.arange(20) % 23], [6])
+    with pytest.raises(TypeError):
+        generate_parallel(tc.Linear(2, 2), [np.array([1])], [1])
