@@ -8,7 +8,6 @@ on tiny_gpt. Every answer of the load runs is checked against the model's own ou
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -19,7 +18,7 @@ from benchmarks.run import compare
 from tinytorch import datasets, models
 from tinytorch.acceleration import (
     DynamicBatcher, FusedQKV, HTTPClient, InferenceServer, batch_sweep, bias_gelu, fused_attention,
-    generate_continuous, generate_parallel, generate_static, run_load, softmax,
+    generate_continuous, generate_parallel, generate_static, run_load, softmax, usable_cores,
 )
 from tinytorch.memoization import generate_cached
 from tinytorch.profiling import measure_memory
@@ -148,7 +147,7 @@ def generation(gpt, val, quick: bool) -> dict:
                                        "p50_ttft_ms": float(np.median([x.ttft_s for x in r.results])) * 1e3,
                                        "decode_steps": r.decode_steps, "seconds": r.seconds,
                                        "tokens_equal_plain": same}
-    workers = os.cpu_count() or 1  # one continuous batch per core, the same rows in all
+    workers = usable_cores()  # one continuous batch per core, the same rows in all
     c0 = time.process_time()
     r = generate_parallel(gpt, reqs, outs, workers=workers, max_batch_size=-(-rows // workers))
     cpu = time.process_time() - c0
@@ -209,7 +208,7 @@ def decode_bound(gpt, val, quick: bool) -> dict:
     m, v = a.reshape(-1, 32), np.ones(32, np.float32)
     reads = compare({"sum": a.sum, "matrix-vector": lambda: m @ v}, warmup=1, repeats=3 if quick else 7)
     read_rate = max(a.nbytes / r["median_s"] for r in reads.values())
-    workers = os.cpu_count() or 1
+    workers = usable_cores()
     parts = [np.ones(a.size // workers, np.float32) for _ in range(workers)]  # 100 MB in all, one part per core
 
     def on_every_core(read):

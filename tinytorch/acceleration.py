@@ -10,6 +10,7 @@ generation on module 17's KV-cache, on one core or on several (one worker thread
 import http.client
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -48,6 +49,12 @@ def _check_positive_number(value, name: str, allow_zero: bool = False) -> float:
 
 def _array(x) -> np.ndarray:
     return x.data if isinstance(x, tc.Tensor) else np.asarray(x)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: one worker per core is the most that can run at once
+    (a container or `taskset` may allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # %% modules/18_acceleration/acceleration.py (cell 11)
@@ -885,11 +892,13 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
        generate_continuous(model, its prompts, its counts, max_batch_size, clock) and
        returns (offset, run).
     3. with ThreadPoolExecutor(len(shares)) as pool: runs = list(pool.map(work, shares)).
-    4. seconds = clock() - start. Request shares[w][j] gets runs[w]'s result j, with
-       offset added to its ttft_s and latency_s; decode_steps is the sum over workers.
+    4. seconds = clock() - start; results = [None] * len(prompts). Request shares[w][j] gets
+       runs[w]'s result j, with offset added to its ttft_s and latency_s (the given return
+       line sums decode_steps over `runs`, a list of (offset, run) pairs).
 
     HINTS:
-    - pool.map re-raises a worker's exception in the caller: nothing is lost silently.
+    - pool.map re-raises a worker's exception in the caller (once the other workers have
+      finished their shares): nothing is lost silently.
     - The threads share the model (read only) but not a cache: each generate_continuous
       makes its own.
 

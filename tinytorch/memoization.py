@@ -320,6 +320,8 @@ def cached_attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, query_
     if pos.shape != (q.shape[0], q.shape[2]) or pos.dtype.kind not in "iu":
         raise ValueError(f"query_positions must be int of shape (n, T) = {(q.shape[0], q.shape[2])}, got "
                          f"{pos.shape} {pos.dtype}")
+    if any(a.dtype.kind != "f" for a in (q, keys, values)):
+        raise TypeError(f"q, keys and values must be float arrays, got {q.dtype}, {keys.dtype}, {values.dtype}")
     if pos.size and (pos.min() < 0 or pos.max() >= keys.shape[2]):
         raise ValueError(f"query positions must lie in [0, S={keys.shape[2]}), got {pos.min()}..{pos.max()}")
     scores = q @ keys.swapaxes(-1, -2)

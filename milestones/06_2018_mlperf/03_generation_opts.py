@@ -21,7 +21,6 @@ context (speed); cached + batched >= 100x the plain single-request tokens/s (spe
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -38,7 +37,8 @@ def main() -> int:
     run = Run("03_generation_opts", "Generation: plain vs KV-cache vs batching on tiny_gpt (modules 17, 18)", __doc__)
     mem = require(run, "memoization", ["KVCache", "prefill", "decode_step", "generate_cached",
                                        "generate_cached_batch"])
-    acc = require(run, "acceleration", ["generate_static", "generate_continuous", "generate_parallel"])
+    acc = require(run, "acceleration", ["generate_static", "generate_continuous", "generate_parallel",
+                                        "usable_cores"])
     import matplotlib.pyplot as plt
 
     import tinytorch.core as tc
@@ -144,7 +144,7 @@ def main() -> int:
     batches = [8, 32] if quick else [8, 32, 128]  # the best batch size is what a server would pick
     requests = [prompt(p_len) for _ in range(max(batches))]
     rounds = 1 if quick else 2
-    workers = os.cpu_count() or 1  # one continuous batch per core (module 18's generate_parallel)
+    workers = acc.usable_cores()  # one continuous batch per core (module 18's generate_parallel)
     timings = {"plain": [], "cached": [], **{b: [] for b in batches}, "parallel": []}
     ttft = {"plain": [], "cached": []}
     for _ in run.progress(range(rounds), f"throughput: up to {max(batches)} requests of {p_len} + {n_new} tokens"):

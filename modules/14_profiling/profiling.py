@@ -135,8 +135,9 @@ print(f"FLOP ratio matmul/layernorm: {_flops_mm / _flops_ln:.0f}x; time ratio: {
 # **Hooks.** We never change a model to measure it. `Module.register_forward_hook(fn)`
 # calls `fn(module, inputs, output)` after every forward of that module and returns a
 # handle whose `remove()` takes the hook out again; a forward *pre*-hook
-# `fn(module, inputs)` runs before. A profiler puts one hook on every module, runs one
-# forward, and removes them all, even when the forward fails.
+# `fn(module, inputs)` runs before. A profiler puts one hook on every module (or one
+# module-wide hook, `tc.register_module_forward_hook(fn)`, that sees every module call
+# in this thread), runs one forward, and removes its hooks, even when the forward fails.
 #
 # **Latency is a distribution.** Ten runs of the same forward give ten different
 # times: caches, the OS, other processes and the CPU clock all move them. We report the
@@ -1655,8 +1656,8 @@ print("warm-up excluded:", warm)
 # the plot: when the first calls are slower (first touches of memory, cold caches,
 # thread start-up), they pull a mean up. That is why `measure_latency` discards
 # `warmup` calls before it times anything, and why we report the median. The profiler's
-# own cost: counting FLOPs runs one forward with a hook per module; timing per layer
-# reads the clock twice per module per forward.
+# own cost: counting FLOPs runs one forward with one module-wide hook, called once per
+# module call; timing per layer reads the clock twice per module per forward.
 
 # %%
 _x64 = tokens[None, :64]

@@ -136,6 +136,7 @@ generation on module 17's KV-cache, on one core or on several (one worker thread
 import http.client
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -174,6 +175,12 @@ def _check_positive_number(value, name: str, allow_zero: bool = False) -> float:
 
 def _array(x) -> np.ndarray:
     return x.data if isinstance(x, tc.Tensor) else np.asarray(x)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: one worker per core is the most that can run at once
+    (a container or `taskset` may allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # %% [markdown]
@@ -1340,7 +1347,7 @@ print("generate_static, generate_continuous: OK")
 # A decode step over many rows is memory-bound: it reads every row's cached keys and
 # values once (section 4 measures how long that takes). On this kind of machine each
 # core brings its own share of memory bandwidth, so a second decode loop on the second
-# core can nearly double the tokens per second, if the two loops really run at the same
+# core can add up to what that share brings, if the two loops really run at the same
 # time. In one Python process they can: NumPy releases the interpreter lock (the GIL)
 # inside its matrix products and array loops, so two threads overlap their array work;
 # only the Python between the array operations runs one thread at a time.
@@ -1368,11 +1375,13 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
        generate_continuous(model, its prompts, its counts, max_batch_size, clock) and
        returns (offset, run).
     3. with ThreadPoolExecutor(len(shares)) as pool: runs = list(pool.map(work, shares)).
-    4. seconds = clock() - start. Request shares[w][j] gets runs[w]'s result j, with
-       offset added to its ttft_s and latency_s; decode_steps is the sum over workers.
+    4. seconds = clock() - start; results = [None] * len(prompts). Request shares[w][j] gets
+       runs[w]'s result j, with offset added to its ttft_s and latency_s (the given return
+       line sums decode_steps over `runs`, a list of (offset, run) pairs).
 
     HINTS:
-    - pool.map re-raises a worker's exception in the caller: nothing is lost silently.
+    - pool.map re-raises a worker's exception in the caller (once the other workers have
+      finished their shares): nothing is lost silently.
     - The threads share the model (read only) but not a cache: each generate_continuous
       makes its own.
 
@@ -1413,13 +1422,29 @@ for _w in (1, 2, 3, 7):
     _run = generate_parallel(_lm, _prompts5, _counts5, workers=_w, max_batch_size=2)
     assert [r.tokens.tolist() for r in _run.results] == _solo5, f"workers={_w}: tokens differ from solo"
     assert all(0 <= r.ttft_s <= r.latency_s <= _run.seconds for r in _run.results), f"workers={_w}: times"
-# one worker is exactly one continuous batch; two split the work: 0, 2, 4 and 1, 3
-assert generate_parallel(_lm, _prompts5, _counts5, workers=1, max_batch_size=2).decode_steps == \
-    generate_continuous(_lm, _prompts5, _counts5, max_batch_size=2).decode_steps
+# one worker is exactly one continuous batch, its times shifted by the worker's start (a counting clock:
+# the start, then the worker's offset, then the same clock reads as generate_continuous alone)
+_ticks1, _ticks2 = iter(range(10**6)), iter(range(10**6))
+_one = generate_parallel(_lm, _prompts5, _counts5, workers=1, max_batch_size=2, clock=lambda: float(next(_ticks1)))
+_ref = generate_continuous(_lm, _prompts5, _counts5, max_batch_size=2, clock=lambda: float(next(_ticks2)))
+assert _one.decode_steps == _ref.decode_steps
+assert [(r.ttft_s, r.latency_s) for r in _one.results] == [(r.ttft_s + 1, r.latency_s + 1) for r in _ref.results], \
+    "times from the common start: add each worker's offset"
+# two workers split the work 0, 2, 4 and 1, 3, and really run at once: each waits for the other at the barrier
 _shares = [generate_continuous(_lm, [_prompts5[i] for i in _ix], [_counts5[i] for i in _ix], max_batch_size=2)
            for _ix in ([0, 2, 4], [1, 3])]
-assert generate_parallel(_lm, _prompts5, _counts5, workers=2, max_batch_size=2).decode_steps == \
-    sum(_r.decode_steps for _r in _shares), "round-robin shares, one continuous batch each"
+_barrier, _met = threading.Barrier(2, timeout=10), set()
+
+
+def _meeting_clock():
+    if threading.get_ident() not in _met and threading.current_thread() is not threading.main_thread():
+        _met.add(threading.get_ident())
+        _barrier.wait()   # a share run after the other (or in the same thread) never gets past this
+    return time.perf_counter()
+
+
+_two = generate_parallel(_lm, _prompts5, _counts5, workers=2, max_batch_size=2, clock=_meeting_clock)
+assert len(_met) == 2 and _two.decode_steps == sum(_r.decode_steps for _r in _shares), "two threads, round-robin"
 for _bad in (0, 1.5, True):
     try:
         generate_parallel(_lm, _prompts5, _counts5, workers=_bad)

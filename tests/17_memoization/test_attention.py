@@ -61,3 +61,11 @@ def test_bad_shapes_and_positions_are_errors():
         cached_attention(q, k, k, np.array([1, 2]))
     with pytest.raises(ValueError, match="expected q"):
         cached_attention(q, np.zeros((1, 1, 3, 4)), np.zeros((1, 1, 3, 4)), np.array([[0]]))
+
+
+def test_integer_inputs_are_a_clear_error():
+    q, k = np.ones((1, 1, 1, 2), dtype=np.int64), np.ones((1, 1, 3, 2), dtype=np.int64)
+    with pytest.raises(TypeError, match="must be float arrays, got int64"):
+        cached_attention(q, k, k, np.array([[2]]))
+    out = cached_attention(q.astype(np.float32), k.astype(np.float32), k.astype(np.float32), np.array([[2]]))
+    assert out.dtype == np.float32 and np.allclose(out, 1.0)

@@ -2,6 +2,7 @@
 tokens, in request order; the work is split round-robin (decode steps equal the sum of each share's own
 continuous batch); the shares really run in worker threads; a worker's exception reaches the caller."""
 
+import itertools
 import threading
 import time
 
@@ -52,17 +53,31 @@ def test_round_robin_shares_each_one_continuous_batch(lm, workers):
     assert generate_parallel(lm, prompts, counts, workers=workers, max_batch_size=2).decode_steps == want
 
 
-def test_the_shares_run_in_worker_threads(lm):
-    seen = set()
+def test_the_shares_run_at_once_in_worker_threads(lm):
+    barrier, met = threading.Barrier(2, timeout=10), set()
 
     def clock():  # generate_continuous reads the clock in whichever thread runs it
-        seen.add(threading.get_ident())
+        if threading.current_thread() is not threading.main_thread() and threading.get_ident() not in met:
+            met.add(threading.get_ident())
+            barrier.wait()  # shares run one after the other (or in one thread) never get past this
         return time.perf_counter()
 
     prompts = [np.array([1, 2, 3])] * 4
     run = generate_parallel(lm, prompts, [3, 3, 3, 3], workers=2, max_batch_size=2, clock=clock)
-    assert len(seen - {threading.get_ident()}) == 2, "each share runs in its own worker thread"
+    assert len(met) == 2, "each share runs in its own worker thread"
     assert run.decode_steps == 2 * 2
+
+
+def test_times_count_from_the_common_start(lm):
+    """With a counting clock, one worker reads: the start, its offset, then exactly the clock reads of
+    generate_continuous alone; so every time is that run's time + 1 (the worker's offset)."""
+    prompts = [np.array([1, 2]), np.array([3, 4, 5]), np.array([6])]
+    ticks_parallel, ticks_alone = itertools.count(), itertools.count()
+    one = generate_parallel(lm, prompts, [4, 1, 3], workers=1, max_batch_size=2,
+                            clock=lambda: float(next(ticks_parallel)))
+    alone = generate_continuous(lm, prompts, [4, 1, 3], max_batch_size=2, clock=lambda: float(next(ticks_alone)))
+    assert [(r.ttft_s, r.latency_s) for r in one.results] == [(r.ttft_s + 1, r.latency_s + 1) for r in alone.results]
+    assert one.seconds == alone.seconds + 3  # three more reads: its own start, the offset and its own end
 
 
 def test_a_worker_exception_reaches_the_caller():

@@ -1,7 +1,6 @@
 """The benchmark suites run and write well-formed JSON (no timing is asserted here)."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -58,10 +57,11 @@ def test_models_suite_writes_json(tmp_path):
 
 def test_decode_bound_counts_the_cache_bytes_by_hand():
     from benchmarks.bench_acceleration import decode_bound
+    from tinytorch.acceleration import usable_cores
     from tinytorch import datasets, models
     text = datasets.load_text()
     r = decode_bound(models.load("tiny_gpt").eval(), text.tokenizer.encode(text.val[:20_000]), quick=True)
     # keys and values, 4 layers, 4 heads of 32, float32, at the average context 128 + 128 / 2
     assert r["kv_bytes_per_token"] == 2 * 4 * 4 * 192 * 32 * 4
     assert r["plain_new_tokens"] == 32 and r["workload"] == "16 requests of 128 + 128 tokens"  # quick mode
-    assert r["workers"] == (os.cpu_count() or 1)  # the every-core bound: one reader per core
+    assert r["workers"] == usable_cores()  # the every-core bound: one reader per usable core
