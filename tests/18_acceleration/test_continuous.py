@@ -14,16 +14,6 @@ from tinytorch.memoization import generate_cached
 METHODS = [generate_static, generate_continuous]
 
 
-@pytest.fixture(scope="module")
-def lm():
-    tc.manual_seed(0)
-    model = tc.GPT(tc.GPTConfig(vocab_size=23, context_length=24, embed_dim=16, num_layers=2, num_heads=2))
-    rng = np.random.default_rng(5)
-    for p in model.parameters():    # larger random weights: well-separated logits, no float near-ties
-        p.data = (rng.standard_normal(p.shape) * 0.5).astype(np.float32)
-    return model.eval()
-
-
 def solo(model, prompt, n):
     return model.generate(prompt, n, temperature=0)[len(prompt):].tolist()
 
