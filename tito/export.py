@@ -33,7 +33,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="generate tinytorch/<module>.py from the module sources")
     p.add_argument("modules", nargs="*", metavar="MODULE", help="number, id or slug (e.g. 14, 14_profiling, profiling)")
     p.add_argument("--all", action="store_true", help="every module in modules/manifest.toml")
-    p.add_argument("--check", action="store_true", help="write nothing; fail if a generated file differs from a fresh export")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; fail if a generated file differs from a fresh export (no MODULE: every module)")
     p.set_defaults(func=run)
 
 
@@ -123,11 +124,12 @@ def is_student_build(path: Path) -> bool:
 
 def run(args) -> int:
     repo = Repo.find(args.root)
-    modules = repo.select(args.modules, args.all)
+    every = args.all or (args.check and not args.modules)  # a bare --check writes nothing: check them all
+    modules = repo.select(args.modules, every)
     differ, skipped = [], []
     for module in modules:
         if not repo.path(module.source).is_file():
-            if not args.all:
+            if not every:
                 repo.source_or_error(module)  # raises: a named module must exist
             skipped.append(module)
             say(f"skip {module.id}: no source yet ({module.source})")

@@ -42,6 +42,17 @@ def test_check_names_a_file_that_differs_and_fails(repo, tito):
     assert "np.sum(a + b)" in target.read_text(), "--check must not write"
 
 
+def test_bare_check_checks_every_module_but_a_bare_export_must_name_them(repo, tito):
+    assert tito(repo, "export", "--check").code == 0
+    target = repo / mr.TARGET
+    target.write_text(target.read_text().replace("np.sum(a * b)", "np.sum(a + b)"))
+    result = tito(repo, "export", "--check")
+    assert result.code == 1 and "tinytorch/minimath.py" in result.err
+    result = tito(repo, "export")
+    assert result.code != 0 and "name at least one module, or pass --all" in result.err
+    assert "np.sum(a + b)" in target.read_text(), "neither command may write"
+
+
 def test_check_fails_when_the_source_changed_but_was_not_exported(repo, tito):
     source = repo / mr.SOURCE
     source.write_text(source.read_text().replace("Return the mean", "Return the average"))
