@@ -233,9 +233,15 @@ def _nbytes(x) -> int:
     return 0 if a is None else int(a.nbytes)
 
 
-def _own_parameters(module: Module) -> list:
-    """The Parameters stored directly on `module` (not in its children)."""
-    return module.parameters(recurse=False)
+def _own_parameters(module: Module):
+    """The Parameters stored directly on `module` (not in its children): a view of its registry,
+    no copy (the profiler asks this of every module, so it must be cheap)."""
+    return module.__dict__.get("_parameters", {}).values()
+
+
+def _is_leaf(module: Module) -> bool:
+    """True when `module` has no child modules (its registry of children is empty)."""
+    return not module.__dict__.get("_modules")
 
 
 def _si(n: float, unit: str = "") -> str:
@@ -568,7 +574,7 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
     - Keep shapes, not arrays: holding every activation until the end costs memory and
       time (NumPy can no longer reuse the freed buffers).
     - Own parameters: _own_parameters(module); their bytes are p.data.nbytes, once per call.
-    - `next(module.children(), None) is None` tells a leaf.
+    - _is_leaf(module) tells a leaf (no child modules).
     - The hook's cost is the profiler's overhead: tiny_gpt has 67 modules, so every
       microsecond in the hook or the bookkeeping is 67 us per count. One registration
       instead of 67 (and 67 removals) is part of that.
@@ -634,7 +640,7 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
         for p in _own_parameters(module):
             params += p.data.size
             param_bytes += p.data.nbytes
-        leaf = next(module.children(), None) is None
+        leaf = _is_leaf(module)
         in_shapes, out_shape, _ = own_calls[0]  # the first call gives the shapes
         n = len(own_calls)
         rows.append(LayerRow(name, type(module).__name__, in_shapes, out_shape, macs, flops, params,
