@@ -2,12 +2,14 @@
 under closed-loop load (max_wait_ms sweep, unbatched baseline = max_batch_size 1), the HTTP server with
 and without batching, fused vs unfused operators (time round-robin, tracemalloc peak), and generation:
 plain GPT.generate vs generate_cached vs cached + static batching vs cached + continuous batching on the
-same mixed prompts in one run, and generate_parallel (one continuous batch per core) on the same
-requests. Goal from issue 9: cached + batched >= 100x plain single-request tokens/s
+same mixed prompts in one run, and generate_parallel (one continuous batch per core, in worker threads
+and in forked worker processes) on the same requests. Goal from issue 9: cached + batched >= 100x plain single-request tokens/s
 on tiny_gpt. Every answer of the load runs is checked against the model's own output."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 import time
 
@@ -117,6 +119,12 @@ def fusion(gpt, quick: bool) -> dict:
     return out
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its finished children (forked workers included)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def generation(gpt, val, quick: bool) -> dict:
     """The same mixed requests through all four methods, one after the other."""
     rng = np.random.default_rng(7)
@@ -148,13 +156,17 @@ def generation(gpt, val, quick: bool) -> dict:
                                        "decode_steps": r.decode_steps, "seconds": r.seconds,
                                        "tokens_equal_plain": same}
     workers = usable_cores()  # one continuous batch per core, the same rows in all
-    c0 = time.process_time()
-    r = generate_parallel(gpt, reqs, outs, workers=workers, max_batch_size=-(-rows // workers))
-    cpu = time.process_time() - c0
-    runs[f"parallel_{workers}_workers_{rows}_rows"] = {
-        "tokens_per_s": r.tokens_per_s, "tokens_per_cpu_s": r.tokens / cpu, "mean_ttft_ms": r.mean_ttft_s * 1e3,
-        "p50_ttft_ms": float(np.median([x.ttft_s for x in r.results])) * 1e3, "decode_steps": r.decode_steps,
-        "seconds": r.seconds, "tokens_equal_plain": all(a.tolist() == b.tokens.tolist() for a, b in zip(plain, r.results))}
+    kinds = ["threads"] + (["processes"] if "fork" in multiprocessing.get_all_start_methods() else [])
+    for kind in kinds:
+        c0 = _cpu_s()
+        r = generate_parallel(gpt, reqs, outs, workers=workers, max_batch_size=-(-rows // workers),
+                              processes=kind == "processes")
+        cpu = _cpu_s() - c0
+        runs[f"parallel_{workers}_{kind}_{rows}_rows"] = {
+            "tokens_per_s": r.tokens_per_s, "tokens_per_cpu_s": r.tokens / cpu, "mean_ttft_ms": r.mean_ttft_s * 1e3,
+            "p50_ttft_ms": float(np.median([x.ttft_s for x in r.results])) * 1e3, "decode_steps": r.decode_steps,
+            "seconds": r.seconds,
+            "tokens_equal_plain": all(a.tolist() == b.tokens.tolist() for a, b in zip(plain, r.results))}
     res["batched"] = runs
     base = res["plain_generate_tokens_per_s"]
     best = max(runs, key=lambda k: runs[k]["tokens_per_s"])

@@ -5,11 +5,12 @@
 # %% modules/18_acceleration/acceleration.py (cell 9)
 """Acceleration: batched inference, a dynamic batcher, an HTTP inference server with a load
 generator, operator fusion with preallocated buffers, and static vs continuous batching for
-generation on module 17's KV-cache, on one core or on several (one worker thread per core)."""
+generation on module 17's KV-cache, on one core or on several (one worker thread or forked process per core)."""
 
 import http.client
 import json
 import math
+import multiprocessing
 import os
 import socket
 import threading
@@ -879,19 +880,59 @@ def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
 
 
 # %% modules/18_acceleration/acceleration.py (cell 29)
-def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batch_size: int = 64,
-                      clock: Callable[[], float] = time.perf_counter) -> GenerationRun:
-    """Continuous batching on `workers` threads at once, each with its own KV-cache of max_batch_size rows.
+_forked_fn = None   # what fork_map's worker processes run: set only while they are being forked
+_fork_lock = threading.Lock()
 
-    TODO: split the requests round-robin, run generate_continuous on each share in its own thread,
-    and merge the results in request order, with times measured from the start of this call.
+
+def _run_forked(item):
+    return _forked_fn(item)
+
+
+def fork_map(fn: Callable, items: list) -> list:
+    """[fn(item) for item in items], each item in its own forked worker process, all at once (given).
+
+    Each worker starts as a copy of this process, fn and the model it uses included: fn may be
+    a closure, and nothing is pickled on the way in but the items. The results come back pickled
+    through pipes; an exception in a worker is raised here. Forking needs Linux or macOS (not
+    Windows). Python 3.12+ warns when forking a process that runs other threads (a Jupyter kernel
+    does): a worker that needs a lock another thread held at the fork would wait forever. The
+    workers here only run NumPy on their copy of the model."""
+    if not callable(fn):
+        raise TypeError(f"fork_map needs a function, got {type(fn).__name__}")
+    items = list(items)
+    if not items:
+        return []
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise RuntimeError(f"worker processes need the 'fork' start method, which this platform ({os.name}) "
+                           "does not have; use worker threads (processes=False)")
+    global _forked_fn
+    with _fork_lock:                  # the workers copy _forked_fn when they are forked, here
+        _forked_fn = fn
+        try:
+            pool = multiprocessing.get_context("fork").Pool(len(items))
+        finally:
+            _forked_fn = None
+    with pool:
+        return pool.map(_run_forked, items)
+
+
+# %% modules/18_acceleration/acceleration.py (cell 30)
+def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batch_size: int = 64,
+                      clock: Callable[[], float] = time.perf_counter, processes: bool = False) -> GenerationRun:
+    """Continuous batching on `workers` threads (or forked processes) at once, each with its own
+    KV-cache of max_batch_size rows.
+
+    TODO: split the requests round-robin, run generate_continuous on each share in its own thread
+    (processes=True: its own process, with fork_map), and merge the results in request order, with
+    times measured from the start of this call.
 
     APPROACH:
     1. shares = [list(range(w, len(prompts), workers)) for w in range(min(workers, len(prompts)))].
     2. start = clock(). A worker's function notes offset = clock() - start, then runs
        generate_continuous(model, its prompts, its counts, max_batch_size, clock) and
        returns (offset, run).
-    3. with ThreadPoolExecutor(len(shares)) as pool: runs = list(pool.map(work, shares)).
+    3. processes: runs = fork_map(work, shares). Threads:
+       with ThreadPoolExecutor(len(shares)) as pool: runs = list(pool.map(work, shares)).
     4. seconds = clock() - start; results = [None] * len(prompts). Request shares[w][j] gets
        runs[w]'s result j, with offset added to its ttft_s and latency_s (the given return
        line sums decode_steps over `runs`, a list of (offset, run) pairs).
@@ -900,7 +941,9 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
     - pool.map re-raises a worker's exception in the caller (once the other workers have
       finished their shares): nothing is lost silently.
     - The threads share the model (read only) but not a cache: each generate_continuous
-      makes its own.
+      makes its own. A forked process has its own copy of everything.
+    - With processes, `clock` runs in each worker process: time.perf_counter is one clock for
+      the whole machine, so offsets from `start` still mean something.
 
     EXAMPLE:
     >>> run = generate_parallel(gpt, [np.array([1, 2]), np.array([3])], [4, 2], workers=2)
@@ -910,6 +953,8 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
     prompts, counts = _check_requests(model, prompts, max_new_tokens)
     _check_int(workers, "workers", 1)
     _check_int(max_batch_size, "max_batch_size", 1)
+    if not isinstance(processes, bool):
+        raise TypeError(f"processes must be True or False, got {processes!r}")
     shares = [list(range(w, len(prompts), workers)) for w in range(min(workers, len(prompts)))]
     start = clock()
 
@@ -919,8 +964,11 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
                                   max_batch_size, clock)
         return offset, run
 
-    with ThreadPoolExecutor(len(shares)) as pool:
-        runs = list(pool.map(work, shares))   # re-raises a worker's exception here
+    if processes:
+        runs = fork_map(work, shares)         # each share in its own process; re-raises here too
+    else:
+        with ThreadPoolExecutor(len(shares)) as pool:
+            runs = list(pool.map(work, shares))   # re-raises a worker's exception here
     seconds = clock() - start
     results = [None] * len(prompts)
     for share, (offset, run) in zip(shares, runs):

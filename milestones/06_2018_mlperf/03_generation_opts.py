@@ -10,7 +10,7 @@ The script measures, on the trained tiny_gpt with prompts from the validation te
   every step timed (a plain step is a forward over the whole context; a cached one a decode_step);
 - time to first token and tokens/s: plain one request, cached one request, cached + batched
   on one core (batch sizes 8 to 128) and on every core (generate_parallel: one continuous batch
-  per worker thread, the same 128 requests);
+  per worker, the same 128 requests, in worker threads and in forked worker processes);
 - static vs continuous batching on requests that want different numbers of tokens.
 
 Claims: tokens identical across methods (correctness); cached >= 8x faster per token at full
@@ -38,7 +38,8 @@ def main() -> int:
     mem = require(run, "memoization", ["KVCache", "prefill", "decode_step", "generate_cached",
                                        "generate_cached_batch"])
     acc = require(run, "acceleration", ["generate_static", "generate_continuous", "generate_parallel",
-                                        "usable_cores"])
+                                        "usable_cores", "fork_map"])
+    import multiprocessing
     import matplotlib.pyplot as plt
 
     import tinytorch.core as tc
@@ -145,7 +146,9 @@ def main() -> int:
     requests = [prompt(p_len) for _ in range(max(batches))]
     rounds = 1 if quick else 2
     workers = acc.usable_cores()  # one continuous batch per core (module 18's generate_parallel)
-    timings = {"plain": [], "cached": [], **{b: [] for b in batches}, "parallel": []}
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    kinds = ["threads"] + (["processes"] if can_fork else [])
+    timings = {"plain": [], "cached": [], **{b: [] for b in batches}, **{k: [] for k in kinds}}
     ttft = {"plain": [], "cached": []}
     for _ in run.progress(range(rounds), f"throughput: up to {max(batches)} requests of {p_len} + {n_new} tokens"):
         t = time.perf_counter()
@@ -164,12 +167,15 @@ def main() -> int:
             t = time.perf_counter()
             batch_out = mem.generate_cached_batch(gpt, requests[:b], n_new)
             timings[b].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        parallel_out = acc.generate_parallel(gpt, requests, n_new, workers=workers,
-                                             max_batch_size=-(-len(requests) // workers))
-        timings["parallel"].append(time.perf_counter() - t)
+        parallel_out = {}
+        for kind in kinds:
+            t = time.perf_counter()
+            parallel_out[kind] = acc.generate_parallel(gpt, requests, n_new, workers=workers,
+                                                       max_batch_size=-(-len(requests) // workers),
+                                                       processes=kind == "processes")
+            timings[kind].append(time.perf_counter() - t)
     for method, out in (("generate_cached", cached_out), ("generate_cached_batch", batch_out[0]),
-                        ("generate_parallel", parallel_out.results[0].tokens)):
+                        *((f"generate_parallel ({kind})", parallel_out[kind].results[0].tokens) for kind in kinds)):
         compared.append(np.array_equal(plain_out, out))
         if not compared[-1]:
             wrong.append(f"throughput run, {method}: request 0's tokens differ from plain")
@@ -178,8 +184,9 @@ def main() -> int:
     batch_tps = {b: b * n_new / statistics.median(timings[b]) for b in batches}
     batch = max(batch_tps, key=batch_tps.get)
     tps["cached + batched, one core"] = batch_tps[batch]
-    tps["cached + batched, one batch per core"] = len(requests) * n_new / statistics.median(timings["parallel"])
-    best = max(("cached + batched, one core", "cached + batched, one batch per core"), key=tps.get)
+    for kind in kinds:
+        tps[f"cached + batched, one batch per core ({kind})"] = len(requests) * n_new / statistics.median(timings[kind])
+    best = max((k for k in tps if k.startswith("cached + batched")), key=tps.get)
     ratio = tps[best] / tps["plain"]
     small, large = min(batches), max(batches)
     step_growth = (large / small) / (batch_tps[large] / batch_tps[small])
@@ -214,11 +221,13 @@ def main() -> int:
                        f"median over context {ctx - 31}-{ctx})",
               goal="at least 8x", met=speedup_full >= 8, value=speedup_full, target=8)
     one_core = tps["cached + batched, one core"] / tps["plain"]
-    per_core = tps["cached + batched, one batch per core"] / tps["plain"]
+    per_core = {kind: tps[f"cached + batched, one batch per core ({kind})"] / tps["plain"] for kind in kinds}
     run.claim("cached + batched >= 100x plain single-request tokens/s", kind="speed",
               measured=f"{ratio:.0f}x ({tps[best]:,.0f} vs {tps['plain']:,.1f} tokens/s, {best}); one core: "
-                       f"{one_core:.0f}x (best of batch sizes {batches}, {batch} requests); {workers} worker "
-                       f"thread(s), one continuous batch each: {per_core:.0f}x; requests of {p_len} + {n_new} tokens",
+                       f"{one_core:.0f}x (best of batch sizes {batches}, {batch} requests); {workers} worker(s), "
+                       f"one continuous batch each: "
+                       + ", ".join(f"{per_core[kind]:.0f}x in {kind}" for kind in kinds)
+                       + f"; requests of {p_len} + {n_new} tokens",
               goal="at least 100x", met=ratio >= 100, value=ratio, target=100)
 
     # tables -----------------------------------------------------------------------------------------
@@ -230,8 +239,9 @@ def main() -> int:
                 f"{tps['cached']:,.1f}", f"{tps['cached'] / tps['plain']:.1f}x"]]
               + [[f"generate_cached_batch, {b} requests", "-", f"{batch_tps[b]:,.0f}", f"{batch_tps[b] / tps['plain']:.0f}x"]
                  for b in batches]
-              + [[f"generate_parallel, {len(requests)} requests, {workers} worker thread(s)", "-",
-                  f"{tps['cached + batched, one batch per core']:,.0f}", f"{per_core:.0f}x"]])
+              + [[f"generate_parallel, {len(requests)} requests, {workers} worker {kind}", "-",
+                  f"{tps[f'cached + batched, one batch per core ({kind})']:,.0f}", f"{per_core[kind]:.0f}x"]
+                 for kind in kinds])
     pick = [j for j, p in enumerate(positions) if p in {start_len + 1, 32, 64, 128, 192, 224, ctx}]
     run.table(f"Per-token time vs context length (one plain step = a forward over the whole context; "
               f"best of {passes} pass(es) per position)",
@@ -272,9 +282,10 @@ def main() -> int:
     run.plot(fig, "per_token_time")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    names = ["plain", "cached"] + [f"batch {b}" for b in batches] + [f"{workers} x batch"]
-    values = [tps["plain"], tps["cached"]] + [batch_tps[b] for b in batches] + [tps["cached + batched, one batch per core"]]
-    axes[0].bar(names, values, color=["tab:gray", "tab:blue"] + ["tab:green"] * len(batches) + ["tab:olive"])
+    names = ["plain", "cached"] + [f"batch {b}" for b in batches] + [f"{workers} {kind}" for kind in kinds]
+    values = ([tps["plain"], tps["cached"]] + [batch_tps[b] for b in batches]
+              + [tps[f"cached + batched, one batch per core ({kind})"] for kind in kinds])
+    axes[0].bar(names, values, color=["tab:gray", "tab:blue"] + ["tab:green"] * len(batches) + ["tab:olive"] * len(kinds))
     axes[0].axhline(100 * tps["plain"], ls="--", color="k", lw=1, label="100x plain (the goal)")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("tokens/s (log)")

@@ -25,7 +25,7 @@
 # | `InferenceServer`, `HTTPClient`, `run_load` | a JSON server on 127.0.0.1 in front of the batcher, and a load generator |
 # | `FusedQKV`, `bias_gelu`, `softmax`, `fused_attention` | operator fusion in NumPy terms: fewer matmuls, fewer temporaries |
 # | `generate_static`, `generate_continuous` | batched generation on module 17's KV-cache; requests join and leave at every step |
-# | `generate_parallel` | one continuous batch per worker thread: both cores decode at once |
+# | `generate_parallel` | one continuous batch per worker (thread or process): both cores decode at once |
 #
 # Prerequisites: module 14 (`tinytorch.profiling`: latency, FLOPs, roofline) and module 17
 # (`tinytorch.memoization`: the KV-cache with `prefill` / `decode_step`). Time: about 3 hours.
@@ -34,6 +34,8 @@
 #| default_exp acceleration
 
 # %%
+import multiprocessing
+import os
 import threading
 import time
 
@@ -131,11 +133,12 @@ print(f"64 images one at a time would take {64 * _one.median * 1e3:.1f} ms: "
 #| export
 """Acceleration: batched inference, a dynamic batcher, an HTTP inference server with a load
 generator, operator fusion with preallocated buffers, and static vs continuous batching for
-generation on module 17's KV-cache, on one core or on several (one worker thread per core)."""
+generation on module 17's KV-cache, on one core or on several (one worker thread or forked process per core)."""
 
 import http.client
 import json
 import math
+import multiprocessing
 import os
 import socket
 import threading
@@ -1342,39 +1345,88 @@ except ValueError:
 print("generate_static, generate_continuous: OK")
 
 # %% [markdown]
-# ### Both cores: one continuous batch per worker thread
+# ### Both cores: one continuous batch per worker
 #
 # A decode step over many rows is memory-bound: it reads every row's cached keys and
 # values once (section 4 measures how long that takes). On this kind of machine each
 # core brings its own share of memory bandwidth, so a second decode loop on the second
 # core can add up to what that share brings, if the two loops really run at the same
-# time. In one Python process they can: NumPy releases the interpreter lock (the GIL)
-# inside its matrix products and array loops, so two threads overlap their array work;
-# only the Python between the array operations runs one thread at a time.
+# time. In one Python process they can, in part: NumPy releases the interpreter lock (the
+# GIL) inside its matrix products and array loops, so two threads overlap their array
+# work; only the Python between the array operations runs one thread at a time.
+#
+# Worker *processes* have no such limit: each has its own interpreter and its own GIL.
+# The usual price is copying the model into each one. On Linux and macOS a process can
+# instead be *forked*: the new process starts as a copy of this one, model included,
+# and the operating system shares the memory pages until one side writes to them, so
+# nothing is copied up front. `fork_map` (given below) runs a function on each item in
+# its own forked process and brings the results back (pickled through a pipe: the only
+# data that crosses). Section 4 measures threads against processes.
 #
 # `generate_parallel` splits the requests round-robin (request `i` goes to worker
 # `i % workers`, which mixes long and short requests evenly), runs one
-# `generate_continuous` per worker thread, each on its own KV-cache, and puts every
+# `generate_continuous` per worker, each on its own KV-cache, and puts every
 # result back at its request's index, with its times measured from the common start.
 # Worked example: 5 requests on 2 workers; worker 0 serves requests 0, 2, 4 and worker 1
 # serves 1, 3; the run's decode steps are the sum of both workers' steps. The tokens are
 # exactly what each request gets alone: a worker is an ordinary continuous batch.
 
+# %%
+#| export
+_forked_fn = None   # what fork_map's worker processes run: set only while they are being forked
+_fork_lock = threading.Lock()
+
+
+def _run_forked(item):
+    return _forked_fn(item)
+
+
+def fork_map(fn: Callable, items: list) -> list:
+    """[fn(item) for item in items], each item in its own forked worker process, all at once (given).
+
+    Each worker starts as a copy of this process, fn and the model it uses included: fn may be
+    a closure, and nothing is pickled on the way in but the items. The results come back pickled
+    through pipes; an exception in a worker is raised here. Forking needs Linux or macOS (not
+    Windows). Python 3.12+ warns when forking a process that runs other threads (a Jupyter kernel
+    does): a worker that needs a lock another thread held at the fork would wait forever. The
+    workers here only run NumPy on their copy of the model."""
+    if not callable(fn):
+        raise TypeError(f"fork_map needs a function, got {type(fn).__name__}")
+    items = list(items)
+    if not items:
+        return []
+    if "fork" not in multiprocessing.get_all_start_methods():
+        raise RuntimeError(f"worker processes need the 'fork' start method, which this platform ({os.name}) "
+                           "does not have; use worker threads (processes=False)")
+    global _forked_fn
+    with _fork_lock:                  # the workers copy _forked_fn when they are forked, here
+        _forked_fn = fn
+        try:
+            pool = multiprocessing.get_context("fork").Pool(len(items))
+        finally:
+            _forked_fn = None
+    with pool:
+        return pool.map(_run_forked, items)
+
+
 # %% nbgrader={"grade": false, "grade_id": "parallel", "locked": false, "schema_version": 3, "solution": true}
 #| export
 def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batch_size: int = 64,
-                      clock: Callable[[], float] = time.perf_counter) -> GenerationRun:
-    """Continuous batching on `workers` threads at once, each with its own KV-cache of max_batch_size rows.
+                      clock: Callable[[], float] = time.perf_counter, processes: bool = False) -> GenerationRun:
+    """Continuous batching on `workers` threads (or forked processes) at once, each with its own
+    KV-cache of max_batch_size rows.
 
-    TODO: split the requests round-robin, run generate_continuous on each share in its own thread,
-    and merge the results in request order, with times measured from the start of this call.
+    TODO: split the requests round-robin, run generate_continuous on each share in its own thread
+    (processes=True: its own process, with fork_map), and merge the results in request order, with
+    times measured from the start of this call.
 
     APPROACH:
     1. shares = [list(range(w, len(prompts), workers)) for w in range(min(workers, len(prompts)))].
     2. start = clock(). A worker's function notes offset = clock() - start, then runs
        generate_continuous(model, its prompts, its counts, max_batch_size, clock) and
        returns (offset, run).
-    3. with ThreadPoolExecutor(len(shares)) as pool: runs = list(pool.map(work, shares)).
+    3. processes: runs = fork_map(work, shares). Threads:
+       with ThreadPoolExecutor(len(shares)) as pool: runs = list(pool.map(work, shares)).
     4. seconds = clock() - start; results = [None] * len(prompts). Request shares[w][j] gets
        runs[w]'s result j, with offset added to its ttft_s and latency_s (the given return
        line sums decode_steps over `runs`, a list of (offset, run) pairs).
@@ -1383,7 +1435,9 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
     - pool.map re-raises a worker's exception in the caller (once the other workers have
       finished their shares): nothing is lost silently.
     - The threads share the model (read only) but not a cache: each generate_continuous
-      makes its own.
+      makes its own. A forked process has its own copy of everything.
+    - With processes, `clock` runs in each worker process: time.perf_counter is one clock for
+      the whole machine, so offsets from `start` still mean something.
 
     EXAMPLE:
     >>> run = generate_parallel(gpt, [np.array([1, 2]), np.array([3])], [4, 2], workers=2)
@@ -1393,6 +1447,8 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
     prompts, counts = _check_requests(model, prompts, max_new_tokens)
     _check_int(workers, "workers", 1)
     _check_int(max_batch_size, "max_batch_size", 1)
+    if not isinstance(processes, bool):
+        raise TypeError(f"processes must be True or False, got {processes!r}")
     ### BEGIN SOLUTION
     shares = [list(range(w, len(prompts), workers)) for w in range(min(workers, len(prompts)))]
     start = clock()
@@ -1403,8 +1459,11 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
                                   max_batch_size, clock)
         return offset, run
 
-    with ThreadPoolExecutor(len(shares)) as pool:
-        runs = list(pool.map(work, shares))   # re-raises a worker's exception here
+    if processes:
+        runs = fork_map(work, shares)         # each share in its own process; re-raises here too
+    else:
+        with ThreadPoolExecutor(len(shares)) as pool:
+            runs = list(pool.map(work, shares))   # re-raises a worker's exception here
     seconds = clock() - start
     results = [None] * len(prompts)
     for share, (offset, run) in zip(shares, runs):
@@ -1445,6 +1504,12 @@ def _meeting_clock():
 
 _two = generate_parallel(_lm, _prompts5, _counts5, workers=2, max_batch_size=2, clock=_meeting_clock)
 assert len(_met) == 2 and _two.decode_steps == sum(_r.decode_steps for _r in _shares), "two threads, round-robin"
+# worker processes (where the platform can fork): the same tokens and steps, from two other processes
+if "fork" in multiprocessing.get_all_start_methods():
+    _procs = generate_parallel(_lm, _prompts5, _counts5, workers=2, max_batch_size=2, processes=True)
+    assert [r.tokens.tolist() for r in _procs.results] == _solo5, "processes=True: tokens differ from solo"
+    assert _procs.decode_steps == _two.decode_steps
+    assert os.getpid() not in {_pid for _, _pid in fork_map(lambda _x: (_x, os.getpid()), [0, 1])}
 for _bad in (0, 1.5, True):
     try:
         generate_parallel(_lm, _prompts5, _counts5, workers=_bad)
@@ -1714,7 +1779,8 @@ for _name, (_tps, _run) in _gen.items():
 # 8 to 32 characters, 96 to 160 new tokens each, 64 requests): plain `GPT.generate` on
 # its first 2 requests (the per-request rate does not depend on how many we run), then
 # continuous batching of all 64 with 16 and with 64 cache rows, and `generate_parallel`
-# with 2 worker threads of 32 rows each (the same 64 rows, on both cores), measured now.
+# with 2 workers of 32 rows each (the same 64 rows, on both cores): worker threads, then
+# forked worker processes, measured now.
 
 # %%
 _lw = np.random.default_rng(11)
@@ -1733,8 +1799,13 @@ for _rows in (16, 64):
           f"{_r.tokens_per_s / _long_base:5.1f}x plain ({_r.tokens} tokens, {_r.decode_steps} decode steps)")
 _par = generate_parallel(_gpt, _long_reqs, _long_outs, workers=2, max_batch_size=32)
 assert all(a.tolist() == b.tokens.tolist() for a, b in zip(_long_plain, _par.results))
-print(f"generate_parallel, 2 x 32 rows: {_par.tokens_per_s:8.0f} tokens/s = {_par.tokens_per_s / _long_base:5.1f}x plain "
+print(f"2 threads x 32 rows:           {_par.tokens_per_s:8.0f} tokens/s = {_par.tokens_per_s / _long_base:5.1f}x plain "
       f"= {_par.tokens_per_s / _scale[64]:.2f}x continuous batching on one thread with 64 rows")
+if "fork" in multiprocessing.get_all_start_methods():
+    _proc = generate_parallel(_gpt, _long_reqs, _long_outs, workers=2, max_batch_size=32, processes=True)
+    assert all(a.tolist() == b.tokens.tolist() for a, b in zip(_long_plain, _proc.results))
+    print(f"2 processes x 32 rows:         {_proc.tokens_per_s:8.0f} tokens/s = {_proc.tokens_per_s / _long_base:5.1f}x plain "
+          f"= {_proc.tokens_per_s / _par.tokens_per_s:.2f}x the threads (forking included)")
 
 # %% [markdown]
 # Compare the printed ratios with the 100x goal. On one core, three things limit it in
@@ -1747,13 +1818,16 @@ print(f"generate_parallel, 2 x 32 rows: {_par.tokens_per_s:8.0f} tokens/s = {_pa
 # core reads memory, and how fast two cores read it at the same time.
 #
 # A second decode loop (`generate_parallel`) can add at most what the second core brings.
-# How much of that it gets depends on the share of a decode step spent inside NumPy's
+# How much of that threads get depends on the share of a decode step spent inside NumPy's
 # array work, where the two threads run at once, against the Python around it, which
 # they take turns to run (the GIL). With the short contexts and 32 rows per worker of the
 # workload above, a step is mostly Python and small arrays, so compare the printed gain
-# of `generate_parallel` with the two-thread read rate below: it gets only part of it.
-# With 128-token prompts and 64 rows per worker (milestone 06's workload), a step is
-# mostly reading the cache, and the second thread gains more (the README gives our runs).
+# of the threads with the two-thread read rate below: they get only part of it. The worker
+# processes each have their own GIL, so the Python runs on both cores too: compare their
+# line with the threads'. Forking two processes and sending the results back costs a few
+# milliseconds, against seconds of generation. With 128-token prompts and 64 rows per
+# worker (milestone 06's workload), a step is mostly reading the cache, and both kinds of
+# worker gain more (the README gives our runs).
 
 # %%
 def _read_rate(arrays):
@@ -1808,6 +1882,9 @@ show(fig)
 #   waiting requests start sooner (time to first token) and fewer decode steps run.
 # - **Fusion** in NumPy saves allocations more than time; the time win needs a compiler
 #   or hand-written kernels that keep intermediate values in registers.
+# - **A second core** adds decode loops: worker threads overlap only NumPy's array work
+#   (the Python between takes turns under the GIL); forked worker processes run the Python
+#   on both cores too, for the price of a fork and of sending the results back.
 
 # %% [markdown]
 # ## 6. Reflection
@@ -1828,6 +1905,11 @@ show(fig)
 # 5. `torch.compile` and TensorRT fuse bias+GELU into the preceding matmul's epilogue.
 #    Why can a fused kernel be faster even when it does the same FLOPs, and why is our
 #    NumPy version not much faster?
+# 6. `fork_map` forks fresh workers at every call, and they get the model for free as
+#    copy-on-write pages. A server that runs for days keeps its workers alive instead. What
+#    must it send them when the model changes? The `spawn` start method (the default on
+#    macOS and Windows; Linux defaults to `forkserver` from Python 3.14) starts a fresh
+#    interpreter: what does each worker then pay before its first token?
 
 # %% [markdown]
 # ## 7. Summary
@@ -1838,5 +1920,6 @@ show(fig)
 # closed-loop load generator that reports throughput and p50/p99; fused QKV, bias+GELU,
 # softmax and attention that equal their unfused forms; and static and continuous
 # batching of generation on module 17's KV-cache, where every request gets exactly the
-# tokens it would get alone. Next, module 19 turns these measurements into MLPerf-style
+# tokens it would get alone, on one core or on both (worker threads or forked processes).
+# Next, module 19 turns these measurements into MLPerf-style
 # benchmarks: scenarios (single stream, server, offline), percentiles and reports.

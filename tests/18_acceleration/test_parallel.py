@@ -1,8 +1,11 @@
-"""generate_parallel: one continuous batch per worker thread. Every request gets exactly its solo greedy
-tokens, in request order; the work is split round-robin (decode steps equal the sum of each share's own
-continuous batch); the shares really run in worker threads; a worker's exception reaches the caller."""
+"""generate_parallel: one continuous batch per worker thread or forked process. Every request gets exactly
+its solo greedy tokens, in request order; the work is split round-robin (decode steps equal the sum of each
+share's own continuous batch); the shares really run in worker threads, or in worker processes, at once;
+a worker's exception reaches the caller."""
 
 import itertools
+import multiprocessing
+import os
 import threading
 import time
 
@@ -12,7 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinytorch.core as tc
-from tinytorch.acceleration import generate_continuous, generate_parallel
+from tinytorch.acceleration import fork_map, generate_continuous, generate_parallel
+
+needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
+                                reason="worker processes are forked; this platform cannot fork")
 
 
 def solo(model, prompt, n):
@@ -76,6 +82,69 @@ def test_a_worker_exception_reaches_the_caller():
     broken.blocks[1].mlp.fc.weight.data = np.zeros((3, 3), np.float32)   # a matmul in every worker fails
     with pytest.raises(ValueError):
         generate_parallel(broken, [np.array([1, 2])] * 4, 3, workers=2)
+
+
+@needs_fork
+@settings(max_examples=5, deadline=None)   # each example forks its workers: keep it to a few
+@given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 10)), min_size=1, max_size=7),
+       st.integers(1, 3), st.integers(0, 1000))
+def test_worker_processes_give_every_request_its_solo_tokens(lm, shapes, workers, seed):
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(0, 23, size=p) for p, _ in shapes]
+    counts = [n for _, n in shapes]
+    run = generate_parallel(lm, prompts, counts, workers=workers, max_batch_size=2, processes=True)
+    assert [r.tokens.tolist() for r in run.results] == [solo(lm, p, n) for p, n in zip(prompts, counts)]
+    threads = generate_parallel(lm, prompts, counts, workers=workers, max_batch_size=2)
+    assert run.decode_steps == threads.decode_steps
+    assert all(0 <= r.ttft_s <= r.latency_s <= run.seconds for r in run.results)
+
+
+@needs_fork
+def test_the_shares_run_at_once_in_worker_processes(lm, tmp_path):
+    """Each worker process, at its first clock read, notes its pid in a file and waits at a barrier
+    for the other: shares run one after the other (or in this process) never get past it."""
+    parent = os.getpid()
+    barrier = multiprocessing.get_context("fork").Barrier(2, timeout=20)   # shared with the forked workers
+
+    def clock():
+        mark = tmp_path / str(os.getpid())
+        if os.getpid() != parent and not mark.exists():
+            mark.touch()
+            barrier.wait()
+        return time.perf_counter()
+
+    prompts = [np.array([1, 2, 3])] * 4
+    run = generate_parallel(lm, prompts, [3, 3, 3, 3], workers=2, max_batch_size=2, clock=clock, processes=True)
+    pids = {int(f.name) for f in tmp_path.iterdir()}
+    assert len(pids) == 2 and parent not in pids, f"two worker processes, not this one: {pids}"
+    assert run.decode_steps == 2 * 2
+    assert [r.tokens.tolist() for r in run.results] == [solo(lm, prompts[0], 3)] * 4
+
+
+@needs_fork
+def test_a_worker_process_exception_reaches_the_caller():
+    tc.manual_seed(3)
+    broken = tc.GPT(tc.GPTConfig(vocab_size=11, context_length=16, embed_dim=8, num_layers=2, num_heads=2)).eval()
+    broken.blocks[1].mlp.fc.weight.data = np.zeros((3, 3), np.float32)
+    with pytest.raises(ValueError):
+        generate_parallel(broken, [np.array([1, 2])] * 4, 3, workers=2, processes=True)
+
+
+@needs_fork
+def test_fork_map_runs_closures_and_keeps_order():
+    offset = 10   # a closure: the workers inherit it, nothing is pickled but items and results
+    results = fork_map(lambda x: (x + offset, os.getpid()), [1, 2, 3])
+    assert [r for r, _ in results] == [11, 12, 13]
+    assert os.getpid() not in {pid for _, pid in results}
+    assert fork_map(len, []) == []
+    with pytest.raises(TypeError, match="function"):
+        fork_map(3, [1])
+
+
+@pytest.mark.parametrize("processes", [1, "yes", None])
+def test_processes_must_be_a_bool(lm, processes):
+    with pytest.raises(TypeError, match="processes"):
+        generate_parallel(lm, [np.array([1])], [1], processes=processes)
 
 
 @pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
