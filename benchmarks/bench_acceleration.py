@@ -8,7 +8,6 @@ on tiny_gpt. Every answer of the load runs is checked against the model's own ou
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 import time
@@ -19,7 +18,7 @@ import tinytorch.core as tc
 from benchmarks.run import compare
 from tinytorch import datasets, models
 from tinytorch.acceleration import (
-    DynamicBatcher, FusedQKV, HTTPClient, InferenceServer, batch_sweep, bias_gelu, fused_attention,
+    DynamicBatcher, FusedQKV, HTTPClient, InferenceServer, batch_sweep, bias_gelu, can_fork, fused_attention,
     generate_continuous, generate_parallel, generate_static, run_load, softmax, usable_cores,
 )
 from tinytorch.memoization import generate_cached
@@ -156,7 +155,7 @@ def generation(gpt, val, quick: bool) -> dict:
                                        "decode_steps": r.decode_steps, "seconds": r.seconds,
                                        "tokens_equal_plain": same}
     workers = usable_cores()  # one continuous batch per core, the same rows in all
-    kinds = ["threads"] + (["processes"] if "fork" in multiprocessing.get_all_start_methods() else [])
+    kinds = ["threads"] + (["processes"] if can_fork() else [])
     for kind in kinds:
         c0 = _cpu_s()
         r = generate_parallel(gpt, reqs, outs, workers=workers, max_batch_size=-(-rows // workers),

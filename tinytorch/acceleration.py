@@ -12,9 +12,12 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -880,40 +883,72 @@ def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
 
 
 # %% modules/18_acceleration/acceleration.py (cell 29)
-_forked_fn = None   # what fork_map's worker processes run: set only while they are being forked
-_fork_lock = threading.Lock()
+def can_fork() -> bool:
+    """True where fork_map's worker processes may run: Linux (see fork_map for why not elsewhere)."""
+    return sys.platform.startswith("linux")
 
 
-def _run_forked(item):
-    return _forked_fn(item)
+def _forked_worker(fn, item, conn) -> None:
+    """Runs in a forked process: send back ("ok", fn(item)) or ("error", the exception)."""
+    try:
+        reply = ("ok", fn(item))
+    except BaseException as exc:  # noqa: BLE001 (everything goes back to the caller)
+        reply = ("error", exc)
+    try:
+        pickle.loads(pickle.dumps(reply))   # what the parent will have to rebuild from the pipe
+    except Exception as why:  # noqa: BLE001
+        if reply[0] == "error":
+            detail = "".join(traceback.format_exception(reply[1]))[-2000:]
+            reply = ("error", RuntimeError(f"the worker raised an exception that cannot be sent back ({why}):\n{detail}"))
+        else:
+            reply = ("error", RuntimeError(f"the worker's result ({type(reply[1]).__name__}) cannot be sent back: {why}"))
+    conn.send(reply)
+    conn.close()
 
 
 def fork_map(fn: Callable, items: list) -> list:
     """[fn(item) for item in items], each item in its own forked worker process, all at once (given).
 
     Each worker starts as a copy of this process, fn and the model it uses included: fn may be
-    a closure, and nothing is pickled on the way in but the items. The results come back pickled
-    through pipes; an exception in a worker is raised here. Forking needs Linux or macOS (not
-    Windows). Python 3.12+ warns when forking a process that runs other threads (a Jupyter kernel
-    does): a worker that needs a lock another thread held at the fork would wait forever. The
-    workers here only run NumPy on their copy of the model."""
+    a closure, and nothing is copied or pickled on the way in. Each result (or exception) comes
+    back pickled through the worker's own pipe, and an exception is raised here; a worker that
+    dies without answering (killed, crashed) is a RuntimeError naming its exit code.
+    Linux only: on macOS, system libraries (Apple's Accelerate, which NumPy may use) are not
+    safe to use in a forked child, and Windows cannot fork. Python 3.12+ warns (DeprecationWarning)
+    when a process with other threads forks, since a lock held by another thread at that moment
+    stays locked in the child: the workers here only run NumPy on their copy of the model."""
     if not callable(fn):
         raise TypeError(f"fork_map needs a function, got {type(fn).__name__}")
-    items = list(items)
-    if not items:
-        return []
-    if "fork" not in multiprocessing.get_all_start_methods():
-        raise RuntimeError(f"worker processes need the 'fork' start method, which this platform ({os.name}) "
-                           "does not have; use worker threads (processes=False)")
-    global _forked_fn
-    with _fork_lock:                  # the workers copy _forked_fn when they are forked, here
-        _forked_fn = fn
-        try:
-            pool = multiprocessing.get_context("fork").Pool(len(items))
-        finally:
-            _forked_fn = None
-    with pool:
-        return pool.map(_run_forked, items)
+    if not can_fork():
+        raise RuntimeError(f"worker processes are forked, which is safe only on Linux, not on {sys.platform}; "
+                           "use worker threads (processes=False)")
+    fork = multiprocessing.get_context("fork")
+    workers = []
+    try:
+        for item in items:
+            receive, send = fork.Pipe(duplex=False)
+            worker = fork.Process(target=_forked_worker, args=(fn, item, send))
+            worker.start()
+            send.close()      # the worker holds the only sending end: its death ends the pipe
+            workers.append((worker, receive))
+        results = []
+        for i, (worker, receive) in enumerate(workers):
+            try:
+                status, value = receive.recv()
+            except EOFError:
+                worker.join()
+                raise RuntimeError(f"worker {i} of fork_map exited with code {worker.exitcode} "
+                                   "without sending a result") from None
+            if status == "error":
+                raise value
+            results.append(value)
+        return results
+    finally:
+        for worker, receive in workers:
+            receive.close()
+            if worker.is_alive():   # the caller stopped early (an error, Ctrl-C): do not leave workers behind
+                worker.terminate()
+            worker.join()
 
 
 # %% modules/18_acceleration/acceleration.py (cell 30)

@@ -285,11 +285,11 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
     and remove every hook you added, even if the forward raises.
 
     APPROACH:
-    1. modules = list(model.named_modules()); ours = {id(module) for _, module in modules}.
+    1. modules = list(model.named_modules()); calls = {id(module): [] for _, module in modules}.
        ONE hook, registered once with tc.register_module_forward_hook (it sees every module
-       call in this thread), writes down (input shapes, output shape, bytes in + out) in
-       calls[id(module)], a list per module, for the modules in `ours`. It runs inside the
-       forward, so it only writes down; everything else is done once, after the forward.
+       call in this thread), appends (input shapes, output shape, bytes in + out) to
+       calls[id(module)]; a module not in `calls` belongs to another model: skip it. It runs
+       inside the forward, so it only writes down; everything else is done once, after.
     2. `with tc.no_grad(): model(*args)` inside try: ... finally: handle.remove().
     3. Then one pass over `modules` (named_modules() order), skipping those never called:
        each call's cost is the first rule whose class is in type(module).__mro__, else
@@ -324,11 +324,11 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
         if not (isinstance(cls, type) and callable(fn)):
             raise TypeError(f"rules must map Module classes to functions, got {cls!r}: {fn!r}")
     modules = list(model.named_modules())
-    ours = {id(module) for _, module in modules}
-    calls = {}  # id(module) -> [(input shapes, output shape, bytes in + out), one per call]
+    calls = {id(module): [] for _, module in modules}  # -> [(input shapes, output shape, bytes), per call]
 
     def hook(module, inputs, output):
-        if id(module) not in ours:
+        record = calls.get(id(module))
+        if record is None:
             return  # a module of another model, called in this thread
         shapes, nbytes = [], 0  # shapes and sizes only: an array kept here would stay alive
         for a in inputs:
@@ -340,9 +340,9 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
                 nbytes += _nbytes(a)  # arrays inside a list argument still cross the boundary
         out = output.data if isinstance(output, Tensor) else output
         if isinstance(out, np.ndarray):
-            calls.setdefault(id(module), []).append((shapes, out.shape, nbytes + out.nbytes))
+            record.append((shapes, out.shape, nbytes + out.nbytes))
         else:  # e.g. a tuple of arrays: no single output shape
-            calls.setdefault(id(module), []).append((shapes, None, nbytes + _nbytes(output)))
+            record.append((shapes, None, nbytes + _nbytes(output)))
 
     handle = tc.register_module_forward_hook(hook)
     try:
@@ -354,8 +354,8 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
     # After the forward: one row per module that ran, its calls summed.
     rows = []
     for name, module in modules:
-        own_calls = calls.get(id(module))
-        if own_calls is None:
+        own_calls = calls[id(module)]
+        if not own_calls:
             continue  # never called in this forward
         rule = next((rules[c] for c in type(module).__mro__ if c in rules), layer_flops) if rules else layer_flops
         macs = flops = nbytes = 0

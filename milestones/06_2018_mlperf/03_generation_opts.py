@@ -38,8 +38,7 @@ def main() -> int:
     mem = require(run, "memoization", ["KVCache", "prefill", "decode_step", "generate_cached",
                                        "generate_cached_batch"])
     acc = require(run, "acceleration", ["generate_static", "generate_continuous", "generate_parallel",
-                                        "usable_cores", "fork_map"])
-    import multiprocessing
+                                        "usable_cores", "can_fork"])
     import matplotlib.pyplot as plt
 
     import tinytorch.core as tc
@@ -146,8 +145,7 @@ def main() -> int:
     requests = [prompt(p_len) for _ in range(max(batches))]
     rounds = 1 if quick else 2
     workers = acc.usable_cores()  # one continuous batch per core (module 18's generate_parallel)
-    can_fork = "fork" in multiprocessing.get_all_start_methods()
-    kinds = ["threads"] + (["processes"] if can_fork else [])
+    kinds = ["threads"] + (["processes"] if acc.can_fork() else [])  # forked worker processes: Linux only
     timings = {"plain": [], "cached": [], **{b: [] for b in batches}, **{k: [] for k in kinds}}
     ttft = {"plain": [], "cached": []}
     for _ in run.progress(range(rounds), f"throughput: up to {max(batches)} requests of {p_len} + {n_new} tokens"):

@@ -36,6 +36,7 @@
 # %%
 import multiprocessing
 import os
+import sys
 import threading
 import time
 
@@ -140,9 +141,12 @@ import json
 import math
 import multiprocessing
 import os
+import pickle
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -1360,8 +1364,9 @@ print("generate_static, generate_continuous: OK")
 # instead be *forked*: the new process starts as a copy of this one, model included,
 # and the operating system shares the memory pages until one side writes to them, so
 # nothing is copied up front. `fork_map` (given below) runs a function on each item in
-# its own forked process and brings the results back (pickled through a pipe: the only
-# data that crosses). Section 4 measures threads against processes.
+# its own forked process and brings each result back, pickled through a pipe: the only
+# data that crosses. It is Linux-only: macOS's system libraries are not safe to use in a
+# forked child, and Windows cannot fork. Section 4 measures threads against processes.
 #
 # `generate_parallel` splits the requests round-robin (request `i` goes to worker
 # `i % workers`, which mixes long and short requests evenly), runs one
@@ -1373,40 +1378,72 @@ print("generate_static, generate_continuous: OK")
 
 # %%
 #| export
-_forked_fn = None   # what fork_map's worker processes run: set only while they are being forked
-_fork_lock = threading.Lock()
+def can_fork() -> bool:
+    """True where fork_map's worker processes may run: Linux (see fork_map for why not elsewhere)."""
+    return sys.platform.startswith("linux")
 
 
-def _run_forked(item):
-    return _forked_fn(item)
+def _forked_worker(fn, item, conn) -> None:
+    """Runs in a forked process: send back ("ok", fn(item)) or ("error", the exception)."""
+    try:
+        reply = ("ok", fn(item))
+    except BaseException as exc:  # noqa: BLE001 (everything goes back to the caller)
+        reply = ("error", exc)
+    try:
+        pickle.loads(pickle.dumps(reply))   # what the parent will have to rebuild from the pipe
+    except Exception as why:  # noqa: BLE001
+        if reply[0] == "error":
+            detail = "".join(traceback.format_exception(reply[1]))[-2000:]
+            reply = ("error", RuntimeError(f"the worker raised an exception that cannot be sent back ({why}):\n{detail}"))
+        else:
+            reply = ("error", RuntimeError(f"the worker's result ({type(reply[1]).__name__}) cannot be sent back: {why}"))
+    conn.send(reply)
+    conn.close()
 
 
 def fork_map(fn: Callable, items: list) -> list:
     """[fn(item) for item in items], each item in its own forked worker process, all at once (given).
 
     Each worker starts as a copy of this process, fn and the model it uses included: fn may be
-    a closure, and nothing is pickled on the way in but the items. The results come back pickled
-    through pipes; an exception in a worker is raised here. Forking needs Linux or macOS (not
-    Windows). Python 3.12+ warns when forking a process that runs other threads (a Jupyter kernel
-    does): a worker that needs a lock another thread held at the fork would wait forever. The
-    workers here only run NumPy on their copy of the model."""
+    a closure, and nothing is copied or pickled on the way in. Each result (or exception) comes
+    back pickled through the worker's own pipe, and an exception is raised here; a worker that
+    dies without answering (killed, crashed) is a RuntimeError naming its exit code.
+    Linux only: on macOS, system libraries (Apple's Accelerate, which NumPy may use) are not
+    safe to use in a forked child, and Windows cannot fork. Python 3.12+ warns (DeprecationWarning)
+    when a process with other threads forks, since a lock held by another thread at that moment
+    stays locked in the child: the workers here only run NumPy on their copy of the model."""
     if not callable(fn):
         raise TypeError(f"fork_map needs a function, got {type(fn).__name__}")
-    items = list(items)
-    if not items:
-        return []
-    if "fork" not in multiprocessing.get_all_start_methods():
-        raise RuntimeError(f"worker processes need the 'fork' start method, which this platform ({os.name}) "
-                           "does not have; use worker threads (processes=False)")
-    global _forked_fn
-    with _fork_lock:                  # the workers copy _forked_fn when they are forked, here
-        _forked_fn = fn
-        try:
-            pool = multiprocessing.get_context("fork").Pool(len(items))
-        finally:
-            _forked_fn = None
-    with pool:
-        return pool.map(_run_forked, items)
+    if not can_fork():
+        raise RuntimeError(f"worker processes are forked, which is safe only on Linux, not on {sys.platform}; "
+                           "use worker threads (processes=False)")
+    fork = multiprocessing.get_context("fork")
+    workers = []
+    try:
+        for item in items:
+            receive, send = fork.Pipe(duplex=False)
+            worker = fork.Process(target=_forked_worker, args=(fn, item, send))
+            worker.start()
+            send.close()      # the worker holds the only sending end: its death ends the pipe
+            workers.append((worker, receive))
+        results = []
+        for i, (worker, receive) in enumerate(workers):
+            try:
+                status, value = receive.recv()
+            except EOFError:
+                worker.join()
+                raise RuntimeError(f"worker {i} of fork_map exited with code {worker.exitcode} "
+                                   "without sending a result") from None
+            if status == "error":
+                raise value
+            results.append(value)
+        return results
+    finally:
+        for worker, receive in workers:
+            receive.close()
+            if worker.is_alive():   # the caller stopped early (an error, Ctrl-C): do not leave workers behind
+                worker.terminate()
+            worker.join()
 
 
 # %% nbgrader={"grade": false, "grade_id": "parallel", "locked": false, "schema_version": 3, "solution": true}
@@ -1504,12 +1541,27 @@ def _meeting_clock():
 
 _two = generate_parallel(_lm, _prompts5, _counts5, workers=2, max_batch_size=2, clock=_meeting_clock)
 assert len(_met) == 2 and _two.decode_steps == sum(_r.decode_steps for _r in _shares), "two threads, round-robin"
-# worker processes (where the platform can fork): the same tokens and steps, from two other processes
-if "fork" in multiprocessing.get_all_start_methods():
-    _procs = generate_parallel(_lm, _prompts5, _counts5, workers=2, max_batch_size=2, processes=True)
+# processes=True (Linux): the same tokens and steps, from two worker processes that run at once (each one,
+# at its first clock read, reports its pid and waits for the other at a barrier shared across the fork)
+if can_fork():
+    _fork = multiprocessing.get_context("fork")
+    _parent, _pbarrier, _pids, _seen = os.getpid(), _fork.Barrier(2, timeout=20), _fork.SimpleQueue(), set()
+
+    def _process_clock():
+        if os.getpid() != _parent and os.getpid() not in _seen:   # _seen: each worker's own copy
+            _seen.add(os.getpid())
+            _pids.put(os.getpid())
+            _pbarrier.wait()
+        return time.perf_counter()
+
+    _procs = generate_parallel(_lm, _prompts5, _counts5, workers=2, max_batch_size=2, clock=_process_clock,
+                               processes=True)
+    _got = set()
+    while not _pids.empty():
+        _got.add(_pids.get())
+    assert len(_got) == 2 and _parent not in _got, "processes=True: each share in its own worker process (fork_map)"
     assert [r.tokens.tolist() for r in _procs.results] == _solo5, "processes=True: tokens differ from solo"
     assert _procs.decode_steps == _two.decode_steps
-    assert os.getpid() not in {_pid for _, _pid in fork_map(lambda _x: (_x, os.getpid()), [0, 1])}
 for _bad in (0, 1.5, True):
     try:
         generate_parallel(_lm, _prompts5, _counts5, workers=_bad)
@@ -1801,7 +1853,7 @@ _par = generate_parallel(_gpt, _long_reqs, _long_outs, workers=2, max_batch_size
 assert all(a.tolist() == b.tokens.tolist() for a, b in zip(_long_plain, _par.results))
 print(f"2 threads x 32 rows:           {_par.tokens_per_s:8.0f} tokens/s = {_par.tokens_per_s / _long_base:5.1f}x plain "
       f"= {_par.tokens_per_s / _scale[64]:.2f}x continuous batching on one thread with 64 rows")
-if "fork" in multiprocessing.get_all_start_methods():
+if can_fork():   # worker processes are forked: Linux only (see fork_map)
     _proc = generate_parallel(_gpt, _long_reqs, _long_outs, workers=2, max_batch_size=32, processes=True)
     assert all(a.tolist() == b.tokens.tolist() for a, b in zip(_long_plain, _proc.results))
     print(f"2 processes x 32 rows:         {_proc.tokens_per_s:8.0f} tokens/s = {_proc.tokens_per_s / _long_base:5.1f}x plain "

@@ -15,10 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinytorch.core as tc
-from tinytorch.acceleration import fork_map, generate_continuous, generate_parallel
+from tinytorch.acceleration import can_fork, fork_map, generate_continuous, generate_parallel
 
-needs_fork = pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(),
-                                reason="worker processes are forked; this platform cannot fork")
+needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes are forked: Linux only")
 
 
 def solo(model, prompt, n):
@@ -64,16 +63,22 @@ def test_the_shares_run_at_once_in_worker_threads(lm):
     assert run.decode_steps == 2 * 2
 
 
-def test_times_count_from_the_common_start(lm):
+@pytest.mark.parametrize("processes", [False, pytest.param(True, marks=needs_fork)])
+def test_times_count_from_the_common_start(lm, processes):
     """With a counting clock, one worker reads: the start, its offset, then exactly the clock reads of
-    generate_continuous alone; so every time is that run's time + 1 (the worker's offset)."""
+    generate_continuous alone; so every time is that run's time + 1 (the worker's offset). A forked
+    worker counts on from its copy of the clock, so its times are the same; the caller's clock then
+    read only the start and the end."""
     prompts = [np.array([1, 2]), np.array([3, 4, 5]), np.array([6])]
     ticks_parallel, ticks_alone = itertools.count(), itertools.count()
     one = generate_parallel(lm, prompts, [4, 1, 3], workers=1, max_batch_size=2,
-                            clock=lambda: float(next(ticks_parallel)))
+                            clock=lambda: float(next(ticks_parallel)), processes=processes)
     alone = generate_continuous(lm, prompts, [4, 1, 3], max_batch_size=2, clock=lambda: float(next(ticks_alone)))
     assert [(r.ttft_s, r.latency_s) for r in one.results] == [(r.ttft_s + 1, r.latency_s + 1) for r in alone.results]
-    assert one.seconds == alone.seconds + 3  # three more reads: its own start, the offset and its own end
+    if processes:
+        assert one.seconds == 1
+    else:
+        assert one.seconds == alone.seconds + 3  # three more reads: its own start, the offset and its own end
 
 
 def test_a_worker_exception_reaches_the_caller():
@@ -131,12 +136,44 @@ def test_a_worker_process_exception_reaches_the_caller():
 
 
 @needs_fork
-def test_fork_map_runs_closures_and_keeps_order():
-    offset = 10   # a closure: the workers inherit it, nothing is pickled but items and results
+def test_fork_map_runs_closures_in_other_processes_and_keeps_order():
+    offset = 10   # a closure: the workers inherit it, nothing is pickled on the way in
     results = fork_map(lambda x: (x + offset, os.getpid()), [1, 2, 3])
     assert [r for r, _ in results] == [11, 12, 13]
-    assert os.getpid() not in {pid for _, pid in results}
+    pids = {pid for _, pid in results}
+    assert len(pids) == 3 and os.getpid() not in pids, "each item in its own worker process"
     assert fork_map(len, []) == []
+
+
+@needs_fork
+def test_fork_map_inside_a_worker():
+    assert fork_map(lambda x: fork_map(lambda y: y * 2, [x, x + 1]), [1, 5]) == [[2, 4], [10, 12]]
+
+
+class Picky(Exception):
+    def __init__(self, a, b):  # pickles as Picky("a b"), which cannot be rebuilt with one argument
+        super().__init__(f"{a} {b}")
+
+
+def _raise_picky(_):
+    raise Picky("x", "y")
+
+
+@needs_fork
+@pytest.mark.parametrize("fn, message", [
+    (lambda x: os._exit(3), "exited with code 3"),                   # a worker killed or crashed
+    (_raise_picky, "cannot be sent back"),                           # an exception that cannot cross
+    (lambda x: threading.Lock(), "result \\(lock\\) cannot be sent back"),  # a result that cannot cross
+])
+def test_fork_map_turns_lost_workers_and_unsendable_answers_into_errors(fn, message):
+    with pytest.raises(RuntimeError, match=message):
+        fork_map(fn, [0, 1])
+
+
+def test_fork_map_refuses_platforms_other_than_linux(monkeypatch):
+    monkeypatch.setattr("sys.platform", "darwin")
+    with pytest.raises(RuntimeError, match="only on Linux, not on darwin"):
+        fork_map(len, [[1]])
     with pytest.raises(TypeError, match="function"):
         fork_map(3, [1])
 
