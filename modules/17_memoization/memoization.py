@@ -316,15 +316,16 @@ class KVCache:
         ### END SOLUTION
 
     @classmethod
-    def for_model(cls, model, batch_size: int, max_len: int | None = None) -> "KVCache":
+    def for_model(cls, model, batch_size: int, max_len: int | None = None, dtype=np.float32) -> "KVCache":
         """A cache shaped for a GPT: its layers, heads and head_dim; max_len defaults to the
-        context length (and cannot pass it: there is no position embedding beyond)."""
+        context length (and cannot pass it: there is no position embedding beyond). dtype: of
+        the key and value buffers (float16 halves the bytes; attention then reads float16)."""
         c = model.config
         max_len = c.context_length if max_len is None else _check_int(max_len, "max_len", low=1)
         if max_len > c.context_length:
             raise ValueError(f"max_len {max_len} exceeds the model's context length {c.context_length} "
                              "(no position embedding beyond it)")
-        return cls(c.num_layers, batch_size, c.num_heads, max_len, c.embed_dim // c.num_heads)
+        return cls(c.num_layers, batch_size, c.num_heads, max_len, c.embed_dim // c.num_heads, dtype=dtype)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -1131,6 +1132,8 @@ class PagedKVCache(KVCache):
                                 max_len=max_len, head_dim=head_dim, block_size=block_size).items():
             _check_int(value, name, low=1)
         self.num_layers, self.batch_size, self.num_heads = int(num_layers), int(batch_size), int(num_heads)
+        if np.dtype(dtype).kind != "f":
+            raise TypeError(f"PagedKVCache dtype must be a float type, got {np.dtype(dtype)}")
         self.max_len, self.head_dim, self.dtype = int(max_len), int(head_dim), np.dtype(dtype)
         self.block_size = int(block_size)
         blocks_per_row = -(-self.max_len // self.block_size)
@@ -1144,12 +1147,13 @@ class PagedKVCache(KVCache):
 
     @classmethod
     def for_model(cls, model, batch_size: int, max_len: int | None = None, block_size: int = 16,
-                  num_blocks: int | None = None) -> "PagedKVCache":
+                  num_blocks: int | None = None, dtype=np.float32) -> "PagedKVCache":
         c = model.config
         max_len = c.context_length if max_len is None else _check_int(max_len, "max_len", low=1)
         if max_len > c.context_length:
             raise ValueError(f"max_len {max_len} exceeds the model's context length {c.context_length}")
-        return cls(c.num_layers, batch_size, c.num_heads, max_len, c.embed_dim // c.num_heads, block_size, num_blocks)
+        return cls(c.num_layers, batch_size, c.num_heads, max_len, c.embed_dim // c.num_heads, block_size, num_blocks,
+                   dtype)
 
     @property
     def blocks_in_use(self) -> int:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinytorch.core.attention import GPT, GPTConfig
-from tinytorch.memoization import KVCache, cache_bytes
+from tinytorch.memoization import KVCache, PagedKVCache, cache_bytes
 
 
 def _kv(rng, n, h, t, d):
@@ -45,6 +45,17 @@ def test_for_model_takes_shapes_from_the_config():
     assert KVCache.for_model(m, 1, max_len=5).max_len == 5
     with pytest.raises(ValueError, match="max_len 10 exceeds the model's context length 9"):
         KVCache.for_model(m, 1, max_len=10)
+
+
+@pytest.mark.parametrize("cls", [KVCache, PagedKVCache])
+def test_for_model_passes_the_dtype_on(cls):
+    m = GPT(GPTConfig(vocab_size=7, context_length=8, embed_dim=12, num_layers=2, num_heads=3))
+    full, half = cls.for_model(m, 2), cls.for_model(m, 2, dtype=np.float16)
+    assert full.dtype == np.float32 and half.dtype == np.float16
+    assert all(a.dtype == np.float16 for a in half.k + half.v)
+    assert half.nbytes * 2 == full.nbytes
+    with pytest.raises(TypeError, match="float type, got int8"):
+        cls.for_model(m, 2, dtype=np.int8)
 
 
 @settings(max_examples=40, deadline=None)
