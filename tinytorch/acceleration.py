@@ -11,8 +11,10 @@ import http.client
 import json
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
+import signal
 import socket
 import sys
 import threading
@@ -888,21 +890,47 @@ def can_fork() -> bool:
     return sys.platform.startswith("linux")
 
 
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a fork_map worker: attached as its __cause__, so the
+    caller sees the worker's own frames (as concurrent.futures does for its process pools)."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.tb}\"\"\""
+
+
+class _Terminated(SystemExit):
+    """Raised in a fork_map worker by SIGTERM (the caller's terminate()): unwinds fn, running its
+    `finally` blocks (a nested fork_map stops its own workers), then ends the process quietly."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated(1)
+
+
 def _forked_worker(fn, item, conn) -> None:
-    """Runs in a forked process: send back ("ok", fn(item)) or ("error", the exception)."""
+    """Runs in a forked process: send (status, traceback text, pickled value) through conn."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    status, tb = "ok", ""
     try:
-        reply = ("ok", fn(item))
-    except BaseException as exc:  # noqa: BLE001 (everything goes back to the caller)
-        reply = ("error", exc)
+        value = fn(item)
+    except _Terminated:
+        raise
+    except BaseException as exc:  # noqa: BLE001 (everything else goes back to the caller)
+        status, tb = "error", "".join(traceback.format_exception(exc))
+        value = exc if isinstance(exc, Exception) else RuntimeError(f"the worker stopped: {exc!r}")
     try:
-        pickle.loads(pickle.dumps(reply))   # what the parent will have to rebuild from the pipe
+        payload = pickle.dumps(value)
     except Exception as why:  # noqa: BLE001
-        if reply[0] == "error":
-            detail = "".join(traceback.format_exception(reply[1]))[-2000:]
-            reply = ("error", RuntimeError(f"the worker raised an exception that cannot be sent back ({why}):\n{detail}"))
-        else:
-            reply = ("error", RuntimeError(f"the worker's result ({type(reply[1]).__name__}) cannot be sent back: {why}"))
-    conn.send(reply)
+        what = "raised an exception" if status == "error" else f"returned a {type(value).__name__}"
+        status, payload = "error", pickle.dumps(RuntimeError(f"the worker {what} that cannot be sent back: {why}"))
+    try:
+        conn.send((status, tb, payload))   # a str and bytes: these always cross
+    except OSError:
+        pass                               # the caller has stopped listening
     conn.close()
 
 
@@ -910,9 +938,11 @@ def fork_map(fn: Callable, items: list) -> list:
     """[fn(item) for item in items], each item in its own forked worker process, all at once (given).
 
     Each worker starts as a copy of this process, fn and the model it uses included: fn may be
-    a closure, and nothing is copied or pickled on the way in. Each result (or exception) comes
-    back pickled through the worker's own pipe, and an exception is raised here; a worker that
-    dies without answering (killed, crashed) is a RuntimeError naming its exit code.
+    a closure, and nothing is copied or pickled on the way in. Each result comes back pickled
+    through the worker's own pipe. The first worker to fail ends the call: its exception is
+    raised here, with the worker's traceback as its __cause__ (a worker that dies without
+    answering, killed or crashed, is a RuntimeError naming its exit code), and the other workers
+    are stopped. One process per item: a list of 1,000 items forks 1,000 processes.
     Linux only: on macOS, system libraries (Apple's Accelerate, which NumPy may use) are not
     safe to use in a forked child, and Windows cannot fork. Python 3.12+ warns (DeprecationWarning)
     when a process with other threads forks, since a lock held by another thread at that moment
@@ -923,32 +953,47 @@ def fork_map(fn: Callable, items: list) -> list:
         raise RuntimeError(f"worker processes are forked, which is safe only on Linux, not on {sys.platform}; "
                            "use worker threads (processes=False)")
     fork = multiprocessing.get_context("fork")
-    workers = []
+    workers, pipes = [], {}   # pipes: receiving end -> item index, until it has answered
+    ends = []
     try:
-        for item in items:
+        for i, item in enumerate(items):
             receive, send = fork.Pipe(duplex=False)
-            worker = fork.Process(target=_forked_worker, args=(fn, item, send))
-            worker.start()
-            send.close()      # the worker holds the only sending end: its death ends the pipe
-            workers.append((worker, receive))
-        results = []
-        for i, (worker, receive) in enumerate(workers):
+            pipes[receive] = i
+            ends.append(receive)
+            workers.append(fork.Process(target=_forked_worker, args=(fn, item, send)))
             try:
-                status, value = receive.recv()
-            except EOFError:
-                worker.join()
-                raise RuntimeError(f"worker {i} of fork_map exited with code {worker.exitcode} "
-                                   "without sending a result") from None
-            if status == "error":
-                raise value
-            results.append(value)
+                workers[-1].start()
+            finally:
+                send.close()  # the worker holds the only sending end: its death ends the pipe
+        results = [None] * len(workers)
+        while pipes:          # answers in the order they come: the first failure ends the call
+            for receive in multiprocessing.connection.wait(list(pipes)):
+                i = pipes.pop(receive)
+                try:
+                    status, tb, payload = receive.recv()
+                except EOFError:
+                    workers[i].join()
+                    raise RuntimeError(f"worker {i} of fork_map exited with code {workers[i].exitcode} "
+                                       "without sending a result") from None
+                try:
+                    value = pickle.loads(payload)
+                except Exception as why:  # noqa: BLE001
+                    raise RuntimeError(f"worker {i}'s answer cannot be rebuilt here ({why})"
+                                       + (f":\n{tb}" if tb else "")) from None
+                if status == "error":
+                    if tb:
+                        value.__cause__ = RemoteTraceback(tb)
+                    raise value
+                results[i] = value
         return results
     finally:
-        for worker, receive in workers:
+        for receive in ends:
             receive.close()
-            if worker.is_alive():   # the caller stopped early (an error, Ctrl-C): do not leave workers behind
-                worker.terminate()
-            worker.join()
+        for worker in workers:
+            if worker.pid is not None:   # started
+                if worker.is_alive():    # the call failed early or was interrupted: stop the rest
+                    worker.terminate()
+                worker.join()
 
 
 # %% modules/18_acceleration/acceleration.py (cell 30)

@@ -140,8 +140,10 @@ import http.client
 import json
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
+import signal
 import socket
 import sys
 import threading
@@ -1360,12 +1362,12 @@ print("generate_static, generate_continuous: OK")
 # work; only the Python between the array operations runs one thread at a time.
 #
 # Worker *processes* have no such limit: each has its own interpreter and its own GIL.
-# The usual price is copying the model into each one. On Linux and macOS a process can
-# instead be *forked*: the new process starts as a copy of this one, model included,
-# and the operating system shares the memory pages until one side writes to them, so
-# nothing is copied up front. `fork_map` (given below) runs a function on each item in
-# its own forked process and brings each result back, pickled through a pipe: the only
-# data that crosses. It is Linux-only: macOS's system libraries are not safe to use in a
+# The usual price is copying the model into each one. On Linux a process can instead
+# be *forked*: the new process starts as a copy of this one, model included, and the
+# operating system shares the memory pages until one side writes to them, so nothing is
+# copied up front. `fork_map` (given below) runs a function on each item in its own
+# forked process and brings each result back, pickled through a pipe: the only data
+# that crosses. It is Linux-only: macOS's system libraries are not safe to use in a
 # forked child, and Windows cannot fork. Section 4 measures threads against processes.
 #
 # `generate_parallel` splits the requests round-robin (request `i` goes to worker
@@ -1383,21 +1385,47 @@ def can_fork() -> bool:
     return sys.platform.startswith("linux")
 
 
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a fork_map worker: attached as its __cause__, so the
+    caller sees the worker's own frames (as concurrent.futures does for its process pools)."""
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f"\n\"\"\"\n{self.tb}\"\"\""
+
+
+class _Terminated(SystemExit):
+    """Raised in a fork_map worker by SIGTERM (the caller's terminate()): unwinds fn, running its
+    `finally` blocks (a nested fork_map stops its own workers), then ends the process quietly."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated(1)
+
+
 def _forked_worker(fn, item, conn) -> None:
-    """Runs in a forked process: send back ("ok", fn(item)) or ("error", the exception)."""
+    """Runs in a forked process: send (status, traceback text, pickled value) through conn."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    status, tb = "ok", ""
     try:
-        reply = ("ok", fn(item))
-    except BaseException as exc:  # noqa: BLE001 (everything goes back to the caller)
-        reply = ("error", exc)
+        value = fn(item)
+    except _Terminated:
+        raise
+    except BaseException as exc:  # noqa: BLE001 (everything else goes back to the caller)
+        status, tb = "error", "".join(traceback.format_exception(exc))
+        value = exc if isinstance(exc, Exception) else RuntimeError(f"the worker stopped: {exc!r}")
     try:
-        pickle.loads(pickle.dumps(reply))   # what the parent will have to rebuild from the pipe
+        payload = pickle.dumps(value)
     except Exception as why:  # noqa: BLE001
-        if reply[0] == "error":
-            detail = "".join(traceback.format_exception(reply[1]))[-2000:]
-            reply = ("error", RuntimeError(f"the worker raised an exception that cannot be sent back ({why}):\n{detail}"))
-        else:
-            reply = ("error", RuntimeError(f"the worker's result ({type(reply[1]).__name__}) cannot be sent back: {why}"))
-    conn.send(reply)
+        what = "raised an exception" if status == "error" else f"returned a {type(value).__name__}"
+        status, payload = "error", pickle.dumps(RuntimeError(f"the worker {what} that cannot be sent back: {why}"))
+    try:
+        conn.send((status, tb, payload))   # a str and bytes: these always cross
+    except OSError:
+        pass                               # the caller has stopped listening
     conn.close()
 
 
@@ -1405,9 +1433,11 @@ def fork_map(fn: Callable, items: list) -> list:
     """[fn(item) for item in items], each item in its own forked worker process, all at once (given).
 
     Each worker starts as a copy of this process, fn and the model it uses included: fn may be
-    a closure, and nothing is copied or pickled on the way in. Each result (or exception) comes
-    back pickled through the worker's own pipe, and an exception is raised here; a worker that
-    dies without answering (killed, crashed) is a RuntimeError naming its exit code.
+    a closure, and nothing is copied or pickled on the way in. Each result comes back pickled
+    through the worker's own pipe. The first worker to fail ends the call: its exception is
+    raised here, with the worker's traceback as its __cause__ (a worker that dies without
+    answering, killed or crashed, is a RuntimeError naming its exit code), and the other workers
+    are stopped. One process per item: a list of 1,000 items forks 1,000 processes.
     Linux only: on macOS, system libraries (Apple's Accelerate, which NumPy may use) are not
     safe to use in a forked child, and Windows cannot fork. Python 3.12+ warns (DeprecationWarning)
     when a process with other threads forks, since a lock held by another thread at that moment
@@ -1418,32 +1448,47 @@ def fork_map(fn: Callable, items: list) -> list:
         raise RuntimeError(f"worker processes are forked, which is safe only on Linux, not on {sys.platform}; "
                            "use worker threads (processes=False)")
     fork = multiprocessing.get_context("fork")
-    workers = []
+    workers, pipes = [], {}   # pipes: receiving end -> item index, until it has answered
+    ends = []
     try:
-        for item in items:
+        for i, item in enumerate(items):
             receive, send = fork.Pipe(duplex=False)
-            worker = fork.Process(target=_forked_worker, args=(fn, item, send))
-            worker.start()
-            send.close()      # the worker holds the only sending end: its death ends the pipe
-            workers.append((worker, receive))
-        results = []
-        for i, (worker, receive) in enumerate(workers):
+            pipes[receive] = i
+            ends.append(receive)
+            workers.append(fork.Process(target=_forked_worker, args=(fn, item, send)))
             try:
-                status, value = receive.recv()
-            except EOFError:
-                worker.join()
-                raise RuntimeError(f"worker {i} of fork_map exited with code {worker.exitcode} "
-                                   "without sending a result") from None
-            if status == "error":
-                raise value
-            results.append(value)
+                workers[-1].start()
+            finally:
+                send.close()  # the worker holds the only sending end: its death ends the pipe
+        results = [None] * len(workers)
+        while pipes:          # answers in the order they come: the first failure ends the call
+            for receive in multiprocessing.connection.wait(list(pipes)):
+                i = pipes.pop(receive)
+                try:
+                    status, tb, payload = receive.recv()
+                except EOFError:
+                    workers[i].join()
+                    raise RuntimeError(f"worker {i} of fork_map exited with code {workers[i].exitcode} "
+                                       "without sending a result") from None
+                try:
+                    value = pickle.loads(payload)
+                except Exception as why:  # noqa: BLE001
+                    raise RuntimeError(f"worker {i}'s answer cannot be rebuilt here ({why})"
+                                       + (f":\n{tb}" if tb else "")) from None
+                if status == "error":
+                    if tb:
+                        value.__cause__ = RemoteTraceback(tb)
+                    raise value
+                results[i] = value
         return results
     finally:
-        for worker, receive in workers:
+        for receive in ends:
             receive.close()
-            if worker.is_alive():   # the caller stopped early (an error, Ctrl-C): do not leave workers behind
-                worker.terminate()
-            worker.join()
+        for worker in workers:
+            if worker.pid is not None:   # started
+                if worker.is_alive():    # the call failed early or was interrupted: stop the rest
+                    worker.terminate()
+                worker.join()
 
 
 # %% nbgrader={"grade": false, "grade_id": "parallel", "locked": false, "schema_version": 3, "solution": true}
@@ -1539,7 +1584,10 @@ def _meeting_clock():
     return time.perf_counter()
 
 
-_two = generate_parallel(_lm, _prompts5, _counts5, workers=2, max_batch_size=2, clock=_meeting_clock)
+try:
+    _two = generate_parallel(_lm, _prompts5, _counts5, workers=2, max_batch_size=2, clock=_meeting_clock)
+except threading.BrokenBarrierError:
+    raise AssertionError("the two shares must run at the same time, each in its own worker thread") from None
 assert len(_met) == 2 and _two.decode_steps == sum(_r.decode_steps for _r in _shares), "two threads, round-robin"
 # processes=True (Linux): the same tokens and steps, from two worker processes that run at once (each one,
 # at its first clock read, reports its pid and waits for the other at a barrier shared across the fork)
@@ -1554,8 +1602,12 @@ if can_fork():
             _pbarrier.wait()
         return time.perf_counter()
 
-    _procs = generate_parallel(_lm, _prompts5, _counts5, workers=2, max_batch_size=2, clock=_process_clock,
-                               processes=True)
+    try:
+        _procs = generate_parallel(_lm, _prompts5, _counts5, workers=2, max_batch_size=2, clock=_process_clock,
+                                   processes=True)
+    except threading.BrokenBarrierError:
+        raise AssertionError("processes=True: the two shares must run at the same time, each in its own "
+                             "worker process (fork_map)") from None
     _got = set()
     while not _pids.empty():
         _got.add(_pids.get())
@@ -1858,6 +1910,9 @@ if can_fork():   # worker processes are forked: Linux only (see fork_map)
     assert all(a.tolist() == b.tokens.tolist() for a, b in zip(_long_plain, _proc.results))
     print(f"2 processes x 32 rows:         {_proc.tokens_per_s:8.0f} tokens/s = {_proc.tokens_per_s / _long_base:5.1f}x plain "
           f"= {_proc.tokens_per_s / _par.tokens_per_s:.2f}x the threads (forking included)")
+    _t0 = time.perf_counter()
+    fork_map(lambda _x: _x, [0, 1])
+    print(f"forking 2 workers that do nothing and collecting their answers: {(time.perf_counter() - _t0) * 1e3:.1f} ms")
 
 # %% [markdown]
 # Compare the printed ratios with the 100x goal. On one core, three things limit it in
@@ -1876,8 +1931,8 @@ if can_fork():   # worker processes are forked: Linux only (see fork_map)
 # workload above, a step is mostly Python and small arrays, so compare the printed gain
 # of the threads with the two-thread read rate below: they get only part of it. The worker
 # processes each have their own GIL, so the Python runs on both cores too: compare their
-# line with the threads'. Forking two processes and sending the results back costs a few
-# milliseconds, against seconds of generation. With 128-token prompts and 64 rows per
+# line with the threads'. Forking two processes and sending the results back costs
+# milliseconds (the cell prints it), against seconds of generation. With 128-token prompts and 64 rows per
 # worker (milestone 06's workload), a step is mostly reading the cache, and both kinds of
 # worker gain more (the README gives our runs).
 
