@@ -1932,9 +1932,9 @@ if can_fork():   # worker processes are forked: Linux only (see fork_map)
 # of the threads with the two-thread read rate below: they get only part of it. The worker
 # processes each have their own GIL, so the Python runs on both cores too: compare their
 # line with the threads'. Forking two processes and sending the results back costs
-# milliseconds (the cell prints it), against seconds of generation. With 128-token prompts and 64 rows per
-# worker (milestone 06's workload), a step is mostly reading the cache, and both kinds of
-# worker gain more (the README gives our runs).
+# milliseconds (the cell prints it), against seconds of generation. With 128-token
+# prompts and 64 rows per worker (milestone 06's workload), a step is mostly reading the
+# cache, and both kinds of worker gain more (the README gives our runs).
 
 # %%
 def _read_rate(arrays):
