@@ -606,12 +606,27 @@ assert np.allclose(cached_attention(_q, _k2, _v2, _pos)[2], _out[2])
 
 # %% nbgrader={"grade": false, "grade_id": "forward-cached", "locked": false, "schema_version": 3, "solution": true}
 #| export
-def _check_cache_fits(model, cache: KVCache) -> None:
+def _check_forward(model, cache: KVCache, tokens, rows) -> tuple[np.ndarray, np.ndarray]:
+    """The checks of a forward over the cache (given): the cache fits the model, tokens (n, T) are
+    valid ids for n distinct rows, T >= 1, and no row passes the context. Returns (tokens, rows)."""
     c = model.config
     want = (c.num_layers, c.num_heads, c.embed_dim // c.num_heads)
     have = (cache.num_layers, cache.num_heads, cache.head_dim)
     if want != have:
         raise ValueError(f"the cache has (num_layers, num_heads, head_dim) = {have}, the model needs {want}")
+    tokens = _check_tokens(tokens, model, ndim=2)
+    rows = cache._rows(rows)
+    n, t = tokens.shape
+    if n != len(rows):
+        raise ValueError(f"batch mismatch: {n} rows of tokens for {len(rows)} cache rows {rows.tolist()}")
+    if t < 1:
+        raise ValueError(f"a forward over the cache needs at least one new token per row, got shape {tokens.shape}")
+    ends = cache.lengths[rows] + t
+    if ends.max() > c.context_length:
+        i = int(np.argmax(ends))
+        raise ValueError(f"row {rows[i]} would reach position {ends[i] - 1}, past the context length "
+                         f"{c.context_length} (no position embedding there)")
+    return tokens, rows
 
 
 def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
@@ -634,7 +649,7 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     4. Return _linear(_layer_norm(x[:, -1], model.ln_f), model.lm_head).
 
     HINTS:
-    - The given checks below validate shapes, rows and the context length first.
+    - The given _check_forward validates the cache, shapes, rows and the context length first.
     - _split_heads returns a transposed view; that is fine for append and for matmul.
 
     EXAMPLE:
@@ -644,20 +659,8 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     >>> cache.lengths
     array([0, 3])
     """
-    _check_cache_fits(model, cache)
-    tokens = _check_tokens(tokens, model, ndim=2)
-    rows = cache._rows(rows)
+    tokens, rows = _check_forward(model, cache, tokens, rows)
     n, t = tokens.shape
-    if n != len(rows):
-        raise ValueError(f"batch mismatch: {n} rows of tokens for {len(rows)} cache rows {rows.tolist()}")
-    if t < 1:
-        raise ValueError(f"forward_cached needs at least one new token per row, got shape {tokens.shape}")
-    ctx = model.config.context_length
-    ends = cache.lengths[rows] + t
-    if ends.max() > ctx:
-        i = int(np.argmax(ends))
-        raise ValueError(f"row {rows[i]} would reach position {ends[i] - 1}, past the context length {ctx} "
-                         "(no position embedding there)")
     ### BEGIN SOLUTION
     positions = cache.lengths[rows][:, None] + np.arange(t)
     x = model.tok_emb.weight.data[tokens] + model.pos_emb.weight.data[positions]
