@@ -3,7 +3,8 @@ under closed-loop load (max_wait_ms sweep, unbatched baseline = max_batch_size 1
 and without batching, fused vs unfused operators (time round-robin, tracemalloc peak), and generation:
 plain GPT.generate vs generate_cached vs cached + static batching vs cached + continuous batching on the
 same mixed prompts in one run, and generate_parallel (one continuous batch per core, in worker threads
-and in forked worker processes) on the same requests. Goal from issue 9: cached + batched >= 100x plain single-request tokens/s
+and in forked worker processes, each with module 17's forward and with module 18's FusedDecoder) on the same
+requests; forward_cached vs FusedDecoder for a prefill and for decode steps. Goal from issue 9: cached + batched >= 100x plain single-request tokens/s
 on tiny_gpt. Every answer of the load runs is checked against the model's own output."""
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import tinytorch.core as tc
 from benchmarks.run import compare
 from tinytorch import datasets, models
 from tinytorch.acceleration import (
-    DynamicBatcher, FusedQKV, HTTPClient, InferenceServer, batch_sweep, bias_gelu, can_fork, fused_attention,
-    generate_continuous, generate_parallel, generate_static, run_load, softmax, usable_cores,
+    DynamicBatcher, FusedDecoder, FusedQKV, HTTPClient, InferenceServer, batch_sweep, bias_gelu, can_fork,
+    fused_attention, generate_continuous, generate_parallel, generate_static, run_load, softmax, usable_cores,
 )
-from tinytorch.memoization import generate_cached
+from tinytorch.memoization import KVCache, forward_cached, generate_cached
 from tinytorch.profiling import measure_memory
 
 
@@ -115,6 +116,48 @@ def fusion(gpt, quick: bool) -> dict:
                      "speedup": t["unfused"]["median_s"] / t["fused"]["median_s"],
                      "unfused_peak_bytes": measure_memory(u).peak_bytes,
                      "fused_peak_bytes": measure_memory(f).peak_bytes}
+    out.update(decoder(gpt, quick))
+    return out
+
+
+def decoder(gpt, quick: bool) -> dict:
+    """module 17's forward_cached vs module 18's FusedDecoder on tiny_gpt: a prefill of 128 tokens, and
+    decode steps over 16 and 64 rows at context 192 (the milestone's average). Each step is undone after
+    it runs (the lengths go back), so every repetition does the same work."""
+    fast = FusedDecoder(gpt)
+    rng = np.random.default_rng(1)
+    out = {}
+    prompt = rng.integers(0, gpt.config.vocab_size, (1, 128))
+    one = KVCache.for_model(gpt, 1)
+
+    def prefill_with(forward):
+        def run():
+            one.reset()
+            return forward(one, prompt, [0])
+        return run
+
+    cases = {"prefill_128_tokens": (prefill_with(lambda c, t, r: forward_cached(gpt, c, t, r)), prefill_with(fast))}
+    for rows in (16, 64):
+        cache = KVCache.for_model(gpt, rows)
+        kv = rng.standard_normal((rows, gpt.config.num_heads, 191, gpt.config.embed_dim // gpt.config.num_heads))
+        for layer in range(gpt.config.num_layers):
+            cache.append(layer, kv.astype(np.float32), kv.astype(np.float32))
+        tokens, every = rng.integers(0, gpt.config.vocab_size, (rows, 1)), np.arange(rows)
+
+        def step_with(forward, cache=cache, tokens=tokens, every=every):
+            def run():
+                logits = forward(cache, tokens, every)
+                cache._filled[:, every] -= 1    # undo the step (benchmark only: the cache has no public undo)
+                return logits
+            return run
+
+        cases[f"decode_step_{rows}_rows_context_192"] = (
+            step_with(lambda c, t, r: forward_cached(gpt, c, t, r)), step_with(fast))
+    for name, (u, f) in cases.items():
+        equal = bool(np.allclose(u(), f(), rtol=1e-4, atol=1e-4))
+        t = compare({"forward_cached": u, "FusedDecoder": f}, warmup=3, repeats=10 if quick else 40)
+        out[name] = {"equal": equal, "unfused": t["forward_cached"], "fused": t["FusedDecoder"],
+                     "speedup": t["forward_cached"]["median_s"] / t["FusedDecoder"]["median_s"]}
     return out
 
 
@@ -143,10 +186,12 @@ def generation(gpt, val, quick: bool) -> dict:
     res["generate_cached_tokens_per_s"] = total / (time.perf_counter() - t0)
     res["generate_cached_tokens_per_cpu_s"] = total / (time.process_time() - c0)
     runs = {}
-    for name, fn, size in (("static", generate_static, 16), ("continuous", generate_continuous, 16),
-                           ("static", generate_static, rows), ("continuous", generate_continuous, rows)):
+    for name, fn, size, fused in (("static", generate_static, 16, False), ("continuous", generate_continuous, 16, False),
+                                  ("static", generate_static, rows, False),
+                                  ("continuous", generate_continuous, rows, False),
+                                  ("continuous_fused", generate_continuous, rows, True)):
         c0 = time.process_time()
-        r = fn(gpt, reqs, outs, max_batch_size=size)
+        r = fn(gpt, reqs, outs, max_batch_size=size, fused=fused)
         cpu = time.process_time() - c0
         same = all(a.tolist() == b.tolist() == c.tokens.tolist() for a, b, c in zip(plain, cached, r.results))
         runs[f"{name}_{size}_rows"] = {"tokens_per_s": r.tokens_per_s, "tokens_per_cpu_s": r.tokens / cpu,
@@ -156,12 +201,12 @@ def generation(gpt, val, quick: bool) -> dict:
                                        "tokens_equal_plain": same}
     workers = usable_cores()  # one continuous batch per core, the same rows in all
     kinds = ["threads"] + (["processes"] if can_fork() else [])
-    for kind in kinds:
+    for kind, fused in ((k, f) for k in kinds for f in (False, True)):
         c0 = _cpu_s()
         r = generate_parallel(gpt, reqs, outs, workers=workers, max_batch_size=-(-rows // workers),
-                              processes=kind == "processes")
+                              processes=kind == "processes", fused=fused)
         cpu = _cpu_s() - c0
-        runs[f"parallel_{workers}_{kind}_{rows}_rows"] = {
+        runs[f"parallel_{workers}_{kind}{'_fused' if fused else ''}_{rows}_rows"] = {
             "tokens_per_s": r.tokens_per_s, "tokens_per_cpu_s": r.tokens / cpu, "mean_ttft_ms": r.mean_ttft_s * 1e3,
             "p50_ttft_ms": float(np.median([x.ttft_s for x in r.results])) * 1e3, "decode_steps": r.decode_steps,
             "seconds": r.seconds,

@@ -5,12 +5,14 @@ tokens of the plain model.generate, which runs the whole sequence again for ever
 The script measures, on the trained tiny_gpt with prompts from the validation text:
 
 - tokens: plain vs generate_cached, generate_cached_batch, generate_static and
-  generate_continuous, request by request (prompts of different lengths, one past the context);
+  generate_continuous (module 17's forward and module 18's FusedDecoder), request by request
+  (prompts of different lengths, one past the context);
 - per-token time vs position: plain and cached generation up to the full context of 256,
   every step timed (a plain step is a forward over the whole context; a cached one a decode_step);
 - time to first token and tokens/s: plain one request, cached one request, cached + batched
   on one core (batch sizes 8 to 128) and on every core (generate_parallel: one continuous batch
-  per worker, the same 128 requests, in worker threads and in forked worker processes);
+  per worker, the same 128 requests, in worker threads and in forked worker processes, and in
+  worker processes decoding with module 18's FusedDecoder);
 - static vs continuous batching on requests that want different numbers of tokens.
 
 Claims: tokens identical across methods (correctness); cached >= 8x faster per token at full
@@ -38,7 +40,7 @@ def main() -> int:
     mem = require(run, "memoization", ["KVCache", "prefill", "decode_step", "generate_cached",
                                        "generate_cached_batch"])
     acc = require(run, "acceleration", ["generate_static", "generate_continuous", "generate_parallel",
-                                        "usable_cores", "can_fork"])
+                                        "usable_cores", "can_fork", "FusedDecoder"])
     import matplotlib.pyplot as plt
 
     import tinytorch.core as tc
@@ -75,7 +77,8 @@ def main() -> int:
                 first = int(np.argmax(np.asarray(out) != reference[i])) if len(out) == len(reference[i]) else 0
                 wrong.append(f"{method}, prompt of {len(check_prompts[i])}: first difference at new token {first}")
 
-    with run.step("the same prompts through generate_cached, generate_cached_batch, static and continuous batching"):
+    with run.step("the same prompts through generate_cached, generate_cached_batch, static and continuous batching "
+                  "(also with the FusedDecoder)"):
         everyone = list(range(len(lengths)))
         compare("generate_cached", [mem.generate_cached(gpt, p, n_check) for p in check_prompts], everyone)
         compare("generate_cached_batch", mem.generate_cached_batch(gpt, check_prompts, n_check), everyone)
@@ -85,6 +88,9 @@ def main() -> int:
                 [r.tokens for r in acc.generate_static(gpt, fit_prompts, n_check, max_batch_size=3).results], fits)
         compare("generate_continuous",
                 [r.tokens for r in acc.generate_continuous(gpt, fit_prompts, n_check, max_batch_size=3).results], fits)
+        compare("generate_continuous with FusedDecoder",
+                [r.tokens for r in acc.generate_continuous(gpt, fit_prompts, n_check, max_batch_size=3,
+                                                           fused=True).results], fits)
 
     # 2. per-token time vs position: plain and cached generation up to full context, passes alternating --
     start_len = 192 if quick else 16
@@ -145,8 +151,12 @@ def main() -> int:
     requests = [prompt(p_len) for _ in range(max(batches))]
     rounds = 1 if quick else 2
     workers = acc.usable_cores()  # one continuous batch per core (module 18's generate_parallel)
-    kinds = ["threads"] + (["processes"] if acc.can_fork() else [])  # forked worker processes: Linux only
-    timings = {"plain": [], "cached": [], **{b: [] for b in batches}, **{k: [] for k in kinds}}
+    # (name, processes, fused): worker threads, forked worker processes (Linux only), and the best of
+    # the two decoding with module 18's FusedDecoder
+    fork = acc.can_fork()
+    kinds = [("threads", False, False)] + ([("processes", True, False)] if fork else []) \
+        + [("processes, fused" if fork else "threads, fused", fork, True)]
+    timings = {"plain": [], "cached": [], **{b: [] for b in batches}, **{k: [] for k, _, _ in kinds}}
     ttft = {"plain": [], "cached": []}
     for r in run.progress(range(rounds), f"throughput: up to {max(batches)} requests of {p_len} + {n_new} tokens"):
         t = time.perf_counter()
@@ -166,14 +176,14 @@ def main() -> int:
             batch_out = mem.generate_cached_batch(gpt, requests[:b], n_new)
             timings[b].append(time.perf_counter() - t)
         parallel_out = {}
-        for kind in (kinds if r % 2 == 0 else kinds[::-1]):  # alternate which goes first
+        for kind, processes, fused in (kinds if r % 2 == 0 else kinds[::-1]):  # alternate which goes first
             t = time.perf_counter()
             parallel_out[kind] = acc.generate_parallel(gpt, requests, n_new, workers=workers,
                                                        max_batch_size=-(-len(requests) // workers),
-                                                       processes=kind == "processes")
+                                                       processes=processes, fused=fused)
             timings[kind].append(time.perf_counter() - t)
     for method, out in (("generate_cached", cached_out), ("generate_cached_batch", batch_out[0]),
-                        *((f"generate_parallel ({kind})", parallel_out[kind].results[0].tokens) for kind in kinds)):
+                        *((f"generate_parallel ({kind})", parallel_out[kind].results[0].tokens) for kind, _, _ in kinds)):
         compared.append(np.array_equal(plain_out, out))
         if not compared[-1]:
             wrong.append(f"throughput run, {method}: request 0's tokens differ from plain")
@@ -182,7 +192,7 @@ def main() -> int:
     batch_tps = {b: b * n_new / statistics.median(timings[b]) for b in batches}
     batch = max(batch_tps, key=batch_tps.get)
     tps["cached + batched, one core"] = batch_tps[batch]
-    for kind in kinds:
+    for kind, _, _ in kinds:
         tps[f"cached + batched, one batch per core ({kind})"] = len(requests) * n_new / statistics.median(timings[kind])
     best = max((k for k in tps if k.startswith("cached + batched")), key=tps.get)
     ratio = tps[best] / tps["plain"]
@@ -219,12 +229,12 @@ def main() -> int:
                        f"median over context {ctx - 31}-{ctx})",
               goal="at least 8x", met=speedup_full >= 8, value=speedup_full, target=8)
     one_core = tps["cached + batched, one core"] / tps["plain"]
-    per_core = {kind: tps[f"cached + batched, one batch per core ({kind})"] / tps["plain"] for kind in kinds}
+    per_core = {kind: tps[f"cached + batched, one batch per core ({kind})"] / tps["plain"] for kind, _, _ in kinds}
     run.claim("cached + batched >= 100x plain single-request tokens/s", kind="speed",
               measured=f"{ratio:.0f}x ({tps[best]:,.0f} vs {tps['plain']:,.1f} tokens/s, {best}); one core: "
                        f"{one_core:.0f}x (best of batch sizes {batches}, {batch} requests); {workers} worker(s), "
                        f"one continuous batch each: "
-                       + ", ".join(f"{per_core[kind]:.0f}x in {kind}" for kind in kinds)
+                       + ", ".join(f"{per_core[kind]:.0f}x in {kind}" for kind in per_core)
                        + f"; requests of {p_len} + {n_new} tokens",
               goal="at least 100x", met=ratio >= 100, value=ratio, target=100)
 
@@ -239,7 +249,7 @@ def main() -> int:
                  for b in batches]
               + [[f"generate_parallel, {len(requests)} requests, {workers} worker {kind}", "-",
                   f"{tps[f'cached + batched, one batch per core ({kind})']:,.0f}", f"{per_core[kind]:.0f}x"]
-                 for kind in kinds])
+                 for kind in per_core])
     pick = [j for j, p in enumerate(positions) if p in {start_len + 1, 32, 64, 128, 192, 224, ctx}]
     run.table(f"Per-token time vs context length (one plain step = a forward over the whole context; "
               f"best of {passes} pass(es) per position)",
@@ -280,9 +290,9 @@ def main() -> int:
     run.plot(fig, "per_token_time")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    names = ["plain", "cached"] + [f"batch {b}" for b in batches] + [f"{workers} {kind}" for kind in kinds]
+    names = ["plain", "cached"] + [f"batch {b}" for b in batches] + [f"{workers} {kind}" for kind in per_core]
     values = ([tps["plain"], tps["cached"]] + [batch_tps[b] for b in batches]
-              + [tps[f"cached + batched, one batch per core ({kind})"] for kind in kinds])
+              + [tps[f"cached + batched, one batch per core ({kind})"] for kind in per_core])
     axes[0].bar(names, values, color=["tab:gray", "tab:blue"] + ["tab:green"] * len(batches) + ["tab:olive"] * len(kinds))
     axes[0].axhline(100 * tps["plain"], ls="--", color="k", lw=1, label="100x plain (the goal)")
     axes[0].set_yscale("log")

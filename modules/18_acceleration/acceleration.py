@@ -161,7 +161,7 @@ import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.core.attention import causal_mask
-from tinytorch.memoization import KVCache, decode_step, prefill
+from tinytorch.memoization import KVCache, _check_forward, _layer_norm, _merge_heads, forward_cached
 from tinytorch.profiling import LatencyStats, latency_stats, measure_latency
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -1124,7 +1124,7 @@ def fused_attention(attn, x, qkv: FusedQKV | None = None) -> np.ndarray:
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "test-fusion", "locked": true, "points": 20, "schema_version": 3, "solution": false}
+# %% nbgrader={"grade": true, "grade_id": "test-fusion", "locked": true, "points": 15, "schema_version": 3, "solution": false}
 _rng = np.random.default_rng(1)
 tc.manual_seed(3)
 _attn = tc.MultiHeadAttention(16, 4)
@@ -1159,6 +1159,185 @@ except ValueError:
 print("FusedQKV, bias_gelu, softmax, fused_attention: OK")
 
 # %% [markdown]
+# ### Fusion in the decode step: `FusedDecoder`
+#
+# Generation runs module 17's `forward_cached` once per step, and the decode steps are where
+# its time goes (section 4). Per block, `forward_cached` runs three projections for q, k and
+# v; `_linear` multiplies by `layer.weight.data.T`, a transposed view, which BLAS reads with
+# its transposed-operand kernel (slower for a few rows than the plain one on this machine:
+# section 4 measures it); `cached_attention` scales the scores, builds the mask and checks its
+# inputs in every layer. None of that changes the math, so most of it can be done once:
+#
+# - **when the decoder is built:** q, k and v come from one `(C, 3C)` matrix (the `FusedQKV`
+#   weight, transposed); the `1/sqrt(D)` scale is folded into its q columns, so q comes out
+#   scaled; every weight is stored transposed, `(in, out)` and contiguous, so `x @ w` is the
+#   plain matrix product;
+# - **once per call, not per layer:** the mask, and none at all when no key is hidden (a decode
+#   step whose rows all sit at the same length, as when a batch of equal prompts starts together);
+# - **in place:** the softmax (`softmax(scores, out=scores)`), bias + GELU in the MLP's hidden
+#   buffer (`bias_gelu(f, b, out=f)`), and the residual sums (`x += ...`).
+#
+# The cache stays module 17's (`cache.append`, `cache.gather`). A `FusedDecoder(gpt)` is called
+# like `forward_cached` without the model, `fast(cache, tokens, rows)`, and gives the same logits
+# up to float rounding (the products add in another order), so greedy generation gives the
+# same tokens. It is to `forward_cached` what `torch.compile(model)` is to a PyTorch model: the
+# same answers, computed another way. It copies the projection weights when it is built:
+# build it again after changing them.
+
+# %% nbgrader={"grade": false, "grade_id": "fused-decoder", "locked": false, "schema_version": 3, "solution": true}
+#| export
+def _transposed(layer) -> tuple[np.ndarray, np.ndarray]:
+    """A Linear's weight as (in, out), contiguous (a copy), and its bias (zeros without one). Given."""
+    bias = layer.bias.data if layer.bias is not None else np.zeros(layer.out_features, np.float32)
+    return np.ascontiguousarray(layer.weight.data.T), bias
+
+
+@dataclass
+class FusedBlock:
+    """One transformer block laid out for decoding: every matrix (in, out) and contiguous."""
+    ln1: tc.LayerNorm
+    w_qkv: np.ndarray      # (C, 3C): q, k and v in one product
+    b_qkv: np.ndarray      # (3C,)
+    w_out: np.ndarray      # (C, C)
+    b_out: np.ndarray
+    ln2: tc.LayerNorm
+    w_fc: np.ndarray       # (C, 4C)
+    b_fc: np.ndarray
+    w_proj: np.ndarray     # (4C, C)
+    b_proj: np.ndarray
+
+
+class FusedDecoder:
+    """forward_cached (module 17) with a GPT's weights laid out once for the products of a decode
+    step, and a fused attention step over the cache. Same cache (append, gather); the same
+    logits up to float rounding.
+
+    TODO: __init__ builds one FusedBlock per block; __call__ is forward_cached's math on them.
+
+    APPROACH:
+    1. __init__: scale = 1/sqrt(D). For each block: qkv = FusedQKV.from_attention(block.attn);
+       w_qkv = np.ascontiguousarray(qkv.weight.T) (a copy, (C, 3C)), b_qkv = qkv.bias.copy();
+       multiply the q part (w_qkv[:, :C] and b_qkv[:C]) by scale, so q comes out scaled;
+       w_out, b_out = _transposed(block.attn.out_proj), the same for block.mlp.fc and
+       block.mlp.proj; keep block.ln1 and block.ln2. Then self.w_head, self.b_head =
+       _transposed(model.lm_head).
+    2. __call__(cache, tokens, rows), after the given check: positions and x as in
+       forward_cached; S = positions[:, -1].max() + 1; the mask once for all layers:
+       hidden = np.arange(S) > positions[:, None, :, None], or None when no key is hidden
+       (T == 1 and every row at position S - 1: then every query sees every key).
+    3. For each (layer, b) in enumerate(self.blocks):
+       y = _layer_norm(x, b.ln1).reshape(n * T, C) @ b.w_qkv; y += b.b_qkv;
+       q, k, v = y.reshape(n, T, 3, H, D).transpose(2, 0, 3, 1, 4)   (three (n, H, T, D) views);
+       cache.append(layer, k, v, rows); keys, values = cache.gather(layer, rows, S);
+       scores = q @ keys.swapaxes(-1, -2); if hidden is not None: np.copyto(scores, -np.inf,
+       where=hidden); softmax(scores, out=scores);
+       a = _merge_heads(scores @ values).reshape(n * T, C) @ b.w_out; a += b.b_out; x += a.reshape(n, T, C);
+       f = _layer_norm(x, b.ln2).reshape(n * T, C) @ b.w_fc; bias_gelu(f, b.b_fc, out=f);
+       m = f @ b.w_proj; m += b.b_proj; x += m.reshape(n, T, C).
+    4. Return _layer_norm(x[:, -1], model.ln_f) @ self.w_head + self.b_head.
+
+    HINTS:
+    - x = tok_emb[tokens] + pos_emb[positions] is a new array, so x += ... never writes
+      into the model's embeddings; scaling w_qkv in place is safe only because it is a copy.
+    - A (n, 1, C) array times a matrix is n separate matrix-vector products in np.matmul:
+      reshape to (n * T, C) first, one matrix product for all rows.
+
+    EXAMPLE:
+    >>> fast = FusedDecoder(gpt)
+    >>> cache = KVCache.for_model(gpt, batch_size=2)
+    >>> fast(cache, np.array([[5, 6, 7]]), rows=[1]).shape
+    (1, 96)
+    """
+
+    def __init__(self, model):
+        if not isinstance(model, tc.GPT):
+            raise TypeError(f"FusedDecoder expects a GPT model, got {type(model).__name__}")
+        self.model = model
+        ### BEGIN SOLUTION
+        c = model.config.embed_dim
+        scale = np.float32(1.0 / math.sqrt(c // model.config.num_heads))
+        self.blocks = []
+        for block in model.blocks:
+            qkv = FusedQKV.from_attention(block.attn)
+            w_qkv, b_qkv = np.ascontiguousarray(qkv.weight.T), qkv.bias.copy()
+            w_qkv[:, :c] *= scale        # q comes out scaled: no multiply at run time
+            b_qkv[:c] *= scale
+            self.blocks.append(FusedBlock(block.ln1, w_qkv, b_qkv, *_transposed(block.attn.out_proj), block.ln2,
+                                          *_transposed(block.mlp.fc), *_transposed(block.mlp.proj)))
+        self.w_head, self.b_head = _transposed(model.lm_head)
+        ### END SOLUTION
+
+    @property
+    def config(self):
+        """The model's config: KVCache.for_model(decoder, rows) works as for the model."""
+        return self.model.config
+
+    def __call__(self, cache: KVCache, tokens, rows) -> np.ndarray:
+        """forward_cached(model, cache, tokens, rows), fused: logits (n, vocab) of each row's last new token."""
+        model = self.model
+        tokens, rows = _check_forward(model, cache, tokens, rows)
+        n, t = tokens.shape
+        ### BEGIN SOLUTION
+        c, h = model.config.embed_dim, model.config.num_heads
+        positions = cache.lengths[rows][:, None] + np.arange(t)
+        x = model.tok_emb.weight.data[tokens] + model.pos_emb.weight.data[positions]
+        s = int(positions[:, -1].max()) + 1
+        hidden = np.arange(s) > positions[:, None, :, None] if t > 1 or positions.min() < s - 1 else None
+        for layer, b in enumerate(self.blocks):
+            y = _layer_norm(x, b.ln1).reshape(n * t, c) @ b.w_qkv
+            y += b.b_qkv
+            q, k, v = y.reshape(n, t, 3, h, c // h).transpose(2, 0, 3, 1, 4)
+            cache.append(layer, k, v, rows)
+            keys, values = cache.gather(layer, rows, s)
+            scores = q @ keys.swapaxes(-1, -2)          # (n, H, T, S), q already scaled
+            if hidden is not None:
+                np.copyto(scores, -np.inf, where=hidden)
+            softmax(scores, out=scores)
+            a = _merge_heads(scores @ values).reshape(n * t, c) @ b.w_out
+            a += b.b_out
+            x += a.reshape(n, t, c)
+            f = _layer_norm(x, b.ln2).reshape(n * t, c) @ b.w_fc
+            bias_gelu(f, b.b_fc, out=f)
+            m = f @ b.w_proj
+            m += b.b_proj
+            x += m.reshape(n, t, c)
+        return _layer_norm(x[:, -1], model.ln_f) @ self.w_head + self.b_head
+        ### END SOLUTION
+
+    def __repr__(self) -> str:
+        c = self.model.config
+        return f"FusedDecoder(blocks={c.num_layers}, embed_dim={c.embed_dim}, num_heads={c.num_heads})"
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-fused-decoder", "locked": true, "points": 10, "schema_version": 3, "solution": false}
+tc.manual_seed(0)
+_lm = tc.GPT(tc.GPTConfig(vocab_size=23, context_length=24, embed_dim=16, num_layers=2, num_heads=2))
+_wr = np.random.default_rng(6)
+for _p in _lm.parameters():       # nonzero biases and LayerNorm weights: a forgotten one shows
+    _p.data = (_wr.standard_normal(_p.shape) * 0.5).astype(np.float32)
+_lm.eval()
+_fast = FusedDecoder(_lm)
+assert len(_fast.blocks) == 2 and _fast.blocks[0].w_qkv.shape == (16, 48) and _fast.blocks[0].w_fc.shape == (16, 64)
+assert all(w.flags.c_contiguous for b in _fast.blocks for w in (b.w_qkv, b.w_out, b.w_fc, b.w_proj))
+_ca, _cb = KVCache.for_model(_lm, 3), KVCache.for_model(_fast, 3)
+for _rows, _toks in (([0, 2], _wr.integers(0, 23, (2, 5))),   # prefill-like chunks on rows 0 and 2
+                     ([1], _wr.integers(0, 23, (1, 3))),
+                     ([2, 0, 1], _wr.integers(0, 23, (3, 1))),  # decode steps: rows of lengths 5, 5, 3
+                     ([1, 2], _wr.integers(0, 23, (2, 1)))):
+    _want = forward_cached(_lm, _ca, _toks, _rows)
+    _got = _fast(_cb, _toks, _rows)
+    assert _got.shape == _want.shape and np.allclose(_got, _want, rtol=1e-4, atol=1e-4), np.abs(_got - _want).max()
+    assert (_cb.lengths == _ca.lengths).all()
+    assert all(np.allclose(_cb.k[l], _ca.k[l], atol=1e-5) and np.allclose(_cb.v[l], _ca.v[l], atol=1e-5)
+               for l in range(2))
+try:
+    _fast(_cb, np.array([[1, 2]]), [0, 1])        # 1 row of tokens for 2 rows
+    raise AssertionError("a batch mismatch must raise")
+except ValueError:
+    pass
+print("FusedDecoder: OK")
+
+# %% [markdown]
 # ### Static and continuous batching for generation
 #
 # Both functions serve a list of generation requests (a prompt and a number of new
@@ -1191,7 +1370,7 @@ class RequestResult:
 class GenerationRun:
     results: list          # RequestResult per request, in request order
     seconds: float         # wall time of the whole run
-    decode_steps: int      # batched decode_step calls
+    decode_steps: int      # batched decode steps (one token for each active row)
 
     @property
     def tokens(self) -> int:
@@ -1229,15 +1408,27 @@ def _check_requests(model, prompts, max_new_tokens) -> tuple:
     return prompts, counts
 
 
+def _forward(model, fused: bool) -> Callable:
+    """forward(cache, tokens (n, T), rows) -> logits (n, vocab): module 17's forward_cached on the
+    model, or a FusedDecoder of it. A prefill is forward(cache, prompt[None, :], [row]); a decode
+    step forward(cache, last_tokens[:, None], rows)."""
+    if not isinstance(fused, bool):
+        raise TypeError(f"fused must be True or False, got {fused!r}")
+    return FusedDecoder(model) if fused else (lambda cache, tokens, rows: forward_cached(model, cache, tokens, rows))
+
+
 def generate_static(model, prompts, max_new_tokens, max_batch_size: int = 8,
-                    clock: Callable[[], float] = time.perf_counter) -> GenerationRun:
+                    clock: Callable[[], float] = time.perf_counter, fused: bool = False) -> GenerationRun:
     """Greedy generation in fixed groups of max_batch_size requests: a group must finish before the next starts.
 
     TODO: for each group: reset the cache, prefill each request into its row (first token = argmax),
-    then decode_step the unfinished rows together until every request of the group has its tokens.
+    then decode steps over the unfinished rows together until every request of the group has its tokens.
+    `forward` (given) runs both: forward(cache, prompt[None, :], [row]) is a prefill and
+    forward(cache, last[:, None], rows) a decode step (fused=True: a FusedDecoder's).
     """
     prompts, counts = _check_requests(model, prompts, max_new_tokens)
     _check_int(max_batch_size, "max_batch_size", 1)
+    forward = _forward(model, fused)
     ### BEGIN SOLUTION
     cache = KVCache.for_model(model, max_batch_size)
     out = [[] for _ in prompts]
@@ -1251,14 +1442,14 @@ def generate_static(model, prompts, max_new_tokens, max_batch_size: int = 8,
             if counts[i] == 0:
                 ttft[i] = done_at[i] = clock() - start
                 continue
-            out[i].append(int(np.argmax(prefill(model, cache, prompts[i], row))))
+            out[i].append(int(np.argmax(forward(cache, prompts[i][None, :], [row])[0])))
             ttft[i] = done_at[i] = clock() - start
         while True:
             rows = [row for row, i in enumerate(group) if len(out[i]) < counts[i]]
             if not rows:
                 break
             last = np.array([out[group[row]][-1] for row in rows], dtype=np.int64)
-            nxt = decode_step(model, cache, last, np.array(rows)).argmax(axis=-1)
+            nxt = forward(cache, last[:, None], np.array(rows)).argmax(axis=-1)
             steps += 1
             now = clock() - start
             for row, tok in zip(rows, nxt):
@@ -1271,18 +1462,21 @@ def generate_static(model, prompts, max_new_tokens, max_batch_size: int = 8,
 
 
 def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
-                        clock: Callable[[], float] = time.perf_counter) -> GenerationRun:
+                        clock: Callable[[], float] = time.perf_counter, fused: bool = False) -> GenerationRun:
     """Greedy generation with iteration-level batching: requests join free rows and leave at every step.
 
     TODO: keep a queue of waiting requests and a request index per cache row (None = free).
     Loop: fill free rows (reset + prefill, first token); if no row is active, stop; else one
-    decode_step over the active rows; append each row's token; finished requests free their row.
+    decode step over the active rows; append each row's token; finished requests free their row.
 
     HINTS:
     - A request with max_new_tokens == 0 finishes at once; one with 1 finishes at its prefill.
+    - A prefill is forward(cache, prompt[None, :], [row])[0], a decode step
+      forward(cache, last[:, None], rows): one function, only the shapes differ.
     """
     prompts, counts = _check_requests(model, prompts, max_new_tokens)
     _check_int(max_batch_size, "max_batch_size", 1)
+    forward = _forward(model, fused)
     ### BEGIN SOLUTION
     cache = KVCache.for_model(model, max_batch_size)
     out = [[] for _ in prompts]
@@ -1297,7 +1491,7 @@ def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
                 i = waiting.popleft()
                 if counts[i] > 0:
                     cache.reset([row])
-                    out[i].append(int(np.argmax(prefill(model, cache, prompts[i], row))))
+                    out[i].append(int(np.argmax(forward(cache, prompts[i][None, :], [row])[0])))
                 ttft[i] = done_at[i] = clock() - start
                 if len(out[i]) < counts[i]:
                     slot[row] = i
@@ -1305,7 +1499,7 @@ def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
         if not rows:
             break
         last = np.array([out[slot[row]][-1] for row in rows], dtype=np.int64)
-        nxt = decode_step(model, cache, last, np.array(rows)).argmax(axis=-1)
+        nxt = forward(cache, last[:, None], np.array(rows)).argmax(axis=-1)
         steps += 1
         now = clock() - start
         for row, tok in zip(rows, nxt):     # leave: finished requests free their row
@@ -1320,7 +1514,7 @@ def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
                          seconds, steps)
 
 
-# %% nbgrader={"grade": true, "grade_id": "test-continuous", "locked": true, "points": 25, "schema_version": 3, "solution": false}
+# %% nbgrader={"grade": true, "grade_id": "test-continuous", "locked": true, "points": 20, "schema_version": 3, "solution": false}
 tc.manual_seed(0)
 _lm = tc.GPT(tc.GPTConfig(vocab_size=23, context_length=24, embed_dim=16, num_layers=2, num_heads=2))
 _wr = np.random.default_rng(5)
@@ -1494,9 +1688,10 @@ def fork_map(fn: Callable, items: list) -> list:
 # %% nbgrader={"grade": false, "grade_id": "parallel", "locked": false, "schema_version": 3, "solution": true}
 #| export
 def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batch_size: int = 64,
-                      clock: Callable[[], float] = time.perf_counter, processes: bool = False) -> GenerationRun:
+                      clock: Callable[[], float] = time.perf_counter, processes: bool = False,
+                      fused: bool = False) -> GenerationRun:
     """Continuous batching on `workers` threads (or forked processes) at once, each with its own
-    KV-cache of max_batch_size rows.
+    KV-cache of max_batch_size rows (fused=True: each worker decodes with a FusedDecoder).
 
     TODO: split the requests round-robin, run generate_continuous on each share in its own thread
     (processes=True: its own process, with fork_map), and merge the results in request order, with
@@ -1505,7 +1700,7 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
     APPROACH:
     1. shares = [list(range(w, len(prompts), workers)) for w in range(min(workers, len(prompts)))].
     2. start = clock(). A worker's function notes offset = clock() - start, then runs
-       generate_continuous(model, its prompts, its counts, max_batch_size, clock) and
+       generate_continuous(model, its prompts, its counts, max_batch_size, clock, fused) and
        returns (offset, run).
     3. processes: runs = fork_map(work, shares). Threads:
        with ThreadPoolExecutor(len(shares)) as pool: runs = list(pool.map(work, shares)).
@@ -1531,6 +1726,8 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
     _check_int(max_batch_size, "max_batch_size", 1)
     if not isinstance(processes, bool):
         raise TypeError(f"processes must be True or False, got {processes!r}")
+    if not isinstance(fused, bool):
+        raise TypeError(f"fused must be True or False, got {fused!r}")
     ### BEGIN SOLUTION
     shares = [list(range(w, len(prompts), workers)) for w in range(min(workers, len(prompts)))]
     start = clock()
@@ -1538,7 +1735,7 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
     def work(share):
         offset = clock() - start
         run = generate_continuous(model, [prompts[i] for i in share], [counts[i] for i in share],
-                                  max_batch_size, clock)
+                                  max_batch_size, clock, fused)
         return offset, run
 
     if processes:
