@@ -749,8 +749,8 @@ def fused_attention(attn, x, qkv: FusedQKV | None = None) -> np.ndarray:
 
 # %% modules/18_acceleration/acceleration.py (cell 26)
 def _transposed(layer) -> tuple[np.ndarray, np.ndarray]:
-    """A Linear's weight as (in, out), contiguous (a copy), and its bias (zeros without one). Given."""
-    bias = layer.bias.data if layer.bias is not None else np.zeros(layer.out_features, np.float32)
+    """A Linear's weight as (in, out), contiguous, and its bias (zeros without one): both copies. Given."""
+    bias = layer.bias.data.copy() if layer.bias is not None else np.zeros(layer.out_features, np.float32)
     return np.ascontiguousarray(layer.weight.data.T), bias
 
 
@@ -781,8 +781,8 @@ class FusedDecoder:
        w_qkv = np.ascontiguousarray(qkv.weight.T) (a copy, (C, 3C)), b_qkv = qkv.bias.copy();
        multiply the q part (w_qkv[:, :C] and b_qkv[:C]) by scale, so q comes out scaled;
        w_out, b_out = _transposed(block.attn.out_proj), the same for block.mlp.fc and
-       block.mlp.proj; keep block.ln1 and block.ln2. Then self.w_head, self.b_head =
-       _transposed(model.lm_head).
+       block.mlp.proj; keep block.ln1 and block.ln2. Store the FusedBlocks, in order, in the
+       list self.blocks. Then self.w_head, self.b_head = _transposed(model.lm_head).
     2. __call__(cache, tokens, rows), after the given check: positions and x as in
        forward_cached; S = positions[:, -1].max() + 1; the mask once for all layers:
        hidden = np.arange(S) > positions[:, None, :, None], or None when no key is hidden

@@ -5,7 +5,7 @@ tokens of the plain model.generate, which runs the whole sequence again for ever
 The script measures, on the trained tiny_gpt with prompts from the validation text:
 
 - tokens: plain vs generate_cached, generate_cached_batch, generate_static and
-  generate_continuous (module 17's forward and module 18's FusedDecoder), request by request
+  generate_continuous (the latter also with module 18's FusedDecoder), request by request
   (prompts of different lengths, one past the context);
 - per-token time vs position: plain and cached generation up to the full context of 256,
   every step timed (a plain step is a forward over the whole context; a cached one a decode_step);

@@ -125,7 +125,7 @@ def test_bad_input_is_a_clear_error(lm):
         fast(cache, np.zeros((1, 25), np.int64), [0])
     with pytest.raises(IndexError, match="row 5"):
         fast(cache, np.array([[1]]), [5])
-    with pytest.raises(ValueError, match="needs"):
+    with pytest.raises(ValueError, match="the model needs"):
         fast(KVCache(1, 2, 2, 24, 8), np.array([[1]]), [0])       # a cache for a 1-layer model
     short = KVCache.for_model(lm, 1, max_len=4)
     with pytest.raises(ValueError, match="overflow"):
