@@ -4,8 +4,9 @@ and without batching, fused vs unfused operators (time round-robin, tracemalloc 
 plain GPT.generate vs generate_cached vs cached + static batching vs cached + continuous batching on the
 same mixed prompts in one run, and generate_parallel (one continuous batch per core, in worker threads
 and in forked worker processes, each with module 17's forward and with module 18's FusedDecoder) on the same
-requests; forward_cached vs FusedDecoder for a prefill and for decode steps. Goal from issue 9: cached + batched >= 100x plain single-request tokens/s
-on tiny_gpt. Every answer of the load runs is checked against the model's own output."""
+requests; forward_cached vs FusedDecoder for a prefill and for decode steps. Goal from issue 9: cached +
+batched >= 100x plain single-request tokens/s on tiny_gpt. Every answer of the load runs is checked against
+the model's own output."""
 
 from __future__ import annotations
 
@@ -139,9 +140,10 @@ def decoder(gpt, quick: bool) -> dict:
     cases = {"prefill_128_tokens": (prefill_with(lambda c, t, r: forward_cached(gpt, c, t, r)), prefill_with(fast))}
     for rows in (16, 64):
         cache = KVCache.for_model(gpt, rows)
-        kv = rng.standard_normal((rows, gpt.config.num_heads, 191, gpt.config.embed_dim // gpt.config.num_heads))
+        kv = rng.standard_normal((rows, gpt.config.num_heads, 191, gpt.config.embed_dim // gpt.config.num_heads),
+                                 dtype=np.float32)
         for layer in range(gpt.config.num_layers):
-            cache.append(layer, kv.astype(np.float32), kv.astype(np.float32))
+            cache.append(layer, kv, kv)
         tokens, every = rng.integers(0, gpt.config.vocab_size, (rows, 1)), np.arange(rows)
 
         def step_with(forward, cache=cache, tokens=tokens, every=every):
