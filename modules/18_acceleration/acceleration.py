@@ -2080,9 +2080,10 @@ for _name, (_u, _f) in _decoder_rows.items():
     print(f"{_name:30s} {_u * 1e3:17.2f} {_f * 1e3:15.2f} {_u / _f:7.2f}x")
 
 # %% [markdown]
-# The same logits at every step (asserted). In our runs the decoder was faster on every
-# line: 1.1-1.2x for the prefill, 1.2-1.3x for 16 rows, 1.04-1.1x for 64 rows (read yours
-# above). It saves the most where a call does little work per row: with 16
+# The same logits at every step (asserted). In our runs (this cell, the benchmark and a
+# paired script, seven runs in all) the decoder was faster on every line: 1.1-1.25x for the
+# prefill, 1.15-1.25x for 16 rows, 1.04-1.11x for 64 rows (read yours above). It saves the
+# most where a call does little work per row: with 16
 # rows, the per-call costs that the decoder pays once (the transposed-weight kernels, three
 # products for q, k and v, the mask and the checks in each layer) are a larger share of a
 # step than with 64 rows. With 64 rows at context 192, most of a step reads the cached keys
