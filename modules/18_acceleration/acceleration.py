@@ -2081,7 +2081,7 @@ for _name, (_u, _f) in _decoder_rows.items():
 
 # %% [markdown]
 # The same logits at every step (asserted). In our runs (this cell, the benchmark and a
-# paired script, seven runs in all) the decoder was faster on every line: 1.1-1.25x for the
+# paired script, six runs in all) the decoder was faster on every line: 1.1-1.25x for the
 # prefill, 1.15-1.25x for 16 rows, 1.04-1.11x for 64 rows (read yours above). It saves the
 # most where a call does little work per row: with 16
 # rows, the per-call costs that the decoder pays once (the transposed-weight kernels, three
