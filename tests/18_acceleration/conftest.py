@@ -14,3 +14,11 @@ def lm():
     for p in model.parameters():    # larger random weights: well-separated logits, no float near-ties
         p.data = (rng.standard_normal(p.shape) * 0.5).astype(np.float32)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def solo():
+    """The oracle of every generation test: a request's greedy tokens from the plain GPT.generate, alone."""
+    def tokens(model, prompt, n) -> list:
+        return model.generate(prompt, n, temperature=0)[len(prompt):].tolist()
+    return tokens

@@ -14,14 +14,10 @@ from tinytorch.memoization import generate_cached
 METHODS = [generate_static, generate_continuous]
 
 
-def solo(model, prompt, n):
-    return model.generate(prompt, n, temperature=0)[len(prompt):].tolist()
-
-
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 10)), min_size=1, max_size=9),
        st.integers(1, 5), st.integers(0, 1000))
-def test_every_request_gets_its_solo_greedy_tokens(lm, shapes, rows, seed):
+def test_every_request_gets_its_solo_greedy_tokens(lm, solo, shapes, rows, seed):
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, 23, size=p) for p, _ in shapes]
     counts = [n for _, n in shapes]
@@ -32,7 +28,7 @@ def test_every_request_gets_its_solo_greedy_tokens(lm, shapes, rows, seed):
         assert run.tokens == sum(counts)
 
 
-def test_matches_module_17_generate_cached_on_tiny_gpt():
+def test_matches_module_17_generate_cached_on_tiny_gpt(solo):
     from tinytorch import datasets, models
     gpt = models.load("tiny_gpt")
     text = datasets.load_text()
@@ -83,7 +79,7 @@ def test_single_count_applies_to_every_request(lm):
     assert [len(r.tokens) for r in run.results] == [3, 3]
 
 
-def test_longest_request_that_fits_the_context(lm):
+def test_longest_request_that_fits_the_context(lm, solo):
     prompt = np.arange(20) % 23
     for method in METHODS:   # 20 + 5 - 1 = 24 positions = the context length
         assert method(lm, [prompt], [5]).results[0].tokens.tolist() == solo(lm, prompt, 5)

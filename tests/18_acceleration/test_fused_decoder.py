@@ -71,11 +71,11 @@ def test_building_and_running_leave_the_model_untouched(lm):
 @settings(max_examples=15, deadline=None)
 @given(shapes=st.lists(st.tuples(st.integers(1, 12), st.integers(0, 10)), min_size=1, max_size=8),
        rows=st.integers(1, 4), seed=st.integers(0, 1000))
-def test_fused_generation_gives_the_solo_greedy_tokens(lm, method, shapes, rows, seed):
+def test_fused_generation_gives_the_solo_greedy_tokens(lm, solo, method, shapes, rows, seed):
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, 23, size=p) for p, _ in shapes]
     counts = [n for _, n in shapes]
-    want = [lm.generate(p, n, temperature=0)[len(p):].tolist() for p, n in zip(prompts, counts)]
+    want = [solo(lm, p, n) for p, n in zip(prompts, counts)]
     run = method(lm, prompts, counts, max_batch_size=rows, fused=True)
     assert [r.tokens.tolist() for r in run.results] == want
 
@@ -93,14 +93,14 @@ def test_fused_generation_on_tiny_gpt_matches_generate_cached():
         assert [r.tokens.tolist() for r in run.results] == want
 
 
-def test_fused_in_worker_processes(lm):
+def test_fused_in_worker_processes(lm, solo):
     from tinytorch.acceleration import can_fork
     if not can_fork():
         pytest.skip("worker processes are forked: Linux only")
     rng = np.random.default_rng(3)
     prompts = [rng.integers(0, 23, size=n) for n in (3, 9, 1, 6)]
     counts = [5, 2, 7, 4]
-    want = [lm.generate(p, n, temperature=0)[len(p):].tolist() for p, n in zip(prompts, counts)]
+    want = [solo(lm, p, n) for p, n in zip(prompts, counts)]
     run = generate_parallel(lm, prompts, counts, workers=2, max_batch_size=2, processes=True, fused=True)
     assert [r.tokens.tolist() for r in run.results] == want
 

@@ -21,14 +21,10 @@ from tinytorch.acceleration import RemoteTraceback, can_fork, fork_map, generate
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes are forked: Linux only")
 
 
-def solo(model, prompt, n):
-    return model.generate(prompt, n, temperature=0)[len(prompt):].tolist()
-
-
 @settings(max_examples=20, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 10)), min_size=1, max_size=9),
        st.integers(1, 4), st.integers(1, 3), st.integers(0, 1000))
-def test_every_request_gets_its_solo_tokens_in_request_order(lm, shapes, workers, rows, seed):
+def test_every_request_gets_its_solo_tokens_in_request_order(lm, solo, shapes, workers, rows, seed):
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, 23, size=p) for p, _ in shapes]
     counts = [n for _, n in shapes]
@@ -94,7 +90,7 @@ def test_a_worker_exception_reaches_the_caller():
 @settings(max_examples=5, deadline=None)   # each example forks its workers: keep it to a few
 @given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 10)), min_size=1, max_size=7),
        st.integers(1, 3), st.integers(0, 1000))
-def test_worker_processes_give_every_request_its_solo_tokens(lm, shapes, workers, seed):
+def test_worker_processes_give_every_request_its_solo_tokens(lm, solo, shapes, workers, seed):
     rng = np.random.default_rng(seed)
     prompts = [rng.integers(0, 23, size=p) for p, _ in shapes]
     counts = [n for _, n in shapes]
@@ -106,7 +102,7 @@ def test_worker_processes_give_every_request_its_solo_tokens(lm, shapes, workers
 
 
 @needs_fork
-def test_the_shares_run_at_once_in_worker_processes(lm, tmp_path):
+def test_the_shares_run_at_once_in_worker_processes(lm, solo, tmp_path):
     """Each worker process, at its first clock read, notes its pid in a file and waits at a barrier
     for the other: shares run one after the other (or in this process) never get past it."""
     parent = os.getpid()
