@@ -2018,8 +2018,9 @@ for _name, (_u, _f) in _pairs.items():
 # %% [markdown]
 # All five fused versions equal their unfused forms (asserted above). The memory columns
 # are the clearest result: with its buffers given, the fused bias+GELU and softmax
-# allocate only row reductions, while the unfused forms allocate several full-size
-# temporaries (each `+`, `*` and `tanh` makes a new array). In time, the gains are
+# allocate only row reductions, while the unfused forms allocate full-size arrays (each
+# `+`, `*` and `tanh` of the GELU makes a new one; the foundation's softmax already works
+# in place, but on a new array for its result). In time, the gains are
 # modest in NumPy (read the printed speedups; they are noisy when the machine is busy):
 # every in-place step is still a separate pass over memory. A real fused kernel (a CUDA
 # or Triton kernel, or what `torch.compile` generates) does all the steps in one pass with

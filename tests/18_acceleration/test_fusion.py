@@ -101,7 +101,7 @@ def test_fused_ops_with_buffers_allocate_less_than_one_array():
     assert fused < size / 4             # nothing of full size
     s = np.random.default_rng(2).standard_normal((8, 4, 64, 64)).astype(np.float32)
     buf = np.empty_like(s)
-    assert measure_memory(lambda: F.softmax(tc.Tensor(s)).data).peak_bytes >= 2 * s.nbytes
+    assert measure_memory(lambda: F.softmax(tc.Tensor(s)).data).peak_bytes >= s.nbytes  # a new result array
     assert measure_memory(lambda: softmax(s, out=buf)).peak_bytes < s.nbytes / 4
 
 

@@ -7,6 +7,7 @@ fuses them into one matmul, and module 17's KV-cache calls them on the newest to
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -19,9 +20,14 @@ from tinytorch.core.rng import generator
 from tinytorch.core.tensor import Tensor, as_tensor, no_grad
 
 
+@functools.lru_cache(maxsize=16)
 def causal_mask(t: int) -> np.ndarray:
-    """Additive mask (T, T): 0 where position i may attend to j <= i, -inf above the diagonal."""
-    return np.triu(np.full((t, t), -np.inf, dtype=np.float32), k=1)
+    """Additive mask (T, T): 0 where position i may attend to j <= i, -inf above the diagonal.
+
+    Made once per length and shared (read-only), since every layer of every forward asks for it."""
+    mask = np.triu(np.full((t, t), -np.inf, dtype=np.float32), k=1)
+    mask.flags.writeable = False
+    return mask
 
 
 class MultiHeadAttention(Module):
