@@ -11,6 +11,11 @@ Claims (size and accuracy are the same on every machine, so they count as correc
   and no float copy of a weight is left behind;
 - INT8 weights >= 3.9x smaller than FP32, test accuracy within 0.5 points;
 - the sparse file holds int8 values;
+- FP32 and INT8 exported to ONNX (tinytorch.deploy) and run in ONNX Runtime compute what
+  tinytorch computes: FP32 logits within 1e-4, INT8 predictions equal on at least 359 of the
+  360 test images, accuracy within 0.3 points; the .onnx files' size, accuracy and batch-1
+  latency are rows of the tables (onnx/onnxruntime missing: a note that says
+  pip install -e ".[deploy]", no claim);
 - the INT8 digits_cnn served through module 18's DynamicBatcher by 8 threads at once: every
   request gets its own row of the unbatched forward (module 18 missing: a note, no claim);
 - digits_mlp pruned (95%) + fine-tuned + INT8 sparse file >= 16x smaller than the FP32
@@ -125,6 +130,7 @@ def main() -> int:
                   goal="at least 3.9x, drop at most 0.5 points", met=ratio >= 3.9 and drop <= 0.5,
                   value=ratio, target=3.9)
 
+    onnx_rows(run, variants_of, int8_models, digits, files, prof.measure_latency, repeats)
     served_claim(run, int8_models, digits)
 
     # 2. pruned + fine-tuned + INT8 in a sparse file (module 16) ---------------------------------------
@@ -158,6 +164,55 @@ def main() -> int:
               goal="values int8 (gaps uint8)", met=all(d.get("values") == "int8" for d in dtypes.values()))
     report(run, variants_of)
     return run.finish()
+
+
+ONNX_WEIGHTS = (".weight_t", ".weight", ".weight_int8_t", ".weight_int8", ".scale")  # matmul weights + INT8 scales
+
+
+def onnx_rows(run, variants_of: dict, int8_models: dict, digits, files: Path, measure_latency, repeats: int) -> None:
+    """FP32 and INT8 exported to ONNX (tinytorch.deploy) and run in ONNX Runtime (1 thread): checked
+    against tinytorch (a correctness claim), then a row each in the table. Without onnxruntime: a note."""
+    from tinytorch import models
+
+    deploy, reason = find_module("deploy", ["to_onnx", "session", "run", "save", "available"])
+    if deploy is None or not deploy.available():
+        run.note("no ONNX Runtime rows: " + (reason or deploy.INSTALL))
+        return
+    from onnx import numpy_helper
+    for name in NAMES:
+        outputs = {}
+        for label, model in (("FP32", models.load(name)), ("INT8", int8_models[name])):
+            proto = deploy.to_onnx(model, digits.x_test[:1], name=f"{name}_{label}")
+            path = deploy.save(proto, files / f"{name}_{label}.onnx")
+            sess = deploy.session(path, threads=1)
+            outputs[label] = deploy.run(sess, digits.x_test)
+            lat = measure_latency(lambda x, s=sess: deploy.run(s, x), digits.x_test[:1], warmup=3, repeats=repeats)
+            stored = sum(numpy_helper.to_array(init).nbytes for init in proto.graph.initializer
+                         if init.name.endswith(ONNX_WEIGHTS))
+            variants_of[name][f"ONNX Runtime {label}"] = {
+                "model": name, "variant": f"ONNX Runtime {label}", "weight_bytes": stored,
+                "file_bytes": path.stat().st_size,
+                "accuracy": float((outputs[label].argmax(1) == digits.y_test).mean()),
+                "latency_s": lat.median, "latency_ci_s": [lat.ci_low, lat.ci_high], "file": path.name}
+        import tinytorch.core as tc
+
+        with tc.no_grad():
+            ours_fp32 = models.load(name)(digits.x_test).data
+            ours_int8 = int8_models[name](digits.x_test).data
+        diff = float(np.abs(outputs["FP32"] - ours_fp32).max())
+        agree = int((outputs["INT8"].argmax(1) == ours_int8.argmax(1)).sum())
+        acc_ort = variants_of[name]["ONNX Runtime INT8"]["accuracy"]
+        acc_ours = variants_of[name]["INT8"]["accuracy"]
+        run.claim(f"{name}: the ONNX exports compute what tinytorch computes", kind="correctness",
+                  measured=f"FP32 logits within {diff:.1e}; INT8 predictions agree on {agree} of {len(digits.x_test)} "
+                           f"test images, accuracy {100 * acc_ort:.2f}% (ONNX Runtime) vs {100 * acc_ours:.2f}% (tinytorch)",
+                  goal="FP32 within 1e-4; INT8 at least 359 of 360 predictions equal, accuracy within 0.3 points",
+                  met=diff <= 1e-4 and agree >= len(digits.x_test) - 1 and abs(acc_ort - acc_ours) <= 0.003)
+        v = variants_of[name]
+        run.note(f"{name} batch-1 latency, INT8 time / FP32 time: ONNX Runtime "
+                 f"{v['ONNX Runtime INT8']['latency_s'] / v['ONNX Runtime FP32']['latency_s']:.2f}, "
+                 f"tinytorch (NumPy) {v['INT8']['latency_s'] / v['FP32']['latency_s']:.2f}; "
+                 "python -m benchmarks.run onnx times batch 64 and a wide layer too")
 
 
 def served_claim(run, int8_models: dict, digits) -> None:
