@@ -9,7 +9,8 @@ how to install them and records that it was skipped.
 Before anything is timed, every export is checked against tinytorch: FP32 outputs within
 1e-4, INT8 predictions of the 360 test digits counted (they should all agree). Scenarios:
 digits_mlp and digits_cnn at batch 1 and 64, and one Linear layer, narrow (128 -> 512) and
-wide (1024 -> 4096), at batch 1 and 64: the wide layer is where an int8 GEMM's speed shows.
+wide (1024 -> 4096), at batch 1 and 64: the wide layer is where an int8 GEMM's speed shows;
+and tiny_gpt (greedy tokens compared in FP32 and INT8), a forward over 256 tokens.
 Each scenario times its variants round-robin (the starting variant rotates every round)
 after warm-up: tinytorch FP32 and INT8 (NumPy, with the BLAS threads the process started with,
 OPENBLAS_NUM_THREADS), and ONNX Runtime FP32 and INT8 with 1 intra-op thread and with all
@@ -74,7 +75,7 @@ PAIRS = {"ORT INT8 vs ORT FP32 (1 thread)": ("ort_fp32_1t", "ort_int8_1t"),
 
 
 def variants(fp32, int8, example) -> tuple[dict, dict]:
-    """The six forwards of one model/layer, and its exported sessions (for checks)."""
+    """The six forwards of one model/layer (example: an input batch; None for a GPT), and its exports."""
     protos = {"fp32": deploy.to_onnx(fp32, example), "int8": deploy.to_onnx(int8, example)}
     sessions = {f"ort_{k}_{t}": deploy.session(p, threads=1 if t == "1t" else None)
                 for k, p in protos.items() for t in ("1t", "all")}
@@ -146,7 +147,37 @@ def layer_scenarios(quick: bool) -> dict:
     return out
 
 
+def gpt_scenario(quick: bool) -> dict:
+    """tiny_gpt: logits and greedy tokens checked in both precisions, then a forward over (1, T) timed."""
+    text = datasets.load_text()
+    fp32 = models.load("tiny_gpt")
+    t = fp32.config.context_length
+    int8 = quantize_model(fp32, [text.tokenizer.encode(text.train[: 4 * t]).reshape(4, t)])
+    fns, protos = variants(fp32, int8, None)
+    prompt = text.tokenizer.encode(text.val[:32])
+    new = 16 if quick else 64
+    checks = {"forward_max_abs_diff_fp32": float(np.abs(fns["tiny_fp32"](prompt[None]) - fns["ort_fp32_1t"](prompt[None])).max())}
+    for kind, model in (("fp32", fp32), ("int8", int8)):
+        ours = model.generate(prompt, new, temperature=0)
+        theirs = deploy.greedy(deploy.session(protos[kind]), prompt, new, t)[0]
+        checks[f"greedy_tokens_equal_{kind}"] = int((ours == theirs).sum() - len(prompt))
+    checks["greedy_tokens_compared"] = new
+    if checks["forward_max_abs_diff_fp32"] > 1e-3 or checks["greedy_tokens_equal_fp32"] != new:
+        raise AssertionError(f"the ONNX export of tiny_gpt disagrees with tinytorch: {checks}")
+    res = {"checks": checks}
+    x = text.tokenizer.encode(text.val[:t])[None]
+    samples = round_robin({k: (lambda f=f: f(x)) for k, f in fns.items()}, 5 if quick else 20, 2)
+    res[f"forward_1x{t}"] = summarize(samples, PAIRS)
+    return res
+
+
 def print_table(figures: dict) -> None:
+    for name in ("tiny_gpt",):
+        for key, r in figures[name].items():
+            if key.startswith("forward_"):
+                cells = ", ".join(f"{label}: {v['value']:.2f}x [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"
+                                  for label, v in r["speed"].items())
+                print(f"   {name} {key}: {cells}")
     for group in ("digits", "layers"):
         for name, res in figures[group].items():
             for key, r in res.items():
@@ -169,7 +200,7 @@ def run(quick: bool = False) -> dict:
                "threads": {"ort_all_cores": psutil.cpu_count(logical=True),
                            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS")},
                "u8s8_may_saturate_here": deploy.u8s8_may_saturate(),
-               "digits": digits_scenarios(quick), "layers": layer_scenarios(quick),
+               "digits": digits_scenarios(quick), "layers": layer_scenarios(quick), "tiny_gpt": gpt_scenario(quick),
                "note": "speed = reference time / variant time (> 1: the variant is faster), median of "
                        "round-robin runs with a paired-bootstrap 95% interval; median_ms with a bootstrap 95% interval"}
     print_table(figures)

@@ -46,3 +46,17 @@ def test_every_timed_variant_computes_the_same_layer():
     for name, fn in fns.items():
         want = fns["tiny_int8" if "int8" in name else "tiny_fp32"](x)
         np.testing.assert_allclose(fn(x), want, atol=1e-5, err_msg=name)
+
+
+def test_every_timed_gpt_variant_computes_the_same_logits():
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from tinytorch import models
+
+    gpt = models.load("tiny_gpt")
+    tokens = np.random.default_rng(0).integers(0, gpt.config.vocab_size, (1, 8))
+    fns, protos = bench_onnx.variants(gpt, quantize_model(gpt, [tokens]), None)
+    assert set(protos) == {"fp32", "int8"}
+    for name, fn in fns.items():
+        want = fns["tiny_int8" if "int8" in name else "tiny_fp32"](tokens)
+        np.testing.assert_allclose(fn(tokens), want, atol=1e-3, err_msg=name)
