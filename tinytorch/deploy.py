@@ -34,7 +34,8 @@ module 15 never computed; in QDQ form the runtime decides which kernel runs.) Th
 go in as uint8 with zero point z_x + 128 (exactly the same integers as int8 with z_x, shifted),
 because uint8 activations times int8 weights (u8s8) is the combination ONNX Runtime's x86
 int8 kernels are built for (VNNI's vpdpbusd, AVX2's vpmaddubsw). (ConvInteger accepts int8
-weights from onnxruntime 1.24 on, hence the extra's lower bound.) On an x86 CPU without VNNI, AVX2's vpmaddubsw adds
+weights from onnxruntime 1.24 on: 1.23.2 has no such kernel, 1.24.1 has; hence the extra's lower
+bound, which `session()` checks.) On an x86 CPU without VNNI, AVX2's vpmaddubsw adds
 pairs of u8 x s8 products in 16 bits and can saturate; there `session()` turns on ONNX Runtime's
 session.x64quantprecision, which swaps in exact (slower) u8u8 kernels. It is off where the CPU
 has VNNI (its vpdpbusd accumulates in int32 and cannot saturate): measured here, the option
@@ -54,11 +55,13 @@ import platform
 from pathlib import Path
 
 import numpy as np
+from packaging.version import Version
 
 import tinytorch.core as tc
 
 OPSET = 17
 IR_VERSION = 8  # the IR of opset 17 (onnx 1.12): every ONNX Runtime that runs opset 17 loads it
+MIN_ONNXRUNTIME = "1.24"
 CPUINFO = Path("/proc/cpuinfo")
 INSTALL = 'ONNX export needs the optional deploy extra (onnx and onnxruntime): pip install -e ".[deploy]"'
 
@@ -75,13 +78,13 @@ def _import(name: str):
 
 
 def available() -> bool:
-    """True when both onnx and onnxruntime import."""
+    """True when onnx and onnxruntime import, and onnxruntime is new enough (MIN_ONNXRUNTIME)."""
     try:
         _import("onnx")
-        _import("onnxruntime")
+        ort = _import("onnxruntime")
     except ImportError:
         return False
-    return True
+    return Version(ort.__version__) >= Version(MIN_ONNXRUNTIME)
 
 
 class _Graph:
@@ -370,6 +373,9 @@ def session(proto_or_path, threads: int | None = 1, exact_int8: bool | None = No
     None = only where u8s8 may saturate (an x86 CPU without VNNI, see the module docstring).
     """
     ort = _import("onnxruntime")
+    if Version(ort.__version__) < Version(MIN_ONNXRUNTIME):
+        raise ImportError(f"onnxruntime {ort.__version__} is too old (its ConvInteger has no int8 weights): "
+                          f"tinytorch.deploy needs onnxruntime>={MIN_ONNXRUNTIME}; {INSTALL}")
     if threads is not None and (not isinstance(threads, int) or threads < 0):
         raise ValueError(f"threads must be None or an int >= 0, got {threads!r}")
     options = ort.SessionOptions()

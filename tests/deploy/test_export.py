@@ -177,3 +177,10 @@ def test_exact_int8_kernels_are_chosen_only_where_u8s8_can_saturate(monkeypatch,
     assert not deploy.u8s8_may_saturate()
     monkeypatch.setattr(deploy.platform, "machine", lambda: "aarch64")
     assert not deploy.u8s8_may_saturate()
+
+
+def test_an_onnxruntime_without_int8_convinteger_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(ort, "__version__", "1.23.2")  # the last release whose ConvInteger lacks int8 weights
+    assert deploy.available() is False
+    with pytest.raises(ImportError, match=r"onnxruntime 1.23.2 is too old.*onnxruntime>=1.24"):
+        deploy.session(deploy.to_onnx(tc.Linear(2, 2), np.zeros((1, 2), np.float32)))
