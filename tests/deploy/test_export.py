@@ -180,7 +180,7 @@ def test_exact_int8_kernels_are_chosen_only_where_u8s8_can_saturate(monkeypatch,
 
 
 def test_an_onnxruntime_without_int8_convinteger_is_refused_by_name(monkeypatch):
-    monkeypatch.setattr(ort, "__version__", "1.23.2")  # the last release whose ConvInteger lacks int8 weights
+    monkeypatch.setattr(ort, "__version__", "1.23.2")  # a release whose ConvInteger lacks int8 weights (checked)
     assert deploy.available() is False
     with pytest.raises(ImportError, match=r"onnxruntime 1.23.2 is too old.*onnxruntime>=1.24"):
         deploy.session(deploy.to_onnx(tc.Linear(2, 2), np.zeros((1, 2), np.float32)))
