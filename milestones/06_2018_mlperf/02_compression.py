@@ -172,6 +172,7 @@ ONNX_WEIGHTS = (".weight_t", ".weight", ".weight_int8_t", ".weight_int8", ".scal
 def onnx_rows(run, variants_of: dict, int8_models: dict, digits, files: Path, measure_latency, repeats: int) -> None:
     """FP32 and INT8 exported to ONNX (tinytorch.deploy) and run in ONNX Runtime (1 thread): checked
     against tinytorch (a correctness claim), then a row each in the table. Without onnxruntime: a note."""
+    import tinytorch.core as tc
     from tinytorch import models
 
     deploy, reason = find_module("deploy", ["to_onnx", "session", "run", "save", "available"])
@@ -194,8 +195,6 @@ def onnx_rows(run, variants_of: dict, int8_models: dict, digits, files: Path, me
                 "file_bytes": path.stat().st_size,
                 "accuracy": float((outputs[label].argmax(1) == digits.y_test).mean()),
                 "latency_s": lat.median, "latency_ci_s": [lat.ci_low, lat.ci_high], "file": path.name}
-        import tinytorch.core as tc
-
         with tc.no_grad():
             ours_fp32 = models.load(name)(digits.x_test).data
             ours_int8 = int8_models[name](digits.x_test).data
