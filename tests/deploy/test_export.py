@@ -83,7 +83,8 @@ ACT_PARAMS = [("affine", "int8", -1.0, 2.5), ("affine", "uint8", -1.0, 2.5), ("s
 
 @pytest.mark.parametrize("scheme,dtype,lo,hi", ACT_PARAMS)
 @pytest.mark.parametrize("per_channel", [True, False])
-def test_int8_linear_and_conv_integer_sums_equal_module_15s_exactly(scheme, dtype, lo, hi, per_channel):
+@pytest.mark.parametrize("exact_int8", [None, True])  # this CPU's default kernels, and the u8u8 ones
+def test_int8_linear_and_conv_integer_sums_equal_module_15s_exactly(scheme, dtype, lo, hi, per_channel, exact_int8):
     tc.manual_seed(0)
     act = compute_qparams(lo, hi, scheme, dtype)
     # inputs well beyond the calibrated range: saturation (and symmetric int8's -127 floor) matter
@@ -93,7 +94,8 @@ def test_int8_linear_and_conv_integer_sums_equal_module_15s_exactly(scheme, dtyp
     for layer, op, want in ((lin, "/MatMulInteger", lin.integer_accumulate(x)),
                             (conv, "/ConvInteger", conv.integer_accumulate(x).transpose(0, 3, 1, 2))):
         proto = deploy.to_onnx(layer, x[:1])
-        y, acc = deploy.session(_with_output(proto, op, onnx.TensorProto.INT32)).run(None, {"x": x})
+        sess = deploy.session(_with_output(proto, op, onnx.TensorProto.INT32), exact_int8=exact_int8)
+        y, acc = sess.run(None, {"x": x})
         np.testing.assert_array_equal(acc, want)  # zero points, padding, weight layout: every integer
         np.testing.assert_allclose(y, forward(layer, x), rtol=1e-5, atol=1e-6)
 
