@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -145,15 +145,19 @@ class DynamicBatcher:
        called; pop up to max_batch_size requests and return them.
     3. _run_batch (worker, outside the lock): keep the requests whose
        future.set_running_or_notify_cancel() is True (a caller may have cancelled one); stack
-       their inputs, call fn once; on an exception, or a result without one row per request,
-       set_exception on each of these futures; else set_result(row i) on future i.
-       Record the batch size in self.batch_sizes.
-    4. close(drain): under the lock set closed; if not drain, pop every queued request and
-       set_exception(RuntimeError(...)) on it; notify; then join the worker thread.
+       their inputs, call fn once. A result without one row per request: set_exception on each
+       of these futures. An exception: if the batch holds one request, it gets the exception;
+       else call fn on each request alone (x[None]) and give each future its own row or its own
+       exception. Else set_result(row i) on future i. Record the batch size in self.batch_sizes.
+    4. close(drain): under the lock set closed; if not drain, fail the queued requests
+       (self._fail_queued) and the running batch (self._fail_running) with RuntimeError; notify;
+       then join the worker thread with the timeout, and raise TimeoutError if it is still alive.
 
     HINTS:
     - `threading.Condition.wait(timeout)` can wake early: always re-check the condition in a loop.
     - Give each future a copy of its row (`np.array(out[i])`), not a view that pins the whole batch.
+    - Catch Exception, not BaseException, for the per-row retry: a SystemExit or
+      KeyboardInterrupt fails the whole batch and is raised again (the worker ends).
 
     EXAMPLE:
     >>> with DynamicBatcher(lambda b: b * 2, max_batch_size=8, max_wait_ms=1) as batcher:
@@ -173,6 +177,7 @@ class DynamicBatcher:
         self._queue: deque = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._running = None             # (start time, requests) of the batch fn is running
         self._worker = threading.Thread(target=self._loop, name="DynamicBatcher", daemon=True)
         self._worker.start()
 
@@ -231,16 +236,31 @@ class DynamicBatcher:
             return
         self.batch_sizes.append(len(live))
         try:
-            out = self.fn(np.stack([r.x for r in live]))
-            out = _array(out)
-            if out.ndim == 0 or out.shape[0] != len(live):
-                raise ValueError(f"fn returned shape {out.shape} for a batch of {len(live)} inputs; "
-                                 f"expected one row per input")
-        except BaseException as error:  # this batch fails; the worker and other batches go on
+            out = _array(self.fn(np.stack([r.x for r in live])))
+        except Exception as error:
+            if len(live) == 1:
+                live[0].future.set_exception(error)
+                return
+            for r in live:  # isolate the bad row: each request alone gets its own answer or error
+                try:
+                    row = _array(self.fn(r.x[None]))
+                    if row.ndim == 0 or row.shape[0] != 1:
+                        raise ValueError(f"fn returned shape {row.shape} for a batch of 1 input; "
+                                         f"expected one row per input")
+                except Exception as own_error:
+                    r.future.set_exception(own_error)
+                else:
+                    r.future.set_result(np.array(row[0]))
+            return
+        except BaseException as error:  # SystemExit, KeyboardInterrupt: the batch fails, the worker ends
             for r in live:
                 r.future.set_exception(error)
-            if not isinstance(error, Exception):
-                raise  # SystemExit, KeyboardInterrupt: the worker ends (_loop fails what is queued)
+            raise
+        if out.ndim == 0 or out.shape[0] != len(live):
+            error = ValueError(f"fn returned shape {out.shape} for a batch of {len(live)} inputs; "
+                               f"expected one row per input")
+            for r in live:
+                r.future.set_exception(error)
             return
         for i, r in enumerate(live):
             r.future.set_result(np.array(out[i]))
@@ -251,7 +271,15 @@ class DynamicBatcher:
                 requests = self._collect()
                 if requests is None:
                     return
-                self._run_batch(requests)
+                self._running = (time.monotonic(), requests)
+                try:
+                    self._run_batch(requests)
+                except Exception:
+                    # close(drain=False) failed this batch while fn ran: its results have nowhere to go
+                    if not (self._closed and all(r.future.done() for r in requests)):
+                        raise
+                finally:
+                    self._running = None
         finally:
             # however the worker ends, no queued request may wait forever and later submits fail
             with self._cond:
@@ -265,15 +293,42 @@ class DynamicBatcher:
             if r.future.set_running_or_notify_cancel():
                 r.future.set_exception(RuntimeError(why))
 
+    def _fail_running(self, why: str) -> None:
+        """Fail the requests of the batch fn is running now (a call that may never return)."""
+        running = self._running
+        for r in running[1] if running else ():
+            try:
+                r.future.set_exception(RuntimeError(why))
+            except InvalidStateError:  # it got its answer meanwhile
+                pass
+
+    def health(self, stuck_after_s: float) -> str | None:
+        """None when the batcher can serve; else why not (closed, worker stopped, or fn running
+        one batch for more than stuck_after_s seconds: the model call may hang)."""
+        if self._closed:
+            return "the DynamicBatcher is closed"
+        if not self._worker.is_alive():
+            return "the DynamicBatcher worker thread has stopped"
+        running = self._running
+        if running is not None and time.monotonic() - running[0] > stuck_after_s:
+            return (f"the model has been running one batch for {time.monotonic() - running[0]:.1f} s, "
+                    f"more than {stuck_after_s:g} s: it may hang")
+        return None
+
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
-        """Stop accepting requests. drain=True: finish the queued ones; False: fail them. Joins the worker."""
+        """Stop accepting requests. drain=True: finish the queued ones; False: fail them and the
+        running batch. Joins the worker; TimeoutError if it is still inside fn after `timeout` s."""
         with self._cond:
             self._closed = True
             if not drain:
                 self._fail_queued("DynamicBatcher was closed before this request ran")
+                self._fail_running("DynamicBatcher was closed while the model was running this request")
             self._cond.notify_all()
         if threading.current_thread() is not self._worker:
             self._worker.join(timeout)
+            if self._worker.is_alive():
+                raise TimeoutError(f"the DynamicBatcher worker is still inside fn after {timeout} s; "
+                                   "it ends when fn returns and runs nothing more")
 
     def __enter__(self):
         return self
@@ -291,16 +346,28 @@ class BadRequest(ValueError):
     """A client error: the server answers 400 with this message."""
 
 
+def _has_bool(value) -> bool:
+    """Whether a rectangular nest of JSON lists holds a true or false (NumPy would read it as 1 or 0)."""
+    if isinstance(value, bool):
+        return True
+    if not isinstance(value, list):
+        return False
+    flat = np.asarray(value, dtype=object).ravel()
+    return any(type(v) is bool for v in flat)
+
+
 def parse_request(body: bytes, input_shape: tuple) -> np.ndarray:
     """The float32 input array of a JSON body {"input": [...]}; BadRequest naming the problem otherwise.
 
     TODO: decode the JSON, find "input", check it is numeric, finite and of input_shape.
 
     APPROACH:
-    1. json.loads(body) (UnicodeDecodeError / json.JSONDecodeError -> BadRequest("malformed JSON: ...")).
+    1. json.loads(body) (UnicodeDecodeError / json.JSONDecodeError -> BadRequest("malformed JSON: ...");
+       RecursionError, for a body nested thousands deep -> BadRequest too).
     2. Require a dict with an "input" key.
     3. a = np.asarray(value) (ValueError for ragged lists -> BadRequest); require dtype kind
-       'i', 'u' or 'f' (bool, strings and None are not numbers); convert to float32.
+       'i', 'u' or 'f' (bool, strings and None are not numbers) and no JSON true/false
+       among the numbers (np.asarray([1, True]) is an int array: `_has_bool` checks); convert to float32.
     4. Require a.shape == input_shape and all values finite.
 
     EXAMPLE:
@@ -311,6 +378,8 @@ def parse_request(body: bytes, input_shape: tuple) -> np.ndarray:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequest(f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply to parse") from None
     if not isinstance(payload, dict) or "input" not in payload:
         raise BadRequest('expected a JSON object {"input": [...]}, got ' + type(payload).__name__
                          + ("" if not isinstance(payload, dict) else f" with keys {sorted(payload)}"))
@@ -318,8 +387,9 @@ def parse_request(body: bytes, input_shape: tuple) -> np.ndarray:
         a = np.asarray(payload["input"])
     except ValueError as error:
         raise BadRequest(f"input is not a rectangular array of numbers: {error}") from None
-    if a.dtype.kind not in "iuf":
-        raise BadRequest(f"input must be numbers, got JSON values of NumPy dtype {a.dtype}")
+    if a.dtype.kind not in "iuf" or _has_bool(payload["input"]):
+        kind = "true/false" if a.dtype.kind in "iuf" else f"JSON values of NumPy dtype {a.dtype}"
+        raise BadRequest(f"input must be numbers, got {kind}")
     a = a.astype(np.float32)
     if a.shape != tuple(input_shape):
         raise BadRequest(f"input has shape {a.shape}, expected {tuple(input_shape)}")
@@ -344,6 +414,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _reply(self, status: int, payload: dict) -> None:
+        self._replied = True
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -355,12 +426,47 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/health":
-            self._reply(200, {"status": "ok"})
+            problem = self.server.app.health()
+            if problem:
+                self._reply(503, {"status": "unavailable", "error": problem})
+            else:
+                self._reply(200, {"status": "ok"})
         else:
             self._reply(404, {"error": f"no such path {self.path!r}; POST /predict or GET /health"})
 
+    def _header_problem(self):
+        """(status, message) for headers HTTP says to refuse, else None. The body is not read."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1:
+            return 400, f"{len(lengths)} Content-Length headers; exactly one is allowed"
+        if lengths and not (lengths[0].isascii() and lengths[0].isdigit()):
+            return 400, f"Content-Length must be a decimal number of bytes, got {lengths[0]!r}"
+        if self.headers.get("Transfer-Encoding") is not None:
+            return 400, "Transfer-Encoding is not supported; send the body with a Content-Length"
+        ctype = self.headers.get_content_type() if self.headers.get("Content-Type") else "application/json"
+        if ctype != "application/json":
+            return 415, f"Content-Type must be application/json, got {self.headers.get('Content-Type')!r}"
+        return None
+
     def do_POST(self):
-        self.server.app._handle_post(self)
+        app, key = self.server.app, object()
+        self._replied = False
+        problem = self._header_problem()
+        if problem:
+            self.close_connection = True   # its body is not read: it must not be taken for the next request
+            self._reply(problem[0], {"error": problem[1]})
+            return
+        with app._lock:
+            app._in_flight[key] = time.monotonic()
+        try:
+            app._handle_post(self)
+        except Exception as error:    # a bug must still answer, not drop the connection silently
+            if not self._replied:
+                self.close_connection = True
+                self._reply(500, {"error": f"internal server error ({type(error).__name__})"})
+        finally:
+            with app._lock:
+                del app._in_flight[key]
 
 
 class InferenceServer:
@@ -399,11 +505,23 @@ class InferenceServer:
         self.httpd = None
         self._thread = None
         self._connections: set = set()
+        self._in_flight: dict = {}       # start time of every POST being answered
         self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def health(self) -> str | None:
+        """None when the server can answer; else why not (GET /health is then 503 with it)."""
+        with self._lock:
+            oldest = min(self._in_flight.values(), default=None)
+        if oldest is not None and time.monotonic() - oldest > self.timeout:
+            return (f"a /predict request has been running for {time.monotonic() - oldest:.1f} s, "
+                    f"more than the timeout of {self.timeout:g} s: the model may hang")
+        if isinstance(self.predict, DynamicBatcher):
+            return self.predict.health(self.timeout)
+        return None
 
     def _track(self, sock, add: bool) -> None:
         with self._lock:

@@ -151,7 +151,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -293,12 +293,19 @@ print("matmul_intensity, batch_sweep: OK")
 # - The worker waits for the first request, then collects until `max_batch_size` requests
 #   or until `max_wait_ms` after the oldest one arrived, runs `fn` once on the stacked
 #   inputs, and sets row `i` of the result on future `i`.
-# - If `fn` raises (or returns the wrong number of rows), only that batch's futures get
-#   the exception; the worker keeps serving.
+# - If `fn` raises, one request's bad row must not fail the others, nor hand them its error
+#   text (over HTTP that would be one client reading another's error): the worker runs each
+#   request of that batch alone, so every future gets its own result or its own exception.
+#   A result with the wrong number of rows is a bug of `fn`, not of a row: the whole batch
+#   gets that error. Either way the worker keeps serving.
 # - `close(drain=True)` stops accepting requests (a later `submit` raises `RuntimeError`),
 #   lets the worker finish everything already queued, and joins it. `close(drain=False)`
-#   fails the queued futures with a `RuntimeError` instead. `with DynamicBatcher(...) as b:`
-#   closes on exit.
+#   fails the queued futures, and the ones whose batch is running, with a `RuntimeError`
+#   instead, so that no caller waits on a model call that hangs. A thread cannot be killed:
+#   if the worker is still inside `fn` after `timeout` seconds, `close` raises `TimeoutError`
+#   (the worker ends when `fn` returns and runs nothing more). `with DynamicBatcher(...) as b:`
+#   closes on exit. `health(stuck_after_s)` (given) says why the batcher cannot serve: closed,
+#   its worker stopped, or one batch running for longer than `stuck_after_s`.
 #
 # One lock (a `threading.Condition`) guards the queue and the closed flag; `fn` runs
 # outside the lock so that callers can keep submitting while a batch computes.
@@ -329,15 +336,19 @@ class DynamicBatcher:
        called; pop up to max_batch_size requests and return them.
     3. _run_batch (worker, outside the lock): keep the requests whose
        future.set_running_or_notify_cancel() is True (a caller may have cancelled one); stack
-       their inputs, call fn once; on an exception, or a result without one row per request,
-       set_exception on each of these futures; else set_result(row i) on future i.
-       Record the batch size in self.batch_sizes.
-    4. close(drain): under the lock set closed; if not drain, pop every queued request and
-       set_exception(RuntimeError(...)) on it; notify; then join the worker thread.
+       their inputs, call fn once. A result without one row per request: set_exception on each
+       of these futures. An exception: if the batch holds one request, it gets the exception;
+       else call fn on each request alone (x[None]) and give each future its own row or its own
+       exception. Else set_result(row i) on future i. Record the batch size in self.batch_sizes.
+    4. close(drain): under the lock set closed; if not drain, fail the queued requests
+       (self._fail_queued) and the running batch (self._fail_running) with RuntimeError; notify;
+       then join the worker thread with the timeout, and raise TimeoutError if it is still alive.
 
     HINTS:
     - `threading.Condition.wait(timeout)` can wake early: always re-check the condition in a loop.
     - Give each future a copy of its row (`np.array(out[i])`), not a view that pins the whole batch.
+    - Catch Exception, not BaseException, for the per-row retry: a SystemExit or
+      KeyboardInterrupt fails the whole batch and is raised again (the worker ends).
 
     EXAMPLE:
     >>> with DynamicBatcher(lambda b: b * 2, max_batch_size=8, max_wait_ms=1) as batcher:
@@ -357,6 +368,7 @@ class DynamicBatcher:
         self._queue: deque = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._running = None             # (start time, requests) of the batch fn is running
         self._worker = threading.Thread(target=self._loop, name="DynamicBatcher", daemon=True)
         self._worker.start()
 
@@ -420,16 +432,31 @@ class DynamicBatcher:
             return
         self.batch_sizes.append(len(live))
         try:
-            out = self.fn(np.stack([r.x for r in live]))
-            out = _array(out)
-            if out.ndim == 0 or out.shape[0] != len(live):
-                raise ValueError(f"fn returned shape {out.shape} for a batch of {len(live)} inputs; "
-                                 f"expected one row per input")
-        except BaseException as error:  # this batch fails; the worker and other batches go on
+            out = _array(self.fn(np.stack([r.x for r in live])))
+        except Exception as error:
+            if len(live) == 1:
+                live[0].future.set_exception(error)
+                return
+            for r in live:  # isolate the bad row: each request alone gets its own answer or error
+                try:
+                    row = _array(self.fn(r.x[None]))
+                    if row.ndim == 0 or row.shape[0] != 1:
+                        raise ValueError(f"fn returned shape {row.shape} for a batch of 1 input; "
+                                         f"expected one row per input")
+                except Exception as own_error:
+                    r.future.set_exception(own_error)
+                else:
+                    r.future.set_result(np.array(row[0]))
+            return
+        except BaseException as error:  # SystemExit, KeyboardInterrupt: the batch fails, the worker ends
             for r in live:
                 r.future.set_exception(error)
-            if not isinstance(error, Exception):
-                raise  # SystemExit, KeyboardInterrupt: the worker ends (_loop fails what is queued)
+            raise
+        if out.ndim == 0 or out.shape[0] != len(live):
+            error = ValueError(f"fn returned shape {out.shape} for a batch of {len(live)} inputs; "
+                               f"expected one row per input")
+            for r in live:
+                r.future.set_exception(error)
             return
         for i, r in enumerate(live):
             r.future.set_result(np.array(out[i]))
@@ -441,7 +468,15 @@ class DynamicBatcher:
                 requests = self._collect()
                 if requests is None:
                     return
-                self._run_batch(requests)
+                self._running = (time.monotonic(), requests)
+                try:
+                    self._run_batch(requests)
+                except Exception:
+                    # close(drain=False) failed this batch while fn ran: its results have nowhere to go
+                    if not (self._closed and all(r.future.done() for r in requests)):
+                        raise
+                finally:
+                    self._running = None
         finally:
             # however the worker ends, no queued request may wait forever and later submits fail
             with self._cond:
@@ -455,16 +490,43 @@ class DynamicBatcher:
             if r.future.set_running_or_notify_cancel():
                 r.future.set_exception(RuntimeError(why))
 
+    def _fail_running(self, why: str) -> None:
+        """Fail the requests of the batch fn is running now (a call that may never return)."""
+        running = self._running
+        for r in running[1] if running else ():
+            try:
+                r.future.set_exception(RuntimeError(why))
+            except InvalidStateError:  # it got its answer meanwhile
+                pass
+
+    def health(self, stuck_after_s: float) -> str | None:
+        """None when the batcher can serve; else why not (closed, worker stopped, or fn running
+        one batch for more than stuck_after_s seconds: the model call may hang)."""
+        if self._closed:
+            return "the DynamicBatcher is closed"
+        if not self._worker.is_alive():
+            return "the DynamicBatcher worker thread has stopped"
+        running = self._running
+        if running is not None and time.monotonic() - running[0] > stuck_after_s:
+            return (f"the model has been running one batch for {time.monotonic() - running[0]:.1f} s, "
+                    f"more than {stuck_after_s:g} s: it may hang")
+        return None
+
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
-        """Stop accepting requests. drain=True: finish the queued ones; False: fail them. Joins the worker."""
+        """Stop accepting requests. drain=True: finish the queued ones; False: fail them and the
+        running batch. Joins the worker; TimeoutError if it is still inside fn after `timeout` s."""
         ### BEGIN SOLUTION
         with self._cond:
             self._closed = True
             if not drain:
                 self._fail_queued("DynamicBatcher was closed before this request ran")
+                self._fail_running("DynamicBatcher was closed while the model was running this request")
             self._cond.notify_all()
         if threading.current_thread() is not self._worker:
             self._worker.join(timeout)
+            if self._worker.is_alive():
+                raise TimeoutError(f"the DynamicBatcher worker is still inside fn after {timeout} s; "
+                                   "it ends when fn returns and runs nothing more")
         ### END SOLUTION
 
     def __enter__(self):
@@ -512,7 +574,7 @@ try:
     raise AssertionError("submit after close must raise")
 except RuntimeError as e:
     assert "closed" in str(e)
-# errors stay in their batch
+# an error stays with its own request: the other row of its batch still gets its answer
 def _fails_on_negative(b):
     if (b < 0).any():
         raise ValueError("negative input")
@@ -521,7 +583,7 @@ with DynamicBatcher(_fails_on_negative, max_batch_size=2, max_wait_ms=10_000) as
     _good1, _good2 = _b.submit(np.float32(1)), _b.submit(np.float32(2))
     assert _good1.result(timeout=30) == 2 and _good2.result(timeout=30) == 3
     _bad1, _bad2 = _b.submit(np.float32(-1)), _b.submit(np.float32(5))
-    assert isinstance(_bad1.exception(timeout=30), ValueError) and isinstance(_bad2.exception(timeout=30), ValueError)
+    assert isinstance(_bad1.exception(timeout=30), ValueError) and _bad2.result(timeout=30) == 6
     _ok1, _ok2 = _b.submit(np.float32(7)), _b.submit(np.float32(8))
     assert _ok1.result(timeout=30) == 8 and _ok2.result(timeout=30) == 9
 # wrong shapes and non-numbers are rejected at submit time
@@ -550,15 +612,30 @@ print("DynamicBatcher: OK")
 # the batch that holds the request has run) or any function.
 #
 # Bad requests get status 400 and `{"error": "..."}` naming the problem: a body that is not
-# JSON, JSON that is not an object with an `"input"` key, an input that is not an array
-# of numbers, the wrong shape, non-finite values. A `predict` that raises gives 500.
-# `GET /health` answers `{"status": "ok"}`. `close()` stops the server, ends its
-# connection threads and releases the port.
+# JSON (or nests too deeply to parse), JSON that is not an object with an `"input"` key, an
+# input that is not an array of numbers (`true` is not the number 1), the wrong shape,
+# non-finite values. The HTTP plumbing (given) answers 400 to a request with more than one
+# `Content-Length`, 413 to a body over the limit and 415 to a `Content-Type` other than JSON;
+# a request the handler fails on unexpectedly still gets a 500. A `predict` that raises gives 500.
+# `GET /health` answers `{"status": "ok"}`, or 503 with the reason when the server cannot
+# serve: a `/predict` call running for longer than `timeout`, or a `DynamicBatcher` that is
+# closed, has lost its worker or is stuck in one batch (its given `health` method). `close()`
+# stops the server, ends its connection threads and releases the port.
 
 # %% nbgrader={"grade": false, "grade_id": "server", "locked": false, "schema_version": 3, "solution": true}
 #| export
 class BadRequest(ValueError):
     """A client error: the server answers 400 with this message."""
+
+
+def _has_bool(value) -> bool:
+    """Whether a rectangular nest of JSON lists holds a true or false (NumPy would read it as 1 or 0)."""
+    if isinstance(value, bool):
+        return True
+    if not isinstance(value, list):
+        return False
+    flat = np.asarray(value, dtype=object).ravel()
+    return any(type(v) is bool for v in flat)
 
 
 def parse_request(body: bytes, input_shape: tuple) -> np.ndarray:
@@ -567,10 +644,12 @@ def parse_request(body: bytes, input_shape: tuple) -> np.ndarray:
     TODO: decode the JSON, find "input", check it is numeric, finite and of input_shape.
 
     APPROACH:
-    1. json.loads(body) (UnicodeDecodeError / json.JSONDecodeError -> BadRequest("malformed JSON: ...")).
+    1. json.loads(body) (UnicodeDecodeError / json.JSONDecodeError -> BadRequest("malformed JSON: ...");
+       RecursionError, for a body nested thousands deep -> BadRequest too).
     2. Require a dict with an "input" key.
     3. a = np.asarray(value) (ValueError for ragged lists -> BadRequest); require dtype kind
-       'i', 'u' or 'f' (bool, strings and None are not numbers); convert to float32.
+       'i', 'u' or 'f' (bool, strings and None are not numbers) and no JSON true/false
+       among the numbers (np.asarray([1, True]) is an int array: `_has_bool` checks); convert to float32.
     4. Require a.shape == input_shape and all values finite.
 
     EXAMPLE:
@@ -582,6 +661,8 @@ def parse_request(body: bytes, input_shape: tuple) -> np.ndarray:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BadRequest(f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply to parse") from None
     if not isinstance(payload, dict) or "input" not in payload:
         raise BadRequest('expected a JSON object {"input": [...]}, got ' + type(payload).__name__
                          + ("" if not isinstance(payload, dict) else f" with keys {sorted(payload)}"))
@@ -589,8 +670,9 @@ def parse_request(body: bytes, input_shape: tuple) -> np.ndarray:
         a = np.asarray(payload["input"])
     except ValueError as error:
         raise BadRequest(f"input is not a rectangular array of numbers: {error}") from None
-    if a.dtype.kind not in "iuf":
-        raise BadRequest(f"input must be numbers, got JSON values of NumPy dtype {a.dtype}")
+    if a.dtype.kind not in "iuf" or _has_bool(payload["input"]):
+        kind = "true/false" if a.dtype.kind in "iuf" else f"JSON values of NumPy dtype {a.dtype}"
+        raise BadRequest(f"input must be numbers, got {kind}")
     a = a.astype(np.float32)
     if a.shape != tuple(input_shape):
         raise BadRequest(f"input has shape {a.shape}, expected {tuple(input_shape)}")
@@ -616,6 +698,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _reply(self, status: int, payload: dict) -> None:
+        self._replied = True
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -627,12 +710,47 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/health":
-            self._reply(200, {"status": "ok"})
+            problem = self.server.app.health()
+            if problem:
+                self._reply(503, {"status": "unavailable", "error": problem})
+            else:
+                self._reply(200, {"status": "ok"})
         else:
             self._reply(404, {"error": f"no such path {self.path!r}; POST /predict or GET /health"})
 
+    def _header_problem(self):
+        """(status, message) for headers HTTP says to refuse, else None. The body is not read."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1:
+            return 400, f"{len(lengths)} Content-Length headers; exactly one is allowed"
+        if lengths and not (lengths[0].isascii() and lengths[0].isdigit()):
+            return 400, f"Content-Length must be a decimal number of bytes, got {lengths[0]!r}"
+        if self.headers.get("Transfer-Encoding") is not None:
+            return 400, "Transfer-Encoding is not supported; send the body with a Content-Length"
+        ctype = self.headers.get_content_type() if self.headers.get("Content-Type") else "application/json"
+        if ctype != "application/json":
+            return 415, f"Content-Type must be application/json, got {self.headers.get('Content-Type')!r}"
+        return None
+
     def do_POST(self):
-        self.server.app._handle_post(self)
+        app, key = self.server.app, object()
+        self._replied = False
+        problem = self._header_problem()
+        if problem:
+            self.close_connection = True   # its body is not read: it must not be taken for the next request
+            self._reply(problem[0], {"error": problem[1]})
+            return
+        with app._lock:
+            app._in_flight[key] = time.monotonic()
+        try:
+            app._handle_post(self)
+        except Exception as error:    # a bug must still answer, not drop the connection silently
+            if not self._replied:
+                self.close_connection = True
+                self._reply(500, {"error": f"internal server error ({type(error).__name__})"})
+        finally:
+            with app._lock:
+                del app._in_flight[key]
 
 
 class InferenceServer:
@@ -671,11 +789,23 @@ class InferenceServer:
         self.httpd = None
         self._thread = None
         self._connections: set = set()
+        self._in_flight: dict = {}       # start time of every POST being answered
         self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def health(self) -> str | None:
+        """None when the server can answer; else why not (GET /health is then 503 with it)."""
+        with self._lock:
+            oldest = min(self._in_flight.values(), default=None)
+        if oldest is not None and time.monotonic() - oldest > self.timeout:
+            return (f"a /predict request has been running for {time.monotonic() - oldest:.1f} s, "
+                    f"more than the timeout of {self.timeout:g} s: the model may hang")
+        if isinstance(self.predict, DynamicBatcher):
+            return self.predict.health(self.timeout)
+        return None
 
     def _track(self, sock, add: bool) -> None:
         with self._lock:
