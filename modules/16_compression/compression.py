@@ -156,7 +156,7 @@ from pathlib import Path
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.core.serialization import _atomic_write, _paths
+from tinytorch.core.serialization import _atomic_write, _paths, _read_npz
 from tinytorch.core import functional as F
 from tinytorch.quantization import QuantParams, dequantize, quantize, tensor_qparams
 
@@ -1157,10 +1157,15 @@ def build_model(spec: dict):
     """The (freshly initialized) module a describe_model() dict stands for."""
     kind = spec.get("type") if isinstance(spec, dict) else None
     if kind == "Sequential":
+        if not isinstance(spec.get("children"), list):
+            raise ValueError(f"a Sequential in a compressed model needs a 'children' list, got {spec.get('children')!r}")
         return tc.Sequential(*[build_model(s) for s in spec["children"]])
     if kind not in _LAYERS:
         raise ValueError(f"unknown layer type {kind!r} in a compressed model; expected Sequential or {sorted(_LAYERS)}")
-    return _LAYERS[kind](**{k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k != "type"})
+    try:
+        return _LAYERS[kind](**{k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k != "type"})
+    except (TypeError, ValueError) as exc:  # a missing, unknown or ill-typed field of the layer
+        raise ValueError(f"bad {kind} layer {spec} in a compressed model: {exc}") from None
 
 
 FORMAT, VERSION = "tinytorch-compressed", 1
@@ -1283,12 +1288,58 @@ def save_compressed(model, path, values: str = "int8") -> Path:
     ### END SOLUTION
 
 
+_ARRAY_DTYPES = {"values": (np.int8, np.float32), "gaps": (np.uint8,), "scales": (np.float32,), "dense": (np.float32,)}
+_ENCODINGS = {"dense-float32": np.float32, "sparse-int8": np.int8, "sparse-float32": np.float32}
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def _check_index(info: dict, arrays: dict, json_path) -> None:
-    """An edited or corrupt index must be an error, not a model with weights silently missing:
-    every entry's slice lies inside its shared array, and the entries cover each array exactly."""
+    """An edited or corrupt file must be a ValueError naming the field, never a model with weights
+    silently wrong or a KeyError/IndexError: the four arrays are there with their dtypes; every
+    entry has a name, a shape, a known encoding that matches the values' dtype, a scale index
+    inside `scales` pointing at a finite scale > 0 (int8), and a slice inside its shared array;
+    the entries cover each array exactly."""
     for key in ("architecture", "tensors"):
         if key not in info:
             raise ValueError(f"{json_path} has no {key!r} entry")
+    if not isinstance(info["tensors"], list) or not all(isinstance(t, dict) for t in info["tensors"]):
+        raise ValueError(f"{json_path}: 'tensors' must be a list of objects")
+    for key, dtypes in _ARRAY_DTYPES.items():
+        if key not in arrays:
+            raise ValueError(f"{json_path.with_suffix('.npz')} has no {key!r} array (it holds {sorted(arrays)})")
+        if arrays[key].ndim != 1 or arrays[key].dtype not in dtypes:
+            raise ValueError(f"array {key!r} must be 1-D of dtype {' or '.join(np.dtype(d).name for d in dtypes)}, "
+                             f"got {arrays[key].dtype}{list(arrays[key].shape)}")
+    scales = arrays["scales"]
+    if not np.all(np.isfinite(scales) & (scales > 0)):
+        raise ValueError(f"array 'scales' must hold finite scales > 0, got {scales[~(np.isfinite(scales) & (scales > 0))][:3].tolist()}")
+    if len(arrays["gaps"]) != len(arrays["values"]):
+        raise ValueError(f"arrays 'gaps' and 'values' must have one entry each per stored value, "
+                         f"got {len(arrays['gaps'])} and {len(arrays['values'])}")
+    names = set()
+    for t in info["tensors"]:
+        name = t.get("name")
+        if not isinstance(name, str) or name in names:
+            raise ValueError(f"{json_path}: tensor 'name' must be a unique string, got {name!r}")
+        names.add(name)
+        shape, enc = t.get("shape"), t.get("encoding")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise ValueError(f"{json_path}: tensor {name!r} has 'shape' {shape!r}; expected a list of ints >= 0")
+        if enc not in _ENCODINGS:
+            raise ValueError(f"{json_path}: tensor {name!r} has 'encoding' {enc!r}; expected one of {sorted(_ENCODINGS)}")
+        if enc != "dense-float32" and arrays["values"].dtype != _ENCODINGS[enc]:
+            raise ValueError(f"{json_path}: tensor {name!r} has 'encoding' {enc!r} but the 'values' array is "
+                             f"{arrays['values'].dtype}")
+        if enc == "sparse-int8":
+            k = t.get("scale_index")
+            if not _is_count(k) or k >= len(scales):
+                raise ValueError(f"{json_path}: tensor {name!r} has 'scale_index' {k!r}; expected an int in "
+                                 f"[0, {len(scales)})")
+        elif "scale_index" in t:
+            raise ValueError(f"{json_path}: tensor {name!r} is {enc!r} and has a 'scale_index'; only sparse-int8 has one")
     used = {}
     for t in info["tensors"]:
         array = "dense" if t.get("encoding") == "dense-float32" else "values"
@@ -1301,6 +1352,10 @@ def _check_index(info: dict, arrays: dict, json_path) -> None:
     for array, n in used.items():
         if n != len(arrays[array]):
             raise ValueError(f"{json_path}: the tensors use {n} entries of {array!r}, the file holds {len(arrays[array])}")
+    for t in info["tensors"]:
+        if t["encoding"] == "dense-float32" and t["count"] != int(np.prod(t["shape"])):
+            raise ValueError(f"{json_path}: tensor {t['name']!r} has 'count' {t['count']} but 'shape' {t['shape']} "
+                             f"holds {int(np.prod(t['shape']))} values")
 
 
 def load_compressed(path):
@@ -1325,8 +1380,7 @@ def load_compressed(path):
         raise ValueError(f"{json_path} is not valid JSON: {exc}") from exc
     if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("version") != VERSION:
         raise ValueError(f"{json_path} is not a {FORMAT} version {VERSION} index")
-    with np.load(npz_path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    arrays = _read_npz(npz_path, ValueError)  # headers checked against the file's bytes before reading
     _check_index(info, arrays, json_path)
     ### BEGIN SOLUTION
     model = build_model(info["architecture"])
