@@ -162,7 +162,23 @@ def _existing_notebook(repo: Repo, module: Module) -> Path:
     path = ws.notebook_path(repo, module)
     if not path.is_file():
         raise TitoError(f"no notebook for {module.id} at {path.relative_to(repo.root)}: run `tito module start {module.id}` first")
+    _readable_notebook(path, module)
     return path
+
+
+def _readable_notebook(path: Path, module: Module):
+    """The notebook at `path`; a TitoError (the file untouched) for anything that is not one,
+    such as a file whose JSON is `[]` or `{}`."""
+    from tito import notebooks
+
+    try:
+        return notebooks.read_notebook(path)
+    except (AttributeError, TypeError, KeyError) as exc:  # JSON, but not shaped like a notebook
+        raise TitoError(
+            f"{path} is not a readable notebook (its JSON is not a notebook object: {type(exc).__name__}: {exc}); "
+            f"the file was left exactly as it is: repair it in an editor, or run `tito module reset {module.id}`, "
+            "which moves it to a backup and starts over"
+        ) from exc
 
 
 def _tail(text: str, lines: int = 25) -> str:
@@ -212,7 +228,9 @@ def _run_tests(repo: Repo, module: Module, timeout: int | None) -> StudentResult
     from tito import grading
 
     path = _existing_notebook(repo, module)
-    with step(f"running {path.relative_to(repo.root)} and the tests of {module.id}"):
+    # the build folders live in a scratch folder of this process: a run that is killed leaves
+    # them behind, and the next run removes them
+    with step(f"running {path.relative_to(repo.root)} and the tests of {module.id}"), ws.scratch_dir():
         result = grading.check_student(repo, module, path, timeout or grading.DEFAULT_CELL_TIMEOUT)
     report(module, result)
     return result
@@ -300,17 +318,16 @@ def restore_backup(repo: Repo, module: Module, name: str) -> int:
     if backup is None:
         available = ", ".join(b.name for b in ws.list_backups(repo, module)) or "none"
         raise TitoError(f"no backup {name!r} for {module.id}; expected a file path or one of: {available}")
-    from tito import notebooks
-
-    notebooks.read_notebook(backup)  # refuse to restore a corrupt file; the error says so
+    _readable_notebook(backup, module)  # refuse to restore a corrupt file; the error says so
     path = ws.notebook_path(repo, module)
     if path.exists():
         moved = ws.backup_move(repo, module, path)
         say(f"your current notebook was moved to {moved.relative_to(repo.root)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.restore.tmp")
-    shutil.copy2(backup, tmp)
-    tmp.replace(path)
+    with ws.writable("restore", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.restore.tmp")
+        shutil.copy2(backup, tmp)
+        tmp.replace(path)
     ws.update(repo, module, state=ws.IN_PROGRESS, restored_from=str(backup))
     say(f"restored {path.relative_to(repo.root)} from {backup}")
     return 0
