@@ -137,7 +137,10 @@ def run_package_tests(repo: Repo, module: Module, build_dir: Path) -> PackageRun
     if not tests.is_dir():
         raise TitoError(f"module {module.id} has no tests folder yet: {module.tests}")
     report = build_dir / "pytest-report.xml"
-    command = [sys.executable, "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
+    # `-o pythonpath=`: the repository's pytest config puts its root (and so its reference
+    # tinytorch/) first on sys.path, ahead of the build; PYTHONPATH already has build, then root
+    command = [sys.executable, "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider", "-o", "pythonpath=",
+               f"--junitxml={report}"]
     try:
         proc = subprocess.run(
             command, cwd=build_dir, env=repo.env(first=build_dir),
