@@ -12,6 +12,7 @@ with 0 MACs, at the per-element costs in FLOPS_PER_ELEMENT.
 
 import gc
 import math
+import os
 import statistics
 import time
 import tracemalloc
@@ -689,6 +690,185 @@ def roofline(report, peak_flops: float, bandwidth: float) -> list:
 
 
 # %% modules/14_profiling/profiling.py (cell 38)
+POWERCAP_ROOT = "/sys/class/powercap"
+DEFAULT_WATTS_PER_CORE = 10.0   # an assumed power per busy core (W), for the estimate only
+MEASURED_SOURCE = "measured (RAPL)"
+
+
+class PowercapZone(NamedTuple):
+    path: str                 # the zone's folder, e.g. /sys/class/powercap/intel-rapl:0
+    name: str                 # its `name` file, e.g. "package-0"
+    max_energy_range_uj: int  # where its energy_uj counter wraps to 0
+
+
+def _read_int_file(path: str) -> int:
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+def find_powercap_zones(root: str = POWERCAP_ROOT) -> tuple:
+    """(zones, problem): the top-level package zones under `root` whose counters this process can read.
+
+    Top level: a folder `<type>:<n>` (intel-rapl:0, not the subzone intel-rapl:0:0), whose
+    `name` starts with "package" (psys contains the packages; subzones are inside them).
+    `problem` is None, or why no zone can be used (no folder, or e.g. a PermissionError).
+    """
+    zones, problems = [], []
+    if not os.path.isdir(root):
+        return [], f"no {root} on this machine"
+    for entry in sorted(os.listdir(root)):
+        folder = os.path.join(root, entry)
+        if entry.count(":") != 1 or not os.path.isdir(folder):
+            continue
+        try:
+            with open(os.path.join(folder, "name")) as f:
+                name = f.read().strip()
+            if not name.startswith("package"):
+                continue
+            zone = PowercapZone(folder, name, _read_int_file(os.path.join(folder, "max_energy_range_uj")))
+            _read_int_file(os.path.join(folder, "energy_uj"))  # can we read the counter at all?
+            zones.append(zone)
+        except (OSError, ValueError) as err:
+            problems.append(f"{folder}: {type(err).__name__}: {err}")
+    if problems:  # one unreadable package would make the sum wrong: use none of them
+        return [], "; ".join(problems)
+    if not zones:
+        return [], f"no package zone with energy_uj under {root}"
+    return zones, None
+
+
+class EnergySample(NamedTuple):
+    wall_s: float        # time.perf_counter()
+    cpu_s: float         # this process's CPU time (all threads)
+    counters_uj: tuple   # one energy_uj reading per zone (empty on the estimate path)
+
+
+@dataclass
+class EnergyReading:
+    joules: float        # energy between two samples (all zones summed, or the estimate)
+    calls: int           # how many calls (inferences, queries) it is spread over
+    seconds: float       # wall time between the samples
+    cpu_seconds: float   # this process's CPU time between them
+    source: str          # "measured (RAPL)" or "estimated: CPU-seconds x W W per core"
+
+    @property
+    def measured(self) -> bool:
+        return self.source == MEASURED_SOURCE
+
+    @property
+    def per_call(self) -> float:
+        """Joules per call."""
+        return self.joules / self.calls
+
+    @property
+    def watts(self) -> float:
+        """Average power over the interval."""
+        return self.joules / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.per_call * 1e3:.3g} mJ per call over {self.calls} calls, {self.watts:.3g} W [{self.source}]"
+
+
+def counter_delta_uj(before: int, after: int, max_energy_range_uj: int) -> int:
+    """Microjoules between two readings of one energy_uj counter that wraps at max_energy_range_uj.
+
+    TODO: the difference, or, when the counter went down, the difference across one wrap.
+
+    APPROACH:
+    1. after >= before: after - before.
+    2. otherwise it wrapped once: after + max_energy_range_uj - before.
+
+    HINTS:
+    - A reading above max_energy_range_uj cannot come from that counter: ValueError.
+
+    EXAMPLE:
+    >>> counter_delta_uj(900, 150, 1000)
+    250
+    """
+    for label, value in (("before", before), ("after", after), ("max_energy_range_uj", max_energy_range_uj)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{label} must be a counter reading (an int >= 0), got {value!r}")
+    if max_energy_range_uj == 0 or before > max_energy_range_uj or after > max_energy_range_uj:
+        raise ValueError(f"readings {before}, {after} do not fit a counter that wraps at {max_energy_range_uj}")
+    if after >= before:
+        return int(after - before)
+    return int(after + max_energy_range_uj - before)
+
+
+class EnergyMeter:
+    """Energy of a piece of code: RAPL package counters when readable, else CPU-seconds x W per core.
+
+    >>> meter = EnergyMeter()
+    >>> start = meter.sample(); model(x); model(x)
+    >>> print(meter.since(start, calls=2))
+    """
+
+    def __init__(self, root: str = POWERCAP_ROOT, watts_per_core: float = DEFAULT_WATTS_PER_CORE,
+                 cpu_clock: Callable[[], float] = time.process_time,
+                 wall_clock: Callable[[], float] = time.perf_counter):
+        if isinstance(watts_per_core, bool) or not isinstance(watts_per_core, (int, float)) \
+                or not (math.isfinite(watts_per_core) and watts_per_core > 0):
+            raise ValueError(f"watts_per_core must be a positive number of watts, got {watts_per_core!r}")
+        self.watts_per_core = float(watts_per_core)
+        self.cpu_clock, self.wall_clock = cpu_clock, wall_clock
+        self.zones, self.why_estimate = find_powercap_zones(root)
+        self.source = MEASURED_SOURCE if self.zones else \
+            f"estimated: CPU-seconds x {self.watts_per_core:g} W per core"
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.zones)
+
+    def sample(self) -> EnergySample:
+        """Read the clocks and every zone's counter now."""
+        counters = tuple(_read_int_file(os.path.join(z.path, "energy_uj")) for z in self.zones)
+        return EnergySample(self.wall_clock(), self.cpu_clock(), counters)
+
+    def since(self, start: EnergySample, calls: int = 1) -> EnergyReading:
+        """The energy from `start` to now, spread over `calls` calls.
+
+        TODO: take a new sample; measured: sum each zone's counter_delta_uj (in J);
+        estimated: CPU seconds x watts_per_core.
+
+        APPROACH:
+        1. end = self.sample().
+        2. If self.zones: joules = sum(counter_delta_uj(b, a, zone.max_energy_range_uj)
+           for each zone and its two readings) / 1e6.
+        3. Else: joules = (end.cpu_s - start.cpu_s) * self.watts_per_core.
+        4. Return EnergyReading(joules, calls, wall seconds, cpu seconds, self.source).
+
+        HINTS:
+        - zip(self.zones, start.counters_uj, end.counters_uj) pairs each zone with its readings.
+
+        EXAMPLE:
+        >>> m = EnergyMeter(root="/nonexistent", watts_per_core=10)
+        >>> m.since(m.sample()).source
+        'estimated: CPU-seconds x 10 W per core'
+        """
+        _check_int(calls, "calls", 1)
+        if not isinstance(start, EnergySample) or len(start.counters_uj) != len(self.zones):
+            raise ValueError("since() needs a sample taken by this meter's sample()")
+        end = self.sample()
+        cpu = end.cpu_s - start.cpu_s
+        if self.zones:
+            joules = sum(counter_delta_uj(b, a, zone.max_energy_range_uj)
+                         for zone, b, a in zip(self.zones, start.counters_uj, end.counters_uj)) / 1e6
+        else:
+            joules = cpu * self.watts_per_core
+        return EnergyReading(float(joules), int(calls), end.wall_s - start.wall_s, cpu, self.source)
+
+    def measure(self, fn, *args, repeats: int = 1, **kwargs) -> EnergyReading:
+        """Energy of `repeats` calls of fn(*args, **kwargs), per call in `.per_call`."""
+        if not callable(fn):
+            raise TypeError(f"measure expects a callable, got {type(fn).__name__}")
+        _check_int(repeats, "repeats", 1)
+        start = self.sample()
+        for _ in range(repeats):
+            fn(*args, **kwargs)
+        return self.since(start, calls=repeats)
+
+
+# %% modules/14_profiling/profiling.py (cell 41)
 @dataclass
 class LayerTime:
     name: str
@@ -709,6 +889,7 @@ class ProfileReport:
     latency: LatencyStats       # forward under no_grad, no hooks
     memory: MemoryReport
     backward: object = None     # LatencyStats of loss.backward(), or None
+    energy: object = None       # EnergyReading over the latency forwards: .per_call = J per inference
 
     @property
     def hook_overhead(self) -> float:
@@ -732,6 +913,9 @@ class ProfileReport:
         ]
         if self.backward is not None:
             lines.append(f"backward    {self.backward}")
+        if self.energy is not None:
+            lines.append(f"energy      {self.energy.per_call * 1e3:.3g} mJ per inference, {self.energy.watts:.3g} W "
+                         f"over {self.energy.calls} forwards [{self.energy.source}]")
         lines += [f"memory      {self.memory}",
                   f"hooks       per-layer timing made the forward {100 * self.hook_overhead:+.1f}% slower",
                   "",
@@ -879,10 +1063,16 @@ class Profiler:
         return latency_stats(samples)
 
     def profile(self, example_input, loss_fn=None, backward: bool = True, warmup: int = 2,
-                repeats: int = 10) -> ProfileReport:
-        """Everything at once: parameters, FLOPs, per-layer time, latency, memory, backward."""
+                repeats: int = 10, energy_meter=None) -> ProfileReport:
+        """Everything at once: parameters, FLOPs, per-layer time, latency, energy, memory, backward.
+
+        Energy per inference is read around the timed forwards (EnergyMeter() unless one is given).
+        """
         _check_int(repeats, "repeats", 1)
         _check_int(warmup, "warmup", 0)
+        if energy_meter is not None and not isinstance(energy_meter, EnergyMeter):
+            raise TypeError(f"energy_meter must be an EnergyMeter, got {type(energy_meter).__name__}")
+        meter = energy_meter or EnergyMeter()
         model, args = self.model, self._args(example_input)
         flops = count_flops(model, example_input)  # first: a wrong input fails here, with no hook left
 
@@ -890,11 +1080,16 @@ class Profiler:
             with tc.no_grad():
                 return model(*args)
 
-        latency = measure_latency(forward, warmup=warmup, repeats=repeats, clock=self.clock)
+        for _ in range(warmup):
+            forward()
+        start = meter.sample()  # energy of the same timed forwards (warm-up done just above)
+        latency = measure_latency(forward, warmup=0, repeats=repeats, clock=self.clock)
+        energy = meter.since(start, calls=repeats)
         layer_times = self.time_layers(example_input, warmup=min(warmup, 1), repeats=repeats)
         memory = measure_memory(model, example_input)
         back = self.time_backward(example_input, loss_fn, warmup=min(warmup, 1), repeats=max(1, repeats // 2)) \
             if backward else None
         return ProfileReport(model_type=type(model).__name__, input_shapes=[_shape(a) for a in args],
                              parameters=count_parameters(model), parameter_bytes=parameter_bytes(model),
-                             flops=flops, layer_times=layer_times, latency=latency, memory=memory, backward=back)
+                             flops=flops, layer_times=layer_times, latency=latency, memory=memory, backward=back,
+                             energy=energy)

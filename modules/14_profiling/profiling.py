@@ -24,6 +24,7 @@
 # | `latency_stats`, `measure_latency` | how long does it take, and how sure are we? |
 # | `measure_memory` | how much memory do the activations need, beside the weights? |
 # | `measure_machine`, `roofline` | is a layer limited by arithmetic or by memory traffic? |
+# | `counter_delta_uj`, `EnergyMeter` | how many joules per inference: measured (RAPL counters) or estimated, and which? |
 # | `Profiler` | all of it in one per-layer report, forward and backward |
 #
 # Prerequisites: the foundation `tinytorch.core` (Tensor, Module with forward hooks,
@@ -176,6 +177,7 @@ with 0 MACs, at the per-element costs in FLOPS_PER_ELEMENT.
 
 import gc
 import math
+import os
 import statistics
 import time
 import tracemalloc
@@ -439,7 +441,7 @@ def layer_flops(module, input_shapes, output_shape):
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "test-layer-flops", "locked": true, "points": 20, "schema_version": 3, "solution": false}
+# %% nbgrader={"grade": true, "grade_id": "test-layer-flops", "locked": true, "points": 15, "schema_version": 3, "solution": false}
 assert layer_flops(tc.Linear(3, 2), [(4, 3)], (4, 2)) == (24, 56)
 assert layer_flops(tc.Linear(3, 2, bias=False), [(4, 3)], (4, 2)) == (24, 48)
 assert layer_flops(tc.Linear(8, 5), [(2, 7, 8)], (2, 7, 5)) == (2 * 7 * 8 * 5, 2 * 2 * 7 * 8 * 5 + 2 * 7 * 5)
@@ -787,7 +789,7 @@ def latency_stats(samples, confidence: float = 0.95) -> LatencyStats:
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "test-latency-stats", "locked": true, "points": 15, "schema_version": 3, "solution": false}
+# %% nbgrader={"grade": true, "grade_id": "test-latency-stats", "locked": true, "points": 10, "schema_version": 3, "solution": false}
 _s = latency_stats([3, 1, 2, 5, 4, 6, 8, 7, 10, 9])
 assert (_s.median, _s.mean, _s.min, _s.max, _s.n) == (5.5, 5.5, 1.0, 10.0, 10)
 assert abs(_s.p90 - 9.1) < 1e-12 and abs(_s.p99 - 9.91) < 1e-12
@@ -1156,7 +1158,305 @@ except ValueError:
 print("roofline: ok")
 
 # %% [markdown]
-# ### 3.9 The Profiler: one report, per layer, forward and backward
+# ### 3.9 Energy: counters where the machine has them, an estimate where it does not
+#
+# Time is what the user feels; **energy** is what the operator pays for, and what a
+# phone's battery or a data centre's power budget limits. Energy is power integrated
+# over time (`1 J = 1 W x 1 s`).
+#
+# **Measured: RAPL counters.** Intel CPUs since Sandy Bridge, and AMD since Zen with
+# Linux 5.8, count the energy of their package in a hardware register (RAPL, "Running
+# Average Power Limit"). Linux shows it through the power-capping framework in sysfs:
+#
+# ```
+# /sys/class/powercap/intel-rapl:0/name                 package-0
+# /sys/class/powercap/intel-rapl:0/energy_uj            energy since some start, in microjoules
+# /sys/class/powercap/intel-rapl:0/max_energy_range_uj  where the counter wraps back to 0
+# /sys/class/powercap/intel-rapl:0:0/name               core    (a subzone: part of package-0)
+# /sys/class/powercap/intel-rapl:0:1/name               uncore  (a subzone)
+# /sys/class/powercap/intel-rapl:1/name                 package-1 (a second socket) or psys
+# ```
+#
+# (the kernel's powercap documentation, `Documentation/power/powercap/powercap.rst`.)
+# Three things make reading it less simple than `open(...).read()`:
+# 1. **Wraparound.** `energy_uj` is a counter that goes back to 0 after
+#    `max_energy_range_uj` (about 262 kJ on many CPUs: at 60 W it wraps every 73 minutes).
+#    If a later reading is *smaller* than an earlier one, the counter wrapped once:
+#    the energy is `after + max_energy_range_uj - before`.
+# 2. **Several zones, counted once.** A two-socket machine has `package-0` and
+#    `package-1`: their sum is the CPU energy. The subzones (`intel-rapl:0:0` core,
+#    `:0:1` uncore, `:0:2` dram) are parts of their package in the tree; adding them
+#    to it would count the cores twice. `psys` (platform, on laptops) is a top-level
+#    zone that *contains* the packages. We sum the top-level zones whose name starts
+#    with `package` and nothing else: CPU package energy, like `perf stat -e
+#    power/energy-pkg/`. (DRAM energy, where a `dram` subzone exists, is left out and so
+#    stated: it is not part of the package figure.)
+# 3. **Permission.** Since 2020 (the side channel CVE-2020-8694) the kernel makes
+#    `energy_uj` readable only by root. Where we cannot read it, we do not guess a
+#    measurement: we fall back to the estimate below and say why.
+#
+# The counters measure the **whole package**, every process on it: a measured figure
+# for our model includes whatever else ran. Measure on a quiet machine.
+#
+# **Estimated: CPU time x power per core.** Without counters, the energy trackers
+# estimate. Green Algorithms multiplies core-hours by a power draw per core (the CPU's
+# TDP over its cores); CodeCarbon, when it cannot read RAPL, falls back on half the
+# CPU's TDP (its "constant mode", github.com/mlco2/codecarbon/issues/524). We take
+# the process's own CPU time (`time.process_time()`: every thread of this process,
+# user + system, so BLAS threads count) times a power per busy core, by default
+# `DEFAULT_WATTS_PER_CORE = 10` W: a 65-150 W desktop or server CPU of 6-16 cores
+# has a TDP per core of about 6-15 W. It is an **estimate**, labelled as one on every
+# figure (`"estimated: CPU-seconds x 10 W per core"`), and you can set your own figure.
+# It leaves out idle power and memory, and it attributes to us only our own CPU time.
+#
+# Worked example, by hand. A package counter with `max_energy_range_uj = 1000`
+# reads 900 before a call and 150 after it: it wrapped, so the call used
+# `150 + 1000 - 900 = 250` uJ. A second package read 40 then 90: 50 uJ. The machine
+# used 300 uJ = 0.0003 J; if the call ran 4 times, that is 75 uJ per call. Without
+# counters, 0.02 CPU-seconds at 10 W per core is 0.2 J.
+
+# %% nbgrader={"grade": false, "grade_id": "energy-meter", "locked": false, "schema_version": 3, "solution": true}
+#| export
+POWERCAP_ROOT = "/sys/class/powercap"
+DEFAULT_WATTS_PER_CORE = 10.0   # an assumed power per busy core (W), for the estimate only
+MEASURED_SOURCE = "measured (RAPL)"
+
+
+class PowercapZone(NamedTuple):
+    path: str                 # the zone's folder, e.g. /sys/class/powercap/intel-rapl:0
+    name: str                 # its `name` file, e.g. "package-0"
+    max_energy_range_uj: int  # where its energy_uj counter wraps to 0
+
+
+def _read_int_file(path: str) -> int:
+    with open(path) as f:
+        return int(f.read().strip())
+
+
+def find_powercap_zones(root: str = POWERCAP_ROOT) -> tuple:
+    """(zones, problem): the top-level package zones under `root` whose counters this process can read.
+
+    Top level: a folder `<type>:<n>` (intel-rapl:0, not the subzone intel-rapl:0:0), whose
+    `name` starts with "package" (psys contains the packages; subzones are inside them).
+    `problem` is None, or why no zone can be used (no folder, or e.g. a PermissionError).
+    """
+    zones, problems = [], []
+    if not os.path.isdir(root):
+        return [], f"no {root} on this machine"
+    for entry in sorted(os.listdir(root)):
+        folder = os.path.join(root, entry)
+        if entry.count(":") != 1 or not os.path.isdir(folder):
+            continue
+        try:
+            with open(os.path.join(folder, "name")) as f:
+                name = f.read().strip()
+            if not name.startswith("package"):
+                continue
+            zone = PowercapZone(folder, name, _read_int_file(os.path.join(folder, "max_energy_range_uj")))
+            _read_int_file(os.path.join(folder, "energy_uj"))  # can we read the counter at all?
+            zones.append(zone)
+        except (OSError, ValueError) as err:
+            problems.append(f"{folder}: {type(err).__name__}: {err}")
+    if problems:  # one unreadable package would make the sum wrong: use none of them
+        return [], "; ".join(problems)
+    if not zones:
+        return [], f"no package zone with energy_uj under {root}"
+    return zones, None
+
+
+class EnergySample(NamedTuple):
+    wall_s: float        # time.perf_counter()
+    cpu_s: float         # this process's CPU time (all threads)
+    counters_uj: tuple   # one energy_uj reading per zone (empty on the estimate path)
+
+
+@dataclass
+class EnergyReading:
+    joules: float        # energy between two samples (all zones summed, or the estimate)
+    calls: int           # how many calls (inferences, queries) it is spread over
+    seconds: float       # wall time between the samples
+    cpu_seconds: float   # this process's CPU time between them
+    source: str          # "measured (RAPL)" or "estimated: CPU-seconds x W W per core"
+
+    @property
+    def measured(self) -> bool:
+        return self.source == MEASURED_SOURCE
+
+    @property
+    def per_call(self) -> float:
+        """Joules per call."""
+        return self.joules / self.calls
+
+    @property
+    def watts(self) -> float:
+        """Average power over the interval."""
+        return self.joules / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.per_call * 1e3:.3g} mJ per call over {self.calls} calls, {self.watts:.3g} W [{self.source}]"
+
+
+def counter_delta_uj(before: int, after: int, max_energy_range_uj: int) -> int:
+    """Microjoules between two readings of one energy_uj counter that wraps at max_energy_range_uj.
+
+    TODO: the difference, or, when the counter went down, the difference across one wrap.
+
+    APPROACH:
+    1. after >= before: after - before.
+    2. otherwise it wrapped once: after + max_energy_range_uj - before.
+
+    HINTS:
+    - A reading above max_energy_range_uj cannot come from that counter: ValueError.
+
+    EXAMPLE:
+    >>> counter_delta_uj(900, 150, 1000)
+    250
+    """
+    for label, value in (("before", before), ("after", after), ("max_energy_range_uj", max_energy_range_uj)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{label} must be a counter reading (an int >= 0), got {value!r}")
+    if max_energy_range_uj == 0 or before > max_energy_range_uj or after > max_energy_range_uj:
+        raise ValueError(f"readings {before}, {after} do not fit a counter that wraps at {max_energy_range_uj}")
+    ### BEGIN SOLUTION
+    if after >= before:
+        return int(after - before)
+    return int(after + max_energy_range_uj - before)
+    ### END SOLUTION
+
+
+class EnergyMeter:
+    """Energy of a piece of code: RAPL package counters when readable, else CPU-seconds x W per core.
+
+    >>> meter = EnergyMeter()
+    >>> start = meter.sample(); model(x); model(x)
+    >>> print(meter.since(start, calls=2))
+    """
+
+    def __init__(self, root: str = POWERCAP_ROOT, watts_per_core: float = DEFAULT_WATTS_PER_CORE,
+                 cpu_clock: Callable[[], float] = time.process_time,
+                 wall_clock: Callable[[], float] = time.perf_counter):
+        if isinstance(watts_per_core, bool) or not isinstance(watts_per_core, (int, float)) \
+                or not (math.isfinite(watts_per_core) and watts_per_core > 0):
+            raise ValueError(f"watts_per_core must be a positive number of watts, got {watts_per_core!r}")
+        self.watts_per_core = float(watts_per_core)
+        self.cpu_clock, self.wall_clock = cpu_clock, wall_clock
+        self.zones, self.why_estimate = find_powercap_zones(root)
+        self.source = MEASURED_SOURCE if self.zones else \
+            f"estimated: CPU-seconds x {self.watts_per_core:g} W per core"
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.zones)
+
+    def sample(self) -> EnergySample:
+        """Read the clocks and every zone's counter now."""
+        counters = tuple(_read_int_file(os.path.join(z.path, "energy_uj")) for z in self.zones)
+        return EnergySample(self.wall_clock(), self.cpu_clock(), counters)
+
+    def since(self, start: EnergySample, calls: int = 1) -> EnergyReading:
+        """The energy from `start` to now, spread over `calls` calls.
+
+        TODO: take a new sample; measured: sum each zone's counter_delta_uj (in J);
+        estimated: CPU seconds x watts_per_core.
+
+        APPROACH:
+        1. end = self.sample().
+        2. If self.zones: joules = sum(counter_delta_uj(b, a, zone.max_energy_range_uj)
+           for each zone and its two readings) / 1e6.
+        3. Else: joules = (end.cpu_s - start.cpu_s) * self.watts_per_core.
+        4. Return EnergyReading(joules, calls, wall seconds, cpu seconds, self.source).
+
+        HINTS:
+        - zip(self.zones, start.counters_uj, end.counters_uj) pairs each zone with its readings.
+
+        EXAMPLE:
+        >>> m = EnergyMeter(root="/nonexistent", watts_per_core=10)
+        >>> m.since(m.sample()).source
+        'estimated: CPU-seconds x 10 W per core'
+        """
+        _check_int(calls, "calls", 1)
+        if not isinstance(start, EnergySample) or len(start.counters_uj) != len(self.zones):
+            raise ValueError("since() needs a sample taken by this meter's sample()")
+        ### BEGIN SOLUTION
+        end = self.sample()
+        cpu = end.cpu_s - start.cpu_s
+        if self.zones:
+            joules = sum(counter_delta_uj(b, a, zone.max_energy_range_uj)
+                         for zone, b, a in zip(self.zones, start.counters_uj, end.counters_uj)) / 1e6
+        else:
+            joules = cpu * self.watts_per_core
+        return EnergyReading(float(joules), int(calls), end.wall_s - start.wall_s, cpu, self.source)
+        ### END SOLUTION
+
+    def measure(self, fn, *args, repeats: int = 1, **kwargs) -> EnergyReading:
+        """Energy of `repeats` calls of fn(*args, **kwargs), per call in `.per_call`."""
+        if not callable(fn):
+            raise TypeError(f"measure expects a callable, got {type(fn).__name__}")
+        _check_int(repeats, "repeats", 1)
+        start = self.sample()
+        for _ in range(repeats):
+            fn(*args, **kwargs)
+        return self.since(start, calls=repeats)
+
+
+# %% nbgrader={"grade": true, "grade_id": "test-energy-meter", "locked": true, "points": 10, "schema_version": 3, "solution": false}
+import os as _os
+import tempfile as _tempfile
+
+assert counter_delta_uj(40, 90, 1000) == 50 and counter_delta_uj(900, 150, 1000) == 250
+assert counter_delta_uj(7, 7, 1000) == 0 and counter_delta_uj(1000, 0, 1000) == 0
+
+
+def _zone(root, folder, name, energy, max_range=1000):
+    _os.makedirs(_os.path.join(root, folder))
+    for _file, _value in (("name", name), ("energy_uj", energy), ("max_energy_range_uj", max_range)):
+        with open(_os.path.join(root, folder, _file), "w") as _f:
+            _f.write(f"{_value}\n")
+
+
+def _set(root, folder, energy):
+    with open(_os.path.join(root, folder, "energy_uj"), "w") as _f:
+        _f.write(f"{energy}\n")
+
+
+class _CPU:  # a fake CPU-time clock: 0.5 s of CPU per read
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        self.t += 0.5
+        return self.t
+
+
+with _tempfile.TemporaryDirectory() as _root:
+    _zone(_root, "intel-rapl:0", "package-0", 900)     # two sockets: both count
+    _zone(_root, "intel-rapl:0:0", "core", 500)        # a subzone: inside package-0, not added again
+    _zone(_root, "intel-rapl:1", "package-1", 40)
+    _zone(_root, "intel-rapl:2", "psys", 10)           # the platform: contains the packages
+    _meter = EnergyMeter(root=_root)
+    assert _meter.measured and [z.name for z in _meter.zones] == ["package-0", "package-1"]
+    _start = _meter.sample()
+    _set(_root, "intel-rapl:0", 150)                   # wrapped: 150 + 1000 - 900 = 250
+    _set(_root, "intel-rapl:0:0", 700)
+    _set(_root, "intel-rapl:1", 90)                    # 50
+    _set(_root, "intel-rapl:2", 999)
+    _r = _meter.since(_start, calls=4)
+    assert _r.source == "measured (RAPL)" and _r.measured
+    assert abs(_r.joules - 300e-6) < 1e-15 and abs(_r.per_call - 75e-6) < 1e-15, _r
+_est = EnergyMeter(root="/nonexistent/powercap", watts_per_core=12.5, cpu_clock=_CPU())
+_r = _est.since(_est.sample(), calls=2)
+assert not _r.measured and _r.source == "estimated: CPU-seconds x 12.5 W per core"
+assert _r.cpu_seconds == 0.5 and _r.joules == 0.5 * 12.5 and _r.per_call == 0.5 * 12.5 / 2
+for _bad in ((5, 2000, 1000), (-1, 3, 1000)):
+    try:
+        counter_delta_uj(*_bad)
+        raise AssertionError(f"{_bad} must be rejected")
+    except ValueError:
+        pass
+print("energy meter: ok; this machine:", EnergyMeter().source, "-", EnergyMeter().why_estimate or "counters readable")
+
+# %% [markdown]
+# ### 3.10 The Profiler: one report, per layer, forward and backward
 #
 # `Profiler(model)` combines the pieces. Its own new part is **time per layer**: a
 # forward *pre*-hook on every module reads the clock when the module starts, a forward
@@ -1171,8 +1471,9 @@ print("roofline: ok")
 # profiling never changes a training run.
 #
 # `profile(example_input)` runs everything and returns a `ProfileReport`: parameters,
-# bytes, FLOPs, per-layer times, forward latency (without hooks), memory, backward,
-# and the hook overhead (hooked forward time / plain forward time).
+# bytes, FLOPs, per-layer times, forward latency (without hooks), energy per inference
+# (an `EnergyMeter` read around those same timed forwards), memory, backward, and the
+# hook overhead (hooked forward time / plain forward time).
 
 # %% nbgrader={"grade": false, "grade_id": "profiler", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1196,6 +1497,7 @@ class ProfileReport:
     latency: LatencyStats       # forward under no_grad, no hooks
     memory: MemoryReport
     backward: object = None     # LatencyStats of loss.backward(), or None
+    energy: object = None       # EnergyReading over the latency forwards: .per_call = J per inference
 
     @property
     def hook_overhead(self) -> float:
@@ -1219,6 +1521,9 @@ class ProfileReport:
         ]
         if self.backward is not None:
             lines.append(f"backward    {self.backward}")
+        if self.energy is not None:
+            lines.append(f"energy      {self.energy.per_call * 1e3:.3g} mJ per inference, {self.energy.watts:.3g} W "
+                         f"over {self.energy.calls} forwards [{self.energy.source}]")
         lines += [f"memory      {self.memory}",
                   f"hooks       per-layer timing made the forward {100 * self.hook_overhead:+.1f}% slower",
                   "",
@@ -1370,10 +1675,16 @@ class Profiler:
         ### END SOLUTION
 
     def profile(self, example_input, loss_fn=None, backward: bool = True, warmup: int = 2,
-                repeats: int = 10) -> ProfileReport:
-        """Everything at once: parameters, FLOPs, per-layer time, latency, memory, backward."""
+                repeats: int = 10, energy_meter=None) -> ProfileReport:
+        """Everything at once: parameters, FLOPs, per-layer time, latency, energy, memory, backward.
+
+        Energy per inference is read around the timed forwards (EnergyMeter() unless one is given).
+        """
         _check_int(repeats, "repeats", 1)
         _check_int(warmup, "warmup", 0)
+        if energy_meter is not None and not isinstance(energy_meter, EnergyMeter):
+            raise TypeError(f"energy_meter must be an EnergyMeter, got {type(energy_meter).__name__}")
+        meter = energy_meter or EnergyMeter()
         model, args = self.model, self._args(example_input)
         flops = count_flops(model, example_input)  # first: a wrong input fails here, with no hook left
 
@@ -1381,14 +1692,19 @@ class Profiler:
             with tc.no_grad():
                 return model(*args)
 
-        latency = measure_latency(forward, warmup=warmup, repeats=repeats, clock=self.clock)
+        for _ in range(warmup):
+            forward()
+        start = meter.sample()  # energy of the same timed forwards (warm-up done just above)
+        latency = measure_latency(forward, warmup=0, repeats=repeats, clock=self.clock)
+        energy = meter.since(start, calls=repeats)
         layer_times = self.time_layers(example_input, warmup=min(warmup, 1), repeats=repeats)
         memory = measure_memory(model, example_input)
         back = self.time_backward(example_input, loss_fn, warmup=min(warmup, 1), repeats=max(1, repeats // 2)) \
             if backward else None
         return ProfileReport(model_type=type(model).__name__, input_shapes=[_shape(a) for a in args],
                              parameters=count_parameters(model), parameter_bytes=parameter_bytes(model),
-                             flops=flops, layer_times=layer_times, latency=latency, memory=memory, backward=back)
+                             flops=flops, layer_times=layer_times, latency=latency, memory=memory, backward=back,
+                             energy=energy)
 
 
 # %% nbgrader={"grade": true, "grade_id": "test-profiler", "locked": true, "points": 10, "schema_version": 3, "solution": false}
@@ -1692,6 +2008,51 @@ print(f"per-layer timing hooks: {100 * gpt_report.hook_overhead:+.1f}% on the T=
 # call.
 
 # %% [markdown]
+# ### 5.5 Energy per inference
+#
+# The profiles above already carry an energy figure (the `energy` line, read around
+# their timed forwards). Here the same meter follows `tiny_gpt` over sequence lengths:
+# joules per sequence and per token. Look at the label first: on a machine without
+# readable RAPL counters every figure below is an **estimate** (CPU-seconds x W per
+# core), so it follows CPU time by construction. What it adds is the unit operators
+# budget in, and a per-token view; with counters, the same code measures.
+
+# %%
+energy_meter = EnergyMeter()
+print("energy source:", energy_meter.source, "|", energy_meter.why_estimate or "counters readable")
+_lens, _j_seq = [32, 64, 128, 256], []
+
+
+def _gpt_forward(x):
+    with tc.no_grad():
+        return gpt(x)
+
+
+for _t in _lens:
+    _xt = tokens[None, :_t]
+    _gpt_forward(_xt)  # warm-up
+    _e = energy_meter.measure(_gpt_forward, _xt, repeats=5)
+    _j_seq.append(_e.per_call)
+    print(f"T={_t:4d}: {_e.per_call * 1e3:7.2f} mJ per sequence, {_e.per_call / _t * 1e6:7.1f} uJ per token, "
+          f"CPU {_e.cpu_seconds / _e.seconds:.2f} cores busy")
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.plot(_lens, np.array(_j_seq) / np.array(_lens) * 1e6, "o-")
+ax.set(xscale="log", xlabel="sequence length T", ylabel="uJ per token",
+       title=f"tiny_gpt forward energy per token\n[{energy_meter.source}]")
+show(fig)
+print(f"per token, T=256 vs T=32: {(_j_seq[-1] / 256) / (_j_seq[0] / 32):.2f}x")
+
+# %% [markdown]
+# Two forces set the energy per token: the fixed Python cost of a forward (section
+# 5.2) is shared by more tokens as `T` grows, and the attention core's `T^2` term
+# (section 5.1) adds cost per token. Which wins at these lengths, and by how much, is in
+# the printed lines of this run; on a shared machine BLAS waiting for a busy core
+# (section 1) can swamp both, and the estimate charges the CPU time that waiting
+# burns. "Cores busy" (CPU seconds over wall seconds) near 2 means BLAS ran on both
+# cores: the estimate charges both. Milestone 06 uses this meter for joules per generated
+# token, and module 19 reports energy per query in its benchmark reports.
+
+# %% [markdown]
 # ## 6. Reflection
 #
 # 1. The attention core grows as `T^2` and the rest as `T`. For `tiny_gpt` (`C = 128`)
@@ -1708,7 +2069,10 @@ print(f"per-layer timing hooks: {100 * gpt_report.hook_overhead:+.1f}% on the T=
 # 4. We report the median with an order-statistic confidence interval. When is the
 #    p99 the number that matters more, and how many samples do you need for a p99 to
 #    mean anything?
-# 5. Module 15 will store weights as int8. Which numbers of this profile should
+# 5. The RAPL counters measure the whole CPU package, and our estimate charges only
+#    this process's CPU time at a fixed power per core. Name a workload where each is
+#    wrong, and how a tracker could attribute a shared machine's energy to one process.
+# 6. Module 15 will store weights as int8. Which numbers of this profile should
 #    change (parameters, bytes, FLOPs, time), by how much do you predict, and which
 #    layers would move on the roofline?
 
@@ -1724,8 +2088,11 @@ print(f"per-layer timing hooks: {100 * gpt_report.hook_overhead:+.1f}% on the T=
 #   confidence interval, mean, std, p90, p99.
 # - `measure_memory`: weights vs activation peak (tracemalloc) and RSS change (psutil).
 # - `measure_machine`, `roofline`: this machine's roof, and each layer's place under it.
+# - `counter_delta_uj`, `EnergyMeter`: joules from the RAPL package counters (wraparound,
+#   several sockets, subzones not counted twice), or an estimate labelled as one
+#   (CPU-seconds x W per core) where the counters are missing or unreadable.
 # - `Profiler`: one report with time per layer (pre/post hooks), forward latency,
-#   memory and a real backward measurement.
+#   energy per inference, memory and a real backward measurement.
 #
 # What it measured: where the reference models keep their parameters and do their
 # arithmetic, how GPT FLOPs grow with sequence length (linear + quadratic) and batch
