@@ -16,7 +16,15 @@ import math
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.core.attention import sample_next
+from tinytorch.core.attention import GPTConfig, check_generate_args, sample_next
+
+
+def _gpt_config(model, where: str) -> GPTConfig:
+    """The GPTConfig of `model`; a TypeError naming what it is otherwise."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"{where} needs a GPT (a model with a GPTConfig .config), got {type(model).__name__}")
+    return config
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -148,7 +156,7 @@ class KVCache:
         """A cache shaped for a GPT: its layers, heads and head_dim; max_len defaults to the
         context length (and cannot pass it: there is no position embedding beyond). dtype: of
         the key and value buffers (float16 halves the bytes; attention then reads float16)."""
-        c = model.config
+        c = _gpt_config(model, "KVCache.for_model")
         max_len = c.context_length if max_len is None else _check_int(max_len, "max_len", low=1)
         if max_len > c.context_length:
             raise ValueError(f"max_len {max_len} exceeds the model's context length {c.context_length} "
@@ -441,13 +449,8 @@ def decode_step(model, cache: KVCache, tokens, rows) -> np.ndarray:
 
 # %% modules/17_memoization/memoization.py (cell 23)
 def _check_generate_args(model, max_new_tokens, temperature, top_k) -> None:
-    """The same checks, with the same messages, as GPT.generate."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-    if not (np.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and not 1 <= top_k <= model.config.vocab_size:
-        raise ValueError(f"top_k must be between 1 and vocab_size {model.config.vocab_size}, got {top_k}")
+    """The same checks, with the same messages, as GPT.generate (they are its checks)."""
+    check_generate_args(model, max_new_tokens, temperature, top_k)
 
 
 def generate_cached(model, prompt, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
@@ -584,7 +587,7 @@ class PagedKVCache(KVCache):
     @classmethod
     def for_model(cls, model, batch_size: int, max_len: int | None = None, block_size: int = 16,
                   num_blocks: int | None = None, dtype=np.float32) -> "PagedKVCache":
-        c = model.config
+        c = _gpt_config(model, "PagedKVCache.for_model")
         max_len = c.context_length if max_len is None else _check_int(max_len, "max_len", low=1)
         if max_len > c.context_length:
             raise ValueError(f"max_len {max_len} exceeds the model's context length {c.context_length}")

@@ -164,6 +164,8 @@ class GPT(Module):
             raise ValueError(f"GPT expects token ids of shape (B, T), got shape {idx.shape}")
         if not np.issubdtype(idx.dtype, np.integer):
             raise TypeError(f"GPT expects integer token ids, got dtype {idx.dtype}")
+        if idx.shape[0] == 0 or idx.shape[1] == 0:
+            raise ValueError(f"GPT expects at least one sequence of at least one token id, got shape {idx.shape}")
         if idx.shape[1] > self.config.context_length:
             raise ValueError(
                 f"sequence length {idx.shape[1]} exceeds the context length {self.config.context_length}"
@@ -197,12 +199,7 @@ class GPT(Module):
         tokens = tokens[None, :] if squeeze else tokens
         if tokens.ndim != 2 or tokens.shape[1] == 0:
             raise ValueError(f"generate expects a non-empty prompt of shape (T,) or (B, T), got {tokens.shape}")
-        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        if not (np.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
-        if top_k is not None and not 1 <= top_k <= self.config.vocab_size:
-            raise ValueError(f"top_k must be between 1 and vocab_size {self.config.vocab_size}, got {top_k}")
+        check_generate_args(self, max_new_tokens, temperature, top_k)
         rng = np.random.default_rng(seed)
         was_training = self.training
         self.eval()
@@ -216,6 +213,20 @@ class GPT(Module):
         finally:
             self.train(was_training)
         return tokens[0] if squeeze else tokens
+
+
+def check_generate_args(model, max_new_tokens, temperature, top_k) -> None:
+    """The checks of GPT.generate (and of every generator that promises the same tokens)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__} {temperature!r}")
+    if not (np.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))):
+        raise TypeError(f"top_k must be an int (or None), got {type(top_k).__name__} {top_k!r}")
+    if top_k is not None and not 1 <= top_k <= model.config.vocab_size:
+        raise ValueError(f"top_k must be between 1 and vocab_size {model.config.vocab_size}, got {top_k}")
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, rng: np.random.Generator) -> np.ndarray:

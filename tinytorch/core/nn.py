@@ -340,11 +340,17 @@ class Flatten(Module):
 
     def __init__(self, start_dim: int = 1):
         super().__init__()
-        self.start_dim = start_dim
+        if isinstance(start_dim, bool) or not isinstance(start_dim, (int, np.integer)):
+            raise TypeError(f"Flatten start_dim must be an int, got {start_dim!r}")
+        self.start_dim = int(start_dim)
 
     def forward(self, x) -> Tensor:
         x = x if isinstance(x, Tensor) else Tensor(x)
-        return x.reshape(x.shape[: self.start_dim] + (-1,))
+        if not -x.ndim <= self.start_dim < x.ndim:
+            raise ValueError(f"Flatten(start_dim={self.start_dim}) needs an input with more than "
+                             f"{self.start_dim if self.start_dim >= 0 else -self.start_dim - 1} dimensions, got shape {x.shape}")
+        start = self.start_dim % x.ndim
+        return x.reshape(x.shape[:start] + (-1,))
 
 
 class ReLU(Module):
@@ -374,6 +380,8 @@ class LayerNorm(Module):
     def __init__(self, normalized_shape: int, eps: float = 1e-5):
         super().__init__()
         _check_positive(normalized_shape=normalized_shape)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) or not 0 < eps < np.inf:
+            raise ValueError(f"LayerNorm eps must be a finite number > 0, got {eps!r}")
         self.normalized_shape, self.eps = normalized_shape, eps
         self.weight = Parameter(np.ones(normalized_shape, dtype=np.float32))
         self.bias = Parameter(np.zeros(normalized_shape, dtype=np.float32))

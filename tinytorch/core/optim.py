@@ -12,6 +12,17 @@ import numpy as np
 from tinytorch.core.tensor import Tensor
 
 
+def _check_number(name: str, value, low: float, low_inclusive: bool, high: float = np.inf) -> float:
+    """`value` as a float: a real finite number above `low` (or equal, if low_inclusive) and below `high`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    ok = np.isfinite(value) and (value >= low if low_inclusive else value > low) and value < high
+    if not ok:
+        bound = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and < {high:g}" if high < np.inf else "")
+        raise ValueError(f"{name} must be {bound}, got {value!r}; expected a finite number")
+    return float(value)
+
+
 class Optimizer:
     def __init__(self, params: Iterable[Tensor], lr: float):
         self.params = list(params)
@@ -20,9 +31,7 @@ class Optimizer:
         for i, p in enumerate(self.params):
             if not isinstance(p, Tensor) or not p.requires_grad:
                 raise TypeError(f"parameter {i} is not a Tensor that requires grad: {type(p).__name__}")
-        if not lr > 0:
-            raise ValueError(f"learning rate must be > 0, got {lr}")
-        self.lr = lr
+        self.lr = _check_number("learning rate", lr, 0, False)
         self.state: list[dict] = [{} for _ in self.params]
 
     def zero_grad(self) -> None:
@@ -46,6 +55,7 @@ class SGD(Optimizer):
         super().__init__(params, lr)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        _check_number("weight_decay", weight_decay, 0, True)
         if nesterov and momentum == 0:
             raise ValueError("nesterov momentum needs momentum > 0")
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
@@ -68,6 +78,8 @@ class Adam(Optimizer):
         super().__init__(params, lr)
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
+        _check_number("eps", eps, 0, False)
+        _check_number("weight_decay", weight_decay, 0, True)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
     def update(self, p, grad, state):
@@ -95,6 +107,7 @@ class AdamW(Adam):
 
 def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
     """Scale all gradients so their global L2 norm is at most max_norm; returns the norm before."""
+    _check_number("max_norm", max_norm, 0, False)
     grads = [p.grad for p in params if p.grad is not None]
     norm = float(np.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads)))
     if not np.isfinite(norm):

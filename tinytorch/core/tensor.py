@@ -47,12 +47,14 @@ def _as_array(data) -> np.ndarray:
     if isinstance(data, Tensor):
         return data.data
     if isinstance(data, (np.ndarray, np.generic)):  # NumPy arrays and scalars keep their dtype
-        return np.asarray(data)
-    array = np.asarray(data)
-    if array.dtype == np.float64:
-        array = array.astype(np.float32)
-    if array.dtype == object:
-        raise TypeError(f"cannot make a Tensor from {type(data).__name__}: expected numbers or an ndarray")
+        array = np.asarray(data)
+    else:
+        array = np.asarray(data)
+        if array.dtype == np.float64:
+            array = array.astype(np.float32)
+    if array.dtype.kind not in "biuf":  # objects, strings, bytes, dates, complex, records
+        what = type(data).__name__ + (f" of dtype {array.dtype}" if isinstance(data, (np.ndarray, np.generic)) else "")
+        raise TypeError(f"cannot make a Tensor from {what}: expected real numbers (bool, int or float)")
     return array
 
 

@@ -18,10 +18,17 @@ def accuracy(model: tc.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 5
     """Fraction of samples whose arg-max logit is the label (eval mode, no graph)."""
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"accuracy needs as many labels as inputs (and at least one), got {len(x)} and {len(y)}")
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"accuracy needs a 1-D array of integer class labels, got {y.dtype}{list(y.shape)}")
     correct = 0
     with tc.no_grad():
         for start in range(0, len(x), batch_size):
             logits = model(x[start:start + batch_size]).data
+            if start == 0 and (y.min() < 0 or y.max() >= logits.shape[-1]):  # a label no logit can match
+                bad = y[(y < 0) | (y >= logits.shape[-1])][0]
+                raise ValueError(f"accuracy: label {bad} is out of range for a model with "
+                                 f"{logits.shape[-1]} classes (expected 0 <= label < {logits.shape[-1]})")
             correct += int((logits.argmax(axis=-1) == y[start:start + batch_size]).sum())
     return correct / len(x)
 
