@@ -28,7 +28,7 @@ import numpy as np
 import psutil
 
 from tinytorch.core.serialization import save_checkpoint
-from tinytorch.profiling import measure_memory, parameter_bytes
+from tinytorch.profiling import EnergyMeter, measure_memory, parameter_bytes
 
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 
@@ -501,8 +501,14 @@ class ScenarioResult:
     def __str__(self) -> str:
         unit = (" samples/s", 1.0) if self.scenario == "Offline" else (" ms", 1e3)
         es = f", early-stopping bound {self.early_stopping.value * 1e3:.3g} ms" if self.early_stopping else ""
+        energy = ""
+        if "energy_per_query_j" in self.extra:
+            per_1k = self.extra.get("energy_per_1k_tokens_j")
+            energy = (f"; {self.extra['energy_per_query_j'] * 1e3:.3g} mJ per query"
+                      + (f", {per_1k:.3g} J per 1,000 tokens" if per_1k is not None else "")
+                      + f" [{self.extra['energy_source']}]")
         return (f"{self.scenario}: {self.metric} {self.value.scaled(unit[1]).format(unit[0])}{es}; "
-                f"{self.queries} queries, {self.samples} samples in {self.duration_s:.2f} s; "
+                f"{self.queries} queries, {self.samples} samples in {self.duration_s:.2f} s{energy}; "
                 f"{'VALID' if self.valid else 'INVALID: ' + '; '.join(self.notes)}")
 
     def to_dict(self) -> dict:
@@ -819,14 +825,39 @@ def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Calla
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 49)
+def energy_figures(reading, queries: int, samples: int, tokens_per_sample=None) -> dict:
+    """The energy entries of a scenario's `extra`, from an EnergyReading over `queries` queries."""
+    tokens = samples * tokens_per_sample if tokens_per_sample else None
+    return {"energy_j": float(reading.joules), "energy_per_query_j": float(reading.joules / max(queries, 1)),
+            "energy_per_1k_tokens_j": float(reading.joules / tokens * 1000) if tokens else None,
+            "energy_cpu_s": float(reading.cpu_seconds), "energy_source": reading.source}
+
+
 def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
-                 sleep: Callable[[float], None] = time.sleep, seed: int = 0) -> ScenarioResult:
-    """Run settings.scenario against `sut` on `samples`."""
+                 sleep: Callable[[float], None] = time.sleep, seed: int = 0, energy_meter=None,
+                 tokens_per_sample=None) -> ScenarioResult:
+    """Run settings.scenario against `sut` on `samples`; its energy goes into result.extra.
+
+    energy_meter: a tinytorch.profiling.EnergyMeter (default EnergyMeter(): RAPL if readable, else the estimate).
+    tokens_per_sample: tokens in one sample (a language model's sequence length), for energy per 1,000 tokens.
+    """
+    if energy_meter is not None and not isinstance(energy_meter, EnergyMeter):
+        raise TypeError(f"energy_meter must be a tinytorch.profiling.EnergyMeter, got {type(energy_meter).__name__}")
+    if tokens_per_sample is not None and (isinstance(tokens_per_sample, bool) or not isinstance(
+            tokens_per_sample, (int, np.integer)) or tokens_per_sample < 1):
+        raise ValueError(f"tokens_per_sample must be an int >= 1 or None, got {tokens_per_sample!r}")
+    meter = energy_meter or EnergyMeter()
+    start = meter.sample()
     if settings.scenario == "Server":
-        return run_server(sut, samples, settings, clock, sleep, seed)
-    if settings.scenario == "Offline":
-        return run_offline(sut, samples, settings, clock, seed)
-    return run_stream(sut, samples, settings, clock, seed)
+        result = run_server(sut, samples, settings, clock, sleep, seed)
+    elif settings.scenario == "Offline":
+        result = run_offline(sut, samples, settings, clock, seed)
+    else:
+        result = run_stream(sut, samples, settings, clock, seed)
+    warm = settings.warmup_queries * settings.samples_per_query
+    result.extra.update(energy_figures(meter.since(start), result.queries + settings.warmup_queries,
+                                       result.samples + warm, tokens_per_sample))
+    return result
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 51)
@@ -892,14 +923,26 @@ def measure_footprint(model, example_input) -> dict:
 
 
 def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, repeats: int = 10,
-                       warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict:
-    """{'ttft', 'tpot'} in seconds (medians with order-statistic CIs) for generate(n) producing n tokens."""
+                       warmup: int = 1, clock: Callable[[], float] = time.perf_counter, sequences: int = 1,
+                       energy_meter=None) -> dict:
+    """{'ttft', 'tpot'} in seconds (medians with order-statistic CIs) for generate(n) producing n tokens,
+    and 'energy': an EnergyReading over every call, per generated token (`sequences` tokens per step)."""
     _check_int(new_tokens, "new_tokens", 2)
+    _check_int(sequences, "sequences", 1)
+    meter = energy_meter or EnergyMeter()
+    start = meter.sample()
     first, full = interleave(lambda: generate(1), lambda: generate(new_tokens), repeats=repeats, warmup=warmup,
                              clock=clock)
+    energy = meter.since(start, calls=(warmup + repeats) * (1 + new_tokens) * sequences)  # .per_call: J per token
     per_token = np.maximum(full - first, 0.0) / (new_tokens - 1)
     return {"ttft": percentile_ci(first, 0.5), "tpot": percentile_ci(per_token, 0.5),
-            "total": percentile_ci(full, 0.5), "new_tokens": new_tokens}
+            "total": percentile_ci(full, 0.5), "new_tokens": new_tokens, "energy": energy}
+
+
+def energy_estimate(reading, per: float = 1.0) -> Estimate:
+    """An EnergyReading's joules per call x `per` as a report figure: no interval, the source as its method."""
+    v = float(reading.per_call * per)
+    return Estimate(v, v, v, 0.0, reading.source)
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 56)
@@ -956,6 +999,14 @@ def _short(x: float) -> str:
 
 def _interval_text(e: Estimate) -> str:
     return f"{_short(e.value)} [{_short(e.low)}, {_short(e.high)}]"
+
+
+def _energy_cell(r) -> str:
+    """mJ per query of a scenario run; '~' in front of an estimate, never shown bare as a measurement."""
+    if r is None or "energy_per_query_j" not in r.extra:
+        return "-"
+    mark = "" if r.extra["energy_source"] == "measured (RAPL)" else "~"
+    return f"{mark}{_short(r.extra['energy_per_query_j'] * 1e3)}"
 
 
 # The fields a report must have, and their JSON types.
@@ -1066,7 +1117,7 @@ class BenchmarkReport:
 
         t = Table(title=self.title)
         for col in ("variant", "valid", "quality [95% CI]", "target", "SingleStream p90 ms", "MultiStream p99 ms",
-                    "Server max QPS", "Offline samples/s", "params KiB", "disk KiB"):
+                    "Server max QPS", "Offline samples/s", "SingleStream mJ/query", "params KiB", "disk KiB"):
             t.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
         for v in self.variants:
             q = _interval_text(v.quality) if v.quality else "-"
@@ -1081,7 +1132,7 @@ class BenchmarkReport:
             server_ok = "Server" not in v.scenarios or v.scenarios["Server"].valid
             t.add_row(v.name, "yes" if v.valid else "NO", q, tgt, cell("SingleStream", 1e3), cell("MultiStream", 1e3),
                       f"{_short(qps.value)} (<{_short(qps.high)})" + ("" if server_ok else " !") if qps else "-",
-                      cell("Offline", 1.0),
+                      cell("Offline", 1.0), _energy_cell(v.scenarios.get("SingleStream")),
                       f"{v.memory['parameter_bytes'] / 1024:.1f}" if "parameter_bytes" in v.memory else "-",
                       f"{v.memory['disk_bytes'] / 1024:.1f}" if "disk_bytes" in v.memory else "-")
         return t
@@ -1093,6 +1144,11 @@ class BenchmarkReport:
 
         console = Console(file=io.StringIO(), width=200, color_system=None, force_jupyter=False)
         console.print(self.table())
+        sources = sorted({r.extra["energy_source"] for v in self.variants for r in v.scenarios.values()
+                          if "energy_source" in r.extra})
+        if sources:
+            console.print("energy: " + "; ".join(sources) + ("" if sources == ["measured (RAPL)"] else
+                                                              " ('~' marks an estimate)"))
         load = self.system.get("load_average_1m")
         console.print(f"{self.system.get('processor')}, {self.system.get('logical_cores')} logical cores, "
                       f"numpy {self.system.get('numpy')}, BLAS {self.system.get('blas')}, Python "
