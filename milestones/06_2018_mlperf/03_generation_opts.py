@@ -13,7 +13,10 @@ The script measures, on the trained tiny_gpt with prompts from the validation te
   on one core (batch sizes 8 to 128) and on every core (generate_parallel: one continuous batch
   per worker, the same 128 requests, in worker threads and in forked worker processes, and in
   worker processes decoding with module 18's FusedDecoder);
-- static vs continuous batching on requests that want different numbers of tokens.
+- static vs continuous batching on requests that want different numbers of tokens;
+- joules per generated token of plain, cached and cached + batched generation, read by module 14's
+  EnergyMeter around the throughput runs above: measured from the RAPL package counters where
+  they are readable, else an estimate (CPU-seconds x W per core), labelled as such.
 
 Claims: tokens identical across methods (correctness); cached >= 8x faster per token at full
 context (speed); cached + batched >= 100x the plain single-request tokens/s (speed).
@@ -35,12 +38,37 @@ from harness import Run, require  # noqa: E402  (first: it sets the BLAS thread 
 import numpy as np  # noqa: E402
 
 
+def metered(meter, timings: dict, energy: dict, key, fn):
+    """fn() timed (seconds appended to timings[key]) and metered (joules to energy[key]); returns fn()."""
+    start, t = meter.sample(), time.perf_counter()
+    out = fn()
+    timings[key].append(time.perf_counter() - t)
+    energy[key].append(meter.since(start).joules)
+    return out
+
+
+def report_energy(run, meter, energy: dict, tokens: dict) -> dict:
+    """Joules per generated token of each method (median joules of a run / its tokens) and plain / method."""
+    per_token = {k: statistics.median(energy[k]) / tokens[k] for k in tokens}
+    names = {k: k if isinstance(k, str) else f"cached + batched, {k} requests" for k in tokens}
+    run.table(f"Energy per generated token [{meter.source}]", ["method", "mJ per token", "plain / method"],
+              [[names[k], f"{per_token[k] * 1e3:.3g}", f"{per_token['plain'] / per_token[k]:.1f}x"
+                if per_token[k] > 0 else "-"] for k in tokens])
+    if not meter.measured:
+        run.note(f"energy is an estimate, not a measurement ({meter.why_estimate}): {meter.source}, so it "
+                 "follows CPU time, and BLAS threads on several cores count several times")
+    return {"source": meter.source, "measured": meter.measured, "watts_per_core": meter.watts_per_core,
+            "joules_per_token": {names[k]: v for k, v in per_token.items()},
+            "plain_over": {names[k]: per_token["plain"] / v for k, v in per_token.items() if v > 0}}
+
+
 def main() -> int:
     run = Run("03_generation_opts", "Generation: plain vs KV-cache vs batching on tiny_gpt (modules 17, 18)", __doc__)
     mem = require(run, "memoization", ["KVCache", "prefill", "decode_step", "generate_cached",
                                        "generate_cached_batch"])
     acc = require(run, "acceleration", ["generate_static", "generate_continuous", "generate_parallel",
                                         "usable_cores", "can_fork", "FusedDecoder"])
+    prof = require(run, "profiling", ["EnergyMeter"])
     import matplotlib.pyplot as plt
 
     import tinytorch.core as tc
@@ -158,23 +186,18 @@ def main() -> int:
         + [("processes, fused" if fork else "threads, fused", fork, True)]
     timings = {"plain": [], "cached": [], **{b: [] for b in batches}, **{k: [] for k, _, _ in kinds}}
     ttft = {"plain": [], "cached": []}
+    meter, energy = prof.EnergyMeter(), {"plain": [], "cached": [], **{b: [] for b in batches}}
     for r in run.progress(range(rounds), f"throughput: up to {max(batches)} requests of {p_len} + {n_new} tokens"):
         t = time.perf_counter()
         gpt.generate(requests[0], 1, temperature=0)
         ttft["plain"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        plain_out = plain(requests[0], n_new)
-        timings["plain"].append(time.perf_counter() - t)
+        plain_out = metered(meter, timings, energy, "plain", lambda: plain(requests[0], n_new))
         t = time.perf_counter()
         mem.generate_cached(gpt, requests[0], 1)
         ttft["cached"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        cached_out = mem.generate_cached(gpt, requests[0], n_new)
-        timings["cached"].append(time.perf_counter() - t)
+        cached_out = metered(meter, timings, energy, "cached", lambda: mem.generate_cached(gpt, requests[0], n_new))
         for b in batches:
-            t = time.perf_counter()
-            batch_out = mem.generate_cached_batch(gpt, requests[:b], n_new)
-            timings[b].append(time.perf_counter() - t)
+            batch_out = metered(meter, timings, energy, b, lambda: mem.generate_cached_batch(gpt, requests[:b], n_new))
         parallel_out = {}
         for kind, processes, fused in (kinds if r % 2 == 0 else kinds[::-1]):  # alternate which goes first
             t = time.perf_counter()
@@ -203,6 +226,9 @@ def main() -> int:
              + (": the step's cost grows almost with the batch, so batching levels off (at "
                 f"{max(batch_tps.values()) / tps['plain']:.0f}x the plain single request here)"
                 if step_growth > 0.5 * large / small else ": batching still pays at the largest batch tried"))
+
+    energy_results = report_energy(run, meter, energy, {"plain": n_new, "cached": n_new,
+                                                        **{b: b * n_new for b in batches}})
 
     # 4. static vs continuous batching: requests that want different numbers of tokens ----------------
     n_req, max_batch = (12, 4) if quick else (32, 8)
@@ -276,6 +302,7 @@ def main() -> int:
                             "decode_steps": r.decode_steps, "seconds": r.seconds,
                             "ttft_s": [x.ttft_s for x in r.results], "latency_s": [x.latency_s for x in r.results]}
                      for name, r in (("static", static), ("continuous", continuous))},
+        "energy": energy_results,
         "sample": text.tokenizer.decode(np.concatenate([requests[0][-40:], plain_out[:60]])),
     })
 
