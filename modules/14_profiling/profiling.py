@@ -686,6 +686,35 @@ try:
     raise AssertionError("a wrong input shape must raise")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+class _TwiceH(tc.Module):  # calls the same Linear twice in one forward
+    def __init__(self):
+        super().__init__()
+        self.lin = tc.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(self.lin(x))
+
+
+_row = count_flops(_TwiceH(), np.ones((3, 4), np.float32)).row("lin")
+assert (_row.calls, _row.flops) == (2, 216), ("a module called twice in one forward is costed twice: Linear(4, 4) "
+                                              f"called twice on (3, 4): expected (calls, flops) (2, 216), got ({_row.calls}, {_row.flops})")
+assert _row.bytes == 352, f"bytes (input + own parameters + output) count once per call: expected 2 * 176 = 352, got {_row.bytes}"
+
+
+class _BoomH(tc.Module):
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+_bm = tc.Sequential(tc.Linear(4, 4), _BoomH())
+try:
+    count_flops(_bm, np.ones((2, 4), np.float32))
+except RuntimeError:
+    pass
+_left = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in _bm.modules()) + len(tc.nn._thread_hooks.forward)
+assert _left == 0, f"hooks are removed even when the forward raises (try/finally): expected 0 left, got {_left}"
+### END HIDDEN TESTS
 print("count_flops: ok")
 
 # %% [markdown]
@@ -808,6 +837,26 @@ for _bad in ([], [1.0, -1.0], [1.0, float("nan")]):
         raise AssertionError(f"{_bad} must be rejected")
     except ValueError:
         pass
+### BEGIN HIDDEN TESTS
+from fractions import Fraction as _Fr
+from math import comb as _comb
+
+
+def _cov(n, d):
+    return 1 - _Fr(2 * sum(_comb(n, i) for i in range(d + 1)), 2 ** n)
+
+
+for _n in (1, 2, 5, 6, 9, 17, 30):
+    for _conf in (0.5, 0.9, 0.95, 0.99):
+        _ok = [d for d in range(_n) if d < _n / 2 and _cov(_n, d) >= _Fr(_conf)]
+        _d = max(_ok) if _ok else 0
+        _s = latency_stats(np.arange(_n, 0, -1.0), confidence=_conf)
+        assert (_s.ci_low, _s.ci_high) == (_d + 1.0, _n - _d + 0.0), (
+            f"the median interval is [x(d+1), x(n-d)] with the largest d reaching the confidence: n={_n}, "
+            f"confidence={_conf}: expected ({_d + 1.0}, {_n - _d + 0.0}), got ({_s.ci_low}, {_s.ci_high})")
+        assert abs(_s.ci_coverage - float(_cov(_n, _d))) < 1e-12, (
+            f"ci_coverage is the exact coverage: n={_n}, confidence={_conf}: expected {float(_cov(_n, _d))}, got {_s.ci_coverage}")
+### END HIDDEN TESTS
 print("latency_stats: ok")
 
 # %% [markdown]
@@ -885,6 +934,13 @@ for _kw in ({"repeats": 0}, {"warmup": -1}, {"repeats": 2.5}):
         raise AssertionError(f"{_kw} must be rejected")
     except ValueError:
         pass
+### BEGIN HIDDEN TESTS
+_fm = _FakeMachine()
+_s = measure_latency(_fm.work, 7, warmup=5, repeats=2, clock=_fm.clock)
+assert list(_s.samples) == [3.0, 4.0] and _fm.calls == 7, (
+    f"warm-up calls run but are not timed: warmup=5, repeats=2 (calls cost 100, 100, 100, 1, 2, 3, 4 s): expected samples [3.0, 4.0] after 7 calls, "
+    f"got {[float(v) for v in _s.samples]} after {_fm.calls} calls")
+### END HIDDEN TESTS
 print("measure_latency: ok")
 
 # %% [markdown]
@@ -995,6 +1051,18 @@ try:
     raise AssertionError("a non-callable must be rejected")
 except TypeError:
     pass
+### BEGIN HIDDEN TESTS
+tracemalloc.start()
+try:
+    _alive = np.ones(5_000_000)  # 40 MB allocated BEFORE the call and alive during it
+    _mem = measure_memory(lambda: float(np.ones(1000).sum()))
+    del _alive
+finally:
+    tracemalloc.stop()
+assert _mem.peak_bytes < 10 ** 6 and _mem.retained_bytes < 10 ** 6, (
+    "peak and retained are measured above the level before the call: with 40 MB allocated before a call "
+    f"that allocates 8 kB, expected both < 1 MB, got peak {_mem.peak_bytes}, retained {_mem.retained_bytes}")
+### END HIDDEN TESTS
 print("measure_memory: ok")
 
 # %% [markdown]
@@ -1077,6 +1145,20 @@ for _kw in ({"matmul_size": 0}, {"repeats": 0}, {"copy_megabytes": -1}):
         raise AssertionError(f"{_kw} must be rejected")
     except ValueError:
         pass
+### BEGIN HIDDEN TESTS
+import types as _types
+
+_real_time, _ticks = time, iter(range(10 ** 6))
+time = _types.SimpleNamespace(perf_counter=lambda: float(next(_ticks)))  # every timed run takes exactly 1 s
+try:
+    _fake = measure_machine(16, 1, repeats=2)
+finally:
+    time = _real_time
+assert _fake.peak_flops == 2 * 16 ** 3, (f"an (n, n) @ (n, n) matmul is 2 n^3 FLOPs: n=16 in 1 s: expected "
+                                          f"{2 * 16 ** 3} FLOP/s, got {_fake.peak_flops}")
+assert _fake.bandwidth == 2 * 2 ** 20, (f"a copy moves every byte twice (read + write): 1 MiB in 1 s: expected "
+                                         f"{2 * 2 ** 20} B/s, got {_fake.bandwidth}")
+### END HIDDEN TESTS
 print(f"measure_machine: ok ({_peaks.peak_flops / 1e9:.1f} GFLOP/s, {_peaks.bandwidth / 1e9:.1f} GB/s at small sizes)")
 
 # %% [markdown]
@@ -1155,6 +1237,11 @@ try:
     raise AssertionError("a zero peak must be rejected")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+_tie = roofline(count_flops(tc.Sequential(tc.ReLU()), np.ones((4, 8), np.float32)), peak_flops=1.0, bandwidth=8.0)[0]
+assert _tie.bound == "compute", (f"a layer exactly at the ridge is compute-bound (intensity >= ridge): ReLU at "
+                                 f"intensity 1/8, ridge 1/8: expected 'compute', got {_tie.bound!r}")
+### END HIDDEN TESTS
 print("roofline: ok")
 
 # %% [markdown]
@@ -1755,6 +1842,48 @@ assert _report.flops.total_flops == count_flops(_m, _x).total_flops and _report.
 assert _report.backward is not None and _report.latency.n == 3 and "Linear" in str(_report)
 with tc.no_grad():
     assert np.array_equal(_m(_x).data, _y0), "profiling leaves the model's outputs unchanged"
+### BEGIN HIDDEN TESTS
+class _Costs(tc.Module):  # advances a manual clock by the next cost on each call
+    def __init__(self, clock, costs):
+        super().__init__()
+        self.clock, self.costs = clock, iter(costs)
+
+    def forward(self, x):
+        self.clock.t += next(self.costs)
+        return x
+
+
+class _Manual:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+_mc = _Manual()
+_times = Profiler(tc.Sequential(_Costs(_mc, [100.0, 5.0, 3.0, 1.0])), clock=_mc).time_layers(_x, warmup=1, repeats=3)
+assert (_times["0"].inclusive_s, _times["0"].self_s) == (3.0, 3.0), (
+    "per-layer times are medians over the timed forwards, warm-up excluded: a layer taking 100 (warm-up), 5, 3, 1 s: "
+    f"expected 3.0, got {(_times['0'].inclusive_s, _times['0'].self_s)}")
+_mc = _Manual()
+_bw = Profiler(tc.Sequential(_Costs(_mc, [7.0] * 10), tc.Linear(6, 1)), clock=_mc).time_backward(_x, warmup=1, repeats=3)
+assert list(_bw.samples) == [0.0, 0.0, 0.0], ("only loss.backward() is timed: a forward of 7 s and a backward of 0 s: "
+                                              f"expected [0.0, 0.0, 0.0], got {list(_bw.samples)}")
+class _Raises(tc.Module):
+    def forward(self, x):
+        raise RuntimeError("boom")
+
+
+_bm = tc.Sequential(tc.Linear(6, 4), _Raises())
+for _what in ("time_layers", "time_backward"):
+    try:
+        getattr(Profiler(_bm), _what)(_x, warmup=0, repeats=1)
+    except RuntimeError:
+        pass
+    _left = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in _bm.modules())
+    assert _left == 0, f"{_what} removes its hooks when the forward raises: expected 0 left, got {_left}"
+### END HIDDEN TESTS
 print("Profiler: ok")
 print(_report)
 
