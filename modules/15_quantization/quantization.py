@@ -337,6 +337,22 @@ try:
     raise AssertionError("axis out of range must raise")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+for _lo, _hi in ((2.0, 6.0), (-6.0, -2.0)):  # one-sided ranges: widened to contain 0
+    _p = compute_qparams(_lo, _hi, "affine", "uint8")
+    _z = dequantize(quantize(np.array([0.0]), _p), _p)[0]
+    assert _z == 0.0 and abs(float(_p.scale) - 6.0 / 255) < 1e-7, (
+        f"the range is widened to contain 0 (so 0 is exact): compute_qparams({_lo}, {_hi}, 'affine', 'uint8'): "
+        f"expected scale 6/255 and 0 -> 0.0, got scale {float(_p.scale)} and 0 -> {_z}")
+_p = compute_qparams(-8.0, 2.0, "symmetric")
+assert abs(float(_p.scale) - 8.0 / 127) < 1e-7, (
+    "a symmetric scale comes from the larger side, max(|rmin|, |rmax|) / 127: compute_qparams(-8.0, 2.0): "
+    f"expected {8.0 / 127}, got {float(_p.scale)}")
+_p = compute_qparams(-3.0, -3.0, "symmetric")
+assert float(_p.scale) == 3.0 and dequantize(quantize(np.array([-3.0]), _p), _p)[0] == -3.0, (
+    f"a constant range c gets scale |c| and c round-trips exactly: compute_qparams(-3.0, -3.0): expected scale 3.0, "
+    f"got {float(_p.scale)}")
+### END HIDDEN TESTS
 print("QuantParams, quantize, dequantize: OK")
 
 # %% [markdown]
@@ -526,6 +542,18 @@ try:
     raise AssertionError("an empty batch must raise")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+_o = MinMaxObserver()
+for _b in ([0.5, 1.0], [-4.0, 0.0], [2.0, 3.0]):  # batches with different ranges
+    _o.update(np.array(_b))
+assert _o.range() == (-4.0, 3.0), f"min-max covers every batch seen: batches [0.5, 1], [-4, 0], [2, 3]: expected (-4.0, 3.0), got {_o.range()}"
+_o = MovingAverageMinMaxObserver(averaging_constant=0.25)
+for _b in ([0.0, 4.0], [-4.0, 8.0], [0.0, 0.0]):
+    _o.update(np.array(_b))
+_want = (0.75 * (0.25 * -4.0) + 0.0, 0.75 * (4.0 + 0.25 * 4.0))  # lo: 0 -> -1 -> -0.75; hi: 4 -> 5 -> 3.75
+assert np.allclose(_o.range(), _want), ("a moving average moves by c * (batch - current), the first batch sets it: "
+                                        f"c = 0.25, batches [0, 4], [-4, 8], [0, 0]: expected {_want}, got {_o.range()}")
+### END HIDDEN TESTS
 print("observers: OK")
 
 # %% [markdown]
@@ -755,6 +783,19 @@ try:
     raise AssertionError("non-Linear must raise")
 except TypeError:
     pass
+### BEGIN HIDDEN TESTS
+_lh = tc.Linear(3, 2)
+_lh.weight.data = np.array([[100.0, -50.0, 25.0], [0.01, 0.02, -0.04]], np.float32)  # rows 10^4 apart
+_per = QuantizedLinear.from_float(_lh, compute_qparams(-1.0, 1.0), per_channel=True)
+_one = QuantizedLinear.from_float(_lh, compute_qparams(-1.0, 1.0), per_channel=False)
+assert np.shape(_per.weight_scale) == (2,) and np.shape(_one.weight_scale) == (), (
+    "per_channel=True gives one scale per output row, per_channel=False one for the tensor: expected shapes (2,) "
+    f"and (), got {np.shape(_per.weight_scale)} and {np.shape(_one.weight_scale)}")
+_small = dequantize(_per.weight_int8, _per.weight_params())[1]
+assert np.abs(_small - _lh.weight.data[1]).max() < 0.04 / 127, (
+    "per channel, the small row keeps its precision: row [0.01, 0.02, -0.04] next to a row of 100s: expected error "
+    f"< {0.04 / 127:.2g}, got {np.abs(_small - _lh.weight.data[1]).max():.2g}")
+### END HIDDEN TESTS
 print("QuantizedLinear: OK")
 
 # %% [markdown]
@@ -844,6 +885,17 @@ _ref = tc.functional.conv2d(dequantize(quantize(_xc, _apc), _apc),
                             tc.Tensor(dequantize(_qc.weight_int8, _qc.weight_params())), _conv.bias, 1, 1).data
 assert np.allclose(_qc(_xc).data, _ref, rtol=1e-5, atol=1e-5)
 assert np.abs(_qc(_xc).data - _conv(_xc).data).max() < 0.05
+### BEGIN HIDDEN TESTS
+_xh = _xc - 0.5  # a range with a non-zero zero point: padding must be a real 0, i.e. q = zero_point
+_aph = tensor_qparams(_xh, "affine", "int8")
+_qch = QuantizedConv2d.from_float(_conv, _aph)
+_refh = tc.functional.conv2d(dequantize(quantize(_xh, _aph), _aph),
+                             tc.Tensor(dequantize(_qch.weight_int8, _qch.weight_params())), _conv.bias, 1, 1).data
+_errh = float(np.abs(_qch(_xh).data - _refh).max())
+assert int(_aph.zero_point) != 0 and _errh < 1e-4, (
+    "padding is a real 0 (the input is padded after subtracting the zero point): input in [-0.5, 3], affine int8, "
+    f"zero point {int(_aph.zero_point)}, padding 1: expected the conv of the dequantized input, max error {_errh:.3g}")
+### END HIDDEN TESTS
 print("QuantizedConv2d: OK")
 
 # %% [markdown]
@@ -978,6 +1030,17 @@ try:
     raise AssertionError("unsupported layer must raise")
 except TypeError:
     pass
+### BEGIN HIDDEN TESTS
+tc.manual_seed(3)
+_mh = tc.Sequential(tc.Linear(2, 2))
+_batches_h = [np.array([[0.5, 1.0]], np.float32), np.array([[-6.0, 0.0]], np.float32), np.array([[2.0, 4.0]], np.float32)]
+_qh = quantize_model(_mh, _batches_h, scheme="affine")
+_ph = _qh[0].act_params
+_lo_h, _hi_h = float((-128 - int(_ph.zero_point)) * _ph.scale), float((127 - int(_ph.zero_point)) * _ph.scale)
+assert _lo_h <= -6.0 + float(_ph.scale) and _hi_h >= 4.0 - float(_ph.scale), (
+    "calibration observes every batch: batches with ranges [0.5, 1], [-6, 0], [2, 4]: expected an int8 range "
+    f"covering [-6, 4], got [{_lo_h:.3g}, {_hi_h:.3g}]")
+### END HIDDEN TESTS
 print("quantize_model, model_size_bytes: OK")
 
 # %% [markdown]
