@@ -518,6 +518,15 @@ for _bad in (1.0, -0.1, 1.5):
         raise AssertionError(f"amount {_bad} must raise ValueError")
     except ValueError:
         pass
+### BEGIN HIDDEN TESTS
+for _w, _amt in ((np.ones(10), 0.3), (np.array([2.0, -1.0, 1.0, 1.0, -1.0, 3.0]), 0.5)):  # ties at the threshold
+    _mk = magnitude_mask(_w, _amt)
+    _zeros = int((_mk == 0).sum())
+    assert _zeros == round(_amt * _w.size), (f"exactly round(amount * size) weights are pruned even with ties: "
+                                             f"w = {_w.tolist()}, amount {_amt}: expected {round(_amt * _w.size)} zeros, got {_zeros}")
+    assert np.abs(_w)[_mk == 0].max() <= np.abs(_w)[_mk == 1].min(), (
+        f"the smallest magnitudes are pruned: w = {_w.tolist()}, amount {_amt}: got mask {_mk.tolist()}")
+### END HIDDEN TESTS
 print("masks, prune_layer, prune_global, remove_masks: OK")
 
 # %% [markdown]
@@ -666,6 +675,13 @@ try:
     raise AssertionError("an unknown layer must raise ValueError")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+_lh = tc.Linear(2, 4)
+_lh.weight.data[:] = [[0.1, 0.1], [3.0, -1.0], [0.0, 0.2], [-2.0, 2.0]]  # L1 norms 0.2, 4, 0.2, 4
+_keep = units_to_keep(_lh, 0.5)
+assert _keep.tolist() == [1, 3], (f"structured pruning keeps the largest-norm units, in their order: rows with L1 "
+                                  f"norms [0.2, 4, 0.2, 4], amount 0.5: expected [1, 3], got {_keep.tolist()}")
+### END HIDDEN TESTS
 print("unit_norms, units_to_keep, prune_structured: OK")
 
 # %% [markdown]
@@ -793,6 +809,24 @@ _mask = _net[1].weight_mask.copy()
 rewind(_net, _init)
 assert np.array_equal(_net[1].weight_orig.data, _init["1.weight"]) and np.array_equal(_net[1].weight_mask, _mask)
 assert np.array_equal(_net[1].weight.data, _init["1.weight"] * _mask)
+### BEGIN HIDDEN TESTS
+tc.manual_seed(3)
+_nh = tc.Sequential(tc.Linear(8, 16), tc.ReLU(), tc.Linear(16, 3))
+_xh = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+_seen = []
+
+
+def _lf(m, xb, yb, idx):
+    _seen.append(sparsity(m))
+    return tc.functional.cross_entropy(m(xb), yb)
+
+
+# 4 steps per epoch; the schedule ends at step 4 (prune_epochs=1), prune_every=100 prunes at steps 0 and 4 only
+prune_iteratively(_nh, _xh, np.arange(64) % 3, 0.75, epochs=3, prune_epochs=1, prune_every=100, batch_size=16, loss_fn=_lf)
+assert all(abs(_s - 0.75) < 1e-9 for _s in _seen[4:]), (
+    "the schedule's last step prunes to the final sparsity, so the epochs after it fine-tune the final model: "
+    f"final 0.75, 4 steps per epoch: expected 0.75 at steps 4..11, got {[round(_s, 3) for _s in _seen[4:]]}")
+### END HIDDEN TESTS
 print("cubic_sparsity, prune_iteratively, rewind: OK")
 
 # %% [markdown]
@@ -1439,6 +1473,17 @@ try:
     raise AssertionError("a foreign file must raise ValueError")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+for _pos in (254, 255, 256, 510, 511, 765):  # gaps at and around the one-byte boundary (255)
+    _b = np.zeros(800, np.int8)
+    _b[_pos] = 7
+    _v, _g = encode_relative(_b)
+    _gap = _pos + 1
+    _want = [255] * ((_gap - 1) // 255) + [_gap - 255 * ((_gap - 1) // 255)]
+    assert _g.tolist() == _want and np.array_equal(decode_relative(_v, _g, _b.shape), _b), (
+        f"a gap of g > 255 is written as fillers of 255 and the rest in 1..255: one non-zero at position {_pos} "
+        f"(gap {_gap}): expected gaps {_want}, got {_g.tolist()}")
+### END HIDDEN TESTS
 print("encode/decode_relative, save_compressed, load_compressed: OK")
 
 # %% [markdown]
