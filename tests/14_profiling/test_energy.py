@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tinytorch.core as tc
+import tinytorch.profiling
 from tinytorch.profiling import (DEFAULT_WATTS_PER_CORE, EnergyMeter, EnergyReading, Profiler,
                                  counter_delta_uj, find_powercap_zones)
 
@@ -125,6 +126,8 @@ def test_a_corrupt_counter_falls_back_to_the_estimate(tmp_path):
 
 UNREADABLE = textwrap.dedent("""
     import sys
+    import tinytorch.profiling
+    assert tinytorch.profiling.__file__ == sys.argv[2], (tinytorch.profiling.__file__, sys.argv[2])
     from tinytorch.profiling import EnergyMeter
     meter = EnergyMeter(root=sys.argv[1])
     print(meter.measured, meter.source, "|", meter.why_estimate)
@@ -144,8 +147,9 @@ def test_an_unreadable_counter_falls_back_to_the_estimate_and_says_why(tmp_path)
         if setpriv is None:
             pytest.skip("running as root without setpriv: cannot meet a real permission denial")
         run = subprocess.run([setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--",
-                              sys.executable, "-c", UNREADABLE, str(tmp_path)],
-                             capture_output=True, text=True, timeout=60)
+                              sys.executable, "-c", UNREADABLE, str(tmp_path), tinytorch.profiling.__file__],
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # this build's tinytorch
         assert run.returncode == 0, run.stderr
         out = run.stdout
     assert out.startswith("False estimated: CPU-seconds x"), out
