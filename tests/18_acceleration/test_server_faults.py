@@ -129,6 +129,10 @@ def test_a_hanging_plain_function_shows_in_health():
         assert status == 503 and "/predict request has been running" in payload["error"]
         release.set()
         t.join(TIMEOUT)
+        # the handler forgets its request just after the client has read the reply: poll, bounded
+        deadline = time.monotonic() + TIMEOUT
+        while raw(srv.port, "GET", "/health")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert raw(srv.port, "GET", "/health") == (200, {"status": "ok"})
     finally:
         release.set()
