@@ -26,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -253,16 +254,43 @@ def _notes(notebook: Path, timeout: int, limits: sandbox.Limits) -> str:
     return "; ".join(notes)
 
 
+GRADING_TAG = "TITO_GRADING"  # environment variable that marks the processes grading one submission
+
+
+def _end_processes(tag: str) -> None:
+    """SIGKILL every process whose environment carries GRADING_TAG=`tag`: nbgrader, the kernel
+    launcher and bwrap (each in a session of its own). The sandboxed kernel dies with bwrap."""
+    marker = f"{GRADING_TAG}={tag}".encode()
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                    if marker in f.read().split(b"\0"):
+                        os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:  # gone already, or not ours to read
+                pass
+
+
 def grade_one(repo: Repo, course: Path, module: Module, student: str, time_limit: int, extra: list[str]) -> Graded:
-    """`nbgrader autograde MODULE --student STUDENT` in its own process group, stopped after `time_limit` s."""
+    """`nbgrader autograde MODULE --student STUDENT`, stopped after `time_limit` s with all it started.
+
+    The log goes to a file, not a pipe: a process left behind cannot keep the grader waiting for its end."""
     command = [sys.executable, "-m", "nbgrader", "autograde", module.id, "--student", student, "--force", *extra]
-    proc = subprocess.Popen(command, cwd=course, env=_kernel_env(repo, course), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        log, _ = proc.communicate(timeout=time_limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
+    env = _kernel_env(repo, course)
+    env[GRADING_TAG] = tag = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as out:
+        proc = subprocess.Popen(command, cwd=course, env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait(timeout=time_limit)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        _end_processes(tag)
+        proc.wait()
+        out.seek(0)
+        log = out.read()
+    if timed_out:
         return Graded(student, False, f"timed out after {time_limit} s", log)
     if proc.returncode != 0 or "Removing failed" in log:
         return Graded(student, False, _reason(log, proc.returncode), log)

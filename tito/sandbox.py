@@ -107,8 +107,10 @@ def _python_roots() -> list[str]:
     return roots
 
 
-DROP = ("import os, sys; u = int(sys.argv[1]); os.setgroups([]); os.setresgid(u, u, u); os.setresuid(u, u, u); "
-        "os.execv(sys.argv[2], sys.argv[2:])")
+# switch to the sandbox uid, then ask again to be killed when bwrap dies (a change of uid
+# clears the parent-death signal that --die-with-parent set)
+DROP = ("import ctypes, os, sys; u = int(sys.argv[1]); os.setgroups([]); os.setresgid(u, u, u); "
+        "os.setresuid(u, u, u); ctypes.CDLL(None).prctl(1, 9, 0, 0, 0); os.execv(sys.argv[2], sys.argv[2:])")
 
 
 def command(bwrap_path: str, connection_fd: int, build_fd: int, work_fd: int, root_fds: dict[str, int],
@@ -152,10 +154,12 @@ def command(bwrap_path: str, connection_fd: int, build_fd: int, work_fd: int, ro
                 out += ["--perms", "0755", "--dir", folder]
         return out
 
+    # /tmp first: a Python installed under /tmp (a virtual environment there) is bound over it
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    made.add("/tmp")
     for path, fd in root_fds.items():
         cmd += parents(path) + ["--ro-bind-fd", str(fd), path]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp",
-            *parents(BUILD_MOUNT), "--ro-bind-fd", str(build_fd), BUILD_MOUNT,
+    cmd += [*parents(BUILD_MOUNT), "--ro-bind-fd", str(build_fd), BUILD_MOUNT,
             "--bind-fd", str(work_fd), WORK_MOUNT,
             "--perms", "0755", "--dir", "/run", "--perms", "0644", "--file", str(connection_fd), "/run/kernel.json",
             "--chdir", WORK_MOUNT]
@@ -198,6 +202,17 @@ def _processes_of(uid: int) -> int:
             except OSError:
                 pass
     return count
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of `uid` (a sandbox uid: nothing else runs as it)."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def _chown_tree(path: Path, uid: int, gid: int | None = None) -> None:
@@ -282,8 +297,10 @@ def kernel_main(argv: list[str]) -> int:
                 kernel_pid.append(int(info["child-pid"]))
             return proc.wait()
         finally:
-            if uid is not None and work.is_dir():
-                _chown_tree(work, owner.st_uid, owner.st_gid)
+            if uid is not None:
+                _kill_uid(uid)  # whatever the kernel started and left behind
+                if work.is_dir():
+                    _chown_tree(work, owner.st_uid, owner.st_gid)
 
 
 if __name__ == "__main__":
