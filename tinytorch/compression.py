@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.core.serialization import _atomic_write, _paths, _read_npz
+from tinytorch.core.serialization import atomic_write, checkpoint_paths, read_npz
 from tinytorch.core import functional as F
 from tinytorch.quantization import QuantParams, dequantize, quantize, tensor_qparams
 
@@ -720,12 +720,12 @@ GAP_MAX = 255  # gaps are uint8; a longer gap is split with filler entries (valu
 
 
 # the file pair (.npz + .json) and the write-then-rename (an interrupted save leaves the old
-# file) are the foundation's checkpoint helpers, _paths and _atomic_write
+# file) are the foundation's checkpoint helpers, checkpoint_paths and atomic_write
 
 
 def file_bytes(path) -> int:
     """Bytes on disk of a model saved by save_compressed: its .npz plus its .json."""
-    return sum(p.stat().st_size for p in _paths(path))
+    return sum(p.stat().st_size for p in checkpoint_paths(path))
 
 
 # %% modules/16_compression/compression.py (cell 33)
@@ -781,7 +781,7 @@ def save_compressed(model, path, values: str = "int8") -> Path:
          offset, count}.
     2. np.savez_compressed the four arrays (values, gaps, scales, dense) and write the JSON
        {format, version, architecture: describe_model(model), tensors: index}, each with
-       _atomic_write.
+       atomic_write.
 
     HINTS:
     - json.dumps(..., separators=(",", ":")) leaves out the spaces: the JSON is part of the size.
@@ -822,9 +822,9 @@ def save_compressed(model, path, values: str = "int8") -> Path:
               "dense": np.concatenate(dense) if dense else np.zeros(0, np.float32)}
     text = json.dumps({"format": FORMAT, "version": VERSION, "architecture": architecture, "tensors": index},
                       separators=(",", ":"))
-    npz_path, json_path = _paths(path)
-    _atomic_write(npz_path, lambda f: np.savez_compressed(f, **arrays))
-    _atomic_write(json_path, lambda f: f.write(text.encode()))
+    npz_path, json_path = checkpoint_paths(path)
+    atomic_write(npz_path, lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(json_path, lambda f: f.write(text.encode()))
     return npz_path
 
 
@@ -910,7 +910,7 @@ def load_compressed(path):
        int8 dequantize with QuantParams(scale, 0, "int8", None, "symmetric").
     3. model.load_state_dict(state); return model.eval().
     """
-    npz_path, json_path = _paths(path)
+    npz_path, json_path = checkpoint_paths(path)
     for p in (npz_path, json_path):
         if not p.exists():
             raise FileNotFoundError(f"compressed model file {p} does not exist (a compressed model is a .npz and a .json)")
@@ -920,7 +920,7 @@ def load_compressed(path):
         raise ValueError(f"{json_path} is not valid JSON: {exc}") from exc
     if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("version") != VERSION:
         raise ValueError(f"{json_path} is not a {FORMAT} version {VERSION} index")
-    arrays = _read_npz(npz_path, ValueError)  # headers checked against the file's bytes before reading
+    arrays = read_npz(npz_path, ValueError)  # headers checked against the file's bytes before reading
     _check_index(info, arrays, json_path)
     model = build_model(info["architecture"])
     state = {}

@@ -183,8 +183,8 @@ def _flatten(g, m, x, path):
 def _gelu(g, m, x, path):
     c = lambda v, n: g.const(np.array(v, np.float32), f"{path}.{n}")  # noqa: E731
     cube = g.op("Mul", [g.op("Mul", [x, x], f"{path}/x2"), x], f"{path}/x3")
-    inner = g.op("Add", [x, g.op("Mul", [cube, c(0.044715, "k")], f"{path}/kx3")], f"{path}/inner")
-    t = g.op("Tanh", [g.op("Mul", [inner, c(math.sqrt(2.0 / math.pi), "sqrt_2_over_pi")], f"{path}/scaled")],
+    inner = g.op("Add", [x, g.op("Mul", [cube, c(tc.functional.GELU_CUBIC, "k")], f"{path}/kx3")], f"{path}/inner")
+    t = g.op("Tanh", [g.op("Mul", [inner, c(tc.functional.GELU_SCALE, "sqrt_2_over_pi")], f"{path}/scaled")],
              f"{path}/Tanh")
     half_x = g.op("Mul", [x, c(0.5, "half")], f"{path}/half_x")
     return g.op("Mul", [half_x, g.op("Add", [t, c(1.0, "one")], f"{path}/one_plus_t")], f"{path}/Gelu")

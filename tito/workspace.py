@@ -23,7 +23,8 @@ from pathlib import Path
 
 from contextlib import contextmanager
 
-from tinytorch.core.serialization import _atomic_write, _pid_alive
+from tinytorch.core import serialization
+from tinytorch.core.serialization import pid_alive
 from tito.console import TitoError
 from tito.manifest import Module, Repo
 
@@ -58,7 +59,7 @@ def atomic_write(path: Path, text: str) -> None:
     The file keeps its mode; temp files left by killed writers are removed (tinytorch's writer)."""
     data = text.encode("utf-8")
     with writable("write", path):
-        _atomic_write(Path(path), lambda f: f.write(data))
+        serialization.atomic_write(Path(path), lambda f: f.write(data))
 
 
 @contextmanager
@@ -68,7 +69,7 @@ def scratch_dir(prefix: str = "tito-run"):
     base = Path(tempfile.gettempdir())
     for old in base.glob(f"{prefix}-*-*"):
         pid = old.name[len(prefix) + 1:].split("-", 1)[0]
-        if old.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if old.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     path = Path(tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-", dir=base))
     previous = tempfile.tempdir

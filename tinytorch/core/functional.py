@@ -14,7 +14,9 @@ import numpy as np
 
 from tinytorch.core.tensor import Tensor, as_tensor
 
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+# GELU's tanh form (GPT-2's): 0.5 x (1 + tanh(GELU_SCALE (x + GELU_CUBIC x^3))); the one home of both constants
+GELU_SCALE = math.sqrt(2.0 / math.pi)
+GELU_CUBIC = 0.044715
 
 
 def _result(data: np.ndarray, *parents: Tensor) -> Tensor:
@@ -63,15 +65,20 @@ def relu(x) -> Tensor:
     return out
 
 
+def gelu_array(a: np.ndarray) -> np.ndarray:
+    """GELU of a plain array (no graph): what gelu computes, for code that works on ndarrays."""
+    return 0.5 * a * (1.0 + np.tanh(GELU_SCALE * (a + GELU_CUBIC * (a * a * a))))
+
+
 def gelu(x) -> Tensor:
     """GELU, tanh approximation (as in GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     x = as_tensor(x)
     a = x.data
-    t = np.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * (a * a * a)))  # a*a*a: NumPy's float32 a**3 is ~100x slower
+    t = np.tanh(GELU_SCALE * (a + GELU_CUBIC * (a * a * a)))  # a*a*a: NumPy's float32 a**3 is ~100x slower
     out = _result(0.5 * a * (1.0 + t), x)
     if out._parents:
         def backward(g):
-            dt = (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * a * a)
+            dt = (1.0 - t * t) * GELU_SCALE * (1.0 + 3 * GELU_CUBIC * a * a)
             x._accumulate(g * (0.5 * (1.0 + t) + 0.5 * a * dt))
         out._backward = backward
     return out

@@ -41,13 +41,13 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt, or does not match its index."""
 
 
-def _paths(path) -> tuple[Path, Path]:
+def checkpoint_paths(path) -> tuple[Path, Path]:
     path = Path(path)
     stem = path.with_suffix("") if path.suffix in (".npz", ".json") else path
     return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -62,7 +62,7 @@ def _remove_stale_temps(folder: Path, pattern: str) -> None:
     killed (its process is gone); a live writer's temp file is left alone."""
     for tmp in folder.glob(pattern):
         pid = tmp.name.split(".")[-3]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 
@@ -76,7 +76,7 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Replace `path` with what write(binary_file) writes, all at once (temp file, fsync, rename).
     The file keeps its mode (a new one gets the umask default, not mkstemp's 0600); temp files
     of earlier writers that were killed are removed."""
@@ -150,7 +150,7 @@ def _npz_headers(npz_path: Path, error=CheckpointError) -> dict[str, tuple[tuple
     return headers
 
 
-def _read_npz(npz_path: Path, error=CheckpointError) -> dict[str, np.ndarray]:
+def read_npz(npz_path: Path, error=CheckpointError) -> dict[str, np.ndarray]:
     """All arrays of a .npz whose headers _npz_headers has checked; never unpickles."""
     _npz_headers(npz_path, error)
     try:
@@ -181,12 +181,12 @@ def save_checkpoint(path, model_or_state, config: dict | None = None, metadata: 
         "sha256": sha,
     }
     text = json.dumps(index, indent=2, sort_keys=True) + "\n"  # fails here, before writing, if not JSON-able
-    npz_path, json_path = _paths(path)
+    npz_path, json_path = checkpoint_paths(path)
     pending = _pending_path(npz_path, sha)
     mode = _file_mode(npz_path)
-    _atomic_write(pending, lambda f: f.write(data))
+    atomic_write(pending, lambda f: f.write(data))
     os.chmod(pending, mode)
-    _atomic_write(json_path, lambda f: f.write(text.encode()))  # the commit point
+    atomic_write(json_path, lambda f: f.write(text.encode()))  # the commit point
     os.replace(pending, npz_path)
     for stale in npz_path.parent.glob(f".{npz_path.name}.*.next"):  # left by saves killed earlier
         stale.unlink(missing_ok=True)
@@ -206,7 +206,7 @@ def load_checkpoint_index(path) -> dict:
 
 
 def _load(path) -> tuple[dict[str, np.ndarray], dict]:
-    npz_path, json_path = _paths(path)
+    npz_path, json_path = checkpoint_paths(path)
     for p in (npz_path, json_path):
         if not p.exists():
             raise FileNotFoundError(f"checkpoint file {p} does not exist (a checkpoint is a .npz and a .json)")
@@ -250,4 +250,4 @@ def _load(path) -> tuple[dict[str, np.ndarray], dict]:
             "after the index was written (a save interrupted by another program, or a hand edit); "
             "save the checkpoint again"
         )
-    return _read_npz(source), index
+    return read_npz(source), index
