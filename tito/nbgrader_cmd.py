@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tinytorch.system import usable_cores
 from tito import sandbox, workspace
 from tito.console import TitoError, console, is_plain, print_table, say, step, warn
 from tito.manifest import Module, Repo
@@ -350,13 +351,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-
-
-def usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
 
 
 def autograde(repo: Repo, course: Path, module: Module, students: list[str], jobs: int, time_limit: int,
