@@ -38,7 +38,7 @@ def _linear(x: np.ndarray, layer) -> np.ndarray:
     return y
 
 
-def _layer_norm(x: np.ndarray, ln) -> np.ndarray:
+def layer_norm(x: np.ndarray, ln) -> np.ndarray:
     """LayerNorm over the last axis with the layer's weight, bias and eps."""
     c = x.shape[-1]  # sum / c is what x.mean computes, without its Python-level overhead
     xc = x - x.sum(axis=-1, keepdims=True) / c
@@ -56,7 +56,7 @@ def _split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:
     return x.reshape(n, t, num_heads, c // num_heads).transpose(0, 2, 1, 3)
 
 
-def _merge_heads(x: np.ndarray) -> np.ndarray:
+def merge_heads(x: np.ndarray) -> np.ndarray:
     """(n, H, T, D) -> (n, T, C)."""
     n, h, t, d = x.shape
     return x.transpose(0, 2, 1, 3).reshape(n, t, h * d)
@@ -344,7 +344,7 @@ def cached_attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, query_
 
 
 # %% modules/17_memoization/memoization.py (cell 20)
-def _check_forward(model, cache: KVCache, tokens, rows) -> tuple[np.ndarray, np.ndarray]:
+def check_forward(model, cache: KVCache, tokens, rows) -> tuple[np.ndarray, np.ndarray]:
     """The checks of a forward over the cache (given): the cache fits the model, tokens (n, T) are
     valid ids for n distinct rows, T >= 1, and no row passes the context. Returns (tokens, rows)."""
     c = model.config
@@ -378,16 +378,16 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     APPROACH:
     1. positions = cache.lengths[rows][:, None] + np.arange(T)  (read BEFORE appending).
     2. x = model.tok_emb.weight.data[tokens] + model.pos_emb.weight.data[positions].
-    3. For each layer, block = model.blocks[layer]: h = _layer_norm(x, block.ln1);
+    3. For each layer, block = model.blocks[layer]: h = layer_norm(x, block.ln1);
        q, k, v = (_split_heads(_linear(h, p), H) for p in (attn.q_proj, attn.k_proj, attn.v_proj));
        cache.append(layer, k, v, rows); S = (positions[:, -1] + 1).max();
        keys, values = cache.gather(layer, rows, S) (given: the layer's buffers of those rows);
-       x = x + _linear(_merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj);
-       x = x + _linear(_gelu(_linear(_layer_norm(x, block.ln2), mlp.fc)), mlp.proj).
-    4. Return _linear(_layer_norm(x[:, -1], model.ln_f), model.lm_head).
+       x = x + _linear(merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj);
+       x = x + _linear(_gelu(_linear(layer_norm(x, block.ln2), mlp.fc)), mlp.proj).
+    4. Return _linear(layer_norm(x[:, -1], model.ln_f), model.lm_head).
 
     HINTS:
-    - The given _check_forward validates the cache, shapes, rows and the context length first.
+    - The given check_forward validates the cache, shapes, rows and the context length first.
     - _split_heads returns a transposed view; that is fine for append and for matmul.
 
     EXAMPLE:
@@ -397,21 +397,21 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     >>> cache.lengths
     array([0, 3])
     """
-    tokens, rows = _check_forward(model, cache, tokens, rows)
+    tokens, rows = check_forward(model, cache, tokens, rows)
     n, t = tokens.shape
     positions = cache.lengths[rows][:, None] + np.arange(t)
     x = model.tok_emb.weight.data[tokens] + model.pos_emb.weight.data[positions]
     heads = model.config.num_heads
     for layer, block in enumerate(model.blocks):
         attn, mlp = block.attn, block.mlp
-        h = _layer_norm(x, block.ln1)
+        h = layer_norm(x, block.ln1)
         q, k, v = (_split_heads(_linear(h, proj), heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         cache.append(layer, k, v, rows)
         s = int(positions[:, -1].max()) + 1
         keys, values = cache.gather(layer, rows, s)
-        x = x + _linear(_merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj)
-        x = x + _linear(_gelu(_linear(_layer_norm(x, block.ln2), mlp.fc)), mlp.proj)
-    return _linear(_layer_norm(x[:, -1], model.ln_f), model.lm_head)
+        x = x + _linear(merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj)
+        x = x + _linear(_gelu(_linear(layer_norm(x, block.ln2), mlp.fc)), mlp.proj)
+    return _linear(layer_norm(x[:, -1], model.ln_f), model.lm_head)
 
 
 def prefill(model, cache: KVCache, tokens, row: int) -> np.ndarray:
