@@ -150,6 +150,8 @@ import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.core.attention import GPTConfig, check_generate_args, sample_next
+from tinytorch.core.checks import check_int
+from tinytorch.core.functional import gelu_array
 
 
 def _gpt_config(model, where: str) -> GPTConfig:
@@ -158,8 +160,6 @@ def _gpt_config(model, where: str) -> GPTConfig:
     if not isinstance(config, GPTConfig):
         raise TypeError(f"{where} needs a GPT (a model with a GPTConfig .config), got {type(model).__name__}")
     return config
-
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 def _linear(x: np.ndarray, layer) -> np.ndarray:
@@ -176,11 +176,6 @@ def layer_norm(x: np.ndarray, ln) -> np.ndarray:
     c = x.shape[-1]  # sum / c is what x.mean computes, without its Python-level overhead
     xc = x - x.sum(axis=-1, keepdims=True) / c
     return xc * (1.0 / np.sqrt((xc * xc).sum(axis=-1, keepdims=True) / c + ln.eps)) * ln.weight.data + ln.bias.data
-
-
-def _gelu(a: np.ndarray) -> np.ndarray:
-    """GELU, tanh form (GPT-2's, as tinytorch.core.functional.gelu)."""
-    return 0.5 * a * (1.0 + np.tanh(_SQRT_2_OVER_PI * (a + 0.044715 * (a * a * a))))
 
 
 def _split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:
@@ -200,15 +195,6 @@ def _rows_index(rows: np.ndarray):
     if len(rows) == 1 or (len(rows) > 1 and (np.diff(rows) == 1).all()):
         return slice(int(rows[0]), int(rows[0]) + len(rows))
     return rows
-
-
-def _check_int(value, what: str, low: int = 0, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what} must be an int, got {value!r}")
-    if value < low or (high is not None and value >= high):
-        expected = f">= {low}" if high is None else f"in [{low}, {high})"
-        raise ValueError(f"{what} must be {expected}, got {value}")
-    return int(value)
 
 
 def _check_tokens(tokens, model, what: str = "tokens", ndim: int = 1) -> np.ndarray:
@@ -251,7 +237,7 @@ def cache_bytes(num_layers: int, batch_size: int, num_heads: int, max_len: int, 
     """
     for name, value in dict(num_layers=num_layers, batch_size=batch_size, num_heads=num_heads,
                             max_len=max_len, head_dim=head_dim).items():
-        _check_int(value, name, low=1)
+        check_int(value, name, 1)
     ### BEGIN SOLUTION
     return 2 * num_layers * batch_size * num_heads * max_len * head_dim * np.dtype(dtype).itemsize
     ### END SOLUTION
@@ -311,7 +297,7 @@ class KVCache:
         """
         for name, value in dict(num_layers=num_layers, batch_size=batch_size, num_heads=num_heads,
                                 max_len=max_len, head_dim=head_dim).items():
-            _check_int(value, name, low=1)
+            check_int(value, name, 1)
         if np.dtype(dtype).kind != "f":
             raise TypeError(f"KVCache dtype must be a float type, got {np.dtype(dtype)}")
         ### BEGIN SOLUTION
@@ -329,7 +315,7 @@ class KVCache:
         context length (and cannot pass it: there is no position embedding beyond). dtype: of
         the key and value buffers (float16 halves the bytes; attention then reads float16)."""
         c = _gpt_config(model, "KVCache.for_model")
-        max_len = c.context_length if max_len is None else _check_int(max_len, "max_len", low=1)
+        max_len = c.context_length if max_len is None else check_int(max_len, "max_len", 1)
         if max_len > c.context_length:
             raise ValueError(f"max_len {max_len} exceeds the model's context length {c.context_length} "
                              "(no position embedding beyond it)")
@@ -367,7 +353,7 @@ class KVCache:
     def _check_append(self, layer, k, v, rows):
         """The checks of append that are not about space: layer, rows, shapes, layer order.
         Returns (layer, rows, k, v, start, T) with start = this layer's lengths of those rows."""
-        layer = _check_int(layer, "layer", 0, self.num_layers)
+        layer = check_int(layer, "layer", 0, self.num_layers - 1)
         rows = self._rows(rows)
         k, v = np.asarray(k), np.asarray(v)
         if k.ndim != 4 or k.shape != v.shape:
@@ -430,7 +416,7 @@ class KVCache:
 
         TODO: slice the row's first self._filled[layer, row] positions out of k[layer], v[layer].
         """
-        layer = _check_int(layer, "layer", 0, self.num_layers)
+        layer = check_int(layer, "layer", 0, self.num_layers - 1)
         if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
             raise TypeError(f"row must be an int, got {row!r}")
         if not 0 <= row < self.batch_size:
@@ -653,7 +639,7 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
        cache.append(layer, k, v, rows); S = (positions[:, -1] + 1).max();
        keys, values = cache.gather(layer, rows, S) (given: the layer's buffers of those rows);
        x = x + _linear(merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj);
-       x = x + _linear(_gelu(_linear(layer_norm(x, block.ln2), mlp.fc)), mlp.proj).
+       x = x + _linear(gelu_array(_linear(layer_norm(x, block.ln2), mlp.fc)), mlp.proj).
     4. Return _linear(layer_norm(x[:, -1], model.ln_f), model.lm_head).
 
     HINTS:
@@ -681,7 +667,7 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
         s = int(positions[:, -1].max()) + 1
         keys, values = cache.gather(layer, rows, s)
         x = x + _linear(merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj)
-        x = x + _linear(_gelu(_linear(layer_norm(x, block.ln2), mlp.fc)), mlp.proj)
+        x = x + _linear(gelu_array(_linear(layer_norm(x, block.ln2), mlp.fc)), mlp.proj)
     return _linear(layer_norm(x[:, -1], model.ln_f), model.lm_head)
     ### END SOLUTION
 
@@ -1136,14 +1122,14 @@ class PagedKVCache(KVCache):
                  block_size: int = 16, num_blocks: int | None = None, dtype=np.float32):
         for name, value in dict(num_layers=num_layers, batch_size=batch_size, num_heads=num_heads,
                                 max_len=max_len, head_dim=head_dim, block_size=block_size).items():
-            _check_int(value, name, low=1)
+            check_int(value, name, 1)
         self.num_layers, self.batch_size, self.num_heads = int(num_layers), int(batch_size), int(num_heads)
         if np.dtype(dtype).kind != "f":
             raise TypeError(f"PagedKVCache dtype must be a float type, got {np.dtype(dtype)}")
         self.max_len, self.head_dim, self.dtype = int(max_len), int(head_dim), np.dtype(dtype)
         self.block_size = int(block_size)
         blocks_per_row = -(-self.max_len // self.block_size)
-        self.num_blocks = batch_size * blocks_per_row if num_blocks is None else _check_int(num_blocks, "num_blocks", 1)
+        self.num_blocks = batch_size * blocks_per_row if num_blocks is None else check_int(num_blocks, "num_blocks", 1)
         shape = (self.num_blocks, self.num_heads, self.block_size, self.head_dim)
         self.k = [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers)]
         self.v = [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers)]
@@ -1155,7 +1141,7 @@ class PagedKVCache(KVCache):
     def for_model(cls, model, batch_size: int, max_len: int | None = None, block_size: int = 16,
                   num_blocks: int | None = None, dtype=np.float32) -> "PagedKVCache":
         c = _gpt_config(model, "PagedKVCache.for_model")
-        max_len = c.context_length if max_len is None else _check_int(max_len, "max_len", low=1)
+        max_len = c.context_length if max_len is None else check_int(max_len, "max_len", 1)
         if max_len > c.context_length:
             raise ValueError(f"max_len {max_len} exceeds the model's context length {c.context_length}")
         return cls(c.num_layers, batch_size, c.num_heads, max_len, c.embed_dim // c.num_heads, block_size, num_blocks,
@@ -1205,7 +1191,7 @@ class PagedKVCache(KVCache):
         return collect(self.k[layer]), collect(self.v[layer])
 
     def get(self, layer: int, row: int) -> tuple[np.ndarray, np.ndarray]:
-        layer = _check_int(layer, "layer", 0, self.num_layers)
+        layer = check_int(layer, "layer", 0, self.num_layers - 1)
         if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
             raise TypeError(f"row must be an int, got {row!r}")
         if not 0 <= row < self.batch_size:

@@ -21,7 +21,7 @@ def _naive(q, k, v, pos):
     return out
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 6), st.integers(1, 9),
        st.integers(0, 10_000))
 def test_matches_the_naive_loop_for_any_query_positions(n, h, t, d, s, seed):

@@ -3,7 +3,7 @@ errors: overflow (names the row, its length and max_len), batch mismatch, bad ro
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tinytorch.core.attention import GPT, GPTConfig
@@ -58,7 +58,6 @@ def test_for_model_passes_the_dtype_on(cls):
         cls.for_model(m, 2, dtype=np.int8)
 
 
-@settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_appends_to_rows_of_different_lengths_match_a_list_oracle(data):
     layers, batch, heads, dim = 2, data.draw(st.integers(1, 4)), 2, 3
@@ -153,7 +152,7 @@ def test_batch_mismatch_bad_shapes_and_bad_rows_are_clear_errors():
         c.get(0, 5)
     with pytest.raises(ValueError, match="distinct"):
         c.append(0, x, x, rows=[1, 1])
-    with pytest.raises(ValueError, match="layer must be in"):
+    with pytest.raises(ValueError, match=r"layer must be an int in \[0, 1\], got 2"):
         c.append(2, x, x, rows=[0, 1])
     assert c.lengths.tolist() == [0, 0, 0]
     assert all(c.get(layer, r)[0].shape[1] == 0 for layer in range(2) for r in range(3))  # nothing written

@@ -40,7 +40,6 @@ configs = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=40, deadline=None)
 @given(configs, st.data())
 def test_every_step_matches_the_plain_forward(cfg, data):
     m = random_gpt(**cfg)
@@ -60,7 +59,7 @@ def test_every_step_matches_the_plain_forward(cfg, data):
     assert cache.lengths.tolist() == [ctx]
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(configs, st.integers(1, 20), st.integers(0, 12))
 def test_generate_cached_equals_gpt_generate_greedy_and_seeded(cfg, prompt_len, n_new):
     m = random_gpt(**cfg)
@@ -73,7 +72,7 @@ def test_generate_cached_equals_gpt_generate_greedy_and_seeded(cfg, prompt_len, 
     np.testing.assert_array_equal(generate_cached(m, prompt, n_new, 0.8, min(3, cfg["vocab"]), seed=5), plain_s)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(configs, st.lists(st.integers(1, 18), min_size=1, max_size=5), st.integers(1, 10))
 def test_batched_generation_equals_each_prompt_alone(cfg, lengths, n_new):
     m = random_gpt(**cfg)

@@ -4,7 +4,7 @@ reset, and a pool that runs out is a clear error that changes nothing."""
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import tinytorch.core as tc
@@ -12,7 +12,6 @@ from tinytorch.core.attention import GPT, GPTConfig
 from tinytorch.memoization import KVCache, PagedKVCache, decode_step, prefill
 
 
-@settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_same_contents_as_the_contiguous_cache(data):
     layers, batch, heads, dim = 2, data.draw(st.integers(1, 4)), 2, 3
