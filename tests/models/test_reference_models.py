@@ -56,6 +56,44 @@ def test_readme_cards_match_the_checkpoints():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown model 'resnet'; expected one of \['digits_cnn'"):
         models.load("resnet")
+    with pytest.raises(ValueError, match=r"unknown model 'resnet'"):
+        models.spec("resnet")
+
+
+def test_every_registered_model_takes_its_own_example_input():
+    # the registry's promise: a spec's example is what its model accepts, and its kind says what comes out
+    for name, spec in models.REGISTRY.items():
+        assert spec.name == name and spec.kind in models.KINDS
+        model = spec.load()
+        x = spec.example(3, 16) if spec.kind == models.LANGUAGE_MODEL else spec.example(3)
+        with tc.no_grad():
+            out = model(x).data
+        if spec.kind == models.LANGUAGE_MODEL:
+            assert out.shape == (3, 16, model.config.vocab_size)
+        else:
+            assert out.shape == (3, 10)
+
+
+def test_examples_are_the_shipped_data_in_order():
+    digits, text = load_digits(), load_text()
+    assert np.array_equal(models.spec("digits_cnn").example(5), digits.x_test[:5])
+    assert np.array_equal(models.spec("digits_mlp").example(4, train=True), digits.x_train[:4])
+    ids = text.tokenizer.encode(text.val[:96])
+    windows = models.spec("tiny_gpt").example(3, 32)
+    assert np.array_equal(windows, ids.reshape(3, 32))  # consecutive windows, not overlapping, not shuffled
+    train_ids = models.spec("tiny_gpt").example(2, 8, train=True)
+    assert np.array_equal(train_ids.ravel(), text.tokenizer.encode(text.train[:16]))
+
+
+def test_example_rejects_the_wrong_shape_of_request():
+    with pytest.raises(ValueError, match="length"):
+        models.spec("tiny_gpt").example(2)
+    with pytest.raises(ValueError, match="length=5"):
+        models.spec("digits_mlp").example(2, 5)
+    with pytest.raises(ValueError, match="batch=361"):
+        models.spec("digits_mlp").example(361)
+    with pytest.raises(TypeError, match="batch"):
+        models.spec("digits_mlp").example(2.0)
 
 
 def test_missing_checkpoint_names_the_command(tmp_path, monkeypatch):
