@@ -12,18 +12,23 @@ from tinytorch.core import functional as F
 from benchmarks.run import compare, summarize
 
 
+def random_batch(kind: str, model, batch_size: int, rng) -> tuple:
+    """Inputs and targets of one training step (random: the step's time does not depend on the values):
+    full-context windows of token ids and the next ids, or digit-sized images and their labels."""
+    if kind == models.LANGUAGE_MODEL:
+        t = model.config.context_length
+        batch = rng.integers(0, model.config.vocab_size, size=(batch_size, t + 1))
+        return batch[:, :-1], batch[:, 1:]
+    return rng.random((batch_size, 1, 8, 8), dtype=np.float32), rng.integers(0, 10, size=batch_size)
+
+
 def training_throughput(name: str, batch_size: int, steps: int) -> dict:
     """Samples (or tokens) per second of full training steps: forward, backward, AdamW update."""
     tc.manual_seed(0)
     rng = np.random.default_rng(0)
+    kind = models.spec(name).kind
     model = models.build(name)
-    if name == "tiny_gpt":
-        t = model.config.context_length
-        batch = rng.integers(0, model.config.vocab_size, size=(batch_size, t + 1))
-        x, y = batch[:, :-1], batch[:, 1:]
-    else:
-        x = rng.random((batch_size, 1, 8, 8), dtype=np.float32)
-        y = rng.integers(0, 10, size=batch_size)
+    x, y = random_batch(kind, model, batch_size, rng)
     optimizer = tc.AdamW(model.parameters(), lr=1e-3)
 
     def step():
@@ -40,7 +45,7 @@ def training_throughput(name: str, batch_size: int, steps: int) -> dict:
         samples.append(time.perf_counter() - start)
     s = summarize(samples)
     s["samples_per_second"] = batch_size / s["median_s"]
-    if name == "tiny_gpt":
+    if kind == models.LANGUAGE_MODEL:
         s["tokens_per_second"] = batch_size * model.config.context_length / s["median_s"]
     s["batch_size"] = batch_size
     return s

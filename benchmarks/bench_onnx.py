@@ -96,7 +96,7 @@ def digits_scenarios(quick: bool) -> dict:
     out = {}
     for name in ("digits_mlp", "digits_cnn"):
         fp32 = models.load(name)
-        int8 = quantize_model(fp32, digits.x_train[:256])
+        int8 = quantize_model(fp32, models.spec(name).calibration(fp32))
         fns, _ = variants(fp32, int8, digits.x_test[:1])
         x = digits.x_test
         ours_f, ours_q = fns["tiny_fp32"](x), fns["tiny_int8"](x)
@@ -152,7 +152,7 @@ def gpt_scenario(quick: bool) -> dict:
     text = datasets.load_text()
     fp32 = models.load("tiny_gpt")
     t = fp32.config.context_length
-    int8 = quantize_model(fp32, [text.tokenizer.encode(text.train[: 4 * t]).reshape(4, t)])
+    int8 = quantize_model(fp32, models.spec("tiny_gpt").calibration(fp32))
     fns, protos = variants(fp32, int8, None)
     prompt = text.tokenizer.encode(text.val[:32])
     new = 16 if quick else 64

@@ -23,33 +23,43 @@ from harness import Run, require  # noqa: E402  (first: it sets the BLAS thread 
 
 import numpy as np  # noqa: E402
 
-PROFILE_INPUT = {"digits_mlp": (64,), "digits_cnn": (64,), "tiny_gpt": (1, 256)}  # serving batch / full context
+from tinytorch.models import CLASSIFIER, LANGUAGE_MODEL  # noqa: E402
+
+# Input shapes by kind of model: (images,) for a classifier, (sequences, tokens) for a language model.
+PROFILE_INPUT = {CLASSIFIER: (64,), LANGUAGE_MODEL: (1, 256)}           # serving batch / full context
+SMALL_INPUT = {CLASSIFIER: (1,), LANGUAGE_MODEL: (1, 32)}               # one image / a short prompt
+COUNT_INPUTS = {CLASSIFIER: [(1,), (3,), (64,)], LANGUAGE_MODEL: [(1, 16), (3, 64), (1, 256)]}
+# What each model spends time on that its FLOP and byte counts leave out.
 UNCOUNTED = {"digits_mlp": "activations written and read between layers",
              "digits_cnn": "im2col copies and pooling windows", "tiny_gpt": "attention's T x T score matrices"}
-SMALL_INPUT = {"digits_mlp": (1,), "digits_cnn": (1,), "tiny_gpt": (1, 32)}       # one image / a short prompt
-COUNT_INPUTS = {"digits_mlp": [(1,), (3,), (64,)], "digits_cnn": [(1,), (3,), (64,)],
-                "tiny_gpt": [(1, 16), (3, 64), (1, 256)]}
 
 
 # --- the analytic counts: formulas from the configs and layer shapes, nothing from profiling ---------
-def analytic_macs(name: str, model, shape: tuple) -> dict:
+def analytic_macs(kind: str, model, shape: tuple) -> dict:
     """{layer name: MACs} of one forward pass on an input of `shape`, worked out by hand."""
+    return (gpt_macs if kind == LANGUAGE_MODEL else sequential_macs)(model, shape)
+
+
+def gpt_macs(model, shape: tuple) -> dict:
+    """A GPT: four projections, the two attention matmuls and the MLP per block, and the LM head."""
+    b, t = shape
+    c = model.config
+    d, hidden = c.embed_dim // c.num_heads, c.mlp_ratio * c.embed_dim
+    macs = {}
+    for i in range(c.num_layers):
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            macs[f"blocks.{i}.attn.{proj}"] = b * t * c.embed_dim * c.embed_dim
+        macs[f"blocks.{i}.attn"] = 2 * b * c.num_heads * t * t * d      # Q K^T and weights @ V
+        macs[f"blocks.{i}.mlp.fc"] = b * t * c.embed_dim * hidden
+        macs[f"blocks.{i}.mlp.proj"] = b * t * hidden * c.embed_dim
+    macs["lm_head"] = b * t * c.embed_dim * c.vocab_size              # forward() projects every position
+    return macs
+
+
+def sequential_macs(model, shape: tuple) -> dict:
+    """A digits Sequential: follow the (batch, channels, height, width) shape through its layers by hand."""
     import tinytorch.core as tc
 
-    if name == "tiny_gpt":
-        b, t = shape
-        c = model.config
-        d, hidden = c.embed_dim // c.num_heads, c.mlp_ratio * c.embed_dim
-        macs = {}
-        for i in range(c.num_layers):
-            for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-                macs[f"blocks.{i}.attn.{proj}"] = b * t * c.embed_dim * c.embed_dim
-            macs[f"blocks.{i}.attn"] = 2 * b * c.num_heads * t * t * d      # Q K^T and weights @ V
-            macs[f"blocks.{i}.mlp.fc"] = b * t * c.embed_dim * hidden
-            macs[f"blocks.{i}.mlp.proj"] = b * t * hidden * c.embed_dim
-        macs["lm_head"] = b * t * c.embed_dim * c.vocab_size              # forward() projects every position
-        return macs
-    # digits models: follow the (batch, channels, height, width) shape through the Sequential by hand
     (b,) = shape
     channels, height, width = 1, 8, 8
     features = None
@@ -74,13 +84,6 @@ def analytic_macs(name: str, model, shape: tuple) -> dict:
     return macs
 
 
-def example(name: str, shape: tuple, digits, text_ids):
-    if name == "tiny_gpt":
-        b, t = shape
-        return np.stack([text_ids[i * t:(i + 1) * t] for i in range(b)])
-    return digits.x_test[: shape[0]]
-
-
 def main() -> int:
     run = Run("01_baseline_profile", "Baseline profile of the reference models (module 14)", __doc__)
     prof = require(run, "profiling", ["count_parameters", "parameter_bytes", "count_flops", "measure_latency",
@@ -89,22 +92,20 @@ def main() -> int:
 
     import tinytorch.core as tc
     from tinytorch import models
-    from tinytorch.datasets import load_digits, load_text
 
     tc.manual_seed(0)
     quick = run.quick
-    digits = load_digits()
-    text = load_text()
-    text_ids = np.asarray(text.tokenizer.encode(text.val[:4096]))
-    names = ["digits_mlp", "digits_cnn", "tiny_gpt"]
+    specs = models.REGISTRY
+    names = list(specs)  # digits_mlp, digits_cnn, tiny_gpt
     nets = {n: models.load(n) for n in names}
 
     # 1. the FLOP counter against the hand counts, several batch sizes -------------------------------
     checks, mismatches = [], []
     for name in names:
-        for shape in COUNT_INPUTS[name]:
-            report = prof.count_flops(nets[name], example(name, shape, digits, text_ids))
-            expected = analytic_macs(name, nets[name], shape)
+        kind = specs[name].kind
+        for shape in COUNT_INPUTS[kind]:
+            report = prof.count_flops(nets[name], specs[name].example(*shape))
+            expected = analytic_macs(kind, nets[name], shape)
             counted = {r.name: r.macs for r in report.rows if r.macs}
             for layer in sorted(set(expected) | set(counted)):
                 ok = expected.get(layer, 0) == counted.get(layer, 0)
@@ -140,9 +141,9 @@ def main() -> int:
     repeats = 10 if quick else 40
     summary, bottlenecks, per_model = [], [], {}
     for name in run.progress(names, "profiling the three models"):
-        model = nets[name]
-        x = example(name, PROFILE_INPUT[name], digits, text_ids)
-        x1 = example(name, SMALL_INPUT[name], digits, text_ids)
+        model, spec = nets[name], specs[name]
+        x = spec.example(*PROFILE_INPUT[spec.kind])
+        x1 = spec.example(*SMALL_INPUT[spec.kind])
         params = prof.count_parameters(model)
         nbytes = prof.parameter_bytes(model)
         report = prof.count_flops(model, x)
@@ -212,10 +213,11 @@ def main() -> int:
         rows = [[r["name"] or "(model)", r["type"], f"{r['params']:,}", f"{r['macs']:,}", f"{r['flops']:,}",
                  "-" if r["self_s"] is None else f"{r['self_s'] * 1e3:.3f}"]
                 for r in per_model[name]["layers"] if r["flops"] or r["params"]]
-        if name == "tiny_gpt":  # one block stands for all four
-            rows = [r for r in rows if not r[0].startswith(("blocks.1", "blocks.2", "blocks.3"))]
-        run.table(f"{name}: per layer at input {per_model[name]['profile_input']}"
-                  + (" (blocks.1-3 are like blocks.0)" if name == "tiny_gpt" else ""),
+        note = ""
+        if specs[name].kind == LANGUAGE_MODEL:  # one block stands for all of them
+            rows = [r for r in rows if not (r[0].startswith("blocks.") and r[0].split(".")[1] != "0")]
+            note = f" (blocks.1-{nets[name].config.num_layers - 1} are like blocks.0)"
+        run.table(f"{name}: per layer at input {per_model[name]['profile_input']}{note}",
                   ["layer", "type", "params", "MACs", "FLOPs", "self ms"], rows)
 
     # 4. plots: the roofline, and FLOPs vs time per layer type ---------------------------------------

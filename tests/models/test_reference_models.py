@@ -145,3 +145,13 @@ def test_ngram_baseline_matches_hand_counts():
     assert ngram_loss(train, np.array([1, 1]), 1, 2, smoothing=0.0) == pytest.approx(np.log(2))
     with pytest.raises(ValueError, match="n must be 1, 2 or 3"):
         ngram_loss(train, train, 4, 2)
+
+
+def test_calibration_is_the_first_training_data():
+    digits, text = load_digits(), load_text()
+    (images,) = models.spec("digits_cnn").calibration(models.build("digits_cnn"))
+    assert np.array_equal(images, digits.x_train[:256])
+    gpt = models.build("tiny_gpt", context_length=32)
+    (windows,) = models.spec("tiny_gpt").calibration(gpt)
+    assert windows.shape == (4, 32)  # full-context windows of the model it is given
+    assert np.array_equal(windows.ravel(), text.tokenizer.encode(text.train[:128]))

@@ -101,6 +101,13 @@ class ModelSpec:
                              f"the split has {len(chars):,}")
         return text.tokenizer.encode(chars[: batch * length]).reshape(batch, length)
 
+    def calibration(self, model: tc.Module) -> list[np.ndarray]:
+        """The batches an INT8 conversion of `model` calibrates on: the first 256 training images, or the
+        first 4 full-context windows of the training text."""
+        if self.kind == LANGUAGE_MODEL:
+            return [self.example(4, model.config.context_length, train=True)]
+        return [self.example(256, train=True)]
+
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("digits_mlp", CLASSIFIER, digits_mlp),
