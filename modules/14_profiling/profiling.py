@@ -41,6 +41,7 @@ import numpy as np
 import tinytorch.core as tc
 from tinytorch.notebook import plt, show
 from tinytorch import datasets, models
+from tinytorch.tables import format_table
 
 
 # %% [markdown]
@@ -177,19 +178,21 @@ with 0 MACs, at the per-element costs in FLOPS_PER_ELEMENT.
 
 import gc
 import math
-import os
 import statistics
 import time
 import tracemalloc
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import numpy as np
 import psutil
 
 import tinytorch.core as tc
 from tinytorch.core import Module, Tensor
+from tinytorch.core.checks import check_int
+from tinytorch.energy import EnergyCounters, EnergyReading, EnergySample
+from tinytorch.profile_report import (FlopReport, LatencyStats, LayerRow, LayerTime, MachinePeaks, MemoryReport,
+                                      ParameterCount, ProfileReport, RooflinePoint)
 
 # FLOPs per element of the element-wise layers (0 MACs each); see the notebook's table.
 FLOPS_PER_ELEMENT = {
@@ -206,11 +209,6 @@ ATTENTION_FLOPS_PER_SCORE = 2 + FLOPS_PER_ELEMENT["Softmax"]
 def _check_module(model, where: str) -> None:
     if not isinstance(model, Module):
         raise TypeError(f"{where} expects a tinytorch Module, got {type(model).__name__}")
-
-
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _array(x):
@@ -246,23 +244,6 @@ def _is_leaf(module: Module) -> bool:
     return not module.__dict__.get("_modules")
 
 
-def _si(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23M'."""
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= factor:
-            return f"{n / factor:.3g}{prefix}{unit}"
-    return f"{n:.3g}{unit}" if isinstance(n, float) else f"{n}{unit}"
-
-
-def format_table(columns: list, rows: list) -> str:
-    """Plain text table: a header line and left-aligned columns separated by two spaces."""
-    cells = [[str(c) for c in columns]] + [[str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 # %% [markdown]
 # ### 3.1 Parameters
 #
@@ -273,11 +254,6 @@ def format_table(columns: list, rows: list) -> str:
 
 # %% nbgrader={"grade": false, "grade_id": "count-parameters", "locked": false, "schema_version": 3, "solution": true}
 #| export
-class ParameterCount(NamedTuple):
-    total: int       # elements of every Parameter
-    trainable: int   # elements of the Parameters with requires_grad
-
-
 def count_parameters(model) -> ParameterCount:
     """Count the parameter elements of `model`: (total, trainable).
 
@@ -491,58 +467,6 @@ print("layer_flops: ok")
 
 # %% nbgrader={"grade": false, "grade_id": "count-flops", "locked": false, "schema_version": 3, "solution": true}
 #| export
-@dataclass
-class LayerRow:
-    """One module's own work in one forward pass (summed over its calls)."""
-    name: str            # dotted name from named_modules(); "" is the model itself
-    type: str
-    input_shapes: list   # shapes of the array inputs of the first call
-    output_shape: tuple  # shape of the output of the first call (None if not an array)
-    macs: int
-    flops: int
-    params: int          # elements of the module's own parameters (not its children's)
-    bytes: int           # array inputs + own parameters + output, summed over calls
-    calls: int
-    leaf: bool           # True when the module has no child modules
-    counted: bool = True  # False when no rule knew the module's type
-
-
-@dataclass
-class FlopReport:
-    """Per-layer counts of one forward pass; totals are sums of the rows."""
-    model_type: str
-    rows: list
-
-    @property
-    def total_macs(self) -> int:
-        return sum(r.macs for r in self.rows)
-
-    @property
-    def total_flops(self) -> int:
-        return sum(r.flops for r in self.rows)
-
-    @property
-    def uncounted(self) -> list:
-        return [r.name for r in self.rows if not r.counted]
-
-    def row(self, name: str) -> LayerRow:
-        for r in self.rows:
-            if r.name == name:
-                return r
-        raise KeyError(f"no layer named {name!r}; layers: {[r.name for r in self.rows]}")
-
-    def table(self) -> str:
-        total = self.total_flops or 1
-        rows = [[r.name or f"({self.model_type})", r.type, "x".join(map(str, r.output_shape or ())),
-                 _si(r.params), _si(r.macs), _si(r.flops), f"{100 * r.flops / total:.1f}%"] for r in self.rows]
-        rows.append(["total", "", "", _si(sum(r.params for r in self.rows)), _si(self.total_macs),
-                     _si(self.total_flops), "100%"])
-        return format_table(["layer", "type", "output", "params", "MACs", "FLOPs", "share"], rows)
-
-    def __str__(self) -> str:
-        return self.table()
-
-
 def count_flops(model, example_input, rules=None) -> FlopReport:
     """Run one forward pass of `model` on `example_input` with forward hooks; return a FlopReport.
 
@@ -731,33 +655,6 @@ print("count_flops: ok")
 
 # %% nbgrader={"grade": false, "grade_id": "latency-stats", "locked": false, "schema_version": 3, "solution": true}
 #| export
-@dataclass(eq=False)
-class LatencyStats:
-    """Summary of latency samples in seconds (warm-up runs are not among them)."""
-    samples: np.ndarray
-    median: float
-    mean: float
-    std: float           # sample standard deviation (ddof=1)
-    p90: float
-    p99: float
-    min: float
-    max: float
-    ci_low: float        # confidence interval of the MEDIAN (order statistics, distribution-free)
-    ci_high: float
-    confidence: float    # the requested level, e.g. 0.95
-    ci_coverage: float   # the exact coverage of [ci_low, ci_high]
-
-    @property
-    def n(self) -> int:
-        return len(self.samples)
-
-    def __str__(self) -> str:
-        ms = 1e3
-        return (f"median {self.median * ms:.3f} ms ({100 * self.confidence:.0f}% CI {self.ci_low * ms:.3f}-"
-                f"{self.ci_high * ms:.3f} ms), mean {self.mean * ms:.3f} ms, std {self.std * ms:.3f} ms, "
-                f"p90 {self.p90 * ms:.3f} ms, p99 {self.p99 * ms:.3f} ms, n={self.n}")
-
-
 def latency_stats(samples, confidence: float = 0.95) -> LatencyStats:
     """Median, mean, std, p90, p99 and a confidence interval of the median of `samples` (seconds).
 
@@ -892,8 +789,8 @@ def measure_latency(fn, *args, warmup: int = 3, repeats: int = 30, confidence: f
     """
     if not callable(fn):
         raise TypeError(f"measure_latency expects a callable, got {type(fn).__name__}")
-    _check_int(repeats, "repeats", 1)
-    _check_int(warmup, "warmup", 0)
+    check_int(repeats, "repeats", 1)
+    check_int(warmup, "warmup", 0)
     ### BEGIN SOLUTION
     for _ in range(warmup):
         fn(*args, **kwargs)
@@ -928,11 +825,11 @@ assert _fm.calls == 7
 _fm = _FakeMachine()
 _s = measure_latency(_fm.work, 7, warmup=0, repeats=4, clock=_fm.clock, scale=2)
 assert list(_s.samples) == [100.0, 100.0, 100.0, 2.0] and _s.median == 100.0
-for _kw in ({"repeats": 0}, {"warmup": -1}, {"repeats": 2.5}):
+for _kw, _error in (({"repeats": 0}, ValueError), ({"warmup": -1}, ValueError), ({"repeats": 2.5}, TypeError)):
     try:
         measure_latency(_fm.work, 1, clock=_fm.clock, **_kw)
-        raise AssertionError(f"{_kw} must be rejected")
-    except ValueError:
+        raise AssertionError(f"{_kw} must be rejected with a {_error.__name__}")
+    except _error:
         pass
 ### BEGIN HIDDEN TESTS
 _fm = _FakeMachine()
@@ -958,20 +855,6 @@ print("measure_latency: ok")
 
 # %% nbgrader={"grade": false, "grade_id": "measure-memory", "locked": false, "schema_version": 3, "solution": true}
 #| export
-@dataclass
-class MemoryReport:
-    parameter_bytes: int   # weights (parameters + buffers) held by the model; 0 for a plain function
-    peak_bytes: int        # tracemalloc peak above the level before the call: activations + temporaries
-    retained_bytes: int    # still allocated right after the call (output; with grad=True the graph too)
-    output_bytes: int      # the arrays of the result
-    rss_delta_bytes: int   # process RSS after - before (psutil); can be 0 when memory is reused
-
-    def __str__(self) -> str:
-        return (f"weights {_si(self.parameter_bytes, 'B')}, activation peak {_si(self.peak_bytes, 'B')}, "
-                f"retained {_si(self.retained_bytes, 'B')}, output {_si(self.output_bytes, 'B')}, "
-                f"RSS change {_si(self.rss_delta_bytes, 'B')}")
-
-
 def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> MemoryReport:
     """Peak traced allocation and RSS change of one call; weights and activations apart.
 
@@ -1077,16 +960,6 @@ print("measure_memory: ok")
 
 # %% nbgrader={"grade": false, "grade_id": "measure-machine", "locked": false, "schema_version": 3, "solution": true}
 #| export
-class MachinePeaks(NamedTuple):
-    peak_flops: float   # FLOP/s of a large float32 matmul (best run)
-    bandwidth: float    # bytes/s of a large array copy, read + write (best run)
-
-    @property
-    def ridge(self) -> float:
-        """Arithmetic intensity (FLOPs/byte) where the two roofs meet."""
-        return self.peak_flops / self.bandwidth
-
-
 def measure_machine(matmul_size: int = 1024, copy_megabytes: int = 64, repeats: int = 5) -> MachinePeaks:
     """Measure this machine's peak matmul FLOP/s and memory bandwidth with NumPy.
 
@@ -1108,9 +981,9 @@ def measure_machine(matmul_size: int = 1024, copy_megabytes: int = 64, repeats: 
     >>> peaks.peak_flops > 0 and peaks.bandwidth > 0
     True
     """
-    _check_int(matmul_size, "matmul_size", 1)
-    _check_int(copy_megabytes, "copy_megabytes", 1)
-    _check_int(repeats, "repeats", 1)
+    check_int(matmul_size, "matmul_size", 1)
+    check_int(copy_megabytes, "copy_megabytes", 1)
+    check_int(repeats, "repeats", 1)
     ### BEGIN SOLUTION
     def best(fn):
         fn()  # warm-up
@@ -1172,17 +1045,6 @@ print(f"measure_machine: ok ({_peaks.peak_flops / 1e9:.1f} GFLOP/s, {_peaks.band
 
 # %% nbgrader={"grade": false, "grade_id": "roofline", "locked": false, "schema_version": 3, "solution": true}
 #| export
-@dataclass
-class RooflinePoint:
-    name: str
-    type: str
-    flops: int
-    bytes: int
-    intensity: float         # FLOPs per byte moved
-    attainable_flops: float  # min(peak_flops, intensity * bandwidth), FLOP/s
-    bound: str               # "memory" or "compute"
-
-
 def roofline(report, peak_flops: float, bandwidth: float) -> list:
     """One RooflinePoint per row of `report` with flops > 0 and bytes > 0, in row order.
 
@@ -1304,85 +1166,6 @@ print("roofline: ok")
 
 # %% nbgrader={"grade": false, "grade_id": "energy-meter", "locked": false, "schema_version": 3, "solution": true}
 #| export
-POWERCAP_ROOT = "/sys/class/powercap"
-DEFAULT_WATTS_PER_CORE = 10.0   # an assumed power per busy core (W), for the estimate only
-MEASURED_SOURCE = "measured (RAPL)"
-
-
-class PowercapZone(NamedTuple):
-    path: str                 # the zone's folder, e.g. /sys/class/powercap/intel-rapl:0
-    name: str                 # its `name` file, e.g. "package-0"
-    max_energy_range_uj: int  # where its energy_uj counter wraps to 0
-
-
-def _read_int_file(path: str) -> int:
-    with open(path) as f:
-        return int(f.read().strip())
-
-
-def find_powercap_zones(root: str = POWERCAP_ROOT) -> tuple:
-    """(zones, problem): the top-level package zones under `root` whose counters this process can read.
-
-    Top level: a folder `<type>:<n>` (intel-rapl:0, not the subzone intel-rapl:0:0), whose
-    `name` starts with "package" (psys contains the packages; subzones are inside them).
-    `problem` is None, or why no zone can be used (no folder, or e.g. a PermissionError).
-    """
-    zones, problems = [], []
-    if not os.path.isdir(root):
-        return [], f"no {root} on this machine"
-    for entry in sorted(os.listdir(root)):
-        folder = os.path.join(root, entry)
-        if entry.count(":") != 1 or not os.path.isdir(folder):
-            continue
-        try:
-            with open(os.path.join(folder, "name")) as f:
-                name = f.read().strip()
-            if not name.startswith("package"):
-                continue
-            zone = PowercapZone(folder, name, _read_int_file(os.path.join(folder, "max_energy_range_uj")))
-            _read_int_file(os.path.join(folder, "energy_uj"))  # can we read the counter at all?
-            zones.append(zone)
-        except (OSError, ValueError) as err:
-            problems.append(f"{folder}: {type(err).__name__}: {err}")
-    if problems:  # one unreadable package would make the sum wrong: use none of them
-        return [], "; ".join(problems)
-    if not zones:
-        return [], f"no package zone with energy_uj under {root}"
-    return zones, None
-
-
-class EnergySample(NamedTuple):
-    wall_s: float        # time.perf_counter()
-    cpu_s: float         # this process's CPU time (all threads)
-    counters_uj: tuple   # one energy_uj reading per zone (empty on the estimate path)
-
-
-@dataclass
-class EnergyReading:
-    joules: float        # energy between two samples (all zones summed, or the estimate)
-    calls: int           # how many calls (inferences, queries) it is spread over
-    seconds: float       # wall time between the samples
-    cpu_seconds: float   # this process's CPU time between them
-    source: str          # "measured (RAPL)" or "estimated: CPU-seconds x W W per core"
-
-    @property
-    def measured(self) -> bool:
-        return self.source == MEASURED_SOURCE
-
-    @property
-    def per_call(self) -> float:
-        """Joules per call."""
-        return self.joules / self.calls
-
-    @property
-    def watts(self) -> float:
-        """Average power over the interval."""
-        return self.joules / self.seconds if self.seconds > 0 else 0.0
-
-    def __str__(self) -> str:
-        return f"{self.per_call * 1e3:.3g} mJ per call over {self.calls} calls, {self.watts:.3g} W [{self.source}]"
-
-
 def counter_delta_uj(before: int, after: int, max_energy_range_uj: int) -> int:
     """Microjoules between two readings of one energy_uj counter that wraps at max_energy_range_uj.
 
@@ -1411,34 +1194,16 @@ def counter_delta_uj(before: int, after: int, max_energy_range_uj: int) -> int:
     ### END SOLUTION
 
 
-class EnergyMeter:
+class EnergyMeter(EnergyCounters):
     """Energy of a piece of code: RAPL package counters when readable, else CPU-seconds x W per core.
+
+    EnergyCounters (given) finds the zones and reads them: .zones, .watts_per_core, .source,
+    .why_estimate, and sample() -> EnergySample(wall_s, cpu_s, counters_uj).
 
     >>> meter = EnergyMeter()
     >>> start = meter.sample(); model(x); model(x)
     >>> print(meter.since(start, calls=2))
     """
-
-    def __init__(self, root: str = POWERCAP_ROOT, watts_per_core: float = DEFAULT_WATTS_PER_CORE,
-                 cpu_clock: Callable[[], float] = time.process_time,
-                 wall_clock: Callable[[], float] = time.perf_counter):
-        if isinstance(watts_per_core, bool) or not isinstance(watts_per_core, (int, float)) \
-                or not (math.isfinite(watts_per_core) and watts_per_core > 0):
-            raise ValueError(f"watts_per_core must be a positive number of watts, got {watts_per_core!r}")
-        self.watts_per_core = float(watts_per_core)
-        self.cpu_clock, self.wall_clock = cpu_clock, wall_clock
-        self.zones, self.why_estimate = find_powercap_zones(root)
-        self.source = MEASURED_SOURCE if self.zones else \
-            f"estimated: CPU-seconds x {self.watts_per_core:g} W per core"
-
-    @property
-    def measured(self) -> bool:
-        return bool(self.zones)
-
-    def sample(self) -> EnergySample:
-        """Read the clocks and every zone's counter now."""
-        counters = tuple(_read_int_file(os.path.join(z.path, "energy_uj")) for z in self.zones)
-        return EnergySample(self.wall_clock(), self.cpu_clock(), counters)
 
     def since(self, start: EnergySample, calls: int = 1) -> EnergyReading:
         """The energy from `start` to now, spread over `calls` calls.
@@ -1461,7 +1226,7 @@ class EnergyMeter:
         >>> m.since(m.sample()).source
         'estimated: CPU-seconds x 10 W per core'
         """
-        _check_int(calls, "calls", 1)
+        check_int(calls, "calls", 1)
         if not isinstance(start, EnergySample) or len(start.counters_uj) != len(self.zones):
             raise ValueError("since() needs a sample taken by this meter's sample()")
         ### BEGIN SOLUTION
@@ -1479,7 +1244,7 @@ class EnergyMeter:
         """Energy of `repeats` calls of fn(*args, **kwargs), per call in `.per_call`."""
         if not callable(fn):
             raise TypeError(f"measure expects a callable, got {type(fn).__name__}")
-        _check_int(repeats, "repeats", 1)
+        check_int(repeats, "repeats", 1)
         start = self.sample()
         for _ in range(repeats):
             fn(*args, **kwargs)
@@ -1564,63 +1329,6 @@ print("energy meter: ok; this machine:", EnergyMeter().source, "-", EnergyMeter(
 
 # %% nbgrader={"grade": false, "grade_id": "profiler", "locked": false, "schema_version": 3, "solution": true}
 #| export
-@dataclass
-class LayerTime:
-    name: str
-    type: str
-    calls: int          # calls per forward
-    inclusive_s: float  # median over forwards of the time inside the module, children included
-    self_s: float       # median over forwards of inclusive time minus the module calls made inside it
-
-
-@dataclass(eq=False)
-class ProfileReport:
-    model_type: str
-    input_shapes: list
-    parameters: ParameterCount
-    parameter_bytes: int
-    flops: FlopReport
-    layer_times: dict           # name -> LayerTime
-    latency: LatencyStats       # forward under no_grad, no hooks
-    memory: MemoryReport
-    backward: object = None     # LatencyStats of loss.backward(), or None
-    energy: object = None       # EnergyReading over the latency forwards: .per_call = J per inference
-
-    @property
-    def hook_overhead(self) -> float:
-        """Hooked forward time / plain forward time (medians), minus 1."""
-        return self.layer_times[""].inclusive_s / self.latency.median - 1.0
-
-    def table(self) -> str:
-        total_self = sum(t.self_s for t in self.layer_times.values()) or 1.0
-        rows = []
-        for r in self.flops.rows:
-            t = self.layer_times.get(r.name)
-            rows.append([r.name or f"({self.model_type})", r.type, "x".join(map(str, r.output_shape or ())),
-                         _si(r.params), _si(r.flops),
-                         f"{t.self_s * 1e3:.3f}" if t else "-", f"{100 * t.self_s / total_self:.1f}%" if t else "-"])
-        lines = [
-            f"{self.model_type} on input {self.input_shapes}",
-            f"parameters  {self.parameters.total:,} ({self.parameters.trainable:,} trainable), "
-            f"{_si(self.parameter_bytes, 'B')}",
-            f"work        {_si(self.flops.total_macs)} MACs = {_si(self.flops.total_flops)} FLOPs per forward",
-            f"forward     {self.latency}",
-        ]
-        if self.backward is not None:
-            lines.append(f"backward    {self.backward}")
-        if self.energy is not None:
-            lines.append(f"energy      {self.energy.per_call * 1e3:.3g} mJ per inference, {self.energy.watts:.3g} W "
-                         f"over {self.energy.calls} forwards [{self.energy.source}]")
-        lines += [f"memory      {self.memory}",
-                  f"hooks       per-layer timing made the forward {100 * self.hook_overhead:+.1f}% slower",
-                  "",
-                  format_table(["layer", "type", "output", "params", "FLOPs", "self ms", "% time"], rows)]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
-
-
 class Profiler:
     """Per-layer profile of a model: parameters, FLOPs, memory, latency, time per layer, backward.
 
@@ -1666,8 +1374,8 @@ class Profiler:
         >>> sorted(times)
         ['', '0']
         """
-        _check_int(repeats, "repeats", 1)
-        _check_int(warmup, "warmup", 0)
+        check_int(repeats, "repeats", 1)
+        check_int(warmup, "warmup", 0)
         model, args = self.model, self._args(example_input)
         ### BEGIN SOLUTION
         modules = list(model.named_modules())
@@ -1735,8 +1443,8 @@ class Profiler:
         >>> Profiler(tc.Linear(3, 2)).time_backward(np.ones((4, 3), np.float32), repeats=3).n
         3
         """
-        _check_int(repeats, "repeats", 1)
-        _check_int(warmup, "warmup", 0)
+        check_int(repeats, "repeats", 1)
+        check_int(warmup, "warmup", 0)
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         model, args = self.model, self._args(example_input)
@@ -1767,8 +1475,8 @@ class Profiler:
 
         Energy per inference is read around the timed forwards (EnergyMeter() unless one is given).
         """
-        _check_int(repeats, "repeats", 1)
-        _check_int(warmup, "warmup", 0)
+        check_int(repeats, "repeats", 1)
+        check_int(warmup, "warmup", 0)
         if energy_meter is not None and not isinstance(energy_meter, EnergyMeter):
             raise TypeError(f"energy_meter must be an EnergyMeter, got {type(energy_meter).__name__}")
         meter = energy_meter or EnergyMeter()

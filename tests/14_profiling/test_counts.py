@@ -59,7 +59,7 @@ def test_parameter_functions_reject_non_modules(fn):
 
 
 # -------------------------------------------------------------- single layers
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(lead=st.lists(st.integers(1, 4), min_size=1, max_size=3), fin=st.integers(1, 9), fout=st.integers(1, 9),
        bias=st.booleans())
 def test_linear_counts(lead, fin, fout, bias):
@@ -74,7 +74,7 @@ def test_linear_counts(lead, fin, fout, bias):
     assert row.bytes == 4 * (rows * fin + fin * fout + (fout if bias else 0) + rows * fout)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(n=st.integers(1, 3), c=st.integers(1, 3), oc=st.integers(1, 4), k=st.integers(1, 3),
        stride=st.integers(1, 3), padding=st.integers(0, 2), h=st.integers(3, 9), w=st.integers(3, 9))
 def test_conv2d_counts(n, c, oc, k, stride, padding, h, w):

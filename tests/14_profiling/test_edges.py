@@ -173,7 +173,7 @@ def naive_interval(n, confidence):
     return best, float(coverage)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(n=st.integers(1, 60), confidence=st.floats(0.01, 0.999))
 def test_median_interval_matches_the_brute_force_oracle(n, confidence):
     x = np.arange(1.0, n + 1.0)

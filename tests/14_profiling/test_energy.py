@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import tinytorch.core as tc
 import tinytorch.profiling
-from tinytorch.profiling import (DEFAULT_WATTS_PER_CORE, EnergyMeter, EnergyReading, Profiler,
-                                 counter_delta_uj, find_powercap_zones)
+from tinytorch.energy import DEFAULT_WATTS_PER_CORE, EnergyReading, find_powercap_zones
+from tinytorch.profiling import EnergyMeter, Profiler, counter_delta_uj
 
 MAX = 262_143_328_850  # a real max_energy_range_uj (an Intel package, 2^38 units of 61 uJ / 64)
 

@@ -15,7 +15,7 @@ from tests.explain import check
 tied = hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=2, max_side=12), elements=st.integers(-3, 3))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(tied, st.floats(0.0, 1.0, exclude_max=True))
 def test_the_mask_prunes_exactly_round_amount_times_size_even_with_ties(w, amount):
     mask = magnitude_mask(w, amount)

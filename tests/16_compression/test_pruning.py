@@ -31,7 +31,7 @@ def zeros(a):
     return int(a.size - np.count_nonzero(a))
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(st.integers(1, 40), st.integers(1, 40), amounts, st.integers(0, 10_000))
 def test_magnitude_mask_removes_exactly_the_smallest(rows, cols, amount, seed):
     w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
@@ -42,7 +42,7 @@ def test_magnitude_mask_removes_exactly_the_smallest(rows, cols, amount, seed):
         assert np.abs(w)[mask == 1].min() >= np.abs(w)[mask == 0].max()
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(amounts, st.integers(0, 1000))
 def test_per_layer_pruning_hits_the_amount_in_every_tensor(amount, seed):
     model = mlp(seed)
@@ -53,7 +53,7 @@ def test_per_layer_pruning_hits_the_amount_in_every_tensor(amount, seed):
         assert np.array_equal(layer.weight.data, w)  # the hook's weight is the masked one, already
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(amounts, st.integers(0, 1000), st.floats(0.1, 30.0))
 def test_global_pruning_keeps_the_largest_magnitudes_across_layers(amount, seed, scale):
     model = mlp(seed)

@@ -32,7 +32,7 @@ def sparse_arrays(dtype):
     return hnp.arrays(dtype, hnp.array_shapes(min_dims=1, max_dims=3, max_side=40), elements=elements)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80)
 @given(st.one_of(sparse_arrays(np.int8), sparse_arrays(np.float32)))
 def test_relative_encoding_round_trips(a):
     values, gaps = encode_relative(a)
@@ -41,7 +41,7 @@ def test_relative_encoding_round_trips(a):
     assert np.count_nonzero(values) == np.count_nonzero(a)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(st.lists(st.integers(0, 5000), max_size=30, unique=True))
 def test_filler_entries_follow_the_format(positions):
     a = np.zeros(5001, np.int8)
@@ -92,7 +92,7 @@ def test_decode_rejects_broken_input():
         decode_relative(np.array([1], np.int8), np.array([2, 3], np.uint8), (10,))
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(st.integers(1, 30), st.integers(1, 30), st.floats(0.0, 1.0), st.integers(1, 5), st.integers(0, 999))
 def test_csr_matches_dense(rows, cols, density, n, seed):
     rng = np.random.default_rng(seed)

@@ -122,7 +122,7 @@ def test_low_rank_at_full_rank_reproduces_the_layer(out_f, in_f):
     assert full[0].weight.shape == (min(in_f, out_f), in_f) and full[1].weight.shape == (out_f, min(in_f, out_f))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(st.integers(2, 20), st.integers(2, 20), st.integers(0, 1000), st.data())
 def test_low_rank_error_is_the_eckart_young_optimum(out_f, in_f, seed, data):
     tc.manual_seed(seed)
@@ -135,7 +135,7 @@ def test_low_rank_error_is_the_eckart_young_optimum(out_f, in_f, seed, data):
     assert np.array_equal(f[1].bias.data, lin.bias.data)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.lists(st.floats(0.0, 100.0), min_size=1, max_size=30), st.floats(0.01, 1.0))
 def test_rank_for_energy_is_the_smallest_sufficient_rank(values, energy):
     s = np.array(values)

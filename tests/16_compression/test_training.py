@@ -21,7 +21,7 @@ def digits():
     return datasets.load_digits()
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(st.integers(1, 500), st.floats(0.0, 0.99), st.floats(0.0, 0.5))
 def test_cubic_schedule_endpoints_monotone_and_front_loaded(total, final, initial):
     values = [cubic_sparsity(t, total, final, min(initial, final)) for t in range(total + 3)]
@@ -93,7 +93,7 @@ def softmax(z):
     return e / e.sum(-1, keepdims=True)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(st.integers(1, 8), st.integers(2, 6), st.floats(0.5, 8.0), st.floats(0.0, 1.0), st.integers(0, 999))
 def test_distillation_loss_matches_the_formula(n, c, T, alpha, seed):
     rng = np.random.default_rng(seed)
