@@ -25,12 +25,12 @@ tinytorch at each precision.
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import psutil
 
 import tinytorch.core as tc
+from benchmarks.run import round_robin
 from tinytorch import datasets, deploy, models
 from tinytorch.benchmarking import bootstrap_ci, paired_ratio
 from tinytorch.quantization import quantize_model
@@ -40,22 +40,7 @@ INSTALL = ('onnx and onnxruntime are not installed: this suite runs the exported
 LAYERS = {"narrow 128->512": (128, 512), "wide 1024->4096": (1024, 4096)}
 
 
-def round_robin(fns: dict, repeats: int, warmup: int = 3) -> dict:
-    """Seconds per call of each function, timed in turn; the first of each round rotates."""
-    names = list(fns)
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples = {n: [] for n in names}
-    for r in range(repeats):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            fns[n]()
-            samples[n].append(time.perf_counter() - start)
-    return {n: np.asarray(s) for n, s in samples.items()}
-
-
-def summarize(samples: dict, pairs: dict) -> dict:
+def summarize_speed(samples: dict, pairs: dict) -> dict:
     """Medians with 95% intervals (ms) and speed ratios: pairs = {label: (reference, variant)}."""
     out = {"median_ms": {}, "speed": {}}
     for name, s in samples.items():
@@ -112,8 +97,9 @@ def digits_scenarios(quick: bool) -> dict:
         res = {"checks": checks}
         for b in (1, 64):
             xb = np.ascontiguousarray(x[:b])
-            samples = round_robin({k: (lambda f=f: f(xb)) for k, f in fns.items()}, 15 if quick else 100, 10)
-            res[f"batch_{b}"] = summarize(samples, PAIRS)
+            samples = round_robin({k: (lambda f=f: f(xb)) for k, f in fns.items()}, 15 if quick else 100, 10,
+                                  rotate=True)
+            res[f"batch_{b}"] = summarize_speed(samples, PAIRS)
         out[name] = res
     return out
 
@@ -141,8 +127,8 @@ def layer_scenarios(quick: bool) -> dict:
         for b in (1, 64):
             xb = np.ascontiguousarray(x[:b])
             reps = (8 if quick else 30) if wide and b == 64 else (15 if quick else 60)
-            samples = round_robin({k: (lambda f=f: f(xb)) for k, f in fns.items()}, reps, 3)
-            res[f"batch_{b}"] = summarize(samples, pairs)
+            samples = round_robin({k: (lambda f=f: f(xb)) for k, f in fns.items()}, reps, 3, rotate=True)
+            res[f"batch_{b}"] = summarize_speed(samples, pairs)
         out[label] = res
     return out
 
@@ -166,8 +152,8 @@ def gpt_scenario(quick: bool) -> dict:
         raise AssertionError(f"the ONNX export of tiny_gpt disagrees with tinytorch: {checks}")
     res = {"checks": checks}
     x = text.tokenizer.encode(text.val[:t])[None]
-    samples = round_robin({k: (lambda f=f: f(x)) for k, f in fns.items()}, 5 if quick else 20, 2)
-    res[f"forward_1x{t}"] = summarize(samples, PAIRS)
+    samples = round_robin({k: (lambda f=f: f(x)) for k, f in fns.items()}, 5 if quick else 20, 2, rotate=True)
+    res[f"forward_1x{t}"] = summarize_speed(samples, PAIRS)
     return res
 
 

@@ -15,36 +15,16 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import psutil
+
+from tinytorch.system import machine_info
 
 HERE = Path(__file__).resolve().parent
-
-
-def machine_info() -> dict:
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    except Exception:
-        blas = {}
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "blas": {k: blas.get(k) for k in ("name", "version", "openblas configuration") if k in blas},
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_1m": round(os.getloadavg()[0], 2),  # other work skews BLAS timings badly
-        "env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")
-                if k in os.environ},
-    }
 
 
 def summarize(samples: list[float]) -> dict:
@@ -54,6 +34,28 @@ def summarize(samples: list[float]) -> dict:
             "max_s": float(s.max()), "repeats": len(s)}
 
 
+def round_robin(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3,
+                rotate: bool = False) -> dict[str, np.ndarray]:
+    """Seconds per call of each function, timed in turn (A, B, C, A, B, C, ...) after `warmup`
+    untimed rounds; one sample per function per round, so round i of every function ran close in time.
+
+    With rotate, the first of each round moves one along (A B C, B C A, C A B, ...), so that no
+    function always runs straight after the same other one (a cache or a clock boost it leaves behind).
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names) if rotate else 0
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - start)
+    return {name: np.asarray(s) for name, s in samples.items()}
+
+
 def compare(fns: dict[str, Callable[[], object]], warmup: int = 3, repeats: int = 20) -> dict:
     """Time each function round-robin (A, B, A, B, ...) after warm-up.
 
@@ -61,20 +63,12 @@ def compare(fns: dict[str, Callable[[], object]], warmup: int = 3, repeats: int 
     and the paired ratio: the median over rounds of (its time / the first one's time in the
     same round), which cancels a machine that speeds up or slows down during the run.
     """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
+    samples = round_robin(fns, repeats, warmup)
     result = {name: summarize(s) for name, s in samples.items()}
     first = next(iter(fns))
     for name, r in result.items():
         r["ratio_to_first"] = r["median_s"] / result[first]["median_s"]
-        paired = np.asarray(samples[name]) / np.asarray(samples[first])
+        paired = samples[name] / samples[first]
         q1, median, q3 = np.percentile(paired, [25, 50, 75])
         r["paired_ratio_median"], r["paired_ratio_iqr"] = float(median), float(q3 - q1)
     return result

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -44,10 +43,10 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")  # files only: the scripts run in terminals, CI and subprocesses
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
 import tinytorch  # noqa: E402
+from tinytorch.system import machine_info  # noqa: E402
 from tito.console import console, is_plain, print_table, say, step  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -71,16 +70,10 @@ class Claim:
 
 
 def machine() -> dict:
-    """This machine, as far as it matters for timings (the load average: other work skews BLAS badly)."""
+    """tinytorch.system.machine_info(), and the BLAS thread count with who chose it (this harness or
+    the environment): the report names it, since it changes every timing."""
     return {
-        "node": platform.node(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_1m": round(os.getloadavg()[0], 2),
+        **machine_info(),
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default (NumPy was imported before the harness)"),
         "blas_threads_chosen_by": "the harness (one thread)" if BLAS_THREADS_SET_HERE else "the environment",
     }

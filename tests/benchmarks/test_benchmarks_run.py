@@ -34,10 +34,27 @@ def test_paired_ratio_is_the_median_of_per_round_ratios(monkeypatch):
     assert r["a"]["paired_ratio_median"] == 1.0
 
 
+def test_round_robin_without_rotation_keeps_the_order_and_records_each_call(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def timed(name, seconds):
+        def fn():
+            calls.append(name)
+            clock[0] += seconds
+        return fn
+
+    samples = runner.round_robin({"a": timed("a", 1.0), "b": timed("b", 3.0)}, repeats=2, warmup=1)
+    assert calls == ["a", "b"] * 3
+    assert samples["a"].tolist() == [1.0, 1.0] and samples["b"].tolist() == [3.0, 3.0]
+
+
 def test_core_suite_writes_json(tmp_path):
     assert runner.main(["core", "--quick", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "core.json").read_text())
     assert report["machine"]["logical_cores"] >= 1 and "numpy" in report["machine"]
+    assert {"usable_cores", "thread_env", "blas", "load_average_1m"} <= set(report["machine"])  # system.machine_info
     timings = report["figures"]["linear_vs_matmul"]["timings"]
     assert set(timings) == {"raw np.matmul(x, W.T) + b", "Linear forward (no_grad)", "Linear forward (recording graph)"}
     assert report["figures"]["conv2d_im2col_vs_naive"]["speedup_im2col_over_naive"] > 0
@@ -57,7 +74,7 @@ def test_models_suite_writes_json(tmp_path):
 
 def test_decode_bound_counts_the_cache_bytes_by_hand():
     from benchmarks.bench_acceleration import decode_bound
-    from tinytorch.acceleration import usable_cores
+    from tinytorch.system import usable_cores
     from tinytorch import datasets, models
     text = datasets.load_text()
     r = decode_bound(models.load("tiny_gpt").eval(), text.tokenizer.encode(text.val[:20_000]), quick=True)

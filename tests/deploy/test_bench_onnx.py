@@ -23,13 +23,15 @@ def test_without_onnx_the_suite_says_how_to_install_it_and_exits_0(monkeypatch, 
 
 def test_round_robin_rotates_the_first_variant_and_times_each_once_per_round():
     calls = []
-    samples = bench_onnx.round_robin({k: (lambda k=k: calls.append(k)) for k in "abc"}, repeats=3, warmup=1)
+    samples = runner.round_robin({k: (lambda k=k: calls.append(k)) for k in "abc"}, repeats=3, warmup=1,
+                                 rotate=True)
     assert calls == list("abc") + list("abc") + list("bca") + list("cab")
     assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3, "c": 3}
+    assert bench_onnx.round_robin is runner.round_robin  # the suite times with the one shared helper
 
 
 def test_speed_is_reference_time_over_variant_time():
-    out = bench_onnx.summarize({"ref": np.array([2.0, 2.2, 1.8]), "fast": np.array([1.0, 1.1, 0.9])},
+    out = bench_onnx.summarize_speed({"ref": np.array([2.0, 2.2, 1.8]), "fast": np.array([1.0, 1.1, 0.9])},
                                {"fast vs ref": ("ref", "fast")})
     assert out["speed"]["fast vs ref"]["value"] == pytest.approx(2.0)
     assert out["median_ms"]["ref"]["value"] == pytest.approx(2000.0)
