@@ -4,8 +4,8 @@ and without batching, fused vs unfused operators (time round-robin, tracemalloc 
 plain GPT.generate vs generate_cached vs cached + static batching vs cached + continuous batching on the
 same mixed prompts in one run, and generate_parallel (one continuous batch per core, in worker threads
 and in forked worker processes, each with module 17's forward and with module 18's FusedDecoder) on the same
-requests; forward_cached vs FusedDecoder for a prefill and for decode steps. Goal from issue 9: cached +
-batched >= 100x plain single-request tokens/s on tiny_gpt. Every answer of the load runs is checked against
+requests; forward_cached vs FusedDecoder for a prefill and for decode steps. Goal (module 18's claim):
+cached + batched >= 100x plain single-request tokens/s on tiny_gpt. Every answer of the load runs is checked against
 the model's own output."""
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ import tinytorch.core as tc
 from benchmarks.run import compare
 from tinytorch import datasets, models
 from tinytorch.acceleration import (
-    DynamicBatcher, FusedDecoder, FusedQKV, HTTPClient, InferenceServer, batch_sweep, bias_gelu, can_fork,
-    fused_attention, generate_continuous, generate_parallel, generate_static, run_load, softmax, usable_cores,
+    DynamicBatcher, FusedDecoder, FusedQKV, batch_sweep, bias_gelu, fused_attention, generate_continuous,
+    generate_parallel, generate_static, softmax,
 )
+from tinytorch.parallel import can_fork
+from tinytorch.serving import HTTPClient, InferenceServer, run_load
+from tinytorch.system import usable_cores
 from tinytorch.memoization import KVCache, forward_cached, generate_cached
 from tinytorch.profiling import measure_memory
 

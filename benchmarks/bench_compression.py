@@ -3,8 +3,8 @@ combined pipeline (gradual global pruning to 95% + fine-tuning + int8 values + o
 indices) against the FP32 checkpoint, over several seeds; accuracy vs sparsity, one-shot vs
 gradual; structured pruning's parameters, FLOPs (module 14's count_flops) and latency timed
 round-robin; sparse (CSR) vs dense matmul time by sparsity; the lottery-ticket rewind;
-distillation vs labels only. Goal from issue 7: >= 20x smaller file with <= 1 point lower test
-accuracy on digits_mlp. Sizes and accuracies are the same on every machine (fixed seeds);
+distillation vs labels only. Goal (module 16's claim): >= 20x smaller file with <= 1 point lower
+test accuracy on digits_mlp. Sizes and accuracies are the same on every machine (fixed seeds);
 timings are ratios measured side by side."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ def randn(*shape):
 
 
 # ------------------------------------------------------------ arithmetic ops
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, max_side=3),
        op=st.sampled_from(["add", "sub", "mul", "div"]))
 def test_binary_ops_broadcasting(shapes, op):

@@ -103,7 +103,7 @@ _VALUES = {"module": lambda: tc.ReLU(), "parameter": lambda: tc.Parameter(np.one
            "tensor": lambda: tc.Tensor(np.ones(2)), "none": lambda: None}
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from([*_VALUES, "delete"])), max_size=12))
 def test_registries_agree_with_the_attributes_after_any_sets_and_deletes(ops):
     # the oracle: what a scan of the attributes finds (the registries exist to avoid that scan)
