@@ -3,64 +3,32 @@
 
 
 # %% modules/18_acceleration/acceleration.py (cell 9)
-"""Acceleration: batched inference, a dynamic batcher, an HTTP inference server with a load
-generator, operator fusion with preallocated buffers, and static vs continuous batching for
-generation on module 17's KV-cache, on one core or on several (one worker thread or forked process per core)."""
+"""Acceleration: batched inference, a dynamic batcher, operator fusion with preallocated buffers,
+and static vs continuous batching for generation on module 17's KV-cache, on one core or on
+several (one worker thread or forked process per core). The HTTP server and load generator in
+front of the batcher are library code (tinytorch.serving), as is the process pool (tinytorch.parallel)."""
 
-import http.client
-import json
 import math
-import multiprocessing
-import multiprocessing.connection
-import os
-import pickle
-import signal
-import socket
-import sys
 import threading
 import time
-import traceback
 from collections import deque
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urlparse
 
 import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.core.attention import causal_mask
-from tinytorch.memoization import KVCache, _check_forward, _layer_norm, _merge_heads, forward_cached
-from tinytorch.profiling import LatencyStats, latency_stats, measure_latency
-
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_positive_number(value, name: str, allow_zero: bool = False) -> float:
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-          and math.isfinite(value) and (value >= 0 if allow_zero else value > 0))
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
+from tinytorch.core.checks import check_int, check_number
+from tinytorch.core.functional import GELU_CUBIC, GELU_SCALE
+from tinytorch.memoization import KVCache, check_forward, forward_cached, layer_norm, merge_heads
+from tinytorch.parallel import can_fork, fork_map
+from tinytorch.profiling import LatencyStats, measure_latency
 
 
 def _array(x) -> np.ndarray:
     return x.data if isinstance(x, tc.Tensor) else np.asarray(x)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on: one worker per core is the most that can run at once
-    (a container or `taskset` may allow fewer than the machine has)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # %% modules/18_acceleration/acceleration.py (cell 11)
@@ -72,7 +40,7 @@ def matmul_intensity(m: int, k: int, n: int, itemsize: int = 4) -> float:
     (0.492, 16.0)
     """
     for name, v in (("m", m), ("k", k), ("n", n), ("itemsize", itemsize)):
-        _check_int(v, name, 1)
+        check_int(v, name, 1)
     return 2 * m * k * n / (itemsize * (m * k + k * n + m * n))
 
 
@@ -111,7 +79,7 @@ def batch_sweep(fn, make_batch, batch_sizes, warmup: int = 2, repeats: int = 10)
     if not sizes:
         raise ValueError("batch_sweep needs at least one batch size")
     for b in sizes:
-        _check_int(b, "batch size", 1)
+        check_int(b, "batch size", 1)
     points = []
     for b in sizes:
         x = make_batch(int(b))
@@ -170,8 +138,8 @@ class DynamicBatcher:
         if not callable(fn):
             raise TypeError(f"DynamicBatcher expects a callable fn(batch), got {type(fn).__name__}")
         self.fn = fn
-        self.max_batch_size = _check_int(max_batch_size, "max_batch_size", 1)
-        self.max_wait_ms = _check_positive_number(max_wait_ms, "max_wait_ms", allow_zero=True)
+        self.max_batch_size = check_int(max_batch_size, "max_batch_size", 1)
+        self.max_wait_ms = check_number(max_wait_ms, "max_wait_ms", allow_zero=True)
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         self.batch_sizes: list = []      # size of every batch run so far, in order
         self._queue: deque = deque()
@@ -341,393 +309,7 @@ class DynamicBatcher:
                 f"batches={len(self.batch_sizes)}, closed={self._closed})")
 
 
-# %% modules/18_acceleration/acceleration.py (cell 17)
-class BadRequest(ValueError):
-    """A client error: the server answers 400 with this message."""
-
-
-def _has_bool(value) -> bool:
-    """Whether a rectangular nest of JSON lists holds a true or false (NumPy would read it as 1 or 0)."""
-    if isinstance(value, bool):
-        return True
-    if not isinstance(value, list):
-        return False
-    flat = np.asarray(value, dtype=object).ravel()
-    return any(type(v) is bool for v in flat)
-
-
-def parse_request(body: bytes, input_shape: tuple) -> np.ndarray:
-    """The float32 input array of a JSON body {"input": [...]}; BadRequest naming the problem otherwise.
-
-    TODO: decode the JSON, find "input", check it is numeric, finite and of input_shape.
-
-    APPROACH:
-    1. json.loads(body) (UnicodeDecodeError / json.JSONDecodeError -> BadRequest("malformed JSON: ...");
-       RecursionError, for a body nested thousands deep -> BadRequest too).
-    2. Require a dict with an "input" key.
-    3. a = np.asarray(value) (ValueError for ragged lists -> BadRequest); require dtype kind
-       'i', 'u' or 'f' (bool, strings and None are not numbers) and no JSON true/false
-       among the numbers (np.asarray([1, True]) is an int array: `_has_bool` checks); convert to float32.
-    4. Require a.shape == input_shape and all values finite.
-
-    EXAMPLE:
-    >>> parse_request(b'{"input": [1, 2.5]}', (2,))
-    array([1. , 2.5], dtype=float32)
-    """
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BadRequest(f"malformed JSON: {error}") from None
-    except RecursionError:
-        raise BadRequest("malformed JSON: nested too deeply to parse") from None
-    if not isinstance(payload, dict) or "input" not in payload:
-        raise BadRequest('expected a JSON object {"input": [...]}, got ' + type(payload).__name__
-                         + ("" if not isinstance(payload, dict) else f" with keys {sorted(payload)}"))
-    try:
-        a = np.asarray(payload["input"])
-    except ValueError as error:
-        raise BadRequest(f"input is not a rectangular array of numbers: {error}") from None
-    if a.dtype.kind not in "iuf" or _has_bool(payload["input"]):
-        kind = "true/false" if a.dtype.kind in "iuf" else f"JSON values of NumPy dtype {a.dtype}"
-        raise BadRequest(f"input must be numbers, got {kind}")
-    a = a.astype(np.float32)
-    if a.shape != tuple(input_shape):
-        raise BadRequest(f"input has shape {a.shape}, expected {tuple(input_shape)}")
-    if not np.isfinite(a).all():
-        raise BadRequest("input contains non-finite values (NaN or infinity)")
-    return a
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"     # keep-alive: one connection per client, many requests
-    timeout = 30                      # seconds an idle connection may stay open
-
-    def setup(self):
-        super().setup()
-        self.server.app._track(self.connection, add=True)
-
-    def finish(self):
-        self.server.app._track(self.connection, add=False)
-        super().finish()
-
-    def log_message(self, format, *args):   # quiet: the load test would print thousands of lines
-        pass
-
-    def _reply(self, status: int, payload: dict) -> None:
-        self._replied = True
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:  # tell the client, so it opens a new connection for its next request
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path == "/health":
-            problem = self.server.app.health()
-            if problem:
-                self._reply(503, {"status": "unavailable", "error": problem})
-            else:
-                self._reply(200, {"status": "ok"})
-        else:
-            self._reply(404, {"error": f"no such path {self.path!r}; POST /predict or GET /health"})
-
-    def _header_problem(self):
-        """(status, message) for headers HTTP says to refuse, else None. The body is not read."""
-        lengths = self.headers.get_all("Content-Length") or []
-        if len(lengths) > 1:
-            return 400, f"{len(lengths)} Content-Length headers; exactly one is allowed"
-        if lengths and not (lengths[0].isascii() and lengths[0].isdigit()):
-            return 400, f"Content-Length must be a decimal number of bytes, got {lengths[0]!r}"
-        if self.headers.get("Transfer-Encoding") is not None:
-            return 400, "Transfer-Encoding is not supported; send the body with a Content-Length"
-        ctype = self.headers.get_content_type() if self.headers.get("Content-Type") else "application/json"
-        if ctype != "application/json":
-            return 415, f"Content-Type must be application/json, got {self.headers.get('Content-Type')!r}"
-        return None
-
-    def do_POST(self):
-        app, key = self.server.app, object()
-        self._replied = False
-        problem = self._header_problem()
-        if problem:
-            self.close_connection = True   # its body is not read: it must not be taken for the next request
-            self._reply(problem[0], {"error": problem[1]})
-            return
-        with app._lock:
-            app._in_flight[key] = time.monotonic()
-        try:
-            app._handle_post(self)
-        except Exception as error:    # a bug must still answer, not drop the connection silently
-            if not self._replied:
-                self.close_connection = True
-                self._reply(500, {"error": f"internal server error ({type(error).__name__})"})
-        finally:
-            with app._lock:
-                del app._in_flight[key]
-
-
-class InferenceServer:
-    """A JSON inference server on host:port in front of predict(x) (e.g. a DynamicBatcher).
-
-    TODO: implement start (bind, serve in a thread), _handle_post and close.
-
-    APPROACH:
-    1. start: self.httpd = ThreadingHTTPServer((host, port), _Handler); httpd.app = self;
-       read the bound port from httpd.server_address; serve_forever in a daemon thread.
-    2. _handle_post(h): path must be /predict (else 404, closing the connection: the body is
-       not read); read Content-Length bytes (a missing or
-       bad length is a 400 and closes the connection; more than max_body_bytes is 413);
-       x = parse_request(...) (BadRequest -> 400 with its message); y = predict(x), waiting at
-       most `timeout` seconds when predict is a DynamicBatcher (no answer by then -> 504; a plain
-       function cannot be interrupted); an exception -> 500 "<Type>: <message>"; 200 {"output": y.tolist()}.
-    3. close: httpd.shutdown() (stops accepting), shut down the read side of every open
-       connection (idle keep-alive threads see end-of-file and exit; a request in flight still
-       gets its answer), httpd.server_close() (closes the socket, joins the threads).
-
-    EXAMPLE:
-    >>> with InferenceServer(lambda x: x * 2, input_shape=(2,)) as server:
-    ...     HTTPClient(server.url)(np.array([1.0, 2.0]))
-    array([2., 4.], dtype=float32)
-    """
-
-    def __init__(self, predict, input_shape, host: str = "127.0.0.1", port: int = 0,
-                 max_body_bytes: int = 1 << 20, timeout: float = 60.0):
-        if not callable(predict):
-            raise TypeError(f"InferenceServer expects a callable predict(x), got {type(predict).__name__}")
-        self.predict = predict
-        self.input_shape = tuple(int(s) for s in input_shape)
-        self.host, self.port = host, _check_int(port, "port", 0)
-        self.max_body_bytes = _check_int(max_body_bytes, "max_body_bytes", 1)
-        self.timeout = _check_positive_number(timeout, "timeout")
-        self.httpd = None
-        self._thread = None
-        self._connections: set = set()
-        self._in_flight: dict = {}       # start time of every POST being answered
-        self._lock = threading.Lock()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def health(self) -> str | None:
-        """None when the server can answer; else why not (GET /health is then 503 with it)."""
-        with self._lock:
-            oldest = min(self._in_flight.values(), default=None)
-        if oldest is not None and time.monotonic() - oldest > self.timeout:
-            return (f"a /predict request has been running for {time.monotonic() - oldest:.1f} s, "
-                    f"more than the timeout of {self.timeout:g} s: the model may hang")
-        if isinstance(self.predict, DynamicBatcher):
-            return self.predict.health(self.timeout)
-        return None
-
-    def _track(self, sock, add: bool) -> None:
-        with self._lock:
-            (self._connections.add if add else self._connections.discard)(sock)
-
-    def start(self) -> "InferenceServer":
-        if self.httpd is not None:
-            raise RuntimeError("InferenceServer is already started")
-        self.httpd = ThreadingHTTPServer((self.host, self.port), _Handler)
-        self.httpd.daemon_threads = False     # server_close() joins the connection threads
-        self.httpd.app = self
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="InferenceServer", daemon=True)
-        self._thread.start()
-        return self
-
-    def _handle_post(self, h: BaseHTTPRequestHandler) -> None:
-        if h.path != "/predict":
-            h.close_connection = True  # its body is not read: it must not be taken for the next request
-            h._reply(404, {"error": f"no such path {h.path!r}; POST /predict"})
-            return
-        try:
-            length = int(h.headers.get("Content-Length", ""))
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            h.close_connection = True
-            h._reply(400, {"error": "a request body with a valid Content-Length header is required"})
-            return
-        if length > self.max_body_bytes:
-            h.close_connection = True
-            h._reply(413, {"error": f"body of {length} bytes exceeds the limit of {self.max_body_bytes}"})
-            return
-        try:
-            x = parse_request(h.rfile.read(length), self.input_shape)
-        except BadRequest as error:
-            h._reply(400, {"error": str(error)})
-            return
-        try:
-            if isinstance(self.predict, DynamicBatcher):
-                y = _array(self.predict(x, timeout=self.timeout))
-            else:
-                y = _array(self.predict(x))
-        except FutureTimeout:
-            h._reply(504, {"error": f"no answer within {self.timeout} s"})
-            return
-        except Exception as error:
-            h._reply(500, {"error": f"{type(error).__name__}: {error}"})
-            return
-        h._reply(200, {"output": y.tolist()})
-
-    def close(self) -> None:
-        """Stop serving, end the connection threads, release the port. Idempotent."""
-        if self.httpd is None:
-            return
-        self.httpd.shutdown()
-        with self._lock:
-            for sock in list(self._connections):
-                try:
-                    sock.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
-        self.httpd.server_close()
-        self._thread.join()
-        self.httpd = None
-
-    def __enter__(self):
-        return self.start() if self.httpd is None else self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class HTTPClient:
-    """Call a running InferenceServer: client(x) -> output array. One keep-alive connection per thread.
-
-    A non-200 answer raises RuntimeError("HTTP <status>: <the server's error message>").
-    """
-
-    def __init__(self, url: str, timeout: float = 30.0):
-        parsed = urlparse(url)
-        if parsed.scheme != "http" or not parsed.hostname or not parsed.port:
-            raise ValueError(f"HTTPClient expects a URL like http://127.0.0.1:8000, got {url!r}")
-        self.host, self.port = parsed.hostname, parsed.port
-        self.timeout = _check_positive_number(timeout, "timeout")
-        self._local = threading.local()
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple:
-        """(status, decoded JSON) of one request on this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        try:
-            conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            payload = json.loads(response.read())
-        except (OSError, http.client.HTTPException):
-            conn.close()
-            self._local.conn = None
-            raise
-        if response.getheader("Connection", "").lower() == "close":
-            conn.close()
-            self._local.conn = None
-        return response.status, payload
-
-    def __call__(self, x) -> np.ndarray:
-        status, payload = self.request("POST", "/predict", json.dumps({"input": _array(x).tolist()}).encode())
-        if status != 200:
-            raise RuntimeError(f"HTTP {status}: {payload.get('error')}")
-        return np.asarray(payload["output"], dtype=np.float32)
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
-
-# %% modules/18_acceleration/acceleration.py (cell 20)
-@dataclass
-class LoadReport:
-    requests: int           # answered without error
-    errors: int
-    seconds: float          # wall time from the start until the last client stopped (>= duration_s)
-    latency: LatencyStats | None   # per answered request (None if there was none)
-    error_messages: list = field(default_factory=list)   # up to 5 examples
-
-    @property
-    def throughput(self) -> float:
-        return self.requests / self.seconds if self.seconds > 0 else 0.0
-
-    def __str__(self) -> str:
-        if self.latency is None:
-            return f"{self.requests} requests, {self.errors} errors in {self.seconds:.2f} s"
-        return (f"{self.requests} requests, {self.errors} errors in {self.seconds:.2f} s: {self.throughput:.0f}/s, "
-                f"p50 {self.latency.median * 1e3:.2f} ms, p99 {self.latency.p99 * 1e3:.2f} ms")
-
-
-def run_load(call, inputs, concurrency: int = 8, duration_s: float = 2.0, check=None) -> LoadReport:
-    """Closed-loop load: `concurrency` threads call call(inputs[i]) back to back for duration_s.
-
-    check(i, output) may raise to count an answer as an error (e.g. compare with the expected one).
-
-    TODO: start the threads, let each loop until the deadline, collect latencies and errors.
-
-    APPROACH:
-    1. A shared counter (itertools.count is atomic enough under the GIL, or use a lock) picks
-       the next input index i % len(inputs), so requests cycle through the inputs.
-    2. Each thread: while time.perf_counter() < deadline: t0; y = call(x); if check: check(i, y);
-       append the latency; on an exception count an error (keep up to 5 messages).
-    3. When a thread leaves its loop, record the time; join the threads; seconds = the latest
-       of those times - start; latency_stats of the latencies.
-
-    EXAMPLE:
-    >>> run_load(lambda x: x + 1, [np.zeros(2)], concurrency=2, duration_s=0.05).errors
-    0
-    """
-    if not callable(call):
-        raise TypeError(f"run_load expects a callable call(x), got {type(call).__name__}")
-    inputs = list(inputs)
-    if not inputs:
-        raise ValueError("run_load needs at least one input")
-    _check_int(concurrency, "concurrency", 1)
-    _check_positive_number(duration_s, "duration_s")
-    lock = threading.Lock()
-    latencies, messages = [], []
-    state = {"next": 0, "errors": 0, "last": 0.0}
-    start = time.perf_counter()
-    deadline = start + duration_s
-
-    def client():
-        while time.perf_counter() < deadline:
-            with lock:
-                i = state["next"] % len(inputs)
-                state["next"] += 1
-            t0 = time.perf_counter()
-            try:
-                y = call(inputs[i])
-                if check is not None:
-                    check(i, y)
-                ok, message = True, None
-            except Exception as error:
-                ok, message = False, f"{type(error).__name__}: {error}"
-            t1 = time.perf_counter()
-            with lock:
-                if ok:
-                    latencies.append(t1 - t0)
-                else:
-                    state["errors"] += 1
-                    if len(messages) < 5:
-                        messages.append(message)
-        with lock:   # this client stopped: its last answer came after the deadline
-            state["last"] = max(state["last"], time.perf_counter())
-
-    threads = [threading.Thread(target=client, name=f"load-{k}") for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = max(state["last"] - start, 1e-9)
-    return LoadReport(len(latencies), state["errors"], seconds,
-                      latency_stats(latencies) if latencies else None, messages)
-
-
-# %% modules/18_acceleration/acceleration.py (cell 23)
+# %% modules/18_acceleration/acceleration.py (cell 19)
 class FusedQKV:
     """One (3C, C) projection built from an attention layer's q_proj, k_proj, v_proj (copied).
 
@@ -790,7 +372,7 @@ def _check_out(out, like: np.ndarray, name: str) -> np.ndarray:
 def bias_gelu(x, bias, out=None, scratch=None) -> np.ndarray:
     """gelu(x + bias) (tanh form) computed in the buffers out and scratch (allocated if None).
 
-    TODO: y = x + b into out; t = tanh(c * (y + 0.044715 * y*y*y)) built in scratch step by step;
+    TODO: y = x + b into out; t = tanh(GELU_SCALE * (y + GELU_CUBIC * y*y*y)) built in scratch step by step;
     out = 0.5 * y * (1 + t), all with in-place NumPy ops (out=, *=, +=).
 
     HINTS:
@@ -807,9 +389,9 @@ def bias_gelu(x, bias, out=None, scratch=None) -> np.ndarray:
     np.add(x, bias, out=out)                      # y
     np.multiply(out, out, out=scratch)            # y*y
     scratch *= out                                # y*y*y
-    scratch *= 0.044715
+    scratch *= GELU_CUBIC
     scratch += out
-    scratch *= _SQRT_2_OVER_PI
+    scratch *= GELU_SCALE
     np.tanh(scratch, out=scratch)                 # t
     scratch += 1.0
     out *= 0.5
@@ -865,7 +447,7 @@ def fused_attention(attn, x, qkv: FusedQKV | None = None) -> np.ndarray:
     return out
 
 
-# %% modules/18_acceleration/acceleration.py (cell 26)
+# %% modules/18_acceleration/acceleration.py (cell 22)
 def _transposed(layer) -> tuple[np.ndarray, np.ndarray]:
     """A Linear's weight as (in, out), contiguous, and its bias (zeros without one): both copies. Given."""
     bias = layer.bias.data.copy() if layer.bias is not None else np.zeros(layer.out_features, np.float32)
@@ -906,15 +488,15 @@ class FusedDecoder:
        hidden = np.arange(S) > positions[:, None, :, None], or None when no key is hidden
        (T == 1 and every row at position S - 1: then every query sees every key).
     3. For each (layer, b) in enumerate(self.blocks):
-       y = _layer_norm(x, b.ln1).reshape(n * T, C) @ b.w_qkv; y += b.b_qkv;
+       y = layer_norm(x, b.ln1).reshape(n * T, C) @ b.w_qkv; y += b.b_qkv;
        q, k, v = y.reshape(n, T, 3, H, D).transpose(2, 0, 3, 1, 4)   (three (n, H, T, D) views);
        cache.append(layer, k, v, rows); keys, values = cache.gather(layer, rows, S);
        scores = q @ keys.swapaxes(-1, -2); if hidden is not None: np.copyto(scores, -np.inf,
        where=hidden); softmax(scores, out=scores);
-       a = _merge_heads(scores @ values).reshape(n * T, C) @ b.w_out; a += b.b_out; x += a.reshape(n, T, C);
-       f = _layer_norm(x, b.ln2).reshape(n * T, C) @ b.w_fc; bias_gelu(f, b.b_fc, out=f);
+       a = merge_heads(scores @ values).reshape(n * T, C) @ b.w_out; a += b.b_out; x += a.reshape(n, T, C);
+       f = layer_norm(x, b.ln2).reshape(n * T, C) @ b.w_fc; bias_gelu(f, b.b_fc, out=f);
        m = f @ b.w_proj; m += b.b_proj; x += m.reshape(n, T, C).
-    4. Return _layer_norm(x[:, -1], model.ln_f) @ self.w_head + self.b_head.
+    4. Return layer_norm(x[:, -1], model.ln_f) @ self.w_head + self.b_head.
 
     HINTS:
     - x = tok_emb[tokens] + pos_emb[positions] is a new array, so x += ... never writes
@@ -953,7 +535,7 @@ class FusedDecoder:
     def __call__(self, cache: KVCache, tokens, rows) -> np.ndarray:
         """forward_cached(model, cache, tokens, rows), fused: logits (n, vocab) of each row's last new token."""
         model = self.model
-        tokens, rows = _check_forward(model, cache, tokens, rows)
+        tokens, rows = check_forward(model, cache, tokens, rows)
         n, t = tokens.shape
         c, h = model.config.embed_dim, model.config.num_heads
         positions = cache.lengths[rows][:, None] + np.arange(t)
@@ -961,7 +543,7 @@ class FusedDecoder:
         s = int(positions[:, -1].max()) + 1
         hidden = np.arange(s) > positions[:, None, :, None] if t > 1 or positions.min() < s - 1 else None
         for layer, b in enumerate(self.blocks):
-            y = _layer_norm(x, b.ln1).reshape(n * t, c) @ b.w_qkv
+            y = layer_norm(x, b.ln1).reshape(n * t, c) @ b.w_qkv
             y += b.b_qkv
             q, k, v = y.reshape(n, t, 3, h, c // h).transpose(2, 0, 3, 1, 4)
             cache.append(layer, k, v, rows)
@@ -970,22 +552,22 @@ class FusedDecoder:
             if hidden is not None:
                 np.copyto(scores, -np.inf, where=hidden)
             softmax(scores, out=scores)
-            a = _merge_heads(scores @ values).reshape(n * t, c) @ b.w_out
+            a = merge_heads(scores @ values).reshape(n * t, c) @ b.w_out
             a += b.b_out
             x += a.reshape(n, t, c)
-            f = _layer_norm(x, b.ln2).reshape(n * t, c) @ b.w_fc
+            f = layer_norm(x, b.ln2).reshape(n * t, c) @ b.w_fc
             bias_gelu(f, b.b_fc, out=f)
             m = f @ b.w_proj
             m += b.b_proj
             x += m.reshape(n, t, c)
-        return _layer_norm(x[:, -1], model.ln_f) @ self.w_head + self.b_head
+        return layer_norm(x[:, -1], model.ln_f) @ self.w_head + self.b_head
 
     def __repr__(self) -> str:
         c = self.model.config
         return f"FusedDecoder(blocks={c.num_layers}, embed_dim={c.embed_dim}, num_heads={c.num_heads})"
 
 
-# %% modules/18_acceleration/acceleration.py (cell 29)
+# %% modules/18_acceleration/acceleration.py (cell 25)
 @dataclass
 class RequestResult:
     tokens: np.ndarray     # the new tokens, int64
@@ -1020,7 +602,7 @@ def _check_requests(model, prompts, max_new_tokens) -> tuple:
         raise ValueError("no requests: prompts is empty")
     if isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool):
         max_new_tokens = [max_new_tokens] * len(prompts)
-    counts = [_check_int(n, "max_new_tokens", 0) for n in max_new_tokens]
+    counts = [check_int(n, "max_new_tokens", 0) for n in max_new_tokens]
     if len(counts) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(counts)} max_new_tokens values")
     ctx, vocab = model.config.context_length, model.config.vocab_size
@@ -1054,7 +636,7 @@ def generate_static(model, prompts, max_new_tokens, max_batch_size: int = 8,
     forward(cache, last[:, None], rows) a decode step (fused=True: a FusedDecoder's).
     """
     prompts, counts = _check_requests(model, prompts, max_new_tokens)
-    _check_int(max_batch_size, "max_batch_size", 1)
+    check_int(max_batch_size, "max_batch_size", 1)
     forward = _forward(model, fused)
     cache = KVCache.for_model(model, max_batch_size)
     out = [[] for _ in prompts]
@@ -1100,7 +682,7 @@ def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
       forward(cache, last[:, None], rows): one function, only the shapes differ.
     """
     prompts, counts = _check_requests(model, prompts, max_new_tokens)
-    _check_int(max_batch_size, "max_batch_size", 1)
+    check_int(max_batch_size, "max_batch_size", 1)
     forward = _forward(model, fused)
     cache = KVCache.for_model(model, max_batch_size)
     out = [[] for _ in prompts]
@@ -1137,119 +719,7 @@ def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
                          seconds, steps)
 
 
-# %% modules/18_acceleration/acceleration.py (cell 32)
-def can_fork() -> bool:
-    """True where fork_map's worker processes may run: Linux (see fork_map for why not elsewhere)."""
-    return sys.platform.startswith("linux")
-
-
-class RemoteTraceback(Exception):
-    """The traceback of an exception raised in a fork_map worker: attached as its __cause__, so the
-    caller sees the worker's own frames (as concurrent.futures does for its process pools)."""
-
-    def __init__(self, tb: str):
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return f"\n\"\"\"\n{self.tb}\"\"\""
-
-
-class _Terminated(SystemExit):
-    """Raised in a fork_map worker by SIGTERM (the caller's terminate()): unwinds fn, running its
-    `finally` blocks (a nested fork_map stops its own workers), then ends the process quietly."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated(1)
-
-
-def _forked_worker(fn, item, conn) -> None:
-    """Runs in a forked process: send (status, traceback text, pickled value) through conn."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    status, tb = "ok", ""
-    try:
-        value = fn(item)
-    except _Terminated:
-        raise
-    except BaseException as exc:  # noqa: BLE001 (everything else goes back to the caller)
-        status, tb = "error", "".join(traceback.format_exception(exc))
-        value = exc if isinstance(exc, Exception) else RuntimeError(f"the worker stopped: {exc!r}")
-    try:
-        payload = pickle.dumps(value)
-    except Exception as why:  # noqa: BLE001
-        what = "raised an exception" if status == "error" else f"returned a {type(value).__name__}"
-        status, payload = "error", pickle.dumps(RuntimeError(f"the worker {what} that cannot be sent back: {why}"))
-    try:
-        conn.send((status, tb, payload))   # a str and bytes: these always cross
-    except OSError:
-        pass                               # the caller has stopped listening
-    conn.close()
-
-
-def fork_map(fn: Callable, items: list) -> list:
-    """[fn(item) for item in items], each item in its own forked worker process, all at once (given).
-
-    Each worker starts as a copy of this process, fn and the model it uses included: fn may be
-    a closure, and nothing is copied or pickled on the way in. Each result comes back pickled
-    through the worker's own pipe. The first worker to fail ends the call: its exception is
-    raised here, with the worker's traceback as its __cause__ (a worker that dies without
-    answering, killed or crashed, is a RuntimeError naming its exit code), and the other workers
-    are stopped. One process per item: a list of 1,000 items forks 1,000 processes.
-    Linux only: on macOS, system libraries (Apple's Accelerate, which NumPy may use) are not
-    safe to use in a forked child, and Windows cannot fork. Python 3.12+ warns (DeprecationWarning)
-    when a process with other threads forks, since a lock held by another thread at that moment
-    stays locked in the child: the workers here only run NumPy on their copy of the model."""
-    if not callable(fn):
-        raise TypeError(f"fork_map needs a function, got {type(fn).__name__}")
-    if not can_fork():
-        raise RuntimeError(f"worker processes are forked, which is safe only on Linux, not on {sys.platform}; "
-                           "use worker threads (processes=False)")
-    fork = multiprocessing.get_context("fork")
-    workers, pipes = [], {}   # pipes: receiving end -> item index, until it has answered
-    ends = []
-    try:
-        for i, item in enumerate(items):
-            receive, send = fork.Pipe(duplex=False)
-            pipes[receive] = i
-            ends.append(receive)
-            workers.append(fork.Process(target=_forked_worker, args=(fn, item, send)))
-            try:
-                workers[-1].start()
-            finally:
-                send.close()  # the worker holds the only sending end: its death ends the pipe
-        results = [None] * len(workers)
-        while pipes:          # answers in the order they come: the first failure ends the call
-            for receive in multiprocessing.connection.wait(list(pipes)):
-                i = pipes.pop(receive)
-                try:
-                    status, tb, payload = receive.recv()
-                except EOFError:
-                    workers[i].join()
-                    raise RuntimeError(f"worker {i} of fork_map exited with code {workers[i].exitcode} "
-                                       "without sending a result") from None
-                try:
-                    value = pickle.loads(payload)
-                except Exception as why:  # noqa: BLE001
-                    raise RuntimeError(f"worker {i}'s answer cannot be rebuilt here ({why})"
-                                       + (f":\n{tb}" if tb else "")) from None
-                if status == "error":
-                    if tb:
-                        value.__cause__ = RemoteTraceback(tb)
-                    raise value
-                results[i] = value
-        return results
-    finally:
-        for receive in ends:
-            receive.close()
-        for worker in workers:
-            if worker.pid is not None:   # started
-                if worker.is_alive():    # the call failed early or was interrupted: stop the rest
-                    worker.terminate()
-                worker.join()
-
-
-# %% modules/18_acceleration/acceleration.py (cell 33)
+# %% modules/18_acceleration/acceleration.py (cell 28)
 def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batch_size: int = 64,
                       clock: Callable[[], float] = time.perf_counter, processes: bool = False,
                       fused: bool = False) -> GenerationRun:
@@ -1285,8 +755,8 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
     ([4, 2], 4)
     """
     prompts, counts = _check_requests(model, prompts, max_new_tokens)
-    _check_int(workers, "workers", 1)
-    _check_int(max_batch_size, "max_batch_size", 1)
+    check_int(workers, "workers", 1)
+    check_int(max_batch_size, "max_batch_size", 1)
     if not isinstance(processes, bool):
         raise TypeError(f"processes must be True or False, got {processes!r}")
     if not isinstance(fused, bool):

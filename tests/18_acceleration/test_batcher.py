@@ -198,10 +198,11 @@ def test_malformed_input_is_a_clear_error_at_submit():
             b.submit(np.zeros(5))
 
 
-@pytest.mark.parametrize("kwargs", [{"max_batch_size": 0}, {"max_batch_size": 2.5}, {"max_wait_ms": -1},
-                                    {"max_wait_ms": float("nan")}, {"max_batch_size": True}])
-def test_bad_configuration(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, error", [({"max_batch_size": 0}, ValueError), ({"max_batch_size": 2.5}, TypeError),
+                                           ({"max_wait_ms": -1}, ValueError), ({"max_wait_ms": float("nan")}, ValueError),
+                                           ({"max_batch_size": True}, TypeError), ({"max_wait_ms": "1"}, TypeError)])
+def test_bad_configuration(kwargs, error):
+    with pytest.raises(error):
         DynamicBatcher(lambda x: x, **kwargs)
     with pytest.raises(TypeError):
         DynamicBatcher("not callable")

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinytorch.acceleration import DynamicBatcher, batch_sweep, matmul_intensity, run_load
+from tinytorch.acceleration import DynamicBatcher, batch_sweep, matmul_intensity
+from tinytorch.serving import run_load
 
 
 def test_intensity_hand_counts():
@@ -22,9 +23,10 @@ def test_intensity_grows_with_the_batch_toward_its_limit(m, k, n):
     assert matmul_intensity(m, k, n) < 2 * k * n / (4 * (k + n))
 
 
-@pytest.mark.parametrize("bad", [(0, 1, 1), (1, -2, 1), (1, 1, 1.5), (True, 1, 1)])
-def test_intensity_rejects_bad_sizes(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, error", [((0, 1, 1), ValueError), ((1, -2, 1), ValueError),
+                                        ((1, 1, 1.5), TypeError), ((True, 1, 1), TypeError)])
+def test_intensity_rejects_bad_sizes(bad, error):
+    with pytest.raises(error):
         matmul_intensity(*bad)
 
 

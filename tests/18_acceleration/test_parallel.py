@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinytorch.core as tc
-from tinytorch.acceleration import RemoteTraceback, can_fork, fork_map, generate_continuous, generate_parallel
+from tinytorch.acceleration import generate_continuous, generate_parallel
+from tinytorch.parallel import RemoteTraceback, can_fork, fork_map
 
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes are forked: Linux only")
 
@@ -231,9 +232,10 @@ def test_processes_must_be_a_bool(lm, processes):
         generate_parallel(lm, [np.array([1])], [1], processes=processes)
 
 
-@pytest.mark.parametrize("workers", [0, -1, 1.5, True, "2"])
-def test_bad_workers(lm, workers):
-    with pytest.raises(ValueError, match="workers"):
+@pytest.mark.parametrize("workers, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError),
+                                            (True, TypeError), ("2", TypeError)])
+def test_bad_workers(lm, workers, error):
+    with pytest.raises(error, match="workers"):
         generate_parallel(lm, [np.array([1])], [1], workers=workers)
 
 

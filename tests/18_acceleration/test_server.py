@@ -9,7 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from tinytorch.acceleration import BadRequest, DynamicBatcher, HTTPClient, InferenceServer, parse_request
+from tinytorch.acceleration import DynamicBatcher
+from tinytorch.serving import BadRequest, HTTPClient, InferenceServer, parse_request
 
 TIMEOUT = 60
 

@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from tinytorch.acceleration import DynamicBatcher, HTTPClient, InferenceServer
+from tinytorch.acceleration import DynamicBatcher
+from tinytorch.serving import HTTPClient, InferenceServer
 
 TIMEOUT = 60
 
@@ -96,7 +97,11 @@ def test_a_hanging_model_shows_in_health_and_close_fails_every_waiting_request()
     try:
         assert raw(srv.port, "GET", "/health") == (200, {"status": "ok"})
         assert raw(srv.port, "POST", "/predict", b'{"input": [-1]}')[0] == 504
-        status, payload = raw(srv.port, "GET", "/health")
+        # the batch started a moment after the request (max_wait_ms): poll until it has run > timeout
+        deadline = time.monotonic() + 10
+        while (answer := raw(srv.port, "GET", "/health"))[0] == 200 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        status, payload = answer
         assert status == 503 and "may hang" in payload["error"], payload
         queued = b.submit(np.float32([5]))          # waits behind the stuck batch
         stuck = b._running[1][0].future
