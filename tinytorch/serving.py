@@ -1,9 +1,11 @@
-"""The HTTP side of serving a model: a JSON inference server on 127.0.0.1 in front of any
-predict(x) (module 18's DynamicBatcher, or a plain function), a keep-alive client, and a
-closed-loop load generator that reports throughput and latency percentiles.
+"""The plumbing of serving a model: the queue and worker thread a dynamic batcher runs on
+(BatchQueue; module 18's DynamicBatcher fills in how requests are grouped and run), a JSON
+inference server on 127.0.0.1 in front of any predict(x) (a batcher, or a plain function), a
+keep-alive client, a closed-loop load generator that reports throughput and latency percentiles,
+and the records (and argument check) of a run of generation requests.
 
-Standard library only (http.server, http.client, threads): what module 18 measures is the
-batcher behind the server, so the server is plain plumbing, tested here and used by the notebook.
+Standard library only (threading, http.server, http.client): what module 18 teaches is the
+batching, so the threads and sockets around it are library code, tested here, that the notebook uses.
 
     >>> with InferenceServer(lambda x: x * 2, input_shape=(2,)) as server:
     ...     HTTPClient(server.url)(np.array([1.0, 2.0]))
@@ -17,6 +19,8 @@ import json
 import socket
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,15 +28,149 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from tinytorch.core.attention import GPT
 from tinytorch.core.checks import check_int, check_number
 from tinytorch.core.tensor import Tensor
 from tinytorch.profiling import LatencyStats, latency_stats
 
-__all__ = ["BadRequest", "HTTPClient", "InferenceServer", "LoadReport", "parse_request", "run_load"]
+__all__ = ["BadRequest", "BatchQueue", "GenerationRun", "HTTPClient", "InferenceServer", "LoadReport", "Request",
+           "RequestResult", "check_generation_requests", "parse_request", "run_load"]
 
 
 def _array(x) -> np.ndarray:
     return x.data if isinstance(x, Tensor) else np.asarray(x)
+
+
+@dataclass
+class Request:
+    """One queued input of a batcher: its array, the Future its caller waits on, its arrival time."""
+    x: np.ndarray
+    future: Future
+    arrival: float      # time.monotonic() when it was queued
+
+
+class BatchQueue:
+    """The threads and bookkeeping of a dynamic batcher, without its policy. A subclass writes
+    submit(x), _collect(), _run_batch(requests) and close(drain, timeout); this class gives it:
+
+    - the checked settings self.fn, self.max_batch_size, self.max_wait_ms, self.input_shape
+      (None until given or fixed by the first request) and self.batch_sizes (one entry per batch);
+    - self._queue, a deque of Request, and self._closed, both guarded by self._cond, one
+      threading.Condition;
+    - the worker thread: it calls self._collect() (a list of requests, or None to stop) and then
+      self._run_batch(requests) (with self._running = (start time, requests) meanwhile) until
+      _collect returns None; however it ends, the batcher is closed and queued requests fail;
+    - _check_input(x) (a numeric array of the shape, if fixed), _fail_queued(why) (call with
+      self._cond held) and _fail_running(why), health(stuck_after_s), __call__ (submit and wait)
+      and the context manager (close on exit).
+    """
+
+    def __init__(self, fn, max_batch_size: int = 32, max_wait_ms: float = 2.0, input_shape=None):
+        name = type(self).__name__
+        if not callable(fn):
+            raise TypeError(f"{name} expects a callable fn(batch), got {type(fn).__name__}")
+        self.fn = fn
+        self.max_batch_size = check_int(max_batch_size, "max_batch_size", 1)
+        self.max_wait_ms = check_number(max_wait_ms, "max_wait_ms", allow_zero=True)
+        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        self.batch_sizes: list = []      # size of every batch run so far, in order
+        self._queue: deque = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._running = None             # (start time, requests) of the batch fn is running
+        self._worker = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._worker.start()
+
+    # what a batcher decides: how to queue, group, run and stop
+    def submit(self, x) -> Future:
+        raise NotImplementedError
+
+    def _collect(self):
+        raise NotImplementedError
+
+    def _run_batch(self, requests: list) -> None:
+        raise NotImplementedError
+
+    def close(self, drain: bool = True, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_input(self, x) -> np.ndarray:
+        a = _array(x)
+        name = type(self).__name__
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name}.submit expects a numeric array, got dtype {a.dtype}")
+        if self.input_shape is not None and a.shape != self.input_shape:
+            raise ValueError(f"{name}.submit got an input of shape {a.shape}, expected {self.input_shape}")
+        return a
+
+    def __call__(self, x, timeout: float | None = None):
+        """submit(x).result(timeout): a blocking single-request call."""
+        return self.submit(x).result(timeout)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                requests = self._collect()
+                if requests is None:
+                    return
+                self._running = (time.monotonic(), requests)
+                try:
+                    self._run_batch(requests)
+                except Exception:
+                    # close(drain=False) failed this batch while fn ran: its results have nowhere to go
+                    if not (self._closed and all(r.future.done() for r in requests)):
+                        raise
+                finally:
+                    self._running = None
+        finally:
+            # however the worker ends, no queued request may wait forever and later submits fail
+            with self._cond:
+                self._closed = True
+                self._fail_queued(f"the {type(self).__name__} worker stopped before this request ran")
+
+    def _fail_queued(self, why: str) -> None:
+        """Fail every queued request (call with self._cond held)."""
+        while self._queue:
+            r = self._queue.popleft()
+            if r.future.set_running_or_notify_cancel():
+                r.future.set_exception(RuntimeError(why))
+
+    def _fail_running(self, why: str) -> None:
+        """Fail the requests of the batch fn is running now (a call that may never return)."""
+        running = self._running
+        for r in running[1] if running else ():
+            try:
+                r.future.set_exception(RuntimeError(why))
+            except InvalidStateError:  # it got its answer meanwhile
+                pass
+
+    def health(self, stuck_after_s: float) -> str | None:
+        """None when the batcher can serve; else why not (closed, worker stopped, or fn running
+        one batch for more than stuck_after_s seconds: the model call may hang)."""
+        name = type(self).__name__
+        if self._closed:
+            return f"the {name} is closed"
+        if not self._worker.is_alive():
+            return f"the {name} worker thread has stopped"
+        running = self._running
+        if running is not None and time.monotonic() - running[0] > stuck_after_s:
+            return (f"the model has been running one batch for {time.monotonic() - running[0]:.1f} s, "
+                    f"more than {stuck_after_s:g} s: it may hang")
+        return None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(max_batch_size={self.max_batch_size}, max_wait_ms={self.max_wait_ms}, "
+                f"batches={len(self.batch_sizes)}, closed={self._closed})")
 
 
 class BadRequest(ValueError):
@@ -399,3 +537,56 @@ def run_load(call, inputs, concurrency: int = 8, duration_s: float = 2.0, check=
     return LoadReport(len(latencies), state["errors"], seconds,
                       latency_stats(latencies) if latencies else None, messages)
 
+
+@dataclass
+class RequestResult:
+    """One generation request's answer: its tokens and when they came."""
+    tokens: np.ndarray     # the new tokens, int64
+    ttft_s: float          # time to first token, from the start of the run
+    latency_s: float       # time to the last token, from the start of the run
+
+
+@dataclass
+class GenerationRun:
+    """A run of generation requests (module 18's generate_static / _continuous / _parallel)."""
+    results: list          # RequestResult per request, in request order
+    seconds: float         # wall time of the whole run
+    decode_steps: int      # batched decode steps (one token for each active row)
+
+    @property
+    def tokens(self) -> int:
+        return int(sum(len(r.tokens) for r in self.results))
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mean_ttft_s(self) -> float:
+        return float(np.mean([r.ttft_s for r in self.results])) if self.results else 0.0
+
+
+def check_generation_requests(model, prompts, max_new_tokens) -> tuple:
+    """(prompts as arrays, one count per prompt) for a batch of greedy generation requests on a GPT;
+    TypeError/ValueError naming the request otherwise (an int max_new_tokens applies to every prompt;
+    a prompt of P tokens that wants n needs P + n - 1 cache positions within the context length)."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"expected a GPT model, got {type(model).__name__}")
+    prompts = [np.asarray(p) for p in prompts]
+    if not prompts:
+        raise ValueError("no requests: prompts is empty")
+    if isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool):
+        max_new_tokens = [max_new_tokens] * len(prompts)
+    counts = [check_int(n, "max_new_tokens", 0) for n in max_new_tokens]
+    if len(counts) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(counts)} max_new_tokens values")
+    ctx, vocab = model.config.context_length, model.config.vocab_size
+    for i, (p, n) in enumerate(zip(prompts, counts)):
+        if p.ndim != 1 or p.size == 0 or p.dtype.kind not in "iu":
+            raise ValueError(f"prompt {i} must be a non-empty 1-D integer array, got shape {p.shape} dtype {p.dtype}")
+        if p.min() < 0 or p.max() >= vocab:
+            raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
+        if len(p) + n - 1 > ctx:
+            raise ValueError(f"request {i}: prompt of {len(p)} tokens + {n} new tokens needs {len(p) + n - 1} "
+                             f"cache positions, more than the context length {ctx}")
+    return prompts, counts

@@ -146,7 +146,7 @@ import math
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -159,6 +159,7 @@ from tinytorch.core.functional import GELU_CUBIC, GELU_SCALE
 from tinytorch.memoization import KVCache, check_forward, forward_cached, layer_norm, merge_heads
 from tinytorch.parallel import can_fork, fork_map
 from tinytorch.profiling import LatencyStats, measure_latency
+from tinytorch.serving import BatchQueue, GenerationRun, Request, RequestResult, check_generation_requests
 
 
 def _array(x) -> np.ndarray:
@@ -280,28 +281,27 @@ print("matmul_intensity, batch_sweep: OK")
 #   its worker stopped, or one batch running for longer than `stuck_after_s`.
 #
 # One lock (a `threading.Condition`) guards the queue and the closed flag; `fn` runs
-# outside the lock so that callers can keep submitting while a batch computes.
+# outside the lock so that callers can keep submitting while a batch computes. The thread
+# itself, and the bookkeeping every batcher needs, is given: `DynamicBatcher` extends
+# `tinytorch.serving.BatchQueue`, which starts the worker and calls your two steps in a loop.
 
 # %% nbgrader={"grade": false, "grade_id": "dynamic-batcher", "locked": false, "schema_version": 3, "solution": true}
 #| export
-@dataclass
-class _Request:
-    x: np.ndarray
-    future: Future
-    arrival: float
-
-
-class DynamicBatcher:
+class DynamicBatcher(BatchQueue):
     """Group concurrent requests into batched calls of `fn` under a latency bound.
 
     fn(batch) receives an array of shape (n, *input_shape), n <= max_batch_size, and must return
     n rows (array-like, or a Tensor). Each submit(x) returns a Future that gets its own row.
+    The given base class BatchQueue (tinytorch/serving.py) checks the settings, holds the queue
+    (self._queue, a deque of Request, under the Condition self._cond), runs the worker thread
+    (self._collect(), then self._run_batch(requests), until _collect returns None), and gives
+    _check_input, _fail_queued, _fail_running, health, __call__ and `with`.
 
-    TODO: implement submit, the worker loop (_collect + _run_batch) and close.
+    TODO: implement submit, the worker's two steps (_collect + _run_batch) and close.
 
     APPROACH:
     1. submit: validate (numeric array, same shape as the others); under the lock, refuse if
-       closed, else append a _Request(x, Future(), time.monotonic()) and notify; return the future.
+       closed, else append a Request(x, Future(), time.monotonic()) and notify; return the future.
     2. _collect (worker, under the lock): wait until the queue is non-empty or closed; if closed
        and empty return None. Then wait (Condition.wait with a timeout) until the queue holds
        max_batch_size requests, or max_wait_ms passed since queue[0].arrival, or close() was
@@ -329,33 +329,6 @@ class DynamicBatcher:
     [0.0, 2.0, 4.0, 6.0, 8.0]
     """
 
-    def __init__(self, fn, max_batch_size: int = 32, max_wait_ms: float = 2.0, input_shape=None):
-        if not callable(fn):
-            raise TypeError(f"DynamicBatcher expects a callable fn(batch), got {type(fn).__name__}")
-        self.fn = fn
-        self.max_batch_size = check_int(max_batch_size, "max_batch_size", 1)
-        self.max_wait_ms = check_number(max_wait_ms, "max_wait_ms", allow_zero=True)
-        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
-        self.batch_sizes: list = []      # size of every batch run so far, in order
-        self._queue: deque = deque()
-        self._cond = threading.Condition()
-        self._closed = False
-        self._running = None             # (start time, requests) of the batch fn is running
-        self._worker = threading.Thread(target=self._loop, name="DynamicBatcher", daemon=True)
-        self._worker.start()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _check_input(self, x) -> np.ndarray:
-        a = _array(x)
-        if a.dtype.kind not in "biuf":
-            raise TypeError(f"DynamicBatcher.submit expects a numeric array, got dtype {a.dtype}")
-        if self.input_shape is not None and a.shape != self.input_shape:
-            raise ValueError(f"DynamicBatcher.submit got an input of shape {a.shape}, expected {self.input_shape}")
-        return a
-
     def submit(self, x) -> Future:
         """Queue one input; returns a Future that resolves to its own row of fn's output."""
         a = self._check_input(x)
@@ -369,14 +342,10 @@ class DynamicBatcher:
             elif a.shape != self.input_shape:
                 raise ValueError(f"DynamicBatcher.submit got an input of shape {a.shape}, "
                                  f"expected {self.input_shape}")
-            self._queue.append(_Request(np.array(a), future, time.monotonic()))
+            self._queue.append(Request(np.array(a), future, time.monotonic()))
             self._cond.notify()
         return future
         ### END SOLUTION
-
-    def __call__(self, x, timeout: float | None = None):
-        """submit(x).result(timeout): a blocking single-request call."""
-        return self.submit(x).result(timeout)
 
     def _collect(self):
         """Block until a batch is due; return its requests, or None when closed and drained."""
@@ -434,56 +403,6 @@ class DynamicBatcher:
             r.future.set_result(np.array(out[i]))
         ### END SOLUTION
 
-    def _loop(self) -> None:
-        try:
-            while True:
-                requests = self._collect()
-                if requests is None:
-                    return
-                self._running = (time.monotonic(), requests)
-                try:
-                    self._run_batch(requests)
-                except Exception:
-                    # close(drain=False) failed this batch while fn ran: its results have nowhere to go
-                    if not (self._closed and all(r.future.done() for r in requests)):
-                        raise
-                finally:
-                    self._running = None
-        finally:
-            # however the worker ends, no queued request may wait forever and later submits fail
-            with self._cond:
-                self._closed = True
-                self._fail_queued("the DynamicBatcher worker stopped before this request ran")
-
-    def _fail_queued(self, why: str) -> None:
-        """Fail every queued request (call with self._cond held)."""
-        while self._queue:
-            r = self._queue.popleft()
-            if r.future.set_running_or_notify_cancel():
-                r.future.set_exception(RuntimeError(why))
-
-    def _fail_running(self, why: str) -> None:
-        """Fail the requests of the batch fn is running now (a call that may never return)."""
-        running = self._running
-        for r in running[1] if running else ():
-            try:
-                r.future.set_exception(RuntimeError(why))
-            except InvalidStateError:  # it got its answer meanwhile
-                pass
-
-    def health(self, stuck_after_s: float) -> str | None:
-        """None when the batcher can serve; else why not (closed, worker stopped, or fn running
-        one batch for more than stuck_after_s seconds: the model call may hang)."""
-        if self._closed:
-            return "the DynamicBatcher is closed"
-        if not self._worker.is_alive():
-            return "the DynamicBatcher worker thread has stopped"
-        running = self._running
-        if running is not None and time.monotonic() - running[0] > stuck_after_s:
-            return (f"the model has been running one batch for {time.monotonic() - running[0]:.1f} s, "
-                    f"more than {stuck_after_s:g} s: it may hang")
-        return None
-
     def close(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop accepting requests. drain=True: finish the queued ones; False: fail them and the
         running batch. Joins the worker; TimeoutError if it is still inside fn after `timeout` s."""
@@ -500,16 +419,6 @@ class DynamicBatcher:
                 raise TimeoutError(f"the DynamicBatcher worker is still inside fn after {timeout} s; "
                                    "it ends when fn returns and runs nothing more")
         ### END SOLUTION
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return (f"DynamicBatcher(max_batch_size={self.max_batch_size}, max_wait_ms={self.max_wait_ms}, "
-                f"batches={len(self.batch_sizes)}, closed={self._closed})")
 
 
 # %% nbgrader={"grade": true, "grade_id": "test-dynamic-batcher", "locked": true, "points": 30, "schema_version": 3, "solution": false}
@@ -1008,55 +917,6 @@ print("FusedDecoder: OK")
 
 # %% nbgrader={"grade": false, "grade_id": "continuous", "locked": false, "schema_version": 3, "solution": true}
 #| export
-@dataclass
-class RequestResult:
-    tokens: np.ndarray     # the new tokens, int64
-    ttft_s: float          # time to first token, from the start of the run
-    latency_s: float       # time to the last token, from the start of the run
-
-
-@dataclass
-class GenerationRun:
-    results: list          # RequestResult per request, in request order
-    seconds: float         # wall time of the whole run
-    decode_steps: int      # batched decode steps (one token for each active row)
-
-    @property
-    def tokens(self) -> int:
-        return int(sum(len(r.tokens) for r in self.results))
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def mean_ttft_s(self) -> float:
-        return float(np.mean([r.ttft_s for r in self.results])) if self.results else 0.0
-
-
-def _check_requests(model, prompts, max_new_tokens) -> tuple:
-    if not isinstance(model, tc.GPT):
-        raise TypeError(f"expected a GPT model, got {type(model).__name__}")
-    prompts = [np.asarray(p) for p in prompts]
-    if not prompts:
-        raise ValueError("no requests: prompts is empty")
-    if isinstance(max_new_tokens, (int, np.integer)) and not isinstance(max_new_tokens, bool):
-        max_new_tokens = [max_new_tokens] * len(prompts)
-    counts = [check_int(n, "max_new_tokens", 0) for n in max_new_tokens]
-    if len(counts) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(counts)} max_new_tokens values")
-    ctx, vocab = model.config.context_length, model.config.vocab_size
-    for i, (p, n) in enumerate(zip(prompts, counts)):
-        if p.ndim != 1 or p.size == 0 or p.dtype.kind not in "iu":
-            raise ValueError(f"prompt {i} must be a non-empty 1-D integer array, got shape {p.shape} dtype {p.dtype}")
-        if p.min() < 0 or p.max() >= vocab:
-            raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
-        if len(p) + n - 1 > ctx:
-            raise ValueError(f"request {i}: prompt of {len(p)} tokens + {n} new tokens needs {len(p) + n - 1} "
-                             f"cache positions, more than the context length {ctx}")
-    return prompts, counts
-
-
 def _forward(model, fused: bool) -> Callable:
     """forward(cache, tokens (n, T), rows) -> logits (n, vocab): module 17's forward_cached on the
     model, or a FusedDecoder of it. A prefill is forward(cache, prompt[None, :], [row]); a decode
@@ -1075,7 +935,7 @@ def generate_static(model, prompts, max_new_tokens, max_batch_size: int = 8,
     `forward` (given) runs both: forward(cache, prompt[None, :], [row]) is a prefill and
     forward(cache, last[:, None], rows) a decode step (fused=True: a FusedDecoder's).
     """
-    prompts, counts = _check_requests(model, prompts, max_new_tokens)
+    prompts, counts = check_generation_requests(model, prompts, max_new_tokens)
     check_int(max_batch_size, "max_batch_size", 1)
     forward = _forward(model, fused)
     ### BEGIN SOLUTION
@@ -1123,7 +983,7 @@ def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
     - A prefill is forward(cache, prompt[None, :], [row])[0], a decode step
       forward(cache, last[:, None], rows): one function, only the shapes differ.
     """
-    prompts, counts = _check_requests(model, prompts, max_new_tokens)
+    prompts, counts = check_generation_requests(model, prompts, max_new_tokens)
     check_int(max_batch_size, "max_batch_size", 1)
     forward = _forward(model, fused)
     ### BEGIN SOLUTION
@@ -1257,7 +1117,7 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
     >>> [len(r.tokens) for r in run.results], run.decode_steps
     ([4, 2], 4)
     """
-    prompts, counts = _check_requests(model, prompts, max_new_tokens)
+    prompts, counts = check_generation_requests(model, prompts, max_new_tokens)
     check_int(workers, "workers", 1)
     check_int(max_batch_size, "max_batch_size", 1)
     if not isinstance(processes, bool):

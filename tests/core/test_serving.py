@@ -1,14 +1,15 @@
 """tinytorch.serving on its own: run_load's bookkeeping (answers, errors, round robin over the inputs,
-the run's length) and the InferenceServer in front of a plain function or of anything batcher-like
+the run's length), BatchQueue (the worker thread a batcher's steps run on), and the InferenceServer in front of a plain function or of anything batcher-like
 (submit(x) -> Future, health(stuck_after_s)), as module 18's DynamicBatcher is."""
 
 import threading
+import time
 from concurrent.futures import Future
 
 import numpy as np
 import pytest
 
-from tinytorch.serving import HTTPClient, InferenceServer, LoadReport, run_load
+from tinytorch.serving import BatchQueue, HTTPClient, InferenceServer, LoadReport, Request, run_load
 from tests.explain import check
 
 
@@ -106,3 +107,84 @@ def test_anything_with_submit_and_health_is_served_as_a_batcher():
         check(got == (503, {"status": "unavailable", "error": "the worker stopped"}),
               "/health reports the batcher's own health", on="health() -> 'the worker stopped'",
               expected=503, got=got)
+
+
+class OneAtATime(BatchQueue):
+    """The smallest batcher on BatchQueue: each request alone; input -1 makes the worker crash."""
+
+    def submit(self, x):
+        a = self._check_input(x)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("closed")
+            if self.input_shape is None:
+                self.input_shape = a.shape
+            self._queue.append(Request(a, Future(), time.monotonic()))
+            self._cond.notify()
+        return self._queue[-1].future
+
+    def _collect(self):
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            if self._queue[0].x[0] < 0:
+                raise RuntimeError("the worker crashed")
+            return [self._queue.popleft()]
+
+    def _run_batch(self, requests):
+        (r,) = requests
+        r.future.set_running_or_notify_cancel()
+        self.batch_sizes.append(1)
+        r.future.set_result(self.fn(r.x[None])[0])
+
+    def close(self, drain=True, timeout=None):
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._worker.join(timeout)
+
+
+def test_a_batch_queue_runs_its_subclass_steps_on_its_worker_thread():
+    with OneAtATime(lambda b: b * 10, input_shape=(1,)) as q:
+        got = [q(np.array([float(i)]), timeout=10).tolist() for i in range(3)]
+        check(got == [[0.0], [10.0], [20.0]] and q.batch_sizes == [1, 1, 1],
+              "the worker runs _collect then _run_batch for every request", on="inputs 0, 1, 2, fn = 10x",
+              expected=[[0.0], [10.0], [20.0]], got=got)
+        with pytest.raises(ValueError, match=r"OneAtATime.submit got an input of shape \(2,\), expected \(1,\)"):
+            q.submit(np.zeros(2))
+        with pytest.raises(TypeError, match="numeric"):
+            q.submit(np.array(["a"]))
+        assert q.health(10) is None and repr(q).startswith("OneAtATime(max_batch_size=32")
+    assert q.health(10) == "the OneAtATime is closed"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_when_the_worker_dies_the_queue_closes_and_no_request_waits_forever():
+    q = OneAtATime(lambda b: b, input_shape=(1,))
+    with q._cond:                  # queue both before the worker looks: the crash leaves the second queued
+        first, second = q.submit(np.array([-1.0])), q.submit(np.array([2.0]))
+    q._worker.join(10)
+    assert not q._worker.is_alive() and q.closed
+    for f in (first, second):
+        err = f.exception(timeout=10)
+        check(isinstance(err, RuntimeError) and "worker stopped" in str(err),
+              "queued requests fail when the worker ends", on="the worker crashed in _collect",
+              expected="RuntimeError('... worker stopped ...')", got=repr(err))
+    assert q.health(10) == "the OneAtATime is closed"
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_batch_queue_checks_its_settings_and_leaves_the_policy_to_its_subclass():
+    with pytest.raises(TypeError, match="BatchQueue expects a callable"):
+        BatchQueue("nope")
+    with pytest.raises(ValueError, match="max_batch_size"):
+        BatchQueue(len, max_batch_size=0)
+    with pytest.raises(TypeError, match="max_wait_ms"):
+        BatchQueue(len, max_wait_ms="1")
+    bare = BatchQueue(len)
+    with pytest.raises(NotImplementedError):
+        bare.submit(np.zeros(1))
+    bare._worker.join(10)          # its _collect is not written: the worker stops, and the queue closes
+    assert bare.closed and "closed" in bare.health(1)
