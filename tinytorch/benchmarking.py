@@ -9,261 +9,30 @@ Every figure is an Estimate: a value with a confidence interval and the method t
 made it. Scenarios follow MLPerf Inference (SingleStream p90, MultiStream p99 of
 8-sample queries, Server at Poisson arrivals, Offline samples/s) with the minimum
 query counts and durations as parameters: `mlperf_settings` holds MLPerf's,
-`notebook_settings` small ones for a laptop.
+`notebook_settings` small ones for a laptop. The given parts live in tinytorch.stats,
+tinytorch.loadgen and tinytorch.reporting, and are importable from here too.
 """
 
-import dataclasses
-import datetime
 import json
 import math
-import os
-import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import psutil
 
-from tinytorch.core.serialization import save_checkpoint
-from tinytorch.profiling import EnergyMeter, measure_memory, parameter_bytes
-
-SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A measured value with its confidence interval [low, high] and how it was made."""
-    value: float
-    low: float
-    high: float
-    confidence: float   # the coverage the method aims at (or guarantees, for exact methods)
-    method: str         # "order statistic", "bootstrap", "t", "wilson", "early stopping", "exact", ...
-
-    def __post_init__(self):
-        if not (self.low <= self.value <= self.high) and not any(map(math.isnan, (self.low, self.value, self.high))):
-            raise ValueError(f"Estimate needs low <= value <= high, got {self.low} <= {self.value} <= {self.high}")
-
-    @property
-    def width(self) -> float:
-        return self.high - self.low
-
-    def contains(self, x: float) -> bool:
-        return self.low <= x <= self.high
-
-    def scaled(self, factor: float) -> "Estimate":
-        """The same estimate in other units (factor > 0), e.g. seconds -> milliseconds."""
-        return Estimate(self.value * factor, self.low * factor, self.high * factor, self.confidence, self.method)
-
-    def format(self, unit: str = "", digits: int = 3) -> str:
-        return (f"{self.value:.{digits}g}{unit} [{self.low:.{digits}g}, {self.high:.{digits}g}]"
-                f" ({100 * self.confidence:.0f}% {self.method})")
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict; an infinite or NaN bound is written as the string 'inf', '-inf' or 'nan'."""
-        return {k: _encode_float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Estimate":
-        return cls(**{k: _decode_float(v) if k in ("value", "low", "high", "confidence") else v for k, v in d.items()})
-
-
-def _encode_float(x: float):
-    """JSON has no infinity or NaN: write them as strings."""
-    return x if math.isfinite(x) else repr(float(x))
-
-
-def _decode_float(x):
-    return float(x) if isinstance(x, str) and x in ("inf", "-inf", "nan") else x
-
-
-def _samples(x, what: str, minimum: int = 1) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 1 or a.size < minimum:
-        raise ValueError(f"{what} must be a 1-D sequence of at least {minimum} numbers, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{what} must be finite numbers, got {a[~np.isfinite(a)][:3]}")
-    return a
-
-
-def _check_confidence(confidence) -> None:
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise ValueError(f"confidence must be a number between 0 and 1 (e.g. 0.95), got {confidence!r}")
-
-
-def _check_fraction(q, name: str = "q") -> None:
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q < 1:
-        raise ValueError(f"{name} must be a fraction strictly between 0 and 1 (0.9 for a p90), got {q!r}")
-
-
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-# --- distributions: Student's t and the binomial, without SciPy ---------------------------
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b), by its continued fraction (modified Lentz)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only on this side: use the symmetry
-        return 1.0 - _betainc(b, a, 1.0 - x)
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return math.exp(log_front) * h / a
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t distribution with `df` degrees of freedom."""
-    if df <= 0:
-        raise ValueError(f"degrees of freedom must be > 0, got {df!r}")
-    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """The t with t_cdf(t, df) = p (bisection; 1e-10 relative accuracy). t_quantile(0.975, 9) = 2.262."""
-    _check_fraction(p, "p")
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-        if hi - lo <= 1e-10 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
-
-
-def normal_quantile(p: float) -> float:
-    """The z with P(Z <= z) = p for a standard normal (bisection on math.erf)."""
-    _check_fraction(p, "p")
-    lo, hi = -40.0, 40.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
-def binomial_cdf(n: int, p: float) -> np.ndarray:
-    """[P(B <= k) for k = 0..n], B ~ Binomial(n, p), computed in log space (exact enough for any n)."""
-    _check_int(n, "n", 0)
-    k = np.arange(n + 1)
-    if p <= 0.0 or p >= 1.0:
-        return np.ones(n + 1) if p <= 0.0 else (k >= n).astype(float)
-    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])  # log k!, k = 0..n
-    log_comb = log_fact[n] - log_fact - log_fact[::-1]
-    log_pmf = log_comb + k * math.log(p) + (n - k) * math.log1p(-p)
-    return np.minimum(np.cumsum(np.exp(log_pmf - log_pmf.max())) * math.exp(log_pmf.max()), 1.0)
-
-
-# --- scenario settings ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ScenarioSettings:
-    """How long a scenario runs and what it reports. Times in seconds."""
-    scenario: str
-    min_query_count: int          # the run is valid only with at least this many queries ...
-    min_duration_s: float         # ... and only if it lasted at least this long
-    max_duration_s: float         # a safety stop for notebooks (MLPerf has none: inf)
-    samples_per_query: int = 1    # 8 in MultiStream; the whole data set per query in Offline
-    percentile: float = 0.9       # the latency percentile reported (0.9 SingleStream, 0.99 others)
-    target_qps: float = 0.0       # Server: the Poisson arrival rate
-    latency_bound_s: float = math.inf  # Server: the percentile must be at most this
-    warmup_queries: int = 0       # untimed queries first (not counted anywhere)
-
-    def __post_init__(self):
-        if self.scenario not in SCENARIOS:
-            raise ValueError(f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
-        _check_int(self.min_query_count, "min_query_count", 1)
-        _check_int(self.samples_per_query, "samples_per_query", 1)
-        _check_int(self.warmup_queries, "warmup_queries", 0)
-        _check_fraction(self.percentile, "percentile")
-        if not 0 <= self.min_duration_s <= self.max_duration_s:
-            raise ValueError(f"need 0 <= min_duration_s <= max_duration_s, got {self.min_duration_s} and "
-                             f"{self.max_duration_s}")
-        if self.scenario == "Server" and not (self.target_qps > 0 and self.latency_bound_s > 0):
-            raise ValueError(f"Server needs target_qps > 0 and a latency_bound_s > 0, got {self.target_qps} "
-                             f"and {self.latency_bound_s}")
-
-    def replace(self, **changes) -> "ScenarioSettings":
-        return dataclasses.replace(self, **changes)
-
-
-# MLPerf Inference (v2.0 onwards) minimums. Latency bounds are per benchmark in MLPerf
-# (e.g. 15 ms for ResNet-50 Server); pass yours with .replace(latency_bound_s=...).
-MLPERF = {
-    "SingleStream": ScenarioSettings("SingleStream", 1024, 600.0, math.inf, 1, 0.90),
-    "MultiStream": ScenarioSettings("MultiStream", 270_336, 600.0, math.inf, 8, 0.99),
-    "Server": ScenarioSettings("Server", 270_336, 600.0, math.inf, 1, 0.99, target_qps=1.0, latency_bound_s=0.015),
-    "Offline": ScenarioSettings("Offline", 1, 600.0, math.inf, 24_576, 0.90),
-}
-# Small runs for a notebook on a laptop: seconds, not ten minutes.
-NOTEBOOK = {
-    "SingleStream": ScenarioSettings("SingleStream", 200, 0.2, 10.0, 1, 0.90, warmup_queries=10),
-    "MultiStream": ScenarioSettings("MultiStream", 200, 0.2, 10.0, 8, 0.99, warmup_queries=10),
-    "Server": ScenarioSettings("Server", 300, 0.2, 10.0, 1, 0.99, target_qps=100.0, latency_bound_s=0.010,
-                               warmup_queries=10),
-    "Offline": ScenarioSettings("Offline", 5, 0.2, 10.0, 360, 0.90, warmup_queries=1),
-}
-
-
-def mlperf_settings(scenario: str, **changes) -> ScenarioSettings:
-    """MLPerf's minimum run for `scenario` (ten minutes), with optional changes."""
-    if scenario not in MLPERF:
-        raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
-    return MLPERF[scenario].replace(**changes)
-
-
-def notebook_settings(scenario: str, **changes) -> ScenarioSettings:
-    """A small run for `scenario` (a fraction of a second to a few seconds), with optional changes."""
-    if scenario not in NOTEBOOK:
-        raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
-    return NOTEBOOK[scenario].replace(**changes)
-
-
-# --- the machine ------------------------------------------------------------------------
-
-def system_info() -> dict:
-    """What a result depends on: CPU, cores, memory, Python, NumPy and its BLAS, thread settings, load."""
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        blas = {k: blas.get(k) for k in ("name", "version") if k in blas}
-    except Exception:  # older NumPy: no dict form of the build configuration
-        blas = {}
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "blas": blas,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "thread_env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-                       if k in os.environ},
-    }
+from tinytorch.core.checks import check_int
+from tinytorch.core.serialization import atomic_write
+from tinytorch.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, ScenarioResult, ScenarioSettings,  # noqa: F401
+                               check_sut, energy_figures, interleave, meets_minimums, mlperf_settings,
+                               notebook_settings)
+from tinytorch.profiling import EnergyMeter, parameter_bytes
+from tinytorch.reporting import (REPORT_FIELDS, REPORT_SCHEMA, SCHEMA_VERSION, VARIANT_FIELDS,  # noqa: F401
+                                 Report, ReportError, VariantResult, energy_estimate, measure_footprint,
+                                 plot_latency_distribution)
+from tinytorch.stats import (Estimate, as_samples, binomial_cdf, check_confidence, check_fraction,  # noqa: F401
+                             min_queries_for_percentile, normal_quantile, t_cdf, t_quantile)
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 13)
@@ -290,9 +59,9 @@ def percentile_ci(samples, q: float, confidence: float = 0.95) -> Estimate:
     >>> round(e.value, 6), (e.low, e.high)
     (90.1, (84.0, 96.0))
     """
-    x = np.sort(_samples(samples, "samples"))
-    _check_fraction(q)
-    _check_confidence(confidence)
+    x = np.sort(as_samples(samples, "samples"))
+    check_fraction(q)
+    check_confidence(confidence)
     n = len(x)
     value = float(np.percentile(x, 100 * q))
     cdf = binomial_cdf(n, q)
@@ -327,9 +96,9 @@ def bootstrap_ci(samples, statistic: Callable = np.median, confidence: float = 0
     >>> bootstrap_ci([5.0] * 10, np.mean).width     # no spread, no uncertainty
     0.0
     """
-    x = _samples(samples, "samples")
-    _check_confidence(confidence)
-    _check_int(n_resamples, "n_resamples", 10)
+    x = as_samples(samples, "samples")
+    check_confidence(confidence)
+    check_int(n_resamples, "n_resamples", 10)
     if not callable(statistic):
         raise TypeError(f"statistic must be a function like np.median, got {type(statistic).__name__}")
     value = float(statistic(x, axis=0))
@@ -357,8 +126,8 @@ def t_interval(samples, confidence: float = 0.95) -> Estimate:
     >>> round(e.low, 3), round(e.high, 3)
     (1.037, 4.963)
     """
-    x = _samples(samples, "samples", minimum=2)
-    _check_confidence(confidence)
+    x = as_samples(samples, "samples", minimum=2)
+    check_confidence(confidence)
     n, mean = len(x), float(x.mean())
     half = t_quantile(1 - (1 - confidence) / 2, n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
     return Estimate(mean, mean - half, mean + half, confidence, "t")
@@ -375,11 +144,11 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimat
     >>> round(e.value, 4), round(e.low, 4), round(e.high, 4)
     (0.9806, 0.9604, 0.9905)
     """
-    _check_int(n, "n", 1)
-    _check_int(successes, "successes", 0)
+    check_int(n, "n", 1)
+    check_int(successes, "successes", 0)
     if successes > n:
         raise ValueError(f"successes ({successes}) cannot exceed n ({n})")
-    _check_confidence(confidence)
+    check_confidence(confidence)
     p = successes / n
     z = normal_quantile(1 - (1 - confidence) / 2)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
@@ -388,14 +157,6 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimat
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 24)
-def min_queries_for_percentile(q: float, confidence: float = 0.99) -> int:
-    """The fewest queries that can bound the q-quantile at `confidence` (all of them under the bound)."""
-    _check_fraction(q)
-    _check_confidence(confidence)
-    n = math.ceil(math.log(1 - confidence) / math.log(q))
-    return n if q ** n <= 1 - confidence else n + 1  # guard the float rounding of the ratio
-
-
 def early_stopping_percentile(samples, q: float = 0.9, confidence: float = 0.99) -> Estimate:
     """MLPerf-style early-stopping estimate: an upper bound of the q-quantile at `confidence`.
 
@@ -414,9 +175,9 @@ def early_stopping_percentile(samples, q: float = 0.9, confidence: float = 0.99)
     >>> early_stopping_percentile(np.arange(1.0, 45.0), 0.9).value   # 44 queries: t = 0, the max
     44.0
     """
-    x = np.sort(_samples(samples, "samples"))
-    _check_fraction(q)
-    _check_confidence(confidence)
+    x = np.sort(as_samples(samples, "samples"))
+    check_fraction(q)
+    check_confidence(confidence)
     n = len(x)
     cdf = binomial_cdf(n, 1 - q)
     passing = np.flatnonzero(cdf <= 1 - confidence)
@@ -430,25 +191,6 @@ def early_stopping_percentile(samples, q: float = 0.9, confidence: float = 0.99)
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 27)
-def interleave(fn_a: Callable, fn_b: Callable, repeats: int = 30, warmup: int = 3,
-               clock: Callable[[], float] = time.perf_counter) -> tuple:
-    """Time fn_a() and fn_b() in turn (A B, B A, A B, ...): (latencies of A, latencies of B), seconds."""
-    if not callable(fn_a) or not callable(fn_b):
-        raise TypeError("interleave needs two callables")
-    _check_int(repeats, "repeats", 1)
-    _check_int(warmup, "warmup", 0)
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times = {0: [], 1: []}
-    for i in range(repeats):
-        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
-            start = clock()
-            (fn_a if which == 0 else fn_b)()
-            times[which].append(clock() - start)
-    return np.array(times[0]), np.array(times[1])
-
-
 def paired_ratio(a, b, confidence: float = 0.95, n_resamples: int = 2000, seed: int | None = 0) -> Estimate:
     """median(a) / median(b) for paired samples, with a pair-bootstrap confidence interval.
 
@@ -465,13 +207,13 @@ def paired_ratio(a, b, confidence: float = 0.95, n_resamples: int = 2000, seed: 
     >>> paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]).value
     2.0
     """
-    a, b = _samples(a, "a"), _samples(b, "b")
+    a, b = as_samples(a, "a"), as_samples(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"paired samples need the same length, got {len(a)} and {len(b)}")
     if (a <= 0).any() or (b <= 0).any():
         raise ValueError("latencies must be > 0 to form a ratio")
-    _check_confidence(confidence)
-    _check_int(n_resamples, "n_resamples", 10)
+    check_confidence(confidence)
+    check_int(n_resamples, "n_resamples", 10)
     value = float(np.median(a) / np.median(b))
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(a), size=(n_resamples, len(a)))
@@ -482,85 +224,6 @@ def paired_ratio(a, b, confidence: float = 0.95, n_resamples: int = 2000, seed: 
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 30)
-@dataclass
-class ScenarioResult:
-    """One scenario run: the raw latencies (seconds, one per query) and what they mean."""
-    scenario: str
-    settings: ScenarioSettings
-    latencies: np.ndarray        # per query: from issue (Server: from scheduled arrival) to completion
-    queries: int
-    samples: int
-    duration_s: float
-    metric: str                  # what `value` is: "p90 latency" (seconds) or "throughput" (samples/s)
-    value: Estimate
-    early_stopping: Estimate | None = None
-    valid: bool = True
-    notes: list = field(default_factory=list)   # why a run is not valid, and other remarks
-    extra: dict = field(default_factory=dict)   # scenario-specific numbers (target_qps, achieved_qps, ...)
-
-    def __str__(self) -> str:
-        unit = (" samples/s", 1.0) if self.scenario == "Offline" else (" ms", 1e3)
-        es = f", early-stopping bound {self.early_stopping.value * 1e3:.3g} ms" if self.early_stopping else ""
-        energy = ""
-        if "energy_per_query_j" in self.extra:
-            per_1k = self.extra.get("energy_per_1k_tokens_j")
-            energy = (f"; {self.extra['energy_per_query_j'] * 1e3:.3g} mJ per query"
-                      + (f", {per_1k:.3g} J per 1,000 tokens" if per_1k is not None else "")
-                      + f" [{self.extra['energy_source']}]")
-        return (f"{self.scenario}: {self.metric} {self.value.scaled(unit[1]).format(unit[0])}{es}; "
-                f"{self.queries} queries, {self.samples} samples in {self.duration_s:.2f} s{energy}; "
-                f"{'VALID' if self.valid else 'INVALID: ' + '; '.join(self.notes)}")
-
-    def to_dict(self) -> dict:
-        return {"scenario": self.scenario, "settings": _settings_to_dict(self.settings),
-                "latencies": [float(v) for v in self.latencies], "queries": self.queries, "samples": self.samples,
-                "duration_s": self.duration_s, "metric": self.metric, "value": self.value.to_dict(),
-                "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
-                "valid": self.valid, "notes": list(self.notes),
-                "extra": {k: _encode_float(v) if isinstance(v, float) else v for k, v in self.extra.items()}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ScenarioResult":
-        return cls(scenario=d["scenario"], settings=_settings_from_dict(d["settings"]),
-                   latencies=np.asarray(d["latencies"], dtype=np.float64), queries=int(d["queries"]),
-                   samples=int(d["samples"]), duration_s=float(d["duration_s"]), metric=d["metric"],
-                   value=Estimate.from_dict(d["value"]),
-                   early_stopping=Estimate.from_dict(d["early_stopping"]) if d.get("early_stopping") else None,
-                   valid=bool(d["valid"]), notes=list(d.get("notes", [])),
-                   extra={k: _decode_float(v) for k, v in d.get("extra", {}).items()})
-
-
-def _settings_to_dict(s: ScenarioSettings) -> dict:
-    # JSON has no infinity: an unlimited duration or bound is stored as null
-    return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in dataclasses.asdict(s).items()}
-
-
-def _settings_from_dict(d: dict) -> ScenarioSettings:
-    return ScenarioSettings(**{k: (math.inf if v is None and k in ("max_duration_s", "latency_bound_s") else v)
-                               for k, v in d.items()})
-
-
-def _check_sut(sut, samples) -> np.ndarray:
-    if not callable(sut):
-        raise TypeError(f"the system under test must be a callable taking a batch, got {type(sut).__name__}")
-    data = np.asarray(samples)
-    if data.ndim < 1 or len(data) == 0:
-        raise ValueError(f"samples must be a non-empty array with samples on the first axis, got shape {data.shape}")
-    return data
-
-
-def _run_checks(settings: ScenarioSettings, queries: int, duration: float, notes: list) -> bool:
-    """MLPerf's validity rules on the size of a run; appends the reasons it fails to `notes`."""
-    ok = True
-    if queries < settings.min_query_count:
-        notes.append(f"{queries} queries < min_query_count {settings.min_query_count}")
-        ok = False
-    if duration < settings.min_duration_s:
-        notes.append(f"ran {duration:.3g} s < min_duration_s {settings.min_duration_s:g}")
-        ok = False
-    return ok
-
-
 def _early_stopping(latencies, q: float, notes: list):
     try:
         return early_stopping_percentile(latencies, q, 0.99)
@@ -582,7 +245,7 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     2. Run settings.warmup_queries untimed queries.
     3. start = now = clock(). Loop while not (enough queries and now - start >= min_duration_s)
        and now - start < max_duration_s: t0 = clock(); sut(batch); now = clock(); latencies.append(now - t0).
-    4. notes = []; valid = _run_checks(settings, len(latencies), now - start, notes).
+    4. notes = []; valid = meets_minimums(settings, len(latencies), now - start, notes).
     5. ScenarioResult(settings.scenario, settings, latencies array, queries, queries * samples_per_query,
        now - start, f"p{100 * percentile:g} latency", percentile_ci(latencies, percentile),
        _early_stopping(latencies, percentile, notes), valid, notes).
@@ -594,7 +257,7 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     >>> r = run_stream(model_forward, x_test, notebook_settings("SingleStream"))
     >>> r.value.value      # the p90 latency in seconds
     """
-    data = _check_sut(sut, samples)
+    data = check_sut(sut, samples)
     if settings.scenario not in ("SingleStream", "MultiStream"):
         raise ValueError(f"run_stream runs SingleStream or MultiStream, got settings for {settings.scenario}")
     rng = np.random.default_rng(seed)
@@ -615,7 +278,7 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
         now = clock()
         latencies.append(now - t0)
     notes = []
-    valid = _run_checks(settings, len(latencies), now - start, notes)
+    valid = meets_minimums(settings, len(latencies), now - start, notes)
     q = settings.percentile
     return ScenarioResult(settings.scenario, settings, np.array(latencies), len(latencies), len(latencies) * spq,
                           now - start, f"p{100 * q:g} latency", percentile_ci(latencies, q),
@@ -632,7 +295,7 @@ def poisson_arrivals(rate: float, n: int, seed: int | None = 0) -> np.ndarray:
     """
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0 or math.isinf(rate):
         raise ValueError(f"rate must be a positive number of queries per second, got {rate!r}")
-    _check_int(n, "n", 1)
+    check_int(n, "n", 1)
     return np.cumsum(np.random.default_rng(seed).exponential(1.0, n)) / rate
 
 
@@ -645,7 +308,7 @@ def queue_latencies(arrivals, service_times) -> np.ndarray:
     >>> queue_latencies([0.0, 1.0, 2.0], [1.5, 1.5, 1.5])
     array([1.5, 2. , 2.5])
     """
-    a, s = _samples(arrivals, "arrivals"), _samples(service_times, "service_times")
+    a, s = as_samples(arrivals, "arrivals"), as_samples(service_times, "service_times")
     if a.shape != s.shape or (np.diff(a) < 0).any() or (s < 0).any():
         raise ValueError("need as many service times (>= 0) as arrival times (non-decreasing)")
     total = np.cumsum(s)
@@ -680,7 +343,7 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     3. start = clock(). For each query i: now = clock(); stop (with a note) if now - start > max_duration_s;
        due = start + arrivals[i]; while now < due: sleep(due - now); now = clock().
        sut(batch_i); latencies.append(clock() - due).
-    4. duration = clock() - start; p = percentile_ci(latencies, percentile); valid = _run_checks(...) and
+    4. duration = clock() - start; p = percentile_ci(latencies, percentile); valid = meets_minimums(...) and
        p.value <= latency_bound_s (else a note).
     5. extra: target_qps, achieved_qps (= queries / duration), latency_bound_s.
 
@@ -688,7 +351,7 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     >>> r = run_server(forward, x_test, notebook_settings("Server", target_qps=500, latency_bound_s=0.002))
     >>> r.valid, r.value.value
     """
-    data = _check_sut(sut, samples)
+    data = check_sut(sut, samples)
     if settings.scenario != "Server":
         raise ValueError(f"run_server needs Server settings, got {settings.scenario}")
     arrivals = server_arrivals(settings, seed)
@@ -713,7 +376,7 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     duration = clock() - start
     q = settings.percentile
     p = percentile_ci(latencies, q)
-    valid = _run_checks(settings, len(latencies), duration, notes)
+    valid = meets_minimums(settings, len(latencies), duration, notes)
     if p.value > settings.latency_bound_s:
         notes.append(f"p{100 * q:g} {p.value * 1e3:.3g} ms > bound {settings.latency_bound_s * 1e3:.3g} ms")
         valid = False
@@ -794,7 +457,7 @@ def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Calla
        Estimate(v, v, v, confidence 0, "single query") and a note.
     4. ScenarioResult("Offline", ..., metric "throughput", extra {"samples_per_query": spq}).
     """
-    data = _check_sut(sut, samples)
+    data = check_sut(sut, samples)
     if settings.scenario != "Offline":
         raise ValueError(f"run_offline needs Offline settings, got {settings.scenario}")
     rng = np.random.default_rng(seed)
@@ -811,7 +474,7 @@ def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Calla
         now = clock()
         latencies.append(now - t0)
     notes = []
-    valid = _run_checks(settings, len(latencies), now - start, notes)
+    valid = meets_minimums(settings, len(latencies), now - start, notes)
     throughputs = spq / np.array(latencies)
     if len(latencies) >= 2:
         value = t_interval(throughputs)
@@ -825,14 +488,6 @@ def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Calla
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 49)
-def energy_figures(reading, queries: int, samples: int, tokens_per_sample=None) -> dict:
-    """The energy entries of a scenario's `extra`, from an EnergyReading over `queries` queries."""
-    tokens = samples * tokens_per_sample if tokens_per_sample else None
-    return {"energy_j": float(reading.joules), "energy_per_query_j": float(reading.joules / max(queries, 1)),
-            "energy_per_1k_tokens_j": float(reading.joules / tokens * 1000) if tokens else None,
-            "energy_cpu_s": float(reading.cpu_seconds), "energy_source": reading.source}
-
-
 def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] = time.sleep, seed: int = 0, energy_meter=None,
                  tokens_per_sample=None) -> ScenarioResult:
@@ -843,9 +498,8 @@ def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Call
     """
     if energy_meter is not None and not isinstance(energy_meter, EnergyMeter):
         raise TypeError(f"energy_meter must be a tinytorch.profiling.EnergyMeter, got {type(energy_meter).__name__}")
-    if tokens_per_sample is not None and (isinstance(tokens_per_sample, bool) or not isinstance(
-            tokens_per_sample, (int, np.integer)) or tokens_per_sample < 1):
-        raise ValueError(f"tokens_per_sample must be an int >= 1 or None, got {tokens_per_sample!r}")
+    if tokens_per_sample is not None:
+        check_int(tokens_per_sample, "tokens_per_sample", 1)
     meter = energy_meter or EnergyMeter()
     start = meter.sample()
     if settings.scenario == "Server":
@@ -872,7 +526,7 @@ class QualityTarget:
     def __post_init__(self):
         if not (isinstance(self.reference, (int, float)) and math.isfinite(self.reference) and self.reference > 0):
             raise ValueError(f"reference must be a finite positive number, got {self.reference!r}")
-        _check_fraction(self.fraction, "fraction")
+        check_fraction(self.fraction, "fraction")
 
     @property
     def threshold(self) -> float:
@@ -898,7 +552,7 @@ def measure_lm_quality(model, ids, groups: int = 8, confidence: float = 0.95) ->
     """{'loss', 'perplexity'}: Estimates from evaluate.lm_loss on `groups` equal slices of `ids`."""
     from tinytorch.models.evaluate import lm_loss
 
-    _check_int(groups, "groups", 2)
+    check_int(groups, "groups", 2)
     ids = np.asarray(ids)
     context = model.config.context_length
     windows = (len(ids) - 1) // context // groups
@@ -912,23 +566,13 @@ def measure_lm_quality(model, ids, groups: int = 8, confidence: float = 0.95) ->
             "tokens": groups * step}
 
 
-def measure_footprint(model, example_input) -> dict:
-    """Bytes: parameters + buffers (module 14), activation peak of one forward, checkpoint on disk."""
-    memory = measure_memory(model, example_input)
-    with tempfile.TemporaryDirectory() as tmp:
-        npz = save_checkpoint(Path(tmp) / "model", model)
-        disk = npz.stat().st_size + npz.with_suffix(".json").stat().st_size
-    return {"parameter_bytes": int(parameter_bytes(model)), "peak_activation_bytes": int(memory.peak_bytes),
-            "disk_bytes": int(disk)}
-
-
 def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, repeats: int = 10,
                        warmup: int = 1, clock: Callable[[], float] = time.perf_counter, sequences: int = 1,
                        energy_meter=None) -> dict:
     """{'ttft', 'tpot'} in seconds (medians with order-statistic CIs) for generate(n) producing n tokens,
     and 'energy': an EnergyReading over every call, per generated token (`sequences` tokens per step)."""
-    _check_int(new_tokens, "new_tokens", 2)
-    _check_int(sequences, "sequences", 1)
+    check_int(new_tokens, "new_tokens", 2)
+    check_int(sequences, "sequences", 1)
     meter = energy_meter or EnergyMeter()
     start = meter.sample()
     first, full = interleave(lambda: generate(1), lambda: generate(new_tokens), repeats=repeats, warmup=warmup,
@@ -939,84 +583,7 @@ def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, 
             "total": percentile_ci(full, 0.5), "new_tokens": new_tokens, "energy": energy}
 
 
-def energy_estimate(reading, per: float = 1.0) -> Estimate:
-    """An EnergyReading's joules per call x `per` as a report figure: no interval, the source as its method."""
-    v = float(reading.per_call * per)
-    return Estimate(v, v, v, 0.0, reading.source)
-
-
 # %% modules/19_benchmarking/benchmarking.py (cell 56)
-REPORT_SCHEMA = "tinytorch-benchmark-report"
-SCHEMA_VERSION = 1
-
-
-class ReportError(ValueError):
-    """A report file that is not a benchmark report of a version this code reads, or misses a field."""
-
-
-@dataclass
-class VariantResult:
-    """One model variant: quality (with its target), scenario results, memory and size, other figures."""
-    name: str
-    quality: Estimate | None = None
-    quality_target: QualityTarget | None = None
-    scenarios: dict = field(default_factory=dict)   # scenario name -> ScenarioResult
-    memory: dict = field(default_factory=dict)      # parameter_bytes, peak_activation_bytes, disk_bytes
-    figures: dict = field(default_factory=dict)     # other named Estimates (TTFT, max QPS, ...)
-
-    @property
-    def meets_quality(self) -> bool:
-        """True when there is no target, else whether the quality reaches it."""
-        if self.quality_target is None:
-            return True
-        return self.quality is not None and self.quality_target.met(self.quality)
-
-    @property
-    def valid(self) -> bool:
-        """MLPerf's rule: a result counts only if quality meets its target and every scenario run is valid."""
-        return self.meets_quality and all(r.valid for r in self.scenarios.values())
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "quality": self.quality.to_dict() if self.quality else None,
-                "quality_target": dataclasses.asdict(self.quality_target) if self.quality_target else None,
-                "scenarios": {k: r.to_dict() for k, r in self.scenarios.items()},
-                "memory": dict(self.memory), "figures": {k: e.to_dict() for k, e in self.figures.items()},
-                "valid": self.valid}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VariantResult":
-        return cls(name=d["name"], quality=Estimate.from_dict(d["quality"]) if d["quality"] else None,
-                   quality_target=QualityTarget(**d["quality_target"]) if d["quality_target"] else None,
-                   scenarios={k: ScenarioResult.from_dict(r) for k, r in d["scenarios"].items()},
-                   memory=dict(d["memory"]),
-                   figures={k: Estimate.from_dict(e) for k, e in d.get("figures", {}).items()})
-
-
-def _short(x: float) -> str:
-    """3 significant digits, or a whole number with thousands separators from 1000 up."""
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
-
-
-def _interval_text(e: Estimate) -> str:
-    return f"{_short(e.value)} [{_short(e.low)}, {_short(e.high)}]"
-
-
-def _energy_cell(r) -> str:
-    """mJ per query of a scenario run; '~' in front of an estimate, never shown bare as a measurement."""
-    if r is None or "energy_per_query_j" not in r.extra:
-        return "-"
-    mark = "" if r.extra["energy_source"] == "measured (RAPL)" else "~"
-    return f"{mark}{_short(r.extra['energy_per_query_j'] * 1e3)}"
-
-
-# The fields a report must have, and their JSON types.
-REPORT_FIELDS = {"schema": str, "schema_version": int, "title": str, "created": str, "system": dict,
-                 "variants": list}
-VARIANT_FIELDS = {"name": str, "quality": (dict, type(None)), "quality_target": (dict, type(None)),
-                  "scenarios": dict, "memory": dict}
-
-
-# %% modules/19_benchmarking/benchmarking.py (cell 57)
 def validate_report(d) -> None:
     """Raise ReportError unless `d` is a report dict this code reads.
 
@@ -1055,51 +622,22 @@ def validate_report(d) -> None:
                                   f"{type(v[name]).__name__}")
 
 
-@dataclass
-class BenchmarkReport:
-    """Variants measured on one system; JSON with a schema version; a rich table; plots."""
-    title: str
-    variants: list = field(default_factory=list)
-    system: dict = field(default_factory=system_info)
-    created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
-                         .isoformat(timespec="seconds"))
-    notes: list = field(default_factory=list)
-
-    def add(self, variant: VariantResult) -> VariantResult:
-        if any(v.name == variant.name for v in self.variants):
-            raise ValueError(f"the report already has a variant named {variant.name!r}")
-        self.variants.append(variant)
-        return variant
-
-    def variant(self, name: str) -> VariantResult:
-        for v in self.variants:
-            if v.name == name:
-                return v
-        raise KeyError(f"no variant {name!r}; the report has {[v.name for v in self.variants]}")
-
-    def to_dict(self) -> dict:
-        return {"schema": REPORT_SCHEMA, "schema_version": SCHEMA_VERSION, "title": self.title,
-                "created": self.created, "system": self.system, "notes": list(self.notes),
-                "variants": [v.to_dict() for v in self.variants]}
+class BenchmarkReport(Report):
+    """Variants measured on one system (given: tinytorch.reporting.Report, with to_dict, a rich table and
+    its text), checked with validate_report when read back, saved as versioned JSON."""
 
     @classmethod
     def from_dict(cls, d: dict) -> "BenchmarkReport":
         validate_report(d)
-        return cls(title=d["title"], variants=[VariantResult.from_dict(v) for v in d["variants"]],
+        return cls(title=d["title"], variants=[VariantResult.from_dict(v, QualityTarget) for v in d["variants"]],
                    system=d["system"], created=d["created"], notes=list(d.get("notes", [])))
 
     def save(self, path) -> Path:
-        """Write the report as JSON (atomically: a temporary file, then a rename); returns the path."""
+        """Write the report as JSON with atomic_write (a temporary file, then a rename: a crash never
+        leaves half a report); returns the path. JSON has no infinity: allow_nan=False makes sure."""
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: f.write(text.encode()))
         return path
 
     @classmethod
@@ -1111,52 +649,8 @@ class BenchmarkReport:
             raise ReportError(f"{path} is not valid JSON: {err}") from None
         return cls.from_dict(d)
 
-    def table(self):
-        """A rich Table: one row per variant, every figure with its interval."""
-        from rich.table import Table
 
-        t = Table(title=self.title)
-        for col in ("variant", "valid", "quality [95% CI]", "target", "SingleStream p90 ms", "MultiStream p99 ms",
-                    "Server max QPS", "Offline samples/s", "SingleStream mJ/query", "params KiB", "disk KiB"):
-            t.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
-        for v in self.variants:
-            q = _interval_text(v.quality) if v.quality else "-"
-            tgt = f"{'>=' if v.quality_target.higher_is_better else '<='} {v.quality_target.threshold:.4g}" \
-                if v.quality_target else "-"
-
-            def cell(name, factor):
-                r = v.scenarios.get(name)
-                return _interval_text(r.value.scaled(factor)) + ("" if r.valid else " !") if r else "-"
-
-            qps = v.figures.get("server_max_qps")
-            server_ok = "Server" not in v.scenarios or v.scenarios["Server"].valid
-            t.add_row(v.name, "yes" if v.valid else "NO", q, tgt, cell("SingleStream", 1e3), cell("MultiStream", 1e3),
-                      f"{_short(qps.value)} (<{_short(qps.high)})" + ("" if server_ok else " !") if qps else "-",
-                      cell("Offline", 1.0), _energy_cell(v.scenarios.get("SingleStream")),
-                      f"{v.memory['parameter_bytes'] / 1024:.1f}" if "parameter_bytes" in v.memory else "-",
-                      f"{v.memory['disk_bytes'] / 1024:.1f}" if "disk_bytes" in v.memory else "-")
-        return t
-
-    def __str__(self) -> str:
-        import io
-
-        from rich.console import Console
-
-        console = Console(file=io.StringIO(), width=200, color_system=None, force_jupyter=False)
-        console.print(self.table())
-        sources = sorted({r.extra["energy_source"] for v in self.variants for r in v.scenarios.values()
-                          if "energy_source" in r.extra})
-        if sources:
-            console.print("energy: " + "; ".join(sources) + ("" if sources == ["measured (RAPL)"] else
-                                                              " ('~' marks an estimate)"))
-        load = self.system.get("load_average_1m")
-        console.print(f"{self.system.get('processor')}, {self.system.get('logical_cores')} logical cores, "
-                      f"numpy {self.system.get('numpy')}, BLAS {self.system.get('blas')}, Python "
-                      f"{self.system.get('python')}, load {load}; '!' marks an invalid scenario run")
-        return console.file.getvalue()
-
-
-# %% modules/19_benchmarking/benchmarking.py (cell 60)
+# %% modules/19_benchmarking/benchmarking.py (cell 59)
 def pareto_front(points, maximize=None) -> np.ndarray:
     """Indices (sorted) of the non-dominated rows of `points` (n, k). Objectives are minimized,
     except those with maximize[k] True.
@@ -1186,53 +680,11 @@ def pareto_front(points, maximize=None) -> np.ndarray:
     return np.flatnonzero(~dominated)
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 63)
-def plot_latency_distribution(results: dict, ax=None, unit: float = 1e3):
-    """Empirical CDF of each ScenarioResult's latencies (ms), with its reported percentile and CI."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        ax = plt.subplots(figsize=(7, 4))[1]
-    for i, (label, r) in enumerate(results.items()):
-        x = np.sort(r.latencies) * unit
-        color = f"C{i}"
-        ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", color=color,
-                label=f"{label}: {r.metric} {r.value.value * unit:.3g} ms")
-        ax.axvspan(r.value.low * unit, r.value.high * unit, color=color, alpha=0.15)
-        ax.axhline(r.settings.percentile, color="grey", lw=0.5, ls=":")
-    ax.set(xscale="log", xlabel="latency (ms, log scale)", ylabel="fraction of queries at or below",
-           title="Latency distribution (shaded: 95% CI of the reported percentile)")
-    ax.legend(fontsize=8)
-    return ax
-
-
+# %% modules/19_benchmarking/benchmarking.py (cell 62)
 def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3,
                 size_key: str = "disk_bytes"):
-    """Quality vs scenario latency for every variant with both; marker area ~ memory[size_key]; front joined."""
-    import matplotlib.pyplot as plt
+    """Quality vs scenario latency for every variant with both; marker area ~ memory[size_key]; the front
+    of pareto_front joined (tinytorch.reporting.plot_pareto draws it)."""
+    from tinytorch import reporting
 
-    if ax is None:
-        ax = plt.subplots(figsize=(7, 4.5))[1]
-    vs = [v for v in report.variants if v.quality is not None and scenario in v.scenarios]
-    if not vs:
-        raise ValueError(f"no variant has both a quality and a {scenario} result")
-    lat = np.array([v.scenarios[scenario].value.value for v in vs]) * unit
-    size = np.array([v.memory.get(size_key, 0) for v in vs], dtype=float)
-    qual = np.array([v.quality.value for v in vs])
-    higher = vs[0].quality_target.higher_is_better if vs[0].quality_target else True
-    front = pareto_front(np.c_[lat, size, qual], maximize=[False, False, higher])
-    area = 30 + 400 * size / max(size.max(), 1)
-    for i, v in enumerate(vs):
-        r = v.scenarios[scenario].value
-        ax.errorbar(lat[i], qual[i], xerr=[[lat[i] - r.low * unit], [r.high * unit - lat[i]]],
-                    yerr=[[qual[i] - v.quality.low], [v.quality.high - qual[i]]], fmt="none", ecolor="grey", lw=1)
-        ax.scatter(lat[i], qual[i], s=area[i], alpha=0.6, marker="o" if v.valid else "x",
-                   label=f"{v.name}: {size[i] / 1024:.0f} KiB{'' if v.valid else ' (not valid)'}")
-    order = front[np.argsort(lat[front])]
-    ax.plot(lat[order], qual[order], "k--", lw=1, label="Pareto front (latency, size, quality)")
-    if vs[0].quality_target is not None:
-        ax.axhline(vs[0].quality_target.threshold, color="red", lw=1, ls=":", label="quality target")
-    ax.set(xlabel=f"{scenario} {vs[0].scenarios[scenario].metric} (ms)", ylabel=vs[0].quality_target.metric
-           if vs[0].quality_target else "quality", title="Quality vs latency vs size")
-    ax.legend(fontsize=8)
-    return ax
+    return reporting.plot_pareto(report, pareto_front, scenario, ax, unit, size_key)

@@ -168,9 +168,14 @@ for _run in range(3):
 # %% [markdown]
 # ## 3. Build it
 #
-# The first cell is given: the `Estimate` every figure is reported as, Student's t
-# and binomial distributions (NumPy has no statistics library, and this project does
-# not depend on SciPy), the scenario settings, and the system description.
+# What you do not write is given in short, hand-written library modules; read them beside
+# this notebook. `tinytorch.stats`: the `Estimate` every figure is reported as, the checks
+# of samples, confidences and fractions, and Student's t, normal and binomial
+# distributions (NumPy has no statistics library, and this project does not depend on
+# SciPy). `tinytorch.loadgen`: the scenario settings (`mlperf_settings`,
+# `notebook_settings`), the `ScenarioResult` of a run, the validity rule on its size,
+# `interleave` and the energy entries. `tinytorch.reporting`: the report's data, JSON
+# form, table and plots. `tinytorch.system.machine_info()`: the machine a result ran on.
 
 # %%
 #| export
@@ -180,261 +185,30 @@ Every figure is an Estimate: a value with a confidence interval and the method t
 made it. Scenarios follow MLPerf Inference (SingleStream p90, MultiStream p99 of
 8-sample queries, Server at Poisson arrivals, Offline samples/s) with the minimum
 query counts and durations as parameters: `mlperf_settings` holds MLPerf's,
-`notebook_settings` small ones for a laptop.
+`notebook_settings` small ones for a laptop. The given parts live in tinytorch.stats,
+tinytorch.loadgen and tinytorch.reporting, and are importable from here too.
 """
 
-import dataclasses
-import datetime
 import json
 import math
-import os
-import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import psutil
 
-from tinytorch.core.serialization import save_checkpoint
-from tinytorch.profiling import EnergyMeter, measure_memory, parameter_bytes
-
-SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A measured value with its confidence interval [low, high] and how it was made."""
-    value: float
-    low: float
-    high: float
-    confidence: float   # the coverage the method aims at (or guarantees, for exact methods)
-    method: str         # "order statistic", "bootstrap", "t", "wilson", "early stopping", "exact", ...
-
-    def __post_init__(self):
-        if not (self.low <= self.value <= self.high) and not any(map(math.isnan, (self.low, self.value, self.high))):
-            raise ValueError(f"Estimate needs low <= value <= high, got {self.low} <= {self.value} <= {self.high}")
-
-    @property
-    def width(self) -> float:
-        return self.high - self.low
-
-    def contains(self, x: float) -> bool:
-        return self.low <= x <= self.high
-
-    def scaled(self, factor: float) -> "Estimate":
-        """The same estimate in other units (factor > 0), e.g. seconds -> milliseconds."""
-        return Estimate(self.value * factor, self.low * factor, self.high * factor, self.confidence, self.method)
-
-    def format(self, unit: str = "", digits: int = 3) -> str:
-        return (f"{self.value:.{digits}g}{unit} [{self.low:.{digits}g}, {self.high:.{digits}g}]"
-                f" ({100 * self.confidence:.0f}% {self.method})")
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict; an infinite or NaN bound is written as the string 'inf', '-inf' or 'nan'."""
-        return {k: _encode_float(v) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Estimate":
-        return cls(**{k: _decode_float(v) if k in ("value", "low", "high", "confidence") else v for k, v in d.items()})
-
-
-def _encode_float(x: float):
-    """JSON has no infinity or NaN: write them as strings."""
-    return x if math.isfinite(x) else repr(float(x))
-
-
-def _decode_float(x):
-    return float(x) if isinstance(x, str) and x in ("inf", "-inf", "nan") else x
-
-
-def _samples(x, what: str, minimum: int = 1) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 1 or a.size < minimum:
-        raise ValueError(f"{what} must be a 1-D sequence of at least {minimum} numbers, got shape {a.shape}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{what} must be finite numbers, got {a[~np.isfinite(a)][:3]}")
-    return a
-
-
-def _check_confidence(confidence) -> None:
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise ValueError(f"confidence must be a number between 0 and 1 (e.g. 0.95), got {confidence!r}")
-
-
-def _check_fraction(q, name: str = "q") -> None:
-    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q < 1:
-        raise ValueError(f"{name} must be a fraction strictly between 0 and 1 (0.9 for a p90), got {q!r}")
-
-
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-# --- distributions: Student's t and the binomial, without SciPy ---------------------------
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b), by its continued fraction (modified Lentz)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only on this side: use the symmetry
-        return 1.0 - _betainc(b, a, 1.0 - x)
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return math.exp(log_front) * h / a
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t distribution with `df` degrees of freedom."""
-    if df <= 0:
-        raise ValueError(f"degrees of freedom must be > 0, got {df!r}")
-    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """The t with t_cdf(t, df) = p (bisection; 1e-10 relative accuracy). t_quantile(0.975, 9) = 2.262."""
-    _check_fraction(p, "p")
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-        if hi - lo <= 1e-10 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
-
-
-def normal_quantile(p: float) -> float:
-    """The z with P(Z <= z) = p for a standard normal (bisection on math.erf)."""
-    _check_fraction(p, "p")
-    lo, hi = -40.0, 40.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p else (lo, mid)
-    return 0.5 * (lo + hi)
-
-
-def binomial_cdf(n: int, p: float) -> np.ndarray:
-    """[P(B <= k) for k = 0..n], B ~ Binomial(n, p), computed in log space (exact enough for any n)."""
-    _check_int(n, "n", 0)
-    k = np.arange(n + 1)
-    if p <= 0.0 or p >= 1.0:
-        return np.ones(n + 1) if p <= 0.0 else (k >= n).astype(float)
-    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])  # log k!, k = 0..n
-    log_comb = log_fact[n] - log_fact - log_fact[::-1]
-    log_pmf = log_comb + k * math.log(p) + (n - k) * math.log1p(-p)
-    return np.minimum(np.cumsum(np.exp(log_pmf - log_pmf.max())) * math.exp(log_pmf.max()), 1.0)
-
-
-# --- scenario settings ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ScenarioSettings:
-    """How long a scenario runs and what it reports. Times in seconds."""
-    scenario: str
-    min_query_count: int          # the run is valid only with at least this many queries ...
-    min_duration_s: float         # ... and only if it lasted at least this long
-    max_duration_s: float         # a safety stop for notebooks (MLPerf has none: inf)
-    samples_per_query: int = 1    # 8 in MultiStream; the whole data set per query in Offline
-    percentile: float = 0.9       # the latency percentile reported (0.9 SingleStream, 0.99 others)
-    target_qps: float = 0.0       # Server: the Poisson arrival rate
-    latency_bound_s: float = math.inf  # Server: the percentile must be at most this
-    warmup_queries: int = 0       # untimed queries first (not counted anywhere)
-
-    def __post_init__(self):
-        if self.scenario not in SCENARIOS:
-            raise ValueError(f"scenario must be one of {SCENARIOS}, got {self.scenario!r}")
-        _check_int(self.min_query_count, "min_query_count", 1)
-        _check_int(self.samples_per_query, "samples_per_query", 1)
-        _check_int(self.warmup_queries, "warmup_queries", 0)
-        _check_fraction(self.percentile, "percentile")
-        if not 0 <= self.min_duration_s <= self.max_duration_s:
-            raise ValueError(f"need 0 <= min_duration_s <= max_duration_s, got {self.min_duration_s} and "
-                             f"{self.max_duration_s}")
-        if self.scenario == "Server" and not (self.target_qps > 0 and self.latency_bound_s > 0):
-            raise ValueError(f"Server needs target_qps > 0 and a latency_bound_s > 0, got {self.target_qps} "
-                             f"and {self.latency_bound_s}")
-
-    def replace(self, **changes) -> "ScenarioSettings":
-        return dataclasses.replace(self, **changes)
-
-
-# MLPerf Inference (v2.0 onwards) minimums. Latency bounds are per benchmark in MLPerf
-# (e.g. 15 ms for ResNet-50 Server); pass yours with .replace(latency_bound_s=...).
-MLPERF = {
-    "SingleStream": ScenarioSettings("SingleStream", 1024, 600.0, math.inf, 1, 0.90),
-    "MultiStream": ScenarioSettings("MultiStream", 270_336, 600.0, math.inf, 8, 0.99),
-    "Server": ScenarioSettings("Server", 270_336, 600.0, math.inf, 1, 0.99, target_qps=1.0, latency_bound_s=0.015),
-    "Offline": ScenarioSettings("Offline", 1, 600.0, math.inf, 24_576, 0.90),
-}
-# Small runs for a notebook on a laptop: seconds, not ten minutes.
-NOTEBOOK = {
-    "SingleStream": ScenarioSettings("SingleStream", 200, 0.2, 10.0, 1, 0.90, warmup_queries=10),
-    "MultiStream": ScenarioSettings("MultiStream", 200, 0.2, 10.0, 8, 0.99, warmup_queries=10),
-    "Server": ScenarioSettings("Server", 300, 0.2, 10.0, 1, 0.99, target_qps=100.0, latency_bound_s=0.010,
-                               warmup_queries=10),
-    "Offline": ScenarioSettings("Offline", 5, 0.2, 10.0, 360, 0.90, warmup_queries=1),
-}
-
-
-def mlperf_settings(scenario: str, **changes) -> ScenarioSettings:
-    """MLPerf's minimum run for `scenario` (ten minutes), with optional changes."""
-    if scenario not in MLPERF:
-        raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
-    return MLPERF[scenario].replace(**changes)
-
-
-def notebook_settings(scenario: str, **changes) -> ScenarioSettings:
-    """A small run for `scenario` (a fraction of a second to a few seconds), with optional changes."""
-    if scenario not in NOTEBOOK:
-        raise ValueError(f"scenario must be one of {SCENARIOS}, got {scenario!r}")
-    return NOTEBOOK[scenario].replace(**changes)
-
-
-# --- the machine ------------------------------------------------------------------------
-
-def system_info() -> dict:
-    """What a result depends on: CPU, cores, memory, Python, NumPy and its BLAS, thread settings, load."""
-    try:
-        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        blas = {k: blas.get(k) for k in ("name", "version") if k in blas}
-    except Exception:  # older NumPy: no dict form of the build configuration
-        blas = {}
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "blas": blas,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "logical_cores": psutil.cpu_count(logical=True),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "thread_env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-                       if k in os.environ},
-    }
+from tinytorch.core.checks import check_int
+from tinytorch.core.serialization import atomic_write
+from tinytorch.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, ScenarioResult, ScenarioSettings,  # noqa: F401
+                               check_sut, energy_figures, interleave, meets_minimums, mlperf_settings,
+                               notebook_settings)
+from tinytorch.profiling import EnergyMeter, parameter_bytes
+from tinytorch.reporting import (REPORT_FIELDS, REPORT_SCHEMA, SCHEMA_VERSION, VARIANT_FIELDS,  # noqa: F401
+                                 Report, ReportError, VariantResult, energy_estimate, measure_footprint,
+                                 plot_latency_distribution)
+from tinytorch.stats import (Estimate, as_samples, binomial_cdf, check_confidence, check_fraction,  # noqa: F401
+                             min_queries_for_percentile, normal_quantile, t_cdf, t_quantile)
 
 
 # %% [markdown]
@@ -483,9 +257,9 @@ def percentile_ci(samples, q: float, confidence: float = 0.95) -> Estimate:
     >>> round(e.value, 6), (e.low, e.high)
     (90.1, (84.0, 96.0))
     """
-    x = np.sort(_samples(samples, "samples"))
-    _check_fraction(q)
-    _check_confidence(confidence)
+    x = np.sort(as_samples(samples, "samples"))
+    check_fraction(q)
+    check_confidence(confidence)
     ### BEGIN SOLUTION
     n = len(x)
     value = float(np.percentile(x, 100 * q))
@@ -515,6 +289,19 @@ for _bad in ([], [[1.0, 2.0]], [1.0, float("nan")]):
         raise AssertionError(f"{_bad!r} must be rejected")
     except ValueError:
         pass
+### BEGIN HIDDEN TESTS
+_h = percentile_ci([4.0, 1.0, 3.0, 2.0], 0.5)
+assert _h.value == 2.5, ("the quantile interpolates between order statistics (np.percentile), not the nearest rank: "
+                         f"on [4, 1, 3, 2], q=0.5: expected 2.5, got {_h.value}")
+_h = percentile_ci(np.random.default_rng(20).permutation(np.arange(1.0, 401.0)), 0.9)
+assert (_h.value, _h.low, _h.high) == (360.1, 348.0, 372.0), ("the interval's indices come from Binomial(n, q) of the "
+    f"SORTED samples: on 1..400 shuffled, q=0.9: expected 360.1 [348, 372], got {_h.value} [{_h.low}, {_h.high}]")
+_h = percentile_ci(np.arange(1.0, 11.0), 0.9)
+assert (_h.low, _h.high) == (7.0, 10.0) and abs(_h.confidence - 0.63853) < 1e-4, ("a p90 of 10 samples is [x(7), x(10)] "
+    f"with coverage P(7 <= B <= 9) = 0.6385: expected 7 [.., 10] at 0.6385, got [{_h.low}, {_h.high}] at {_h.confidence}")
+_h = percentile_ci(np.arange(1.0, 101.0), 0.9, confidence=0.5)
+assert (_h.low, _h.high, _h.confidence) == (88.0, 93.0, 0.5), f"use the confidence asked for: at 0.5 on 1..100 expected [88, 93], got {_h}"
+### END HIDDEN TESTS
 print("percentile_ci: ok", _e.format())
 
 # %% [markdown]
@@ -549,9 +336,9 @@ def bootstrap_ci(samples, statistic: Callable = np.median, confidence: float = 0
     >>> bootstrap_ci([5.0] * 10, np.mean).width     # no spread, no uncertainty
     0.0
     """
-    x = _samples(samples, "samples")
-    _check_confidence(confidence)
-    _check_int(n_resamples, "n_resamples", 10)
+    x = as_samples(samples, "samples")
+    check_confidence(confidence)
+    check_int(n_resamples, "n_resamples", 10)
     if not callable(statistic):
         raise TypeError(f"statistic must be a function like np.median, got {type(statistic).__name__}")
     ### BEGIN SOLUTION
@@ -574,6 +361,15 @@ _rng = np.random.default_rng(1)
 _hits = sum(bootstrap_ci(_rng.normal(10.0, 2.0, 60), np.mean, n_resamples=500, seed=k).contains(10.0)
             for k in range(300))
 assert 0.88 <= _hits / 300 <= 0.99, f"the bootstrap CI of a normal mean covered {_hits}/300, expected ~95%"
+### BEGIN HIDDEN TESTS
+_h = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 100.0], np.median)
+assert _h.value == 3.0, f"use the statistic given: the median of [1, 2, 3, 4, 100] is 3, got {_h.value}"
+_hx = np.random.default_rng(21).normal(0.0, 1.0, 400)
+_h50, _h99 = bootstrap_ci(_hx, np.mean, 0.5, seed=2), bootstrap_ci(_hx, np.mean, 0.99, seed=2)
+assert _h50.width < 0.5 * _h99.width, f"use the confidence asked for: the 50% interval must be far narrower than the 99%, got widths {_h50.width:.3g} and {_h99.width:.3g}"
+_h25 = bootstrap_ci(_hx[:25], np.mean, seed=2)
+assert bootstrap_ci(_hx, np.mean, seed=2).width < 0.6 * _h25.width, "the interval narrows as n grows (~1/sqrt(n)): 400 samples vs 25"
+### END HIDDEN TESTS
 print("bootstrap_ci: ok", _a.format())
 
 # %% [markdown]
@@ -605,8 +401,8 @@ def t_interval(samples, confidence: float = 0.95) -> Estimate:
     >>> round(e.low, 3), round(e.high, 3)
     (1.037, 4.963)
     """
-    x = _samples(samples, "samples", minimum=2)
-    _check_confidence(confidence)
+    x = as_samples(samples, "samples", minimum=2)
+    check_confidence(confidence)
     ### BEGIN SOLUTION
     n, mean = len(x), float(x.mean())
     half = t_quantile(1 - (1 - confidence) / 2, n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
@@ -627,6 +423,12 @@ try:
     raise AssertionError("one sample has no spread: must be rejected")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+_h = t_interval([0.0, 2.0])
+assert abs(_h.high - (1 + 12.7062047)) < 1e-5, f"n = 2 has df = 1: t(0.975, 1) = 12.706, so [0, 2] gives 1 +- 12.706; got {_h.format()}"
+_h = t_interval([1.0, 2.0, 4.0, 7.0], 0.9)
+assert abs(_h.high - (3.5 + 2.3533634 * np.std([1, 2, 4, 7], ddof=1) / 2)) < 1e-5, f"90% uses t(0.95, 3) = 2.353: got {_h.format()}"
+### END HIDDEN TESTS
 print("t_interval: ok", _e.format())
 
 # %% nbgrader={"grade": false, "grade_id": "wilson", "locked": false, "schema_version": 3, "solution": true}
@@ -641,11 +443,11 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimat
     >>> round(e.value, 4), round(e.low, 4), round(e.high, 4)
     (0.9806, 0.9604, 0.9905)
     """
-    _check_int(n, "n", 1)
-    _check_int(successes, "successes", 0)
+    check_int(n, "n", 1)
+    check_int(successes, "successes", 0)
     if successes > n:
         raise ValueError(f"successes ({successes}) cannot exceed n ({n})")
-    _check_confidence(confidence)
+    check_confidence(confidence)
     ### BEGIN SOLUTION
     p = successes / n
     z = normal_quantile(1 - (1 - confidence) / 2)
@@ -666,6 +468,16 @@ try:
     raise AssertionError("more successes than trials must be rejected")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+_h = wilson_interval(0, 10)
+assert _h.low == 0.0 and abs(_h.high - 0.2775328) < 1e-6, f"0/10: expected [0, 0.2775] (z^2 / (n + z^2)), got {_h.format()}"
+_hz, _hp = 2.5758293, 0.9
+_hc = (_hp + _hz**2 / 100) / (1 + _hz**2 / 50)
+_hh = _hz * math.sqrt(_hp * (1 - _hp) / 50 + _hz**2 / 10000) / (1 + _hz**2 / 50)
+_h = wilson_interval(45, 50, 0.99)
+assert abs(_h.low - (_hc - _hh)) < 1e-6 and abs(_h.high - (_hc + _hh)) < 1e-6, f"45/50 at 99% (z = 2.576): expected [{_hc - _hh:.4f}, {_hc + _hh:.4f}], got {_h.format()}"
+assert wilson_interval(90, 100).width < wilson_interval(9, 10).width, "the interval narrows with n: 90/100 vs 9/10"
+### END HIDDEN TESTS
 print("wilson_interval: ok", _w.format())
 
 # %% [markdown]
@@ -674,18 +486,11 @@ print("wilson_interval: ok", _w.format())
 # Implement section 2's test. For `t = 0, 1, 2, ...` overlatency queries, the bound
 # `x(n - t)` passes when `P(Binomial(n, 1 - q) <= t) <= 1 - confidence`. Take the
 # largest passing `t`. If not even `t = 0` passes, the run has too few queries: raise
-# a `ValueError` that says how many are needed (`ceil(log(1 - c) / log(q))`).
+# a `ValueError` that says how many are needed (`min_queries_for_percentile(q, c)`, given:
+# the least `n` with `q^n <= 1 - c`).
 
 # %% nbgrader={"grade": false, "grade_id": "early-stopping", "locked": false, "schema_version": 3, "solution": true}
 #| export
-def min_queries_for_percentile(q: float, confidence: float = 0.99) -> int:
-    """The fewest queries that can bound the q-quantile at `confidence` (all of them under the bound)."""
-    _check_fraction(q)
-    _check_confidence(confidence)
-    n = math.ceil(math.log(1 - confidence) / math.log(q))
-    return n if q ** n <= 1 - confidence else n + 1  # guard the float rounding of the ratio
-
-
 def early_stopping_percentile(samples, q: float = 0.9, confidence: float = 0.99) -> Estimate:
     """MLPerf-style early-stopping estimate: an upper bound of the q-quantile at `confidence`.
 
@@ -704,9 +509,9 @@ def early_stopping_percentile(samples, q: float = 0.9, confidence: float = 0.99)
     >>> early_stopping_percentile(np.arange(1.0, 45.0), 0.9).value   # 44 queries: t = 0, the max
     44.0
     """
-    x = np.sort(_samples(samples, "samples"))
-    _check_fraction(q)
-    _check_confidence(confidence)
+    x = np.sort(as_samples(samples, "samples"))
+    check_fraction(q)
+    check_confidence(confidence)
     ### BEGIN SOLUTION
     n = len(x)
     cdf = binomial_cdf(n, 1 - q)
@@ -735,6 +540,17 @@ _t = 1000 - int(_es.value)             # queries set aside
 _cdf = binomial_cdf(1000, 0.1)
 assert _cdf[_t] <= 0.01 < _cdf[_t + 1], "t must be the LARGEST passing count"
 assert _es.value > np.percentile(_x, 90) and _es.low == np.percentile(_x, 90)
+### BEGIN HIDDEN TESTS
+_h = early_stopping_percentile(np.random.default_rng(22).permutation(np.arange(1.0, 1001.0)), 0.99)
+assert (_h.value, round(_h.low, 6)) == (998.0, 990.01), ("p99 of 1..1000 (shuffled) at 99%: at most 2 queries may be set aside "
+    f"(P(Binomial(1000, 0.01) <= 2) <= 1%), so the bound is x(998) and low the measured p99 990.01; got {_h.value}, {_h.low}")
+assert early_stopping_percentile(np.arange(1.0, 30.0), 0.9, 0.95).value == 29.0, "at 95% confidence 29 queries bound a p90 (0.9^29 <= 5%)"
+try:
+    early_stopping_percentile(np.arange(1.0, 29.0), 0.9, 0.95)
+    raise AssertionError("28 queries cannot bound a p90 at 95%: use the confidence asked for")
+except ValueError as err:
+    assert "29" in str(err), f"the error names the minimum, 29: got {err}"
+### END HIDDEN TESTS
 print(f"early_stopping_percentile: ok; 1000 queries 1..1000: measured p90 {_es.low:.1f}, bound {_es.value:.0f}")
 
 # %% [markdown]
@@ -744,30 +560,11 @@ print(f"early_stopping_percentile: ok; 1000 queries 1..1000: measured p90 {_es.l
 #
 # `paired_ratio(a, b)` takes latencies measured interleaved (`a[i]` and `b[i]` side by
 # side) and bootstraps the ratio `median(a) / median(b)`, resampling pair indices so a
-# slow moment stays in both. `interleave` does the measuring: it calls A and B in turn,
+# slow moment stays in both. `interleave` (given) does the measuring: it calls A and B in turn,
 # alternating which goes first, and returns both sample arrays.
 
 # %% nbgrader={"grade": false, "grade_id": "paired-ratio", "locked": false, "schema_version": 3, "solution": true}
 #| export
-def interleave(fn_a: Callable, fn_b: Callable, repeats: int = 30, warmup: int = 3,
-               clock: Callable[[], float] = time.perf_counter) -> tuple:
-    """Time fn_a() and fn_b() in turn (A B, B A, A B, ...): (latencies of A, latencies of B), seconds."""
-    if not callable(fn_a) or not callable(fn_b):
-        raise TypeError("interleave needs two callables")
-    _check_int(repeats, "repeats", 1)
-    _check_int(warmup, "warmup", 0)
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times = {0: [], 1: []}
-    for i in range(repeats):
-        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
-            start = clock()
-            (fn_a if which == 0 else fn_b)()
-            times[which].append(clock() - start)
-    return np.array(times[0]), np.array(times[1])
-
-
 def paired_ratio(a, b, confidence: float = 0.95, n_resamples: int = 2000, seed: int | None = 0) -> Estimate:
     """median(a) / median(b) for paired samples, with a pair-bootstrap confidence interval.
 
@@ -784,13 +581,13 @@ def paired_ratio(a, b, confidence: float = 0.95, n_resamples: int = 2000, seed: 
     >>> paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]).value
     2.0
     """
-    a, b = _samples(a, "a"), _samples(b, "b")
+    a, b = as_samples(a, "a"), as_samples(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"paired samples need the same length, got {len(a)} and {len(b)}")
     if (a <= 0).any() or (b <= 0).any():
         raise ValueError("latencies must be > 0 to form a ratio")
-    _check_confidence(confidence)
-    _check_int(n_resamples, "n_resamples", 10)
+    check_confidence(confidence)
+    check_int(n_resamples, "n_resamples", 10)
     ### BEGIN SOLUTION
     value = float(np.median(a) / np.median(b))
     rng = np.random.default_rng(seed)
@@ -816,6 +613,13 @@ assert _fast.high < 1.0, "A 1.5x faster than B must be a claim at 95%"
 _calls = []
 _ta, _tb = interleave(lambda: _calls.append("a"), lambda: _calls.append("b"), repeats=4, warmup=1)
 assert _calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"] and len(_ta) == len(_tb) == 4
+### BEGIN HIDDEN TESTS
+_h = paired_ratio([1.0, 3.0, 10.0], [4.0, 1.0, 2.0])
+assert _h.value == 1.5, f"the ratio of the medians (3 / 2), not the median or mean of per-pair ratios: expected 1.5, got {_h.value}"
+_hb = np.random.default_rng(23).lognormal(0, 0.3, 60)
+_ha = _hb * np.random.default_rng(24).lognormal(0, 0.3, 60)
+assert paired_ratio(_ha, _hb, 0.5).width < 0.6 * paired_ratio(_ha, _hb, 0.99).width, "use the confidence asked for (50% vs 99%)"
+### END HIDDEN TESTS
 print("paired_ratio: ok", _r.format(), "|", _fast.format())
 
 
@@ -826,7 +630,7 @@ print("paired_ratio: ok", _r.format(), "|", _fast.format())
 # whose first axis is the sample) and returns the answers. The **query sample library**
 # is the array of samples; each query draws its samples at random from it (a seeded
 # generator), outside the timed region. Every scenario returns a `ScenarioResult`
-# (given below): the latencies, the metric as an `Estimate`, MLPerf's early-stopping
+# (given): the latencies, the metric as an `Estimate`, MLPerf's early-stopping
 # bound where it applies, and whether the run met its settings.
 #
 # Each runner takes the `clock` as a parameter. The notebook uses the real
@@ -835,85 +639,6 @@ print("paired_ratio: ok", _r.format(), "|", _fast.format())
 
 # %%
 #| export
-@dataclass
-class ScenarioResult:
-    """One scenario run: the raw latencies (seconds, one per query) and what they mean."""
-    scenario: str
-    settings: ScenarioSettings
-    latencies: np.ndarray        # per query: from issue (Server: from scheduled arrival) to completion
-    queries: int
-    samples: int
-    duration_s: float
-    metric: str                  # what `value` is: "p90 latency" (seconds) or "throughput" (samples/s)
-    value: Estimate
-    early_stopping: Estimate | None = None
-    valid: bool = True
-    notes: list = field(default_factory=list)   # why a run is not valid, and other remarks
-    extra: dict = field(default_factory=dict)   # scenario-specific numbers (target_qps, achieved_qps, ...)
-
-    def __str__(self) -> str:
-        unit = (" samples/s", 1.0) if self.scenario == "Offline" else (" ms", 1e3)
-        es = f", early-stopping bound {self.early_stopping.value * 1e3:.3g} ms" if self.early_stopping else ""
-        energy = ""
-        if "energy_per_query_j" in self.extra:
-            per_1k = self.extra.get("energy_per_1k_tokens_j")
-            energy = (f"; {self.extra['energy_per_query_j'] * 1e3:.3g} mJ per query"
-                      + (f", {per_1k:.3g} J per 1,000 tokens" if per_1k is not None else "")
-                      + f" [{self.extra['energy_source']}]")
-        return (f"{self.scenario}: {self.metric} {self.value.scaled(unit[1]).format(unit[0])}{es}; "
-                f"{self.queries} queries, {self.samples} samples in {self.duration_s:.2f} s{energy}; "
-                f"{'VALID' if self.valid else 'INVALID: ' + '; '.join(self.notes)}")
-
-    def to_dict(self) -> dict:
-        return {"scenario": self.scenario, "settings": _settings_to_dict(self.settings),
-                "latencies": [float(v) for v in self.latencies], "queries": self.queries, "samples": self.samples,
-                "duration_s": self.duration_s, "metric": self.metric, "value": self.value.to_dict(),
-                "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
-                "valid": self.valid, "notes": list(self.notes),
-                "extra": {k: _encode_float(v) if isinstance(v, float) else v for k, v in self.extra.items()}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ScenarioResult":
-        return cls(scenario=d["scenario"], settings=_settings_from_dict(d["settings"]),
-                   latencies=np.asarray(d["latencies"], dtype=np.float64), queries=int(d["queries"]),
-                   samples=int(d["samples"]), duration_s=float(d["duration_s"]), metric=d["metric"],
-                   value=Estimate.from_dict(d["value"]),
-                   early_stopping=Estimate.from_dict(d["early_stopping"]) if d.get("early_stopping") else None,
-                   valid=bool(d["valid"]), notes=list(d.get("notes", [])),
-                   extra={k: _decode_float(v) for k, v in d.get("extra", {}).items()})
-
-
-def _settings_to_dict(s: ScenarioSettings) -> dict:
-    # JSON has no infinity: an unlimited duration or bound is stored as null
-    return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in dataclasses.asdict(s).items()}
-
-
-def _settings_from_dict(d: dict) -> ScenarioSettings:
-    return ScenarioSettings(**{k: (math.inf if v is None and k in ("max_duration_s", "latency_bound_s") else v)
-                               for k, v in d.items()})
-
-
-def _check_sut(sut, samples) -> np.ndarray:
-    if not callable(sut):
-        raise TypeError(f"the system under test must be a callable taking a batch, got {type(sut).__name__}")
-    data = np.asarray(samples)
-    if data.ndim < 1 or len(data) == 0:
-        raise ValueError(f"samples must be a non-empty array with samples on the first axis, got shape {data.shape}")
-    return data
-
-
-def _run_checks(settings: ScenarioSettings, queries: int, duration: float, notes: list) -> bool:
-    """MLPerf's validity rules on the size of a run; appends the reasons it fails to `notes`."""
-    ok = True
-    if queries < settings.min_query_count:
-        notes.append(f"{queries} queries < min_query_count {settings.min_query_count}")
-        ok = False
-    if duration < settings.min_duration_s:
-        notes.append(f"ran {duration:.3g} s < min_duration_s {settings.min_duration_s:g}")
-        ok = False
-    return ok
-
-
 def _early_stopping(latencies, q: float, notes: list):
     try:
         return early_stopping_percentile(latencies, q, 0.99)
@@ -944,7 +669,7 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     2. Run settings.warmup_queries untimed queries.
     3. start = now = clock(). Loop while not (enough queries and now - start >= min_duration_s)
        and now - start < max_duration_s: t0 = clock(); sut(batch); now = clock(); latencies.append(now - t0).
-    4. notes = []; valid = _run_checks(settings, len(latencies), now - start, notes).
+    4. notes = []; valid = meets_minimums(settings, len(latencies), now - start, notes).
     5. ScenarioResult(settings.scenario, settings, latencies array, queries, queries * samples_per_query,
        now - start, f"p{100 * percentile:g} latency", percentile_ci(latencies, percentile),
        _early_stopping(latencies, percentile, notes), valid, notes).
@@ -956,7 +681,7 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     >>> r = run_stream(model_forward, x_test, notebook_settings("SingleStream"))
     >>> r.value.value      # the p90 latency in seconds
     """
-    data = _check_sut(sut, samples)
+    data = check_sut(sut, samples)
     if settings.scenario not in ("SingleStream", "MultiStream"):
         raise ValueError(f"run_stream runs SingleStream or MultiStream, got settings for {settings.scenario}")
     ### BEGIN SOLUTION
@@ -978,7 +703,7 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
         now = clock()
         latencies.append(now - t0)
     notes = []
-    valid = _run_checks(settings, len(latencies), now - start, notes)
+    valid = meets_minimums(settings, len(latencies), now - start, notes)
     q = settings.percentile
     return ScenarioResult(settings.scenario, settings, np.array(latencies), len(latencies), len(latencies) * spq,
                           now - start, f"p{100 * q:g} latency", percentile_ci(latencies, q),
@@ -993,10 +718,11 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
 
 # %%
 class FakeClock:
-    """A clock that only moves when told: clock() reads it, advance(dt) moves it, sleep(dt) too."""
+    """A clock that only moves when told: clock() reads it (counted), advance(dt) moves it, sleep(dt) too
+    (recorded in `slept`). The tests of tinytorch use the same one (tests/fakes.py)."""
 
     def __init__(self):
-        self.now, self.reads = 0.0, 0
+        self.now, self.reads, self.slept = 0.0, 0, []
 
     def __call__(self):
         self.reads += 1
@@ -1005,7 +731,9 @@ class FakeClock:
     def advance(self, dt):
         self.now += dt
 
-    sleep = advance
+    def sleep(self, dt):
+        self.slept.append(dt)
+        self.now += dt
 
 
 # %% nbgrader={"grade": true, "grade_id": "test-run-stream", "locked": true, "points": 10, "schema_version": 3, "solution": false}
@@ -1037,6 +765,23 @@ assert _m.early_stopping is not None and _m.early_stopping.value >= _m.value.val
 # the safety stop ends the run early: not enough queries, so not valid, and it says why
 _short = run_stream(_fake_sut, np.arange(50.0), _s.replace(max_duration_s=0.05, warmup_queries=0), clock=_clock)
 assert not _short.valid and "min_query_count" in " ".join(_short.notes)
+### BEGIN HIDDEN TESTS
+_hc = FakeClock()
+_hl = iter(np.tile(np.arange(1, 11) * 1e-3, 1000))
+_hr = run_stream(lambda b: _hc.advance(next(_hl)), np.arange(50.0),
+                 _s.replace(min_query_count=300, min_duration_s=0.1, warmup_queries=0), clock=_hc)
+assert _hr.queries == 300, f"the run needs min_query_count AND min_duration_s: 0.1 s pass after 19 queries, expected 300, got {_hr.queries}"
+_hr = run_stream(_fake_sut, np.arange(50.0), _s.replace(percentile=0.5, warmup_queries=0), clock=_clock)
+assert _hr.metric == "p50 latency" and _hr.value.value == np.median(_hr.latencies), "report the settings' percentile (here 0.5)"
+_hb = {}
+for _hseed in (1, 1, 2):
+    _hs = []
+    run_stream(lambda b: (_hs.append(np.array(b)), _clock.advance(1e-3)), np.arange(100.0, 150.0),
+               _s.replace(min_query_count=20, warmup_queries=0), clock=_clock, seed=_hseed)
+    assert all(np.isin(_hx, np.arange(100.0, 150.0)).all() for _hx in _hs), "queries hold samples of the data"
+    _hb.setdefault(_hseed, []).append(np.concatenate(_hs))
+assert np.array_equal(*_hb[1]) and not np.array_equal(_hb[1][0], _hb[2][0]), "the samples are drawn with the seed given"
+### END HIDDEN TESTS
 print("run_stream: ok", _r)
 
 # %% [markdown]
@@ -1059,7 +804,7 @@ def poisson_arrivals(rate: float, n: int, seed: int | None = 0) -> np.ndarray:
     """
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0 or math.isinf(rate):
         raise ValueError(f"rate must be a positive number of queries per second, got {rate!r}")
-    _check_int(n, "n", 1)
+    check_int(n, "n", 1)
     ### BEGIN SOLUTION
     return np.cumsum(np.random.default_rng(seed).exponential(1.0, n)) / rate
     ### END SOLUTION
@@ -1074,7 +819,7 @@ def queue_latencies(arrivals, service_times) -> np.ndarray:
     >>> queue_latencies([0.0, 1.0, 2.0], [1.5, 1.5, 1.5])
     array([1.5, 2. , 2.5])
     """
-    a, s = _samples(arrivals, "arrivals"), _samples(service_times, "service_times")
+    a, s = as_samples(arrivals, "arrivals"), as_samples(service_times, "service_times")
     if a.shape != s.shape or (np.diff(a) < 0).any() or (s < 0).any():
         raise ValueError("need as many service times (>= 0) as arrival times (non-decreasing)")
     ### BEGIN SOLUTION
@@ -1099,6 +844,14 @@ for _ai, _si in zip(_arr, _svc):          # the recursion, one query at a time, 
     _f = max(_ai, _f) + _si
     _oracle.append(_f - _ai)
 assert np.allclose(queue_latencies(_arr, _svc), _oracle)
+### BEGIN HIDDEN TESTS
+_h = poisson_arrivals(100.0, 3, seed=0)
+_hw = np.cumsum(np.random.default_rng(0).exponential(1.0, 3)) / 100.0
+assert np.allclose(_h, _hw), f"arrival i is the sum of i + 1 exponential gaps (the first is after 0): expected {_hw}, got {_h}"
+assert not np.allclose(poisson_arrivals(100.0, 5, seed=1), poisson_arrivals(100.0, 5, seed=2)), "use the seed given"
+assert np.allclose(queue_latencies([0.0, 0.0, 0.0], [1.0, 1.0, 1.0]), [1, 2, 3]), "queries arriving together wait in turn"
+assert np.allclose(queue_latencies([0.0, 10.0], [1.0, 1.0]), [1, 1]), "an idle worker starts a query when it arrives"
+### END HIDDEN TESTS
 print("poisson_arrivals, queue_latencies: ok")
 
 # %% [markdown]
@@ -1146,7 +899,7 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     3. start = clock(). For each query i: now = clock(); stop (with a note) if now - start > max_duration_s;
        due = start + arrivals[i]; while now < due: sleep(due - now); now = clock().
        sut(batch_i); latencies.append(clock() - due).
-    4. duration = clock() - start; p = percentile_ci(latencies, percentile); valid = _run_checks(...) and
+    4. duration = clock() - start; p = percentile_ci(latencies, percentile); valid = meets_minimums(...) and
        p.value <= latency_bound_s (else a note).
     5. extra: target_qps, achieved_qps (= queries / duration), latency_bound_s.
 
@@ -1154,7 +907,7 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     >>> r = run_server(forward, x_test, notebook_settings("Server", target_qps=500, latency_bound_s=0.002))
     >>> r.valid, r.value.value
     """
-    data = _check_sut(sut, samples)
+    data = check_sut(sut, samples)
     if settings.scenario != "Server":
         raise ValueError(f"run_server needs Server settings, got {settings.scenario}")
     ### BEGIN SOLUTION
@@ -1180,7 +933,7 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     duration = clock() - start
     q = settings.percentile
     p = percentile_ci(latencies, q)
-    valid = _run_checks(settings, len(latencies), duration, notes)
+    valid = meets_minimums(settings, len(latencies), duration, notes)
     if p.value > settings.latency_bound_s:
         notes.append(f"p{100 * q:g} {p.value * 1e3:.3g} ms > bound {settings.latency_bound_s * 1e3:.3g} ms")
         valid = False
@@ -1212,6 +965,26 @@ assert _r.valid == (np.percentile(_expected, 99) <= 0.010)
 _over = run_server(_fake_server_sut, np.arange(10.0), _s.replace(target_qps=400.0), clock=_clock,
                    sleep=_clock.sleep, seed=7)
 assert not _over.valid and _over.latencies[-1] > 0.1 and "bound" in " ".join(_over.notes)
+### BEGIN HIDDEN TESTS
+_hcalls = [0]
+
+
+def _hslow_first(batch):                   # the first 5 calls (the warm-up) take 0.5 s, then 4 ms
+    _hcalls[0] += 1
+    _clock.advance(0.5 if _hcalls[0] <= 5 else _service)
+
+
+_hr = run_server(_hslow_first, np.arange(10.0), _s.replace(warmup_queries=5), clock=_clock, sleep=_clock.sleep, seed=7)
+assert _hr.queries == 400 and np.allclose(_hr.latencies, _expected), ("warm-up queries are neither timed nor counted, and "
+    f"the schedule starts after them: expected the 400 latencies of the 4 ms queue, got {_hr.queries} queries, max {_hr.latencies.max():.3g} s")
+_hp50, _hp99 = np.percentile(_expected, 50), np.percentile(_expected, 99)
+_hr = run_server(_fake_server_sut, np.arange(10.0), _s.replace(percentile=0.5, latency_bound_s=(_hp50 + _hp99) / 2),
+                 clock=_clock, sleep=_clock.sleep, seed=7)
+assert _hr.valid and _hr.metric == "p50 latency", f"the bound applies to the settings' percentile (p50 here, under the bound): {_hr.notes}"
+_hclk = FakeClock()
+_hr = run_server(lambda b: _hclk.advance(_service), np.arange(10.0), _s, clock=_hclk, sleep=_hclk.sleep, seed=7)
+assert abs(sum(_hclk.slept) - (_hr.duration_s - 400 * _service)) < 1e-9, "an idle worker sleeps until the next arrival, no longer"
+### END HIDDEN TESTS
 print("run_server: ok", _r)
 
 # %% [markdown]
@@ -1310,6 +1083,12 @@ def _fake_run(rate):
 _q = find_max_qps(_fake_run, 10.0, 250.0, rel_tol=0.01)
 assert _q.max_qps <= _true_max + 0.1 and _q.failed_qps >= _true_max, (_q.max_qps, _true_max, _q.failed_qps)
 assert all(isinstance(v, ScenarioResult) for v in _q.results.values())
+### BEGIN HIDDEN TESTS
+_hq = find_max_qps(lambda r: r <= 37.3, 10.0, 1000.0, rel_tol=0.5)
+assert _hq.history[:3] == [(10.0, True), (1000.0, False), (100.0, False)], ("check low, then high, then bisect in log "
+    f"space (sqrt(10 * 1000) = 100): expected history to start (10, True), (1000, False), (100, False), got {_hq.history[:3]}")
+assert _hq.failed_qps / _hq.max_qps <= 1.5 and len(_hq.history) <= 6, f"stop when high / low <= 1 + rel_tol: {_hq.history}"
+### END HIDDEN TESTS
 print(f"find_max_qps: ok; fake 4 ms worker meets p99 <= 10 ms up to {_q.max_qps:.1f}/s (scan: {_true_max:.1f}/s)")
 
 # %% [markdown]
@@ -1333,7 +1112,7 @@ def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Calla
        Estimate(v, v, v, confidence 0, "single query") and a note.
     4. ScenarioResult("Offline", ..., metric "throughput", extra {"samples_per_query": spq}).
     """
-    data = _check_sut(sut, samples)
+    data = check_sut(sut, samples)
     if settings.scenario != "Offline":
         raise ValueError(f"run_offline needs Offline settings, got {settings.scenario}")
     ### BEGIN SOLUTION
@@ -1351,7 +1130,7 @@ def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Calla
         now = clock()
         latencies.append(now - t0)
     notes = []
-    valid = _run_checks(settings, len(latencies), now - start, notes)
+    valid = meets_minimums(settings, len(latencies), now - start, notes)
     throughputs = spq / np.array(latencies)
     if len(latencies) >= 2:
         value = t_interval(throughputs)
@@ -1384,6 +1163,20 @@ assert abs(_o.value.value - 250 / 0.026) < 1e-6 and _o.value.width < 1e-6, _o.va
 _one = run_offline(_batched_sut, np.arange(100.0), notebook_settings("Offline", min_query_count=1, min_duration_s=0.0),
                    clock=_clock)
 assert _one.value.low == _one.value.high and "no interval" in " ".join(_one.notes)
+### BEGIN HIDDEN TESTS
+_hc = FakeClock()
+_hl = iter([0.5, 0.5] + [0.01, 0.03] * 10)        # 2 slow warm-up queries, then 10 ms and 30 ms in turn
+_ho = run_offline(lambda b: _hc.advance(next(_hl)), np.arange(100.0),
+                  notebook_settings("Offline", samples_per_query=100, min_query_count=4, min_duration_s=0.0,
+                                    warmup_queries=2), clock=_hc)
+assert _ho.queries == 4 and np.allclose(_ho.latencies, [0.01, 0.03] * 2), f"warm-up queries are not timed: got {_ho.latencies}"
+assert abs(_ho.value.value - (10000 + 100 / 0.03) / 2) < 1e-6, ("the throughput is the mean of samples/s over queries "
+    f"(t-interval), not samples / mean latency: expected 6666.7, got {_ho.value.value:.1f}")
+_hl = iter([0.01] * 100)
+_ho = run_offline(lambda b: _hc.advance(next(_hl)), np.arange(100.0),
+                  notebook_settings("Offline", min_query_count=2, min_duration_s=0.1, warmup_queries=0), clock=_hc)
+assert _ho.queries == 10, f"the run lasts min_duration_s too: 0.1 s of 10 ms queries is 10, got {_ho.queries}"
+### END HIDDEN TESTS
 print("run_offline: ok", _o)
 
 
@@ -1400,14 +1193,6 @@ print("run_offline: ok", _o)
 
 # %%
 #| export
-def energy_figures(reading, queries: int, samples: int, tokens_per_sample=None) -> dict:
-    """The energy entries of a scenario's `extra`, from an EnergyReading over `queries` queries."""
-    tokens = samples * tokens_per_sample if tokens_per_sample else None
-    return {"energy_j": float(reading.joules), "energy_per_query_j": float(reading.joules / max(queries, 1)),
-            "energy_per_1k_tokens_j": float(reading.joules / tokens * 1000) if tokens else None,
-            "energy_cpu_s": float(reading.cpu_seconds), "energy_source": reading.source}
-
-
 def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] = time.sleep, seed: int = 0, energy_meter=None,
                  tokens_per_sample=None) -> ScenarioResult:
@@ -1418,9 +1203,8 @@ def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Call
     """
     if energy_meter is not None and not isinstance(energy_meter, EnergyMeter):
         raise TypeError(f"energy_meter must be a tinytorch.profiling.EnergyMeter, got {type(energy_meter).__name__}")
-    if tokens_per_sample is not None and (isinstance(tokens_per_sample, bool) or not isinstance(
-            tokens_per_sample, (int, np.integer)) or tokens_per_sample < 1):
-        raise ValueError(f"tokens_per_sample must be an int >= 1 or None, got {tokens_per_sample!r}")
+    if tokens_per_sample is not None:
+        check_int(tokens_per_sample, "tokens_per_sample", 1)
     meter = energy_meter or EnergyMeter()
     start = meter.sample()
     if settings.scenario == "Server":
@@ -1457,7 +1241,7 @@ class QualityTarget:
     def __post_init__(self):
         if not (isinstance(self.reference, (int, float)) and math.isfinite(self.reference) and self.reference > 0):
             raise ValueError(f"reference must be a finite positive number, got {self.reference!r}")
-        _check_fraction(self.fraction, "fraction")
+        check_fraction(self.fraction, "fraction")
 
     @property
     def threshold(self) -> float:
@@ -1485,6 +1269,12 @@ try:
     raise AssertionError("a fraction above 1 must be rejected")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+for _ht in (QualityTarget("accuracy", 0.9, 0.999), QualityTarget("loss", 2.0, 0.95, higher_is_better=False)):
+    assert _ht.met(_ht.threshold), f"a value exactly at the threshold meets the target: {_ht}, threshold {_ht.threshold}"
+assert abs(QualityTarget("accuracy", 0.9, 0.999).threshold - 0.8991) < 1e-12, "use the fraction given (0.999)"
+assert not QualityTarget("loss", 2.0, 0.95, higher_is_better=False).met(2.2), "lower is better: 2.2 > 2 / 0.95 misses"
+### END HIDDEN TESTS
 print(f"QualityTarget: ok; digits_mlp threshold {_acc.threshold:.4f}, tiny_gpt perplexity threshold {_ppl.threshold:.3f}")
 
 # %% [markdown]
@@ -1513,7 +1303,7 @@ def measure_lm_quality(model, ids, groups: int = 8, confidence: float = 0.95) ->
     """{'loss', 'perplexity'}: Estimates from evaluate.lm_loss on `groups` equal slices of `ids`."""
     from tinytorch.models.evaluate import lm_loss
 
-    _check_int(groups, "groups", 2)
+    check_int(groups, "groups", 2)
     ids = np.asarray(ids)
     context = model.config.context_length
     windows = (len(ids) - 1) // context // groups
@@ -1527,23 +1317,13 @@ def measure_lm_quality(model, ids, groups: int = 8, confidence: float = 0.95) ->
             "tokens": groups * step}
 
 
-def measure_footprint(model, example_input) -> dict:
-    """Bytes: parameters + buffers (module 14), activation peak of one forward, checkpoint on disk."""
-    memory = measure_memory(model, example_input)
-    with tempfile.TemporaryDirectory() as tmp:
-        npz = save_checkpoint(Path(tmp) / "model", model)
-        disk = npz.stat().st_size + npz.with_suffix(".json").stat().st_size
-    return {"parameter_bytes": int(parameter_bytes(model)), "peak_activation_bytes": int(memory.peak_bytes),
-            "disk_bytes": int(disk)}
-
-
 def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, repeats: int = 10,
                        warmup: int = 1, clock: Callable[[], float] = time.perf_counter, sequences: int = 1,
                        energy_meter=None) -> dict:
     """{'ttft', 'tpot'} in seconds (medians with order-statistic CIs) for generate(n) producing n tokens,
     and 'energy': an EnergyReading over every call, per generated token (`sequences` tokens per step)."""
-    _check_int(new_tokens, "new_tokens", 2)
-    _check_int(sequences, "sequences", 1)
+    check_int(new_tokens, "new_tokens", 2)
+    check_int(sequences, "sequences", 1)
     meter = energy_meter or EnergyMeter()
     start = meter.sample()
     first, full = interleave(lambda: generate(1), lambda: generate(new_tokens), repeats=repeats, warmup=warmup,
@@ -1552,12 +1332,6 @@ def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, 
     per_token = np.maximum(full - first, 0.0) / (new_tokens - 1)
     return {"ttft": percentile_ci(first, 0.5), "tpot": percentile_ci(per_token, 0.5),
             "total": percentile_ci(full, 0.5), "new_tokens": new_tokens, "energy": energy}
-
-
-def energy_estimate(reading, per: float = 1.0) -> Estimate:
-    """An EnergyReading's joules per call x `per` as a report figure: no interval, the source as its method."""
-    v = float(reading.per_call * per)
-    return Estimate(v, v, v, 0.0, reading.source)
 
 
 # %% [markdown]
@@ -1569,77 +1343,6 @@ def energy_estimate(reading, per: float = 1.0) -> Estimate:
 # a reader must refuse a file it does not understand instead of guessing, and say
 # which field or version is wrong. You write `validate_report` and the `save`/`load`
 # pair; `to_dict`, the rich table and the plots are given.
-
-# %%
-#| export
-REPORT_SCHEMA = "tinytorch-benchmark-report"
-SCHEMA_VERSION = 1
-
-
-class ReportError(ValueError):
-    """A report file that is not a benchmark report of a version this code reads, or misses a field."""
-
-
-@dataclass
-class VariantResult:
-    """One model variant: quality (with its target), scenario results, memory and size, other figures."""
-    name: str
-    quality: Estimate | None = None
-    quality_target: QualityTarget | None = None
-    scenarios: dict = field(default_factory=dict)   # scenario name -> ScenarioResult
-    memory: dict = field(default_factory=dict)      # parameter_bytes, peak_activation_bytes, disk_bytes
-    figures: dict = field(default_factory=dict)     # other named Estimates (TTFT, max QPS, ...)
-
-    @property
-    def meets_quality(self) -> bool:
-        """True when there is no target, else whether the quality reaches it."""
-        if self.quality_target is None:
-            return True
-        return self.quality is not None and self.quality_target.met(self.quality)
-
-    @property
-    def valid(self) -> bool:
-        """MLPerf's rule: a result counts only if quality meets its target and every scenario run is valid."""
-        return self.meets_quality and all(r.valid for r in self.scenarios.values())
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "quality": self.quality.to_dict() if self.quality else None,
-                "quality_target": dataclasses.asdict(self.quality_target) if self.quality_target else None,
-                "scenarios": {k: r.to_dict() for k, r in self.scenarios.items()},
-                "memory": dict(self.memory), "figures": {k: e.to_dict() for k, e in self.figures.items()},
-                "valid": self.valid}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VariantResult":
-        return cls(name=d["name"], quality=Estimate.from_dict(d["quality"]) if d["quality"] else None,
-                   quality_target=QualityTarget(**d["quality_target"]) if d["quality_target"] else None,
-                   scenarios={k: ScenarioResult.from_dict(r) for k, r in d["scenarios"].items()},
-                   memory=dict(d["memory"]),
-                   figures={k: Estimate.from_dict(e) for k, e in d.get("figures", {}).items()})
-
-
-def _short(x: float) -> str:
-    """3 significant digits, or a whole number with thousands separators from 1000 up."""
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
-
-
-def _interval_text(e: Estimate) -> str:
-    return f"{_short(e.value)} [{_short(e.low)}, {_short(e.high)}]"
-
-
-def _energy_cell(r) -> str:
-    """mJ per query of a scenario run; '~' in front of an estimate, never shown bare as a measurement."""
-    if r is None or "energy_per_query_j" not in r.extra:
-        return "-"
-    mark = "" if r.extra["energy_source"] == "measured (RAPL)" else "~"
-    return f"{mark}{_short(r.extra['energy_per_query_j'] * 1e3)}"
-
-
-# The fields a report must have, and their JSON types.
-REPORT_FIELDS = {"schema": str, "schema_version": int, "title": str, "created": str, "system": dict,
-                 "variants": list}
-VARIANT_FIELDS = {"name": str, "quality": (dict, type(None)), "quality_target": (dict, type(None)),
-                  "scenarios": dict, "memory": dict}
 
 # %% nbgrader={"grade": false, "grade_id": "report", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1683,52 +1386,23 @@ def validate_report(d) -> None:
     ### END SOLUTION
 
 
-@dataclass
-class BenchmarkReport:
-    """Variants measured on one system; JSON with a schema version; a rich table; plots."""
-    title: str
-    variants: list = field(default_factory=list)
-    system: dict = field(default_factory=system_info)
-    created: str = field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc)
-                         .isoformat(timespec="seconds"))
-    notes: list = field(default_factory=list)
-
-    def add(self, variant: VariantResult) -> VariantResult:
-        if any(v.name == variant.name for v in self.variants):
-            raise ValueError(f"the report already has a variant named {variant.name!r}")
-        self.variants.append(variant)
-        return variant
-
-    def variant(self, name: str) -> VariantResult:
-        for v in self.variants:
-            if v.name == name:
-                return v
-        raise KeyError(f"no variant {name!r}; the report has {[v.name for v in self.variants]}")
-
-    def to_dict(self) -> dict:
-        return {"schema": REPORT_SCHEMA, "schema_version": SCHEMA_VERSION, "title": self.title,
-                "created": self.created, "system": self.system, "notes": list(self.notes),
-                "variants": [v.to_dict() for v in self.variants]}
+class BenchmarkReport(Report):
+    """Variants measured on one system (given: tinytorch.reporting.Report, with to_dict, a rich table and
+    its text), checked with validate_report when read back, saved as versioned JSON."""
 
     @classmethod
     def from_dict(cls, d: dict) -> "BenchmarkReport":
         validate_report(d)
-        return cls(title=d["title"], variants=[VariantResult.from_dict(v) for v in d["variants"]],
+        return cls(title=d["title"], variants=[VariantResult.from_dict(v, QualityTarget) for v in d["variants"]],
                    system=d["system"], created=d["created"], notes=list(d.get("notes", [])))
 
     def save(self, path) -> Path:
-        """Write the report as JSON (atomically: a temporary file, then a rename); returns the path."""
+        """Write the report as JSON with atomic_write (a temporary file, then a rename: a crash never
+        leaves half a report); returns the path. JSON has no infinity: allow_nan=False makes sure."""
         ### BEGIN SOLUTION
         path = Path(path)
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: f.write(text.encode()))
         return path
         ### END SOLUTION
 
@@ -1742,50 +1416,6 @@ class BenchmarkReport:
             raise ReportError(f"{path} is not valid JSON: {err}") from None
         return cls.from_dict(d)
         ### END SOLUTION
-
-    def table(self):
-        """A rich Table: one row per variant, every figure with its interval."""
-        from rich.table import Table
-
-        t = Table(title=self.title)
-        for col in ("variant", "valid", "quality [95% CI]", "target", "SingleStream p90 ms", "MultiStream p99 ms",
-                    "Server max QPS", "Offline samples/s", "SingleStream mJ/query", "params KiB", "disk KiB"):
-            t.add_column(col, justify="left" if col == "variant" else "right", overflow="fold")
-        for v in self.variants:
-            q = _interval_text(v.quality) if v.quality else "-"
-            tgt = f"{'>=' if v.quality_target.higher_is_better else '<='} {v.quality_target.threshold:.4g}" \
-                if v.quality_target else "-"
-
-            def cell(name, factor):
-                r = v.scenarios.get(name)
-                return _interval_text(r.value.scaled(factor)) + ("" if r.valid else " !") if r else "-"
-
-            qps = v.figures.get("server_max_qps")
-            server_ok = "Server" not in v.scenarios or v.scenarios["Server"].valid
-            t.add_row(v.name, "yes" if v.valid else "NO", q, tgt, cell("SingleStream", 1e3), cell("MultiStream", 1e3),
-                      f"{_short(qps.value)} (<{_short(qps.high)})" + ("" if server_ok else " !") if qps else "-",
-                      cell("Offline", 1.0), _energy_cell(v.scenarios.get("SingleStream")),
-                      f"{v.memory['parameter_bytes'] / 1024:.1f}" if "parameter_bytes" in v.memory else "-",
-                      f"{v.memory['disk_bytes'] / 1024:.1f}" if "disk_bytes" in v.memory else "-")
-        return t
-
-    def __str__(self) -> str:
-        import io
-
-        from rich.console import Console
-
-        console = Console(file=io.StringIO(), width=200, color_system=None, force_jupyter=False)
-        console.print(self.table())
-        sources = sorted({r.extra["energy_source"] for v in self.variants for r in v.scenarios.values()
-                          if "energy_source" in r.extra})
-        if sources:
-            console.print("energy: " + "; ".join(sources) + ("" if sources == ["measured (RAPL)"] else
-                                                              " ('~' marks an estimate)"))
-        load = self.system.get("load_average_1m")
-        console.print(f"{self.system.get('processor')}, {self.system.get('logical_cores')} logical cores, "
-                      f"numpy {self.system.get('numpy')}, BLAS {self.system.get('blas')}, Python "
-                      f"{self.system.get('python')}, load {load}; '!' marks an invalid scenario run")
-        return console.file.getvalue()
 
 
 # %% nbgrader={"grade": true, "grade_id": "test-report", "locked": true, "points": 10, "schema_version": 3, "solution": false}
@@ -1815,6 +1445,29 @@ with tempfile.TemporaryDirectory() as _tmp:
             raise AssertionError(f"a report with {_words!r} wrong must be rejected")
         except ReportError as err:
             assert _words in str(err), err
+    ### BEGIN HIDDEN TESTS
+    for _change, _words in ((lambda d: d["variants"].insert(0, "fp32"), "variant 0"),
+                            (lambda d: d.update(title=3), "title"),
+                            (lambda d: d["variants"][0].update(scenarios=[]), "scenarios")):
+        _bad = json.loads(json.dumps(_d))
+        _change(_bad)
+        try:
+            validate_report(_bad)
+            raise AssertionError(f"a report with {_words!r} wrong must be rejected")
+        except ReportError as err:
+            assert _words in str(err), f"the error names what is wrong ({_words!r}): got {err}"
+    Path(_path).write_text("{not json")
+    try:
+        BenchmarkReport.load(_path)
+        raise AssertionError("a file that is not JSON must be a ReportError")
+    except ReportError:
+        pass
+    _rep.variant("fp32").figures["max"] = Estimate(1.0, 1.0, math.inf, 0.0, "search bracket")
+    _text = _rep.save(_path).read_text()
+    assert "Infinity" not in _text and BenchmarkReport.load(_path).variant("fp32").figures["max"].high == math.inf
+    assert sorted(p.name for p in Path(_tmp).iterdir()) == ["r.json"], "the atomic save leaves no temporary file"
+    del _rep.variant("fp32").figures["max"]
+    ### END HIDDEN TESTS
 print("report: ok")
 print(_rep)
 
@@ -1868,6 +1521,11 @@ assert list(pareto_front([[1, 1], [1, 1]])) == [0, 1], "equal points do not domi
 _pts = np.random.default_rng(8).random((40, 3))
 _naive = [i for i in range(40) if not any((_pts[j] <= _pts[i]).all() and (_pts[j] < _pts[i]).any() for j in range(40))]
 assert list(pareto_front(_pts)) == _naive
+### BEGIN HIDDEN TESTS
+assert list(pareto_front([[1, 2], [1, 3], [2, 2]])) == [0], "equal in one objective and better in another dominates"
+assert list(pareto_front([[1, 5], [2, 9]], maximize=[False, True])) == [0, 1], "maximize flips only its own objective"
+assert list(pareto_front([[3.0, 1.0]])) == [0], "a single point is its own front"
+### END HIDDEN TESTS
 print("pareto_front: ok")
 
 # %% [markdown]
@@ -1877,55 +1535,13 @@ print("pareto_front: ok")
 
 # %%
 #| export
-def plot_latency_distribution(results: dict, ax=None, unit: float = 1e3):
-    """Empirical CDF of each ScenarioResult's latencies (ms), with its reported percentile and CI."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        ax = plt.subplots(figsize=(7, 4))[1]
-    for i, (label, r) in enumerate(results.items()):
-        x = np.sort(r.latencies) * unit
-        color = f"C{i}"
-        ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", color=color,
-                label=f"{label}: {r.metric} {r.value.value * unit:.3g} ms")
-        ax.axvspan(r.value.low * unit, r.value.high * unit, color=color, alpha=0.15)
-        ax.axhline(r.settings.percentile, color="grey", lw=0.5, ls=":")
-    ax.set(xscale="log", xlabel="latency (ms, log scale)", ylabel="fraction of queries at or below",
-           title="Latency distribution (shaded: 95% CI of the reported percentile)")
-    ax.legend(fontsize=8)
-    return ax
-
-
 def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3,
                 size_key: str = "disk_bytes"):
-    """Quality vs scenario latency for every variant with both; marker area ~ memory[size_key]; front joined."""
-    import matplotlib.pyplot as plt
+    """Quality vs scenario latency for every variant with both; marker area ~ memory[size_key]; the front
+    of pareto_front joined (tinytorch.reporting.plot_pareto draws it)."""
+    from tinytorch import reporting
 
-    if ax is None:
-        ax = plt.subplots(figsize=(7, 4.5))[1]
-    vs = [v for v in report.variants if v.quality is not None and scenario in v.scenarios]
-    if not vs:
-        raise ValueError(f"no variant has both a quality and a {scenario} result")
-    lat = np.array([v.scenarios[scenario].value.value for v in vs]) * unit
-    size = np.array([v.memory.get(size_key, 0) for v in vs], dtype=float)
-    qual = np.array([v.quality.value for v in vs])
-    higher = vs[0].quality_target.higher_is_better if vs[0].quality_target else True
-    front = pareto_front(np.c_[lat, size, qual], maximize=[False, False, higher])
-    area = 30 + 400 * size / max(size.max(), 1)
-    for i, v in enumerate(vs):
-        r = v.scenarios[scenario].value
-        ax.errorbar(lat[i], qual[i], xerr=[[lat[i] - r.low * unit], [r.high * unit - lat[i]]],
-                    yerr=[[qual[i] - v.quality.low], [v.quality.high - qual[i]]], fmt="none", ecolor="grey", lw=1)
-        ax.scatter(lat[i], qual[i], s=area[i], alpha=0.6, marker="o" if v.valid else "x",
-                   label=f"{v.name}: {size[i] / 1024:.0f} KiB{'' if v.valid else ' (not valid)'}")
-    order = front[np.argsort(lat[front])]
-    ax.plot(lat[order], qual[order], "k--", lw=1, label="Pareto front (latency, size, quality)")
-    if vs[0].quality_target is not None:
-        ax.axhline(vs[0].quality_target.threshold, color="red", lw=1, ls=":", label="quality target")
-    ax.set(xlabel=f"{scenario} {vs[0].scenarios[scenario].metric} (ms)", ylabel=vs[0].quality_target.metric
-           if vs[0].quality_target else "quality", title="Quality vs latency vs size")
-    ax.legend(fontsize=8)
-    return ax
+    return reporting.plot_pareto(report, pareto_front, scenario, ax, unit, size_key)
 
 
 # %% [markdown]
@@ -2313,7 +1929,7 @@ show(fig)
 # runs) the kernel gives our single thread the free core, and the two are close (we have
 # seen 1.1x). If the machine already had other work running, the "quiet" runs are not
 # quiet either: compare them with the load average printed above. A benchmark must
-# record the load (our `system_info` does) and compare variants interleaved.
+# record the load (`machine_info()` does) and compare variants interleaved.
 #
 # ### 5.4 BLAS threads
 #
@@ -2373,7 +1989,7 @@ print(f"load average now: {os.getloadavg()[0]:.2f}")
 # core at every product, and one thread can be many times faster: in our runs at load
 # averages of 5 to 7, two threads made the 256 x 256 matmul 45 to 95 times *slower*.
 # The printed ratios are this run's. Either way the thread
-# count is part of the result, and `system_info()` records `OPENBLAS_NUM_THREADS` when
+# count is part of the result, and `machine_info()` records `OPENBLAS_NUM_THREADS` when
 # it is set.
 
 # %% [markdown]

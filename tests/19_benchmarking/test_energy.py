@@ -9,22 +9,10 @@ import json
 import numpy as np
 import pytest
 
+from tests.fakes import FakeClock
 from tinytorch.benchmarking import (BenchmarkReport, VariantResult, energy_estimate, measure_generation,
                                     notebook_settings, run_scenario)
 from tinytorch.profiling import EnergyMeter
-
-
-class FakeClock:
-    """Wall time that moves only when the fake system moves it."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, dt):
-        self.now += dt
 
 
 class CPUClock:
@@ -117,6 +105,6 @@ def test_generation_energy_is_per_generated_token(tmp_path):
 def test_bad_energy_arguments_are_clear_errors():
     with pytest.raises(TypeError, match="EnergyMeter"):
         run_scenario(lambda b: None, np.zeros(3), stream_settings(), energy_meter="rapl")
-    for bad in (0, 2.5, True):
-        with pytest.raises(ValueError, match="tokens_per_sample"):
+    for bad, error in ((0, ValueError), (2.5, TypeError), (True, TypeError)):  # tinytorch.core.checks.check_int
+        with pytest.raises(error, match="tokens_per_sample"):
             run_scenario(lambda b: None, np.zeros(3), stream_settings(), tokens_per_sample=bad)

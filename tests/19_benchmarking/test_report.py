@@ -16,21 +16,12 @@ from tinytorch import datasets, models  # noqa: E402
 from tinytorch.benchmarking import (  # noqa: E402
     SCHEMA_VERSION, BenchmarkReport, Estimate, QualityTarget, ReportError, VariantResult, measure_accuracy,
     measure_footprint, measure_generation, measure_lm_quality, notebook_settings, plot_latency_distribution,
-    plot_pareto, run_stream, system_info, validate_report, wilson_interval,
+    plot_pareto, run_stream, validate_report, wilson_interval,
 )
 from tinytorch.models.evaluate import accuracy, lm_loss  # noqa: E402
 from tinytorch.profiling import parameter_bytes  # noqa: E402
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, dt):
-        self.now += dt
+from tinytorch.system import machine_info  # noqa: E402
+from tests.fakes import FakeClock  # noqa: E402
 
 
 def stream_result(latency_cycle, n=60):
@@ -148,9 +139,11 @@ def test_quality_targets_both_directions():
         QualityTarget("accuracy", -1.0)
 
 
-def test_system_info_describes_the_machine():
-    info = system_info()
-    assert info["logical_cores"] >= 1 and info["numpy"] == np.__version__ and info["python"].count(".") == 2
+def test_a_report_records_the_machine_it_ran_on():
+    rep = BenchmarkReport("machine")
+    assert set(rep.system) == set(machine_info()), "the report's system is tinytorch.system.machine_info()"
+    assert rep.system["logical_cores"] >= 1 and rep.system["numpy"] == np.__version__
+    assert rep.system["python"].count(".") == 2 and rep.system["usable_cores"] >= 1
 
 
 def test_measure_accuracy_agrees_with_the_evaluation_code():

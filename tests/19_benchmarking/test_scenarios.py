@@ -7,28 +7,11 @@ import time
 import numpy as np
 import pytest
 
+from tests.fakes import FakeClock
 from tinytorch.benchmarking import (
     MLPERF, ScenarioResult, ScenarioSettings, find_max_qps, mlperf_settings, notebook_settings, poisson_arrivals,
     queue_latencies, run_offline, run_scenario, run_server, run_stream,
 )
-
-
-class FakeClock:
-    """Time moves only when a fake system (or a fake sleep) moves it."""
-
-    def __init__(self):
-        self.now, self.reads, self.slept = 0.0, 0, []
-
-    def __call__(self):
-        self.reads += 1
-        return self.now
-
-    def advance(self, dt):
-        self.now += dt
-
-    def sleep(self, dt):
-        self.slept.append(dt)
-        self.now += dt
 
 
 def fixed_latency_sut(clock, latencies):

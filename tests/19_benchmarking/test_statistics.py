@@ -177,7 +177,7 @@ def test_paired_ratio_pairs_keep_shared_noise_out():
         paired_ratio([1.0, 2.0], [1.0])
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.lists(st.floats(0.0, 1e3, allow_nan=False), min_size=1, max_size=80), st.sampled_from([0.5, 0.9, 0.99]))
 def test_percentile_interval_is_ordered_and_made_of_samples(xs, q):
     e = percentile_ci(xs, q)
@@ -186,7 +186,7 @@ def test_percentile_interval_is_ordered_and_made_of_samples(xs, q):
     assert 0 <= e.confidence <= 0.95
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=25))
 def test_pareto_front_matches_the_definition(pts):
     p = np.array(pts, dtype=float)
