@@ -111,7 +111,7 @@ def main() -> int:
     for name in run.progress(NAMES, "FP32, INT8 and INT4 variants of the digits models"):
         fp32 = models.load(name)
         measure(name, "FP32", fp32)
-        int8 = quant.quantize_model(fp32, digits.x_train[:256])
+        int8 = quant.quantize_model(fp32, models.spec(name).calibration(fp32))
         _, int8_path = measure(name, "INT8", int8)
         int8_models[name] = int8
         storage.append((name, *int8_storage(fp32, int8, int8_path, tc, quant)))
