@@ -85,6 +85,11 @@ def test_examples_are_the_shipped_data_in_order():
     assert np.array_equal(train_ids.ravel(), text.tokenizer.encode(text.train[:16]))
 
 
+def test_a_spec_of_an_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="kind must be one of .*got 'regressor'"):
+        models.ModelSpec("linreg", "regressor", models.digits_mlp)
+
+
 def test_example_rejects_the_wrong_shape_of_request():
     with pytest.raises(ValueError, match="length"):
         models.spec("tiny_gpt").example(2)

@@ -72,6 +72,10 @@ class ModelSpec:
     kind: str                              # CLASSIFIER or LANGUAGE_MODEL
     builder: Callable[..., tc.Module]      # config keywords -> a freshly initialized model
 
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"model {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+
     def build(self, **config) -> tc.Module:
         return self.builder(**config)
 
@@ -109,7 +113,7 @@ class ModelSpec:
         return [self.example(256, train=True)]
 
 
-REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in (
+REGISTRY: dict[str, ModelSpec] = {entry.name: entry for entry in (
     ModelSpec("digits_mlp", CLASSIFIER, digits_mlp),
     ModelSpec("digits_cnn", CLASSIFIER, digits_cnn),
     ModelSpec("tiny_gpt", LANGUAGE_MODEL, tiny_gpt),
