@@ -96,9 +96,8 @@ def test_02_compression_claims_hold_on_the_reference_build(tmp_path):
 
 
 def test_knockout_quantization_that_keeps_float32_weights_fails_the_int8_claims(tmp_path):
-    build = broken_build(tmp_path, "quantization.py",
-                         "setattr(parent, name, quantize_layer(layer, observers[id(layer)].qparams(), per_channel))",
-                         "pass  # knocked out: the float layer stays")
+    build = broken_build(tmp_path, "quantization.py",  # the float layer is put back where its INT8 one goes
+                         "quantize_layer(layer, observers[id(layer)].qparams(), per_channel)", "layer")
     # Without module 16 the script stops after the INT8 claims (and skips 10 s of fine-tuning); a failed
     # correctness claim must still give exit code 1, not the "module missing" 2. (The editable install's
     # finder would supply the checkout's compression.py; the harness must not take a module from there.)
