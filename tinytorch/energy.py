@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 __all__ = ["POWERCAP_ROOT", "DEFAULT_WATTS_PER_CORE", "MEASURED_SOURCE", "PowercapZone", "EnergySample",
-           "EnergyReading", "EnergyCounters", "estimate_source", "find_powercap_zones", "read_counters", "read_int_file"]
+           "EnergyReading", "EnergyCounters", "estimate_source", "find_powercap_zones", "make_fake_zone",
+           "read_counters", "read_int_file", "set_fake_energy"]
 
 POWERCAP_ROOT = "/sys/class/powercap"
 DEFAULT_WATTS_PER_CORE = 10.0   # an assumed power per busy core (W), for the estimate only
@@ -86,6 +87,24 @@ def read_int_file(path: str) -> int:
 def read_counters(zones) -> tuple:
     """One energy_uj reading (microjoules) per zone, in the zones' order."""
     return tuple(read_int_file(os.path.join(z.path, "energy_uj")) for z in zones)
+
+
+def make_fake_zone(root, folder: str, name: str, energy_uj, max_energy_range_uj=1000) -> str:
+    """Write a powercap zone as sysfs lays it out (`name`, `energy_uj`, `max_energy_range_uj`) under
+    root/folder, e.g. make_fake_zone(tmp, "intel-rapl:0", "package-0", 900): for tests and demos on a
+    machine without readable counters. Returns the zone's folder."""
+    zone = os.path.join(root, folder)
+    os.makedirs(zone)
+    for file, value in (("name", name), ("energy_uj", energy_uj), ("max_energy_range_uj", max_energy_range_uj)):
+        with open(os.path.join(zone, file), "w") as f:
+            f.write(f"{value}\n")
+    return zone
+
+
+def set_fake_energy(root, folder: str, energy_uj) -> None:
+    """Overwrite the energy_uj counter of a zone written by make_fake_zone."""
+    with open(os.path.join(root, folder, "energy_uj"), "w") as f:
+        f.write(f"{energy_uj}\n")
 
 
 def find_powercap_zones(root: str = POWERCAP_ROOT) -> tuple:

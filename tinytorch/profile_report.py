@@ -168,6 +168,26 @@ class ProfileReport:
         """Hooked forward time / plain forward time (medians), minus 1."""
         return self.layer_times[""].inclusive_s / self.latency.median - 1.0
 
+    def by_type(self) -> dict:
+        """{layer type: (FLOPs, self seconds, parameters)}, summed over the layers of that type."""
+        totals = {}
+        for r in self.flops.rows:
+            t = self.layer_times.get(r.name)
+            flops, seconds, params = totals.get(r.type, (0, 0.0, 0))
+            totals[r.type] = (flops + r.flops, seconds + (t.self_s if t else 0.0), params + r.params)
+        return totals
+
+    def type_table(self) -> str:
+        """by_type() as a table, slowest type first: its share of the FLOPs and of the time, and their
+        ratio (above 1: the type runs below the model's average FLOP/s)."""
+        totals = self.by_type()
+        all_flops = sum(v[0] for v in totals.values()) or 1
+        all_time = sum(v[1] for v in totals.values()) or 1.0
+        rows = [[kind, f"{params:,d}", f"{100 * flops / all_flops:.1f}%", f"{100 * seconds / all_time:.1f}%",
+                 f"{(seconds / all_time) / (flops / all_flops):.2f}" if flops else "-"]
+                for kind, (flops, seconds, params) in sorted(totals.items(), key=lambda kv: -kv[1][1])]
+        return format_table(["type", "params", "FLOPs", "time", "time share / FLOP share"], rows)
+
     def table(self) -> str:
         total_self = sum(t.self_s for t in self.layer_times.values()) or 1.0
         rows = []

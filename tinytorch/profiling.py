@@ -25,6 +25,7 @@ import tinytorch.core as tc
 from tinytorch.core import Module, Tensor
 from tinytorch.core.checks import check_int
 from tinytorch.energy import EnergyCounters, EnergyReading, EnergySample
+from tinytorch.introspect import as_args, check_module, is_leaf, nbytes_of, own_parameters, shape_of
 from tinytorch.profile_report import (FlopReport, LatencyStats, LayerRow, LayerTime, MachinePeaks, MemoryReport,
                                       ParameterCount, ProfileReport, RooflinePoint)
 
@@ -38,44 +39,6 @@ FLOPS_PER_ELEMENT = {
 # FLOPs per attention score (B*H*T*T of them) beside the QK^T and AV matmuls:
 # scale by 1/sqrt(D) (1), add the causal mask (1), softmax (5).
 ATTENTION_FLOPS_PER_SCORE = 2 + FLOPS_PER_ELEMENT["Softmax"]
-
-
-def _check_module(model, where: str) -> None:
-    if not isinstance(model, Module):
-        raise TypeError(f"{where} expects a tinytorch Module, got {type(model).__name__}")
-
-
-def _array(x):
-    """The ndarray behind a Tensor or ndarray; None for anything else."""
-    if isinstance(x, Tensor):
-        return x.data
-    if isinstance(x, np.ndarray):
-        return x
-    return None
-
-
-def _shape(x):
-    a = _array(x)
-    return None if a is None else tuple(a.shape)
-
-
-def _nbytes(x) -> int:
-    """Bytes of the arrays in x (a Tensor, an ndarray, or a tuple/list of them)."""
-    if isinstance(x, (tuple, list)):
-        return sum(_nbytes(v) for v in x)
-    a = _array(x)
-    return 0 if a is None else int(a.nbytes)
-
-
-def _own_parameters(module: Module):
-    """The Parameters stored directly on `module` (not in its children): a view of its registry,
-    no copy (the profiler asks this of every module, so it must be cheap)."""
-    return module.__dict__.get("_parameters", {}).values()
-
-
-def _is_leaf(module: Module) -> bool:
-    """True when `module` has no child modules (its registry of children is empty)."""
-    return not module.__dict__.get("_modules")
 
 
 # %% modules/14_profiling/profiling.py (cell 11)
@@ -97,7 +60,7 @@ def count_parameters(model) -> ParameterCount:
     >>> count_parameters(tc.Linear(3, 2))
     ParameterCount(total=8, trainable=8)
     """
-    _check_module(model, "count_parameters")
+    check_module(model, "count_parameters")
     total = trainable = 0
     for _, p in model.named_parameters():
         total += int(p.size)
@@ -123,7 +86,7 @@ def parameter_bytes(model, include_buffers: bool = True) -> int:
     >>> parameter_bytes(tc.Linear(3, 2))     # 8 float32 numbers
     32
     """
-    _check_module(model, "parameter_bytes")
+    check_module(model, "parameter_bytes")
     total = sum(int(p.data.nbytes) for _, p in model.named_parameters())
     if include_buffers:
         total += sum(int(b.nbytes) for _, b in model.named_buffers())
@@ -166,7 +129,7 @@ def layer_flops(module, input_shapes, output_shape):
     >>> layer_flops(tc.ReLU(), [(4, 2)], (4, 2))
     (0, 8)
     """
-    _check_module(module, "layer_flops")
+    check_module(module, "layer_flops")
     x = tuple(input_shapes[0]) if input_shapes else ()
     out = math.prod(output_shape) if output_shape is not None else 0
     if isinstance(module, tc.Linear):
@@ -226,12 +189,12 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
 
     HINTS:
     - An input or output may be a Tensor (its array is .data), an ndarray, or something
-      else (a Python int, a tuple): keep the shapes of the arrays; _nbytes(x) sums the
+      else (a Python int, a tuple): keep the shapes of the arrays; nbytes_of(x) sums the
       arrays inside a tuple.
     - Keep shapes, not arrays: holding every activation until the end costs memory and
       time (NumPy can no longer reuse the freed buffers).
-    - Own parameters: _own_parameters(module); their bytes are p.data.nbytes, once per call.
-    - _is_leaf(module) tells a leaf (no child modules).
+    - Own parameters: own_parameters(module); their bytes are p.data.nbytes, once per call.
+    - is_leaf(module) tells a leaf (no child modules).
     - The hook's cost is the profiler's overhead: tiny_gpt has 67 modules, so every
       microsecond in the hook or the bookkeeping is 67 us per count. One registration
       instead of 67 (and 67 removals) is part of that.
@@ -241,8 +204,8 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
     >>> [(row.name, row.macs, row.flops) for row in r.rows]
     [('', 0, 0), ('0', 24, 56), ('1', 0, 8)]
     """
-    _check_module(model, "count_flops")
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    check_module(model, "count_flops")
+    args = as_args(example_input)
     rules = dict(rules or {})
     for cls, fn in rules.items():
         if not (isinstance(cls, type) and callable(fn)):
@@ -261,12 +224,12 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
                 shapes.append(a.shape)
                 nbytes += a.nbytes
             elif isinstance(a, (tuple, list)):
-                nbytes += _nbytes(a)  # arrays inside a list argument still cross the boundary
+                nbytes += nbytes_of(a)  # arrays inside a list argument still cross the boundary
         out = output.data if isinstance(output, Tensor) else output
         if isinstance(out, np.ndarray):
             record.append((shapes, out.shape, nbytes + out.nbytes))
         else:  # e.g. a tuple of arrays: no single output shape
-            record.append((shapes, None, nbytes + _nbytes(output)))
+            record.append((shapes, None, nbytes + nbytes_of(output)))
 
     handle = tc.register_module_forward_hook(hook)
     try:
@@ -293,10 +256,10 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
                 flops += int(cost[1])
             nbytes += call_bytes
         params = param_bytes = 0
-        for p in _own_parameters(module):
+        for p in own_parameters(module):
             params += p.data.size
             param_bytes += p.data.nbytes
-        leaf = _is_leaf(module)
+        leaf = is_leaf(module)
         in_shapes, out_shape, _ = own_calls[0]  # the first call gives the shapes
         n = len(own_calls)
         rows.append(LayerRow(name, type(module).__name__, in_shapes, out_shape, macs, flops, params,
@@ -419,7 +382,7 @@ def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> Memor
        baseline = tracemalloc.get_traced_memory()[0]; tracemalloc.reset_peak().
     4. output = call(); current, peak = tracemalloc.get_traced_memory().
     5. Stop tracemalloc if you started it; rss_after.
-    6. MemoryReport(param bytes, peak - baseline, current - baseline, _nbytes(output),
+    6. MemoryReport(param bytes, peak - baseline, current - baseline, nbytes_of(output),
        rss_after - rss_before).
 
     HINTS:
@@ -433,10 +396,7 @@ def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> Memor
     """
     if not callable(fn_or_model):
         raise TypeError(f"measure_memory expects a Module or a callable, got {type(fn_or_model).__name__}")
-    if example_input is None:
-        args = ()
-    else:
-        args = example_input if isinstance(example_input, tuple) else (example_input,)
+    args = () if example_input is None else as_args(example_input)
     is_model = isinstance(fn_or_model, Module)
     weights = parameter_bytes(fn_or_model) if is_model else 0
 
@@ -462,7 +422,7 @@ def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> Memor
             tracemalloc.stop()
     rss_after = process.memory_info().rss
     return MemoryReport(parameter_bytes=weights, peak_bytes=max(0, peak - baseline),
-                        retained_bytes=max(0, current - baseline), output_bytes=_nbytes(output),
+                        retained_bytes=max(0, current - baseline), output_bytes=nbytes_of(output),
                         rss_delta_bytes=int(rss_after - rss_before))
 
 
@@ -641,11 +601,8 @@ class Profiler:
     """
 
     def __init__(self, model, clock: Callable[[], float] = time.perf_counter):
-        _check_module(model, "Profiler")
+        check_module(model, "Profiler")
         self.model, self.clock = model, clock
-
-    def _args(self, example_input) -> tuple:
-        return example_input if isinstance(example_input, tuple) else (example_input,)
 
     def time_layers(self, example_input, warmup: int = 1, repeats: int = 5) -> dict:
         """{name: LayerTime} from `repeats` forwards (after `warmup`) with timing hooks on every module.
@@ -680,7 +637,7 @@ class Profiler:
         """
         check_int(repeats, "repeats", 1)
         check_int(warmup, "warmup", 0)
-        model, args = self.model, self._args(example_input)
+        model, args = self.model, as_args(example_input)
         modules = list(model.named_modules())
         clock = self.clock
         stack = []
@@ -749,7 +706,7 @@ class Profiler:
         check_int(warmup, "warmup", 0)
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-        model, args = self.model, self._args(example_input)
+        model, args = self.model, as_args(example_input)
         loss_fn = loss_fn or (lambda out: out.sum())
         saved = [(p, p.grad) for p in model.parameters()]
         samples = []
@@ -780,7 +737,7 @@ class Profiler:
         if energy_meter is not None and not isinstance(energy_meter, EnergyMeter):
             raise TypeError(f"energy_meter must be an EnergyMeter, got {type(energy_meter).__name__}")
         meter = energy_meter or EnergyMeter()
-        model, args = self.model, self._args(example_input)
+        model, args = self.model, as_args(example_input)
         flops = count_flops(model, example_input)  # first: a wrong input fails here, with no hook left
 
         def forward():
@@ -796,7 +753,7 @@ class Profiler:
         memory = measure_memory(model, example_input)
         back = self.time_backward(example_input, loss_fn, warmup=min(warmup, 1), repeats=max(1, repeats // 2)) \
             if backward else None
-        return ProfileReport(model_type=type(model).__name__, input_shapes=[_shape(a) for a in args],
+        return ProfileReport(model_type=type(model).__name__, input_shapes=[shape_of(a) for a in args],
                              parameters=count_parameters(model), parameter_bytes=parameter_bytes(model),
                              flops=flops, layer_times=layer_times, latency=latency, memory=memory, backward=back,
                              energy=energy)

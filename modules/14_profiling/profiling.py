@@ -35,6 +35,7 @@
 
 # %%
 import time
+import timeit
 
 import numpy as np
 
@@ -70,18 +71,13 @@ def _layernorm():
     return xc / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + 1e-5)
 
 
-def _best_of(fn, repeats=200):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+def _median_time(fn, repeats=200):
+    fn()  # one untimed call first
+    return float(np.median(timeit.repeat(fn, number=1, repeat=repeats)))  # each call timed alone
 
 
 _flops_mm, _flops_ln = 2 * 256 * 128 * 128, 7 * 256 * 128
-_t_mm, _t_ln = _best_of(_matmul), _best_of(_layernorm)
+_t_mm, _t_ln = _median_time(_matmul), _median_time(_layernorm)
 print(f"matmul   : {_flops_mm / 1e6:6.2f} MFLOP in {_t_mm * 1e6:8.1f} us -> {_flops_mm / _t_mm / 1e9:6.2f} GFLOP/s")
 print(f"layernorm: {_flops_ln / 1e6:6.2f} MFLOP in {_t_ln * 1e6:8.1f} us -> {_flops_ln / _t_ln / 1e9:6.2f} GFLOP/s")
 print(f"FLOP ratio matmul/layernorm: {_flops_mm / _flops_ln:.0f}x; time ratio: {_t_mm / _t_ln:.2f}x; "
@@ -89,17 +85,14 @@ print(f"FLOP ratio matmul/layernorm: {_flops_mm / _flops_ln:.0f}x; time ratio: {
 
 # %% [markdown]
 # The matmul does 37x the arithmetic of the LayerNorm, but the time ratio printed
-# above is not 37: the two run at very different FLOP/s. On a quiet machine the
-# LayerNorm is the slow one per FLOP: it does a few operations per number it reads, so
-# it waits on memory, and each of its five NumPy calls pays a fixed overhead. (On this
-# 2-core machine, while another process kept one core busy, we also saw the opposite: a
-# 128 x 128 matmul taking ~16 ms instead of ~0.06 ms, because OpenBLAS splits even a
-# small product across two threads and then waits for the busy core. Your run's numbers
-# are the ones printed above.) Either way, time per FLOP is not a constant, and an
-# optimization guided by FLOPs alone can attack the wrong layer. That is
-# why this module measures four things separately, per layer: **parameters** (size),
-# **FLOPs** (work), **memory** (bytes), **time** (what the user feels), and then
-# explains time with a model of the machine, the **roofline**.
+# above is not 37. On a quiet machine the LayerNorm is the slow one per FLOP: it does a
+# few operations per number it reads, so it waits on memory, and each of its five NumPy
+# calls pays a fixed overhead. (With another process keeping one of two cores busy we
+# also saw a 128 x 128 matmul take ~16 ms instead of ~0.06 ms: OpenBLAS splits even a
+# small product across two threads, then waits for the busy core.) Time per FLOP is not
+# a constant, so this module measures **parameters** (size), **FLOPs** (work),
+# **memory** (bytes) and **time** separately, per layer, and explains time with a model
+# of the machine, the **roofline**.
 
 # %% [markdown]
 # ## 2. The idea
@@ -135,23 +128,19 @@ print(f"FLOP ratio matmul/layernorm: {_flops_mm / _flops_ln:.0f}x; time ratio: {
 # `(4, 2)` adds 8 more.
 #
 # **Hooks.** We never change a model to measure it. `Module.register_forward_hook(fn)`
-# calls `fn(module, inputs, output)` after every forward of that module and returns a
-# handle whose `remove()` takes the hook out again; a forward *pre*-hook
-# `fn(module, inputs)` runs before. A profiler puts one hook on every module (or one
-# module-wide hook, `tc.register_module_forward_hook(fn)`, that sees every module call
-# in this thread), runs one forward, and removes its hooks, even when the forward fails.
+# calls `fn(module, inputs, output)` after each forward of that module (a *pre*-hook
+# `fn(module, inputs)` runs before) and returns a handle whose `remove()` takes it out;
+# `tc.register_module_forward_hook(fn)` sees every module call in this thread.
 #
-# **Latency is a distribution.** Ten runs of the same forward give ten different
-# times: caches, the OS, other processes and the CPU clock all move them. We report the
-# **median** (robust to the rare slow run), the **mean**, the **p90/p99** tails (what
-# the slowest users see), the **std**, and a **95% confidence interval of the median**.
-# We use the distribution-free order-statistic interval: sorted samples
-# `x(1) <= ... <= x(n)`, the interval `[x(d+1), x(n-d)]` contains the true median
-# with probability `1 - 2 P(B <= d)` for `B ~ Binomial(n, 1/2)`; we take the largest
-# `d` that keeps this at least 95%. For `n = 10`, `P(B <= 1) = 11/1024`, so
-# `[x(2), x(9)]` has coverage `1 - 22/1024 = 97.9%`, while `[x(3), x(8)]` would only
-# have 89%. No normality is assumed (latencies are skewed), and no random resampling
-# is needed, so the interval is a pure function of the samples.
+# **Latency is a distribution.** Caches, the OS, other processes and the CPU clock move
+# every run. We report the **median** (robust to the rare slow run), the **mean**, the
+# **p90/p99** tails (what the slowest users see), the **std**, and a **95% confidence
+# interval of the median**, the distribution-free order-statistic one: for sorted samples
+# `x(1) <= ... <= x(n)`, `[x(d+1), x(n-d)]` contains the true median with probability
+# `1 - 2 P(B <= d)`, `B ~ Binomial(n, 1/2)`; we take the largest `d` that keeps this at
+# least 95%. For `n = 10`, `P(B <= 1) = 11/1024`, so `[x(2), x(9)]` has coverage
+# `1 - 22/1024 = 97.9%` (`[x(3), x(8)]` only 89%). No normality is assumed (latencies are
+# skewed) and nothing is random: the interval is a pure function of the samples.
 #
 # **Roofline.** A machine does at most `P` FLOP/s (peak arithmetic) and moves at most
 # `W` bytes/s (memory bandwidth). A layer that does `F` FLOPs and moves `M` bytes has
@@ -164,8 +153,12 @@ print(f"FLOP ratio matmul/layernorm: {_flops_mm / _flops_ln:.0f}x; time ratio: {
 # %% [markdown]
 # ## 3. Build it
 #
-# The first cell is given: imports, the per-element costs of the table above, and small
-# helpers for shapes, bytes and printing tables.
+# The first cell is given: imports and the per-element costs of the table above. Given
+# library code it uses: `tinytorch/profile_report.py`, the records your functions return
+# (`ParameterCount`, `LayerRow`, `FlopReport`, `LatencyStats`, `MemoryReport`,
+# `MachinePeaks`, `RooflinePoint`, `LayerTime`, `ProfileReport`) and their tables: read
+# their fields there; `tinytorch/introspect.py`, shapes and bytes of what a hook sees;
+# `tinytorch/energy.py`, reading the powercap files.
 
 # %%
 #| export
@@ -191,6 +184,7 @@ import tinytorch.core as tc
 from tinytorch.core import Module, Tensor
 from tinytorch.core.checks import check_int
 from tinytorch.energy import EnergyCounters, EnergyReading, EnergySample
+from tinytorch.introspect import as_args, check_module, is_leaf, nbytes_of, own_parameters, shape_of
 from tinytorch.profile_report import (FlopReport, LatencyStats, LayerRow, LayerTime, MachinePeaks, MemoryReport,
                                       ParameterCount, ProfileReport, RooflinePoint)
 
@@ -204,44 +198,6 @@ FLOPS_PER_ELEMENT = {
 # FLOPs per attention score (B*H*T*T of them) beside the QK^T and AV matmuls:
 # scale by 1/sqrt(D) (1), add the causal mask (1), softmax (5).
 ATTENTION_FLOPS_PER_SCORE = 2 + FLOPS_PER_ELEMENT["Softmax"]
-
-
-def _check_module(model, where: str) -> None:
-    if not isinstance(model, Module):
-        raise TypeError(f"{where} expects a tinytorch Module, got {type(model).__name__}")
-
-
-def _array(x):
-    """The ndarray behind a Tensor or ndarray; None for anything else."""
-    if isinstance(x, Tensor):
-        return x.data
-    if isinstance(x, np.ndarray):
-        return x
-    return None
-
-
-def _shape(x):
-    a = _array(x)
-    return None if a is None else tuple(a.shape)
-
-
-def _nbytes(x) -> int:
-    """Bytes of the arrays in x (a Tensor, an ndarray, or a tuple/list of them)."""
-    if isinstance(x, (tuple, list)):
-        return sum(_nbytes(v) for v in x)
-    a = _array(x)
-    return 0 if a is None else int(a.nbytes)
-
-
-def _own_parameters(module: Module):
-    """The Parameters stored directly on `module` (not in its children): a view of its registry,
-    no copy (the profiler asks this of every module, so it must be cheap)."""
-    return module.__dict__.get("_parameters", {}).values()
-
-
-def _is_leaf(module: Module) -> bool:
-    """True when `module` has no child modules (its registry of children is empty)."""
-    return not module.__dict__.get("_modules")
 
 
 # %% [markdown]
@@ -272,7 +228,7 @@ def count_parameters(model) -> ParameterCount:
     >>> count_parameters(tc.Linear(3, 2))
     ParameterCount(total=8, trainable=8)
     """
-    _check_module(model, "count_parameters")
+    check_module(model, "count_parameters")
     ### BEGIN SOLUTION
     total = trainable = 0
     for _, p in model.named_parameters():
@@ -320,7 +276,7 @@ def parameter_bytes(model, include_buffers: bool = True) -> int:
     >>> parameter_bytes(tc.Linear(3, 2))     # 8 float32 numbers
     32
     """
-    _check_module(model, "parameter_bytes")
+    check_module(model, "parameter_bytes")
     ### BEGIN SOLUTION
     total = sum(int(p.data.nbytes) for _, p in model.named_parameters())
     if include_buffers:
@@ -384,7 +340,7 @@ def layer_flops(module, input_shapes, output_shape):
     >>> layer_flops(tc.ReLU(), [(4, 2)], (4, 2))
     (0, 8)
     """
-    _check_module(module, "layer_flops")
+    check_module(module, "layer_flops")
     ### BEGIN SOLUTION
     x = tuple(input_shapes[0]) if input_shapes else ()
     out = math.prod(output_shape) if output_shape is not None else 0
@@ -450,20 +406,14 @@ print("layer_flops: ok")
 # %% [markdown]
 # ### 3.3 FLOPs of a whole model, layer by layer
 #
-# `count_flops(model, example_input)` watches every module of the model
-# (`model.named_modules()` names them, `""` is the model itself) with one module-wide
-# forward hook, runs **one** forward under `no_grad`, and turns each module's calls
-# into a row: name, type, input and output shapes, MACs, FLOPs, the module's own
-# parameters, and the **bytes** that cross its
-# boundary (its array inputs + its own parameters + its output, one pass each: a lower
-# bound on the memory traffic, used by the roofline later). A module called more than
-# once gets one row with its calls summed. The hook comes off in a `finally:` block, so a
-# forward that raises (a wrong input shape) leaves the model clean.
-#
-# A leaf module of an unknown type is counted as 0, marked `counted=False`, and named in
-# a warning; a container of an unknown type is assumed to only call its children. Later
-# modules add their own layers with `rules={TheirLayer: fn}`, where `fn` has the
-# signature of `layer_flops`.
+# `count_flops(model, example_input)` watches every module with one module-wide forward
+# hook, runs **one** forward under `no_grad`, and makes one `LayerRow` per module that
+# ran: shapes, MACs, FLOPs, own parameters, and the **bytes** that cross its boundary
+# (array inputs + own parameters + output: a lower bound on its memory traffic, used by
+# the roofline). A module called twice gets one row with both calls summed; the hook comes
+# off in a `finally:` block, so a forward that raises leaves the model clean. A leaf of an
+# unknown type counts 0, is marked `counted=False` and named in a warning; later modules
+# add their layers with `rules={TheirLayer: fn}` (`fn` has the signature of `layer_flops`).
 
 # %% nbgrader={"grade": false, "grade_id": "count-flops", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -495,12 +445,12 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
 
     HINTS:
     - An input or output may be a Tensor (its array is .data), an ndarray, or something
-      else (a Python int, a tuple): keep the shapes of the arrays; _nbytes(x) sums the
+      else (a Python int, a tuple): keep the shapes of the arrays; nbytes_of(x) sums the
       arrays inside a tuple.
     - Keep shapes, not arrays: holding every activation until the end costs memory and
       time (NumPy can no longer reuse the freed buffers).
-    - Own parameters: _own_parameters(module); their bytes are p.data.nbytes, once per call.
-    - _is_leaf(module) tells a leaf (no child modules).
+    - Own parameters: own_parameters(module); their bytes are p.data.nbytes, once per call.
+    - is_leaf(module) tells a leaf (no child modules).
     - The hook's cost is the profiler's overhead: tiny_gpt has 67 modules, so every
       microsecond in the hook or the bookkeeping is 67 us per count. One registration
       instead of 67 (and 67 removals) is part of that.
@@ -510,8 +460,8 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
     >>> [(row.name, row.macs, row.flops) for row in r.rows]
     [('', 0, 0), ('0', 24, 56), ('1', 0, 8)]
     """
-    _check_module(model, "count_flops")
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    check_module(model, "count_flops")
+    args = as_args(example_input)
     rules = dict(rules or {})
     for cls, fn in rules.items():
         if not (isinstance(cls, type) and callable(fn)):
@@ -531,12 +481,12 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
                 shapes.append(a.shape)
                 nbytes += a.nbytes
             elif isinstance(a, (tuple, list)):
-                nbytes += _nbytes(a)  # arrays inside a list argument still cross the boundary
+                nbytes += nbytes_of(a)  # arrays inside a list argument still cross the boundary
         out = output.data if isinstance(output, Tensor) else output
         if isinstance(out, np.ndarray):
             record.append((shapes, out.shape, nbytes + out.nbytes))
         else:  # e.g. a tuple of arrays: no single output shape
-            record.append((shapes, None, nbytes + _nbytes(output)))
+            record.append((shapes, None, nbytes + nbytes_of(output)))
 
     handle = tc.register_module_forward_hook(hook)
     try:
@@ -563,10 +513,10 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
                 flops += int(cost[1])
             nbytes += call_bytes
         params = param_bytes = 0
-        for p in _own_parameters(module):
+        for p in own_parameters(module):
             params += p.data.size
             param_bytes += p.data.nbytes
-        leaf = _is_leaf(module)
+        leaf = is_leaf(module)
         in_shapes, out_shape, _ = own_calls[0]  # the first call gives the shapes
         n = len(own_calls)
         rows.append(LayerRow(name, type(module).__name__, in_shapes, out_shape, macs, flops, params,
@@ -644,14 +594,11 @@ print("count_flops: ok")
 # %% [markdown]
 # ### 3.4 Latency statistics, a pure function of the samples
 #
-# Timing and statistics are kept apart: `latency_stats(samples)` only computes, so it
-# can be checked on arrays whose answers we know, and `measure_latency` (next) only
-# measures. Conventions: percentiles by linear interpolation (NumPy's default), `std`
-# with `ddof=1` (the sample standard deviation; 0 for a single sample), and the
-# order-statistic confidence interval of the median from section 2. `ci_coverage` is
-# the exact coverage of the interval returned: at least `confidence` when there are
-# enough samples (6 or more for 95%), and below it (reported, not hidden) when there
-# are too few.
+# `latency_stats(samples)` only computes, so it can be checked on arrays whose answers we
+# know; `measure_latency` (next) only measures. Percentiles interpolate linearly (NumPy's
+# default), `std` uses `ddof=1`, and `ci_coverage` is the exact coverage of the interval
+# returned: at least `confidence` with enough samples (6 or more for 95%), below it
+# (reported, not hidden) with too few.
 
 # %% nbgrader={"grade": false, "grade_id": "latency-stats", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -736,11 +683,10 @@ for _bad in ([], [1.0, -1.0], [1.0, float("nan")]):
         pass
 ### BEGIN HIDDEN TESTS
 from fractions import Fraction as _Fr
-from math import comb as _comb
 
 
 def _cov(n, d):
-    return 1 - _Fr(2 * sum(_comb(n, i) for i in range(d + 1)), 2 ** n)
+    return 1 - _Fr(2 * sum(math.comb(n, i) for i in range(d + 1)), 2 ** n)
 
 
 for _n in (1, 2, 5, 6, 9, 17, 30):
@@ -759,11 +705,10 @@ print("latency_stats: ok")
 # %% [markdown]
 # ### 3.5 Measuring latency
 #
-# `measure_latency(fn, *args, warmup=3, repeats=30)` calls `fn(*args)` `warmup` times
-# without timing it (the first calls pay for cold caches, lazy allocations, BLAS thread
-# start-up), then `repeats` times, each timed alone with a monotonic clock
-# (`time.perf_counter`). The clock is a parameter, so a test can hand in a fake one
-# and know every sample exactly.
+# `measure_latency(fn, *args, warmup=3, repeats=30)` calls `fn` `warmup` times untimed
+# (cold caches, lazy allocations, BLAS thread start-up), then times each of `repeats`
+# calls alone with `time.perf_counter`. The clock is a parameter, so a test can hand in a
+# fake one and know every sample exactly.
 
 # %% nbgrader={"grade": false, "grade_id": "measure-latency", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -843,15 +788,12 @@ print("measure_latency: ok")
 # %% [markdown]
 # ### 3.6 Memory: weights vs activations
 #
-# The weights sit in memory before the forward starts; the **activations** are
-# allocated during it. `tracemalloc` traces every allocation of the Python heap, and
-# NumPy reports its array buffers to it, so the **peak above the level before the
-# call** is what the forward needed on top of the weights: activations and
-# temporaries. We also record what stays allocated after the call (`retained`: the
-# output, and with `grad=True` the autograd graph that backward will need) and the
-# change in the process's resident set size (RSS, via `psutil`), which is what the
-# operating system sees: it is often 0 for small models, because the allocator reuses
-# memory the process already has.
+# The weights are in memory before the forward; the **activations** are allocated during
+# it. `tracemalloc` traces every Python-heap allocation (NumPy reports its buffers to it),
+# so the **peak above the level before the call** is what the forward needed on top of
+# the weights. We also record what stays allocated (`retained`: the output, and with
+# `grad=True` the autograd graph) and the change in resident set size (`psutil`), which
+# is often 0 for small models because the allocator reuses memory it already has.
 
 # %% nbgrader={"grade": false, "grade_id": "measure-memory", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -871,7 +813,7 @@ def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> Memor
        baseline = tracemalloc.get_traced_memory()[0]; tracemalloc.reset_peak().
     4. output = call(); current, peak = tracemalloc.get_traced_memory().
     5. Stop tracemalloc if you started it; rss_after.
-    6. MemoryReport(param bytes, peak - baseline, current - baseline, _nbytes(output),
+    6. MemoryReport(param bytes, peak - baseline, current - baseline, nbytes_of(output),
        rss_after - rss_before).
 
     HINTS:
@@ -885,10 +827,7 @@ def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> Memor
     """
     if not callable(fn_or_model):
         raise TypeError(f"measure_memory expects a Module or a callable, got {type(fn_or_model).__name__}")
-    if example_input is None:
-        args = ()
-    else:
-        args = example_input if isinstance(example_input, tuple) else (example_input,)
+    args = () if example_input is None else as_args(example_input)
     ### BEGIN SOLUTION
     is_model = isinstance(fn_or_model, Module)
     weights = parameter_bytes(fn_or_model) if is_model else 0
@@ -915,7 +854,7 @@ def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> Memor
             tracemalloc.stop()
     rss_after = process.memory_info().rss
     return MemoryReport(parameter_bytes=weights, peak_bytes=max(0, peak - baseline),
-                        retained_bytes=max(0, current - baseline), output_bytes=_nbytes(output),
+                        retained_bytes=max(0, current - baseline), output_bytes=nbytes_of(output),
                         rss_delta_bytes=int(rss_after - rss_before))
     ### END SOLUTION
 
@@ -1019,10 +958,10 @@ for _kw in ({"matmul_size": 0}, {"repeats": 0}, {"copy_megabytes": -1}):
     except ValueError:
         pass
 ### BEGIN HIDDEN TESTS
-import types as _types
+import types
 
 _real_time, _ticks = time, iter(range(10 ** 6))
-time = _types.SimpleNamespace(perf_counter=lambda: float(next(_ticks)))  # every timed run takes exactly 1 s
+time = types.SimpleNamespace(perf_counter=lambda: float(next(_ticks)))  # every timed run takes exactly 1 s
 try:
     _fake = measure_machine(16, 1, repeats=2)
 finally:
@@ -1109,60 +1048,35 @@ print("roofline: ok")
 # %% [markdown]
 # ### 3.9 Energy: counters where the machine has them, an estimate where it does not
 #
-# Time is what the user feels; **energy** is what the operator pays for, and what a
-# phone's battery or a data centre's power budget limits. Energy is power integrated
-# over time (`1 J = 1 W x 1 s`).
+# Time is what the user feels; **energy** (`1 J = 1 W x 1 s`) is what the operator pays
+# for and what a battery or a data centre's power budget limits.
 #
 # **Measured: RAPL counters.** Intel CPUs since Sandy Bridge, and AMD since Zen with
-# Linux 5.8, count the energy of their package in a hardware register (RAPL, "Running
-# Average Power Limit"). Linux shows it through the power-capping framework in sysfs:
+# Linux 5.8, count their package's energy in a register (RAPL) that Linux shows as
+# `/sys/class/powercap/intel-rapl:N/energy_uj`, in microjoules (the layout is in the
+# docstring of `tinytorch/energy.py`, which finds and reads these files for you). Three
+# things make it more than `open(...).read()`:
+# 1. **Wraparound.** `energy_uj` goes back to 0 after `max_energy_range_uj` (about 262 kJ
+#    on many CPUs: every 73 minutes at 60 W). A later reading *smaller* than an earlier
+#    one means one wrap: the energy is `after + max_energy_range_uj - before`.
+# 2. **Counted once.** Two sockets are `package-0` and `package-1`: their sum is the CPU
+#    energy. Subzones (`intel-rapl:0:0` core, `:0:1` uncore, `:0:2` dram) are parts of
+#    their package, and `psys` contains the packages: we sum the top-level `package-*`
+#    zones only, like `perf stat -e power/energy-pkg/` (DRAM energy is left out).
+# 3. **Permission.** Since CVE-2020-8694 `energy_uj` is readable by root only. Where we
+#    cannot read it we do not guess: we fall back to the estimate and say why.
 #
-# ```
-# /sys/class/powercap/intel-rapl:0/name                 package-0
-# /sys/class/powercap/intel-rapl:0/energy_uj            energy since some start, in microjoules
-# /sys/class/powercap/intel-rapl:0/max_energy_range_uj  where the counter wraps back to 0
-# /sys/class/powercap/intel-rapl:0:0/name               core    (a subzone: part of package-0)
-# /sys/class/powercap/intel-rapl:0:1/name               uncore  (a subzone)
-# /sys/class/powercap/intel-rapl:1/name                 package-1 (a second socket) or psys
-# ```
+# The counters measure the **whole package**: a measured figure includes whatever else
+# ran. **Estimated:** like Green Algorithms (core-hours x power per core) and CodeCarbon's
+# fallback (half the TDP), we take this process's CPU time (`time.process_time()`, all
+# threads) times `DEFAULT_WATTS_PER_CORE = 10` W (a 65-150 W CPU of 6-16 cores has 6-15 W
+# of TDP per core), labelled on every figure (`"estimated: CPU-seconds x 10 W per core"`).
+# It leaves out idle power and memory.
 #
-# (the kernel's powercap documentation, `Documentation/power/powercap/powercap.rst`.)
-# Three things make reading it less simple than `open(...).read()`:
-# 1. **Wraparound.** `energy_uj` is a counter that goes back to 0 after
-#    `max_energy_range_uj` (about 262 kJ on many CPUs: at 60 W it wraps every 73 minutes).
-#    If a later reading is *smaller* than an earlier one, the counter wrapped once:
-#    the energy is `after + max_energy_range_uj - before`.
-# 2. **Several zones, counted once.** A two-socket machine has `package-0` and
-#    `package-1`: their sum is the CPU energy. The subzones (`intel-rapl:0:0` core,
-#    `:0:1` uncore, `:0:2` dram) are parts of their package in the tree; adding them
-#    to it would count the cores twice. `psys` (platform, on laptops) is a top-level
-#    zone that *contains* the packages. We sum the top-level zones whose name starts
-#    with `package` and nothing else: CPU package energy, like `perf stat -e
-#    power/energy-pkg/`. (DRAM energy, where a `dram` subzone exists, is left out and so
-#    stated: it is not part of the package figure.)
-# 3. **Permission.** Since 2020 (the side channel CVE-2020-8694) the kernel makes
-#    `energy_uj` readable only by root. Where we cannot read it, we do not guess a
-#    measurement: we fall back to the estimate below and say why.
-#
-# The counters measure the **whole package**, every process on it: a measured figure
-# for our model includes whatever else ran. Measure on a quiet machine.
-#
-# **Estimated: CPU time x power per core.** Without counters, the energy trackers
-# estimate. Green Algorithms multiplies core-hours by a power draw per core (the CPU's
-# TDP over its cores); CodeCarbon, when it cannot read RAPL, falls back on half the
-# CPU's TDP (its "constant mode", github.com/mlco2/codecarbon/issues/524). We take
-# the process's own CPU time (`time.process_time()`: every thread of this process,
-# user + system, so BLAS threads count) times a power per busy core, by default
-# `DEFAULT_WATTS_PER_CORE = 10` W: a 65-150 W desktop or server CPU of 6-16 cores
-# has a TDP per core of about 6-15 W. It is an **estimate**, labelled as one on every
-# figure (`"estimated: CPU-seconds x 10 W per core"`), and you can set your own figure.
-# It leaves out idle power and memory, and it attributes to us only our own CPU time.
-#
-# Worked example, by hand. A package counter with `max_energy_range_uj = 1000`
-# reads 900 before a call and 150 after it: it wrapped, so the call used
-# `150 + 1000 - 900 = 250` uJ. A second package read 40 then 90: 50 uJ. The machine
-# used 300 uJ = 0.0003 J; if the call ran 4 times, that is 75 uJ per call. Without
-# counters, 0.02 CPU-seconds at 10 W per core is 0.2 J.
+# Worked example. A counter with `max_energy_range_uj = 1000` reads 900 before a call and
+# 150 after: it wrapped, `150 + 1000 - 900 = 250` uJ. A second package read 40 then 90:
+# 50 uJ. Together 300 uJ; over 4 calls, 75 uJ per call. Without counters, 0.02 CPU-seconds
+# at 10 W per core is 0.2 J.
 
 # %% nbgrader={"grade": false, "grade_id": "energy-meter", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1252,23 +1166,12 @@ class EnergyMeter(EnergyCounters):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test-energy-meter", "locked": true, "points": 10, "schema_version": 3, "solution": false}
-import os as _os
-import tempfile as _tempfile
+import tempfile
+
+from tinytorch.energy import make_fake_zone, set_fake_energy
 
 assert counter_delta_uj(40, 90, 1000) == 50 and counter_delta_uj(900, 150, 1000) == 250
 assert counter_delta_uj(7, 7, 1000) == 0 and counter_delta_uj(1000, 0, 1000) == 0
-
-
-def _zone(root, folder, name, energy, max_range=1000):
-    _os.makedirs(_os.path.join(root, folder))
-    for _file, _value in (("name", name), ("energy_uj", energy), ("max_energy_range_uj", max_range)):
-        with open(_os.path.join(root, folder, _file), "w") as _f:
-            _f.write(f"{_value}\n")
-
-
-def _set(root, folder, energy):
-    with open(_os.path.join(root, folder, "energy_uj"), "w") as _f:
-        _f.write(f"{energy}\n")
 
 
 class _CPU:  # a fake CPU-time clock: 0.5 s of CPU per read
@@ -1280,18 +1183,18 @@ class _CPU:  # a fake CPU-time clock: 0.5 s of CPU per read
         return self.t
 
 
-with _tempfile.TemporaryDirectory() as _root:
-    _zone(_root, "intel-rapl:0", "package-0", 900)     # two sockets: both count
-    _zone(_root, "intel-rapl:0:0", "core", 500)        # a subzone: inside package-0, not added again
-    _zone(_root, "intel-rapl:1", "package-1", 40)
-    _zone(_root, "intel-rapl:2", "psys", 10)           # the platform: contains the packages
+with tempfile.TemporaryDirectory() as _root:
+    make_fake_zone(_root, "intel-rapl:0", "package-0", 900)     # two sockets: both count
+    make_fake_zone(_root, "intel-rapl:0:0", "core", 500)        # a subzone: inside package-0, not added again
+    make_fake_zone(_root, "intel-rapl:1", "package-1", 40)
+    make_fake_zone(_root, "intel-rapl:2", "psys", 10)           # the platform: contains the packages
     _meter = EnergyMeter(root=_root)
     assert _meter.measured and [z.name for z in _meter.zones] == ["package-0", "package-1"]
     _start = _meter.sample()
-    _set(_root, "intel-rapl:0", 150)                   # wrapped: 150 + 1000 - 900 = 250
-    _set(_root, "intel-rapl:0:0", 700)
-    _set(_root, "intel-rapl:1", 90)                    # 50
-    _set(_root, "intel-rapl:2", 999)
+    set_fake_energy(_root, "intel-rapl:0", 150)                 # wrapped: 150 + 1000 - 900 = 250
+    set_fake_energy(_root, "intel-rapl:0:0", 700)
+    set_fake_energy(_root, "intel-rapl:1", 90)                  # 50
+    set_fake_energy(_root, "intel-rapl:2", 999)
     _r = _meter.since(_start, calls=4)
     assert _r.source == "measured (RAPL)" and _r.measured
     assert abs(_r.joules - 300e-6) < 1e-15 and abs(_r.per_call - 75e-6) < 1e-15, _r
@@ -1311,21 +1214,12 @@ print("energy meter: ok; this machine:", EnergyMeter().source, "-", EnergyMeter(
 # ### 3.10 The Profiler: one report, per layer, forward and backward
 #
 # `Profiler(model)` combines the pieces. Its own new part is **time per layer**: a
-# forward *pre*-hook on every module reads the clock when the module starts, a forward
-# hook reads it when it ends. That gives each module's **inclusive** time (with its
-# children); its **self** time is the inclusive time minus its direct children's.
-# Self times add up to the whole forward, so the "% time" column means what it says.
-# Each is the median over `repeats` forwards.
-#
-# `time_backward` really runs backward: each repeat does an untimed forward that
-# records the graph, computes the loss (by default `output.sum()`), and times only
-# `loss.backward()`. The parameters' `.grad` are put back as they were afterwards, so
-# profiling never changes a training run.
-#
-# `profile(example_input)` runs everything and returns a `ProfileReport`: parameters,
-# bytes, FLOPs, per-layer times, forward latency (without hooks), energy per inference
-# (an `EnergyMeter` read around those same timed forwards), memory, backward, and the
-# hook overhead (hooked forward time / plain forward time).
+# forward *pre*-hook reads the clock when a module starts, a forward hook when it ends.
+# That is the module's **inclusive** time; its **self** time is that minus the calls made
+# inside it, so self times add up to the whole forward. `time_backward` runs a real
+# backward and restores every `.grad`, so profiling never changes a training run.
+# `profile(example_input)` (given) runs everything and returns a `ProfileReport`, with the
+# energy per inference read around the same timed forwards.
 
 # %% nbgrader={"grade": false, "grade_id": "profiler", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1337,11 +1231,8 @@ class Profiler:
     """
 
     def __init__(self, model, clock: Callable[[], float] = time.perf_counter):
-        _check_module(model, "Profiler")
+        check_module(model, "Profiler")
         self.model, self.clock = model, clock
-
-    def _args(self, example_input) -> tuple:
-        return example_input if isinstance(example_input, tuple) else (example_input,)
 
     def time_layers(self, example_input, warmup: int = 1, repeats: int = 5) -> dict:
         """{name: LayerTime} from `repeats` forwards (after `warmup`) with timing hooks on every module.
@@ -1376,7 +1267,7 @@ class Profiler:
         """
         check_int(repeats, "repeats", 1)
         check_int(warmup, "warmup", 0)
-        model, args = self.model, self._args(example_input)
+        model, args = self.model, as_args(example_input)
         ### BEGIN SOLUTION
         modules = list(model.named_modules())
         clock = self.clock
@@ -1447,7 +1338,7 @@ class Profiler:
         check_int(warmup, "warmup", 0)
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-        model, args = self.model, self._args(example_input)
+        model, args = self.model, as_args(example_input)
         loss_fn = loss_fn or (lambda out: out.sum())
         ### BEGIN SOLUTION
         saved = [(p, p.grad) for p in model.parameters()]
@@ -1480,7 +1371,7 @@ class Profiler:
         if energy_meter is not None and not isinstance(energy_meter, EnergyMeter):
             raise TypeError(f"energy_meter must be an EnergyMeter, got {type(energy_meter).__name__}")
         meter = energy_meter or EnergyMeter()
-        model, args = self.model, self._args(example_input)
+        model, args = self.model, as_args(example_input)
         flops = count_flops(model, example_input)  # first: a wrong input fails here, with no hook left
 
         def forward():
@@ -1496,7 +1387,7 @@ class Profiler:
         memory = measure_memory(model, example_input)
         back = self.time_backward(example_input, loss_fn, warmup=min(warmup, 1), repeats=max(1, repeats // 2)) \
             if backward else None
-        return ProfileReport(model_type=type(model).__name__, input_shapes=[_shape(a) for a in args],
+        return ProfileReport(model_type=type(model).__name__, input_shapes=[shape_of(a) for a in args],
                              parameters=count_parameters(model), parameter_bytes=parameter_bytes(model),
                              flops=flops, layer_times=layer_times, latency=latency, memory=memory, backward=back,
                              energy=energy)
@@ -1643,30 +1534,16 @@ gpt_report = Profiler(gpt).profile(x_gpt, warmup=1, repeats=5)
 print(gpt_report)
 
 # %%
-# The same table folded by layer type: which kinds of layers take the time?
-_by_type = {}
-for _r in gpt_report.flops.rows:
-    _t = gpt_report.layer_times[_r.name].self_s
-    _f, _s, _p = _by_type.get(_r.type, (0, 0.0, 0))
-    _by_type[_r.type] = (_f + _r.flops, _s + _t, _p + _r.params)
-_total_f = gpt_report.flops.total_flops
-_total_t = sum(v[1] for v in _by_type.values())
-print(f"{'type':20s} {'params':>9s} {'FLOPs':>7s} {'time':>7s}  time share / FLOP share")
-for _k, (_f, _s, _p) in sorted(_by_type.items(), key=lambda kv: -kv[1][1]):
-    _ratio = f"{(_s / _total_t) / (_f / _total_f):8.2f}" if _f else "       -"
-    print(f"{_k:20s} {_p:9,d} {100 * _f / _total_f:6.1f}% {100 * _s / _total_t:6.1f}%  {_ratio}")
+print(gpt_report.type_table())  # the same rows folded by layer type: which kinds of layers take the time?
 
 # %% [markdown]
-# Read the columns side by side (the numbers above are this run's). The `Linear`
-# layers hold nearly all parameters and most FLOPs. Attention's own math
-# (`MultiHeadAttention` row: `QK^T`, softmax, `AV`) holds no parameters at all, yet it
-# has a real share of the FLOPs at this length, and that share grows with `T` (section
-# 5). The last column is the key one: a type with a ratio above 1 runs below the
-# model's average FLOP/s. Rows with little or no arithmetic (the `GPT` row: input
-# checks and one add; the `Embedding` lookups; `Dropout`, the identity at inference)
-# still take time: that is overhead, not work. Compare the backward median
-# with the forward median in the report above: backward computes two products per
-# `Linear` (the gradients of the input and of the weight), so expect it to cost more.
+# Read the columns side by side (this run's numbers). The `Linear` layers hold nearly
+# all parameters and most FLOPs. Attention's own math (`QK^T`, softmax, `AV`) holds no
+# parameters, yet has a real share of the FLOPs, growing with `T` (section 5). A ratio
+# above 1 means the type runs below the model's average FLOP/s; rows with little or no
+# arithmetic (the `GPT` row, `Embedding` lookups, `Dropout`) still take time: overhead,
+# not work. Backward computes two products per `Linear` (input and weight gradients), so
+# expect its median in the report above to exceed the forward's.
 
 # %% [markdown]
 # ## 5. Systems analysis
@@ -1674,9 +1551,7 @@ for _k, (_f, _s, _p) in sorted(_by_type.items(), key=lambda kv: -kv[1][1]):
 # ### 5.1 How FLOPs grow with sequence length and batch size
 #
 # Split the GPT's FLOPs into the attention core (quadratic in `T`: `T x T` scores per
-# head) and everything else (linear in `T`: each token goes through the same
-# `Linear`s). Counting needs one forward per length, so this uses the counter, not a
-# clock.
+# head) and everything else (linear in `T`: every token goes through the same `Linear`s).
 
 # %%
 seq_lens = [16, 32, 64, 128, 256]
@@ -1704,13 +1579,11 @@ fig.tight_layout()
 show(fig)
 
 # %% [markdown]
-# On the log-log plot the linear part has slope 1 and the attention core slope 2:
-# doubling `T` doubles the first and quadruples the second. The printed shares show
-# where the two meet for this width (`C = 128`): the quadratic term `4 T^2 C` catches
-# up with the linear term's `~24 T C^2` (plus the LM head) only when `T` approaches
-# `6C`. FLOPs are exactly linear in batch size (the printed FLOPs per sample are
-# equal): batching adds no arithmetic per sample, so any speedup it brings (module 18)
-# comes from using the machine better, not from doing less work.
+# On the log-log plot the linear part has slope 1 and the attention core slope 2. For
+# this width (`C = 128`) the quadratic term `4 T^2 C` catches up with the linear term's
+# `~24 T C^2` (plus the LM head) only when `T` approaches `6C`. FLOPs are exactly linear
+# in batch size (the printed FLOPs per sample are equal): any speedup batching brings
+# (module 18) comes from using the machine better, not from doing less work.
 #
 # ### 5.2 Time is not proportional to FLOPs
 #
@@ -1734,43 +1607,44 @@ ax.set(xscale="log", yscale="log", xlabel="FLOPs of the layer (one forward)", yl
 ax.legend()
 show(fig)
 _small = [(r.name, r.flops, gpt_report.layer_times[r.name].self_s) for r in gpt_report.flops.rows if 0 < r.flops]
-_lo, _hi = min(_small, key=lambda s: s[1]), max(_small, key=lambda s: s[1])
-print(f"smallest-FLOP layer {_lo[0]!r}: {_lo[1]:,} FLOPs in {_lo[2] * 1e6:.0f} us "
-      f"({_lo[1] / _lo[2] / 1e9:.2f} GFLOP/s)")
-print(f"largest-FLOP layer  {_hi[0]!r}: {_hi[1]:,} FLOPs in {_hi[2] * 1e6:.0f} us "
-      f"({_hi[1] / _hi[2] / 1e9:.2f} GFLOP/s)")
+for _what, _pick in (("smallest", min), ("largest", max)):
+    _n, _fl, _s = _pick(_small, key=lambda s: s[1])
+    print(f"{_what + '-FLOP layer':19s} {_n!r}: {_fl:,} FLOPs in {_s * 1e6:.0f} us ({_fl / _s / 1e9:.2f} GFLOP/s)")
 
 # %% [markdown]
-# The points do not follow the dashed line: time per FLOP changes by orders of
-# magnitude from layer to layer (compare the two GFLOP/s printed above). Small layers
-# sit on a floor: a Python call, a few NumPy calls and our hooks cost microseconds to
-# tens of microseconds whatever the FLOPs. For small models **overhead**, not
-# arithmetic, sets the time; this is why module 18 fuses operators and batches
-# requests.
+# The points do not follow the dashed line: time per FLOP changes by orders of magnitude
+# from layer to layer (compare the two GFLOP/s printed above). Small layers sit on a
+# floor: a Python call, a few NumPy calls and our hooks cost microseconds whatever the
+# FLOPs. For small models **overhead**, not arithmetic, sets the time; this is why module
+# 18 fuses operators and batches requests.
 #
 # ### 5.3 The roofline of this machine
 #
-# The roof was measured at the start of 5.2 with full-size runs: a 1024 x 1024 matmul
-# for the compute roof and a 64 MiB copy for the memory roof.
+# The roof was measured at the start of 5.2: a 1024 x 1024 matmul for the compute roof
+# and a 64 MiB copy for the memory roof.
 
 # %%
 print(f"this machine: peak {peaks.peak_flops / 1e9:.1f} GFLOP/s (float32 matmul), "
       f"bandwidth {peaks.bandwidth / 1e9:.1f} GB/s (copy), ridge at {peaks.ridge:.1f} FLOP/byte")
 gpt_roof = roofline(gpt_report.flops, peaks.peak_flops, peaks.bandwidth)
+
+
+def _achieved(point):
+    """GFLOP/s the layer reached in the profile: its FLOPs over its median self time."""
+    return point.flops / max(gpt_report.layer_times[point.name].self_s, 1e-9) / 1e9
+
+
 print(format_table(["layer", "type", "FLOP/byte", "bound", "attainable GFLOP/s", "achieved GFLOP/s"],
                    [[p.name or "(GPT)", p.type, f"{p.intensity:.2f}", p.bound, f"{p.attainable_flops / 1e9:.1f}",
-                     f"{p.flops / max(gpt_report.layer_times[p.name].self_s, 1e-9) / 1e9:.2f}"]
-                    for p in gpt_roof if p.name.startswith("blocks.0") or "." not in p.name]))
-
+                     f"{_achieved(p):.2f}"] for p in gpt_roof if p.name.startswith("blocks.0") or "." not in p.name]))
 fig, ax = plt.subplots(figsize=(7, 5))
 _i = np.logspace(-2, 3, 200)
 ax.plot(_i, np.minimum(peaks.peak_flops, _i * peaks.bandwidth) / 1e9, "k-", label="roofline (measured)")
 ax.axvline(peaks.ridge, color="grey", ls=":", label=f"ridge {peaks.ridge:.1f} FLOP/B")
 for _bound, _color in (("memory", "tab:blue"), ("compute", "tab:red")):
     _sel = [p for p in gpt_roof if p.bound == _bound]
-    ax.scatter([p.intensity for p in _sel],
-               [p.flops / max(gpt_report.layer_times[p.name].self_s, 1e-9) / 1e9 for p in _sel],
-               color=_color, label=f"tiny_gpt layers, {_bound}-bound (achieved)")
+    ax.scatter([p.intensity for p in _sel], [_achieved(p) for p in _sel], color=_color,
+               label=f"tiny_gpt layers, {_bound}-bound (achieved)")
 ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs / byte)", ylabel="GFLOP/s",
        title="Roofline of this machine, tiny_gpt layers at T=128")
 ax.legend(fontsize=8)
@@ -1780,21 +1654,17 @@ print("memory-bound:", sorted({p.type for p in gpt_roof if p.bound == "memory"})
 
 # %% [markdown]
 # The roofline says what each layer *could* reach; the dots show what it *does* reach.
-# LayerNorm, GELU and the residual adds sit left of the ridge: memory-bound, whatever
-# the arithmetic units could do. The `Linear` layers on 128 tokens sit right of it and
-# could run at the peak; compare the achieved column with the attainable one to see how
-# far each gets in this run. A dot far below its roof is a layer whose time goes to
-# overhead (5.2) or, for the element-wise layers, to NumPy's several passes over memory
-# per layer, not to the arithmetic the roofline counts.
-# (The bytes we count are the minimum that must cross a layer's boundary; the real
-# traffic is higher: attention's unfused `T x T` score matrix, for example, is
-# written and read again, which is what FlashAttention avoids.)
+# LayerNorm, GELU and the residual adds sit left of the ridge: memory-bound. The `Linear`
+# layers on 128 tokens sit right of it and could run at the peak; the achieved column
+# says how far each gets in this run. A dot far below its roof loses its time to overhead
+# (5.2) or, for element-wise layers, to NumPy's several passes over memory. (The bytes we
+# count are the minimum that must cross a layer's boundary; attention's unfused `T x T`
+# score matrix, for one, is written and read again, which is what FlashAttention avoids.)
 #
 # ### 5.4 Warm-up and profiler overhead
 #
-# The first calls of a fresh model are slower: memory pages are touched for the first
-# time, caches are cold, BLAS starts its threads. Time the first 24 forwards of a newly
-# built GPT with no warm-up at all:
+# The first calls of a fresh model pay for first touches of memory, cold caches and
+# BLAS thread start-up. Time the first 24 forwards of a newly built GPT, no warm-up:
 
 # %%
 fresh = models.build("tiny_gpt").eval()
@@ -1811,23 +1681,21 @@ print(f"first call {cold.samples[0] * 1e3:.1f} ms; median of calls 13-24 {warm.m
 print("warm-up excluded:", warm)
 
 # %% [markdown]
-# Look at the printed ratio of the first call to the warm median and at the left end of
-# the plot: when the first calls are slower (first touches of memory, cold caches,
-# thread start-up), they pull a mean up. That is why `measure_latency` discards
-# `warmup` calls before it times anything, and why we report the median. The profiler's
-# own cost: counting FLOPs runs one forward with one module-wide hook, called once per
-# module call; timing per layer reads the clock twice per module per forward.
+# When the first calls are slower (the printed ratio, the left end of the plot) they pull
+# a mean up: that is why `measure_latency` discards `warmup` calls and we report the
+# median. The profiler's own cost: `count_flops` calls one hook per module call, and
+# timing per layer reads the clock twice per module per forward.
 
 # %%
 _x64 = tokens[None, :64]
 
 
-def _plain():
+def _gpt_forward(x):
     with tc.no_grad():
-        return gpt(_x64)
+        return gpt(x)
 
 
-_plain_stats = measure_latency(_plain, warmup=1, repeats=7)
+_plain_stats = measure_latency(_gpt_forward, _x64, warmup=1, repeats=7)
 _count_stats = measure_latency(lambda: count_flops(gpt, _x64), warmup=1, repeats=7)
 print(f"plain forward        {_plain_stats.median * 1e3:7.2f} ms")
 print(f"count_flops          {_count_stats.median * 1e3:7.2f} ms  "
@@ -1836,35 +1704,23 @@ print(f"per-layer timing hooks: {100 * gpt_report.hook_overhead:+.1f}% on the T=
       f"({len(gpt_report.layer_times)} modules, 2 clock reads each)")
 
 # %% [markdown]
-# Both overheads are a fixed cost per module (about 7-12 microseconds for `count_flops`:
-# the hook, the rule, the row), so their share depends on how long the forward is:
-# small at `T = 256`, larger at `T = 64`, and large for a model made of many tiny
-# layers. The benchmark `python -m benchmarks.run profiling` measures them
-# round-robin with more repeats at both lengths. This is why real profilers
-# (PyTorch's `torch.profiler`) record events in C++ instead of wrapping every Python
-# call.
-
-# %% [markdown]
+# Both overheads are a fixed cost per module (about 7-12 microseconds for `count_flops`),
+# so their share is small at `T = 256`, larger at `T = 64`, and large for a model of many
+# tiny layers (`python -m benchmarks.run profiling` measures both lengths with more
+# repeats). This is why `torch.profiler` records events in C++ instead of wrapping every
+# Python call.
+#
 # ### 5.5 Energy per inference
 #
-# The profiles above already carry an energy figure (the `energy` line, read around
-# their timed forwards). Here the same meter follows `tiny_gpt` over sequence lengths:
-# joules per sequence and per token. Look at the label first: on a machine without
-# readable RAPL counters every figure below is an **estimate** (CPU-seconds x W per
-# core), so it follows CPU time by construction. What it adds is the unit operators
-# budget in, and a per-token view; with counters, the same code measures.
+# The profiles above carry an energy line, read around their timed forwards. Here the
+# same meter follows `tiny_gpt` over sequence lengths. Read the label first: without
+# readable RAPL counters every figure is an **estimate** (CPU-seconds x W per core) and
+# follows CPU time by construction; with counters, the same code measures.
 
 # %%
 energy_meter = EnergyMeter()
 print("energy source:", energy_meter.source, "|", energy_meter.why_estimate or "counters readable")
 _lens, _j_seq = [32, 64, 128, 256], []
-
-
-def _gpt_forward(x):
-    with tc.no_grad():
-        return gpt(x)
-
-
 for _t in _lens:
     _xt = tokens[None, :_t]
     _gpt_forward(_xt)  # warm-up
@@ -1880,61 +1736,43 @@ show(fig)
 print(f"per token, T=256 vs T=32: {(_j_seq[-1] / 256) / (_j_seq[0] / 32):.2f}x")
 
 # %% [markdown]
-# Two forces set the energy per token: the fixed Python cost of a forward (section
-# 5.2) is shared by more tokens as `T` grows, and the attention core's `T^2` term
-# (section 5.1) adds cost per token. Which wins at these lengths, and by how much, is in
-# the printed lines of this run; on a shared machine BLAS waiting for a busy core
-# (section 1) can swamp both, and the estimate charges the CPU time that waiting
-# burns. "Cores busy" (CPU seconds over wall seconds) near 2 means BLAS ran on both
-# cores: the estimate charges both. Milestone 06 uses this meter for joules per generated
-# token, and module 19 reports energy per query in its benchmark reports.
+# Two forces set the energy per token: the fixed Python cost of a forward (5.2) is
+# shared by more tokens as `T` grows, and the attention core's `T^2` term (5.1) adds cost
+# per token; which wins here is in the printed lines. On a shared machine BLAS waiting
+# for a busy core (section 1) can swamp both, and the estimate charges the CPU time that
+# waiting burns ("cores busy" near 2: both cores charged). Milestone 06 uses this meter
+# for joules per generated token, module 19 for energy per query.
 
 # %% [markdown]
 # ## 6. Reflection
 #
 # 1. The attention core grows as `T^2` and the rest as `T`. For `tiny_gpt` (`C = 128`)
 #    at which sequence length does the attention core do half the FLOPs? How does that
-#    length move for a model with `C = 4096`, and what does that say about where long
-#    context costs hurt?
-# 2. Our `bytes moved` count is a lower bound (each operand crosses the layer boundary
-#    once). Which layers of the GPT move much more than that in our NumPy
-#    implementation, and how do fused kernels (FlashAttention, a fused LayerNorm) get
-#    close to the lower bound?
-# 3. The profiler's forward hooks fire once per Python module call. What would they miss
-#    in a model compiled into a single graph (ONNX Runtime, `torch.compile`), and how do
-#    such runtimes attribute time to layers instead?
-# 4. We report the median with an order-statistic confidence interval. When is the
-#    p99 the number that matters more, and how many samples do you need for a p99 to
-#    mean anything?
-# 5. The RAPL counters measure the whole CPU package, and our estimate charges only
-#    this process's CPU time at a fixed power per core. Name a workload where each is
-#    wrong, and how a tracker could attribute a shared machine's energy to one process.
-# 6. Module 15 will store weights as int8. Which numbers of this profile should
-#    change (parameters, bytes, FLOPs, time), by how much do you predict, and which
-#    layers would move on the roofline?
+#    length move for `C = 4096`, and what does that say about where long context hurts?
+# 2. Our `bytes moved` is a lower bound (each operand crosses the layer boundary once).
+#    Which GPT layers move much more than that in our NumPy code, and how do fused
+#    kernels (FlashAttention, a fused LayerNorm) get close to the bound?
+# 3. Forward hooks fire once per Python module call. What would they miss in a model
+#    compiled into one graph (ONNX Runtime, `torch.compile`), and how do such runtimes
+#    attribute time to layers instead?
+# 4. When is the p99 the number that matters more than the median, and how many samples
+#    do you need for a p99 to mean anything?
+# 5. RAPL measures the whole package; our estimate charges this process's CPU time at a
+#    fixed power per core. Name a workload where each is wrong, and how a tracker could
+#    attribute a shared machine's energy to one process.
 
 # %% [markdown]
 # ## 7. Summary
 #
-# You built `tinytorch.profiling`:
-# - `count_parameters`, `parameter_bytes`: size in elements and in real bytes.
-# - `layer_flops`, `count_flops`: exact MACs and FLOPs per layer through forward hooks
-#   (1 MAC = 2 FLOPs, element-wise costs stated), totals equal to the sum of the rows,
-#   hooks always removed.
-# - `latency_stats`, `measure_latency`: warm-up excluded, median with an order-statistic
-#   confidence interval, mean, std, p90, p99.
-# - `measure_memory`: weights vs activation peak (tracemalloc) and RSS change (psutil).
-# - `measure_machine`, `roofline`: this machine's roof, and each layer's place under it.
-# - `counter_delta_uj`, `EnergyMeter`: joules from the RAPL package counters (wraparound,
-#   several sockets, subzones not counted twice), or an estimate labelled as one
-#   (CPU-seconds x W per core) where the counters are missing or unreadable.
-# - `Profiler`: one report with time per layer (pre/post hooks), forward latency,
-#   energy per inference, memory and a real backward measurement.
+# You built `tinytorch.profiling`: parameter and byte counts; exact MACs and FLOPs per
+# layer through forward hooks (totals equal to the sum of the rows, hooks always
+# removed); latency statistics with an order-statistic interval of the median; weights vs
+# activation memory; this machine's roofline; joules from RAPL counters or a labelled
+# estimate; and a `Profiler` with time per layer, forward and backward. It measured where
+# the reference models keep their parameters and do their arithmetic, how GPT FLOPs grow
+# with `T` and batch size, that small layers are overhead- and memory-bound rather than
+# FLOP-bound, and what warm-up and profiling cost.
 #
-# What it measured: where the reference models keep their parameters and do their
-# arithmetic, how GPT FLOPs grow with sequence length (linear + quadratic) and batch
-# size, that small layers are overhead- and memory-bound rather than FLOP-bound, how
-# much the first calls cost, and what profiling itself costs.
-#
-# Next: module 15 quantizes the weights to INT8; this profiler will show what changed
-# in bytes, and whether time followed.
+# Next: module 15 stores the weights as int8. Before you run it, predict which numbers of
+# this profile change (parameters, bytes, FLOPs, time), by how much, and which layers
+# move on the roofline; this profiler will check you.

@@ -16,20 +16,15 @@ from hypothesis import strategies as st
 
 import tinytorch.core as tc
 import tinytorch.profiling
-from tinytorch.energy import DEFAULT_WATTS_PER_CORE, EnergyReading, find_powercap_zones
+from tinytorch.energy import DEFAULT_WATTS_PER_CORE, EnergyReading, find_powercap_zones, make_fake_zone
+from tinytorch.energy import set_fake_energy as set_energy
 from tinytorch.profiling import EnergyMeter, Profiler, counter_delta_uj
 
 MAX = 262_143_328_850  # a real max_energy_range_uj (an Intel package, 2^38 units of 61 uJ / 64)
 
 
 def make_zone(root, folder, name, energy, max_range=MAX):
-    os.makedirs(root / folder)
-    for file, value in (("name", name), ("energy_uj", energy), ("max_energy_range_uj", max_range)):
-        (root / folder / file).write_text(f"{value}\n")
-
-
-def set_energy(root, folder, energy):
-    (root / folder / "energy_uj").write_text(f"{energy}\n")
+    make_fake_zone(root, folder, name, energy, max_range)
 
 
 def laptop_and_server(root):

@@ -7,20 +7,25 @@ import os
 import pytest
 
 from tinytorch.energy import (MEASURED_SOURCE, EnergyCounters, EnergyReading, estimate_source, find_powercap_zones,
-                              read_counters, read_int_file)
+                              make_fake_zone, read_counters, read_int_file, set_fake_energy)
 
 
-def make_zone(root, folder, name, energy, max_range=1000):
-    os.makedirs(root / folder)
-    for file, value in (("name", name), ("energy_uj", energy), ("max_energy_range_uj", max_range)):
-        (root / folder / file).write_text(f"{value}\n")
+def test_a_fake_zone_is_laid_out_as_sysfs_is(tmp_path):
+    zone = make_fake_zone(tmp_path, "intel-rapl:0", "package-0", 900, 262_143_328_850)
+    assert zone == os.path.join(tmp_path, "intel-rapl:0")
+    assert {f: (tmp_path / "intel-rapl:0" / f).read_text() for f in sorted(os.listdir(zone))} == {
+        "energy_uj": "900\n", "max_energy_range_uj": "262143328850\n", "name": "package-0\n"}
+    set_fake_energy(tmp_path, "intel-rapl:0", 15)
+    assert (tmp_path / "intel-rapl:0" / "energy_uj").read_text() == "15\n"
+    with pytest.raises(FileExistsError):
+        make_fake_zone(tmp_path, "intel-rapl:0", "package-0", 1)
 
 
 def test_only_top_level_package_zones_are_used_in_name_order(tmp_path):
-    make_zone(tmp_path, "intel-rapl:1", "package-1", 20, 2000)
-    make_zone(tmp_path, "intel-rapl:0", "package-0", 10)
-    make_zone(tmp_path, "intel-rapl:0:0", "core", 30)     # a subzone: part of package-0
-    make_zone(tmp_path, "intel-rapl:2", "psys", 40)       # the platform: contains the packages
+    make_fake_zone(tmp_path, "intel-rapl:1", "package-1", 20, 2000)
+    make_fake_zone(tmp_path, "intel-rapl:0", "package-0", 10)
+    make_fake_zone(tmp_path, "intel-rapl:0:0", "core", 30)     # a subzone: part of package-0
+    make_fake_zone(tmp_path, "intel-rapl:2", "psys", 40)       # the platform: contains the packages
     (tmp_path / "energy_uj").write_text("5\n")            # a stray file, not a zone
     zones, problem = find_powercap_zones(str(tmp_path))
     assert problem is None
@@ -29,15 +34,15 @@ def test_only_top_level_package_zones_are_used_in_name_order(tmp_path):
 
 
 def test_one_unreadable_package_means_no_measurement_and_says_which(tmp_path):
-    make_zone(tmp_path, "intel-rapl:0", "package-0", 10)
-    make_zone(tmp_path, "intel-rapl:1", "package-1", "garbage")
+    make_fake_zone(tmp_path, "intel-rapl:0", "package-0", 10)
+    make_fake_zone(tmp_path, "intel-rapl:1", "package-1", "garbage")
     zones, problem = find_powercap_zones(str(tmp_path))
     assert zones == [] and "intel-rapl:1" in problem and "ValueError" in problem
 
 
 def test_missing_root_and_missing_packages_are_explained(tmp_path):
     assert find_powercap_zones(str(tmp_path / "absent")) == ([], f"no {tmp_path / 'absent'} on this machine")
-    make_zone(tmp_path, "intel-rapl:0", "psys", 1)
+    make_fake_zone(tmp_path, "intel-rapl:0", "psys", 1)
     zones, problem = find_powercap_zones(str(tmp_path))
     assert zones == [] and problem.startswith("no package zone")
 
@@ -60,13 +65,13 @@ def test_a_reading_knows_whether_it_was_measured():
 
 
 def test_counters_sample_the_clocks_and_every_zone_at_once(tmp_path, clock):
-    make_zone(tmp_path, "intel-rapl:0", "package-0", 10)
-    make_zone(tmp_path, "intel-rapl:1", "package-1", 20)
+    make_fake_zone(tmp_path, "intel-rapl:0", "package-0", 10)
+    make_fake_zone(tmp_path, "intel-rapl:1", "package-1", 20)
     clock.advance(3.0)
     counters = EnergyCounters(root=str(tmp_path), cpu_clock=lambda: 1.5, wall_clock=clock)
     assert counters.measured and counters.source == MEASURED_SOURCE and counters.why_estimate is None
     assert counters.sample() == (3.0, 1.5, (10, 20))
-    (tmp_path / "intel-rapl:1" / "energy_uj").write_text("25\n")
+    set_fake_energy(tmp_path, "intel-rapl:1", 25)
     assert counters.sample().counters_uj == (10, 25)
 
 

@@ -68,3 +68,11 @@ def test_profile_table_shows_self_time_shares_and_only_the_parts_measured():
     text = str(make_profile(backward=stats(0.004), energy=EnergyReading(0.5, 10, 1.0, 1.0, "measured (RAPL)")))
     assert "backward    median 4.000 ms" in text
     assert "energy      50 mJ per inference, 0.5 W over 10 forwards [measured (RAPL)]" in text
+
+
+def test_by_type_sums_the_layers_of_each_type_and_the_table_puts_the_slowest_first():
+    report = make_profile()
+    assert report.by_type() == {"Sequential": (0, 0.001, 0), "Linear": (56, 0.002, 8)}
+    lines = report.type_table().splitlines()
+    assert lines[2].split() == ["Linear", "8", "100.0%", "66.7%", "0.67"]
+    assert lines[3].split() == ["Sequential", "0", "0.0%", "33.3%", "-"]
