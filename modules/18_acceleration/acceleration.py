@@ -252,6 +252,13 @@ for _bad, _err in (([0], ValueError), ([2, -1], ValueError), ([1.5], TypeError),
         raise AssertionError(f"batch sizes {_bad} must raise {_err.__name__}")
     except _err:
         pass
+### BEGIN HIDDEN TESTS
+assert matmul_intensity(3, 5, 7, itemsize=8) == 2 * 3 * 5 * 7 / (8 * (15 + 35 + 21)) == matmul_intensity(7, 5, 3, itemsize=8), \
+    "intensity of (3, 5) @ (5, 7) at 8 bytes: expected 210 / 568, the same as (7, 5) @ (5, 3)"
+_made = []
+batch_sweep(lambda x: None, lambda b: _made.append(b) or np.zeros((b, 2)), [3, 1], warmup=3, repeats=2)
+assert _made == [3, 1], f"make_batch runs once per batch size, outside the timed calls: expected [3, 1], got {_made}"
+### END HIDDEN TESTS
 print("matmul_intensity, batch_sweep: OK")
 
 # %% [markdown]
@@ -480,6 +487,55 @@ _b = DynamicBatcher(lambda b: b, max_batch_size=10, max_wait_ms=10_000)
 _q = [_b.submit(np.float32(i)) for i in range(3)]
 _b.close(drain=False)
 assert all(isinstance(f.exception(timeout=30), RuntimeError) for f in _q)
+### BEGIN HIDDEN TESTS
+# the wait bound counts from the OLDEST request: a steady trickle is served in batches, not held for one endless batch
+with DynamicBatcher(lambda b: b, max_batch_size=1000, max_wait_ms=30) as _b:
+    _tr = []
+    for _i in range(40):
+        _tr.append(_b.submit(np.float32(_i)))
+        time.sleep(0.005)
+    assert [float(f.result(timeout=30)) for f in _tr] == list(range(40))
+    assert len(_b.batch_sizes) > 1, ("max_wait_ms counts from the oldest queued request: 40 requests 5 ms apart, "
+                                     f"max_wait_ms=30: expected several batches, got {_b.batch_sizes}")
+# a result without one row per request fails that whole batch (never a wrong row), and the worker goes on
+with DynamicBatcher(lambda b: b[:1] if (b == 1).any() else b, max_batch_size=2, max_wait_ms=10_000) as _b:
+    _errs = [f.exception(timeout=30) for f in (_b.submit(np.float32(1)), _b.submit(np.float32(2)))]
+    assert all(isinstance(e, ValueError) and "one row per input" in str(e) for e in _errs), \
+        f"fn returned 1 row for a batch of 2: expected ValueError('... one row per input') on both, got {_errs!r}"
+    assert [f.result(timeout=30) for f in (_b.submit(np.float32(3)), _b.submit(np.float32(4)))] == [3, 4]
+# submit keeps a copy of its input (the caller may reuse its buffer); each answer is a copy of its row, not a view
+with DynamicBatcher(lambda b: b + 0, max_batch_size=2, max_wait_ms=10_000) as _b:
+    _buf = np.array([1.0, 2.0], np.float32)
+    _fa = _b.submit(_buf)
+    _buf[:] = 99.0
+    _fb = _b.submit(_buf)
+    _ra, _rb = _fa.result(timeout=30), _fb.result(timeout=30)
+    assert _ra.tolist() == [1.0, 2.0], f"submit([1, 2]), then the caller writes 99s into it: expected [1, 2], got {_ra.tolist()}"
+    assert _ra.base is None and _rb.base is None, "each future gets np.array(out[i]), not a view that pins the whole batch"
+# a cancelled request is skipped; close(drain=False) fails the running batch and the queue, and reports a stuck worker
+_gate, _started = threading.Event(), threading.Event()
+_b = DynamicBatcher(lambda b: (_started.set(), _gate.wait(30), b * 10)[2], max_batch_size=3, max_wait_ms=0)
+_first = _b.submit(np.float32(1))
+assert _started.wait(30)
+_c = [_b.submit(np.float32(v)) for v in (2, 3, 4)]
+assert _c[1].cancel()
+_gate.set()
+assert [_first.result(timeout=30), _c[0].result(timeout=30), _c[2].result(timeout=30)] == [10, 20, 40], \
+    "a cancelled future is skipped: the other requests still get their rows"
+_gate.clear()
+_started.clear()
+_stuck = _b.submit(np.float32(5))
+assert _started.wait(30)
+_queued = _b.submit(np.float32(6))
+try:
+    _b.close(drain=False, timeout=0.1)
+    raise AssertionError("close(drain=False, timeout=0.1) while fn hangs must raise TimeoutError")
+except TimeoutError:
+    pass
+assert isinstance(_stuck.exception(timeout=0), RuntimeError) and isinstance(_queued.exception(timeout=0), RuntimeError), \
+    "close(drain=False) fails the running batch and the queued requests at once"
+_gate.set()
+### END HIDDEN TESTS
 print("DynamicBatcher: OK")
 
 # %% [markdown]
@@ -711,6 +767,28 @@ try:
     raise AssertionError("a wrong-shape out buffer must raise")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+_z0 = _z.copy()
+bias_gelu(_z, _bz)
+softmax(_z)
+assert np.array_equal(_z, _z0), "bias_gelu and softmax without out= leave their input unchanged"
+_inpl = _z + 0
+assert bias_gelu(_inpl, _bz, out=_inpl) is _inpl and np.allclose(_inpl, _ref_g, rtol=1e-6, atol=1e-6), \
+    "bias_gelu(f, b, out=f) works in place (the FusedDecoder calls it so)"
+assert softmax(np.array([[0.0, -np.inf, 0.0]], np.float32)).tolist() == [[0.5, 0.0, 0.5]], \
+    "a masked score (-inf) gets probability 0: expected [[0.5, 0, 0.5]]"
+_attn2 = tc.MultiHeadAttention(16, 4, causal=False)
+for _p in _attn2.parameters():
+    _p.data = _rng.standard_normal(_p.shape).astype(np.float32) * 0.3
+_attn2.k_proj.bias = None
+with tc.no_grad():
+    _ref2, _refk = _attn2(_x).data, _attn2.k_proj(_x[0]).data
+assert np.allclose(fused_attention(_attn2, _x), _ref2, rtol=1e-4, atol=1e-5), \
+    "fused_attention masks only when attn.causal is True (here False), and k_proj has no bias"
+_k2 = FusedQKV.from_attention(_attn2)(_x[0])[1]
+assert _k2.shape == (5, 16) and np.allclose(_k2, _refk, rtol=1e-5, atol=1e-6), \
+    "FusedQKV on a (T, C) input, k_proj without a bias (a zero bias): expected k_proj(x)"
+### END HIDDEN TESTS
 print("FusedQKV, bias_gelu, softmax, fused_attention: OK")
 
 # %% [markdown]
@@ -893,6 +971,20 @@ try:
     raise AssertionError("a batch mismatch must raise")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+_before = _lm.state_dict()
+_fast2 = FusedDecoder(_lm)
+assert all(np.array_equal(v, _lm.state_dict()[k]) for k, v in _before.items()), \
+    "building a FusedDecoder leaves the model's weights as they were (scale a copy of the q weights)"
+_c1, _c2 = KVCache.for_model(_lm, 2), KVCache.for_model(_lm, 2)
+_t4 = _wr.integers(0, 23, (2, 4))
+assert np.allclose(_fast2(_c1, _t4, [0, 1]), forward_cached(_lm, _c2, _t4, [0, 1]), rtol=1e-4, atol=1e-4), \
+    "a second FusedDecoder of the same model gives forward_cached's logits (nothing scaled twice)"
+_k1 = _c1.k[0][1].copy()
+_fast2(_c1, _wr.integers(0, 23, (1, 1)), [0])
+assert _c1.lengths.tolist() == [5, 4] and np.array_equal(_c1.k[0][1], _k1), \
+    f"a step on row 0 leaves row 1 alone: expected lengths [5, 4], got {_c1.lengths.tolist()}"
+### END HIDDEN TESTS
 print("FusedDecoder: OK")
 
 # %% [markdown]
@@ -1051,6 +1143,20 @@ try:
     raise AssertionError("a request longer than the context must raise")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+# a row for every request: all decode together, max(n) - 1 steps; one row: each request alone, n - 1 steps each
+_p3, _n3 = [np.array([4, 5]), np.array([6]), np.array([7, 8, 9])], [5, 2, 3]
+_solo3 = [_lm.generate(p, n, temperature=0)[len(p):].tolist() for p, n in zip(_p3, _n3)]
+for _fn in (generate_static, generate_continuous):
+    for _bs, _want in ((8, 4), (1, 4 + 1 + 2)):
+        _run = _fn(_lm, _p3, _n3, max_batch_size=_bs)
+        assert _run.decode_steps == _want, (f"{_fn.__name__}, requests wanting 5, 2, 3 tokens on {_bs} rows: "
+                                            f"expected {_want} decode steps, got {_run.decode_steps}")
+        assert [r.tokens.tolist() for r in _run.results] == _solo3, f"{_fn.__name__}, {_bs} rows: tokens differ"
+    _one = _fn(_lm, [np.array([3])], [1])
+    assert _one.decode_steps == 0 and _one.results[0].ttft_s == _one.results[0].latency_s, \
+        f"{_fn.__name__}: a request for 1 token gets it from its prefill: no decode step, latency = time to first token"
+### END HIDDEN TESTS
 print("generate_static, generate_continuous: OK")
 
 # %% [markdown]
@@ -1213,6 +1319,12 @@ for _bad, _err in ((0, ValueError), (1.5, TypeError), (True, TypeError)):
         raise AssertionError(f"workers={_bad!r} must raise {_err.__name__}")
     except _err:
         pass
+### BEGIN HIDDEN TESTS
+_alone = generate_parallel(_lm, _prompts5, _counts5, workers=5, max_batch_size=1)
+assert _alone.decode_steps == sum(n - 1 for n in _counts5), \
+    f"5 workers for 5 requests: each decodes alone: expected {sum(n - 1 for n in _counts5)} steps, got {_alone.decode_steps}"
+assert [r.tokens.tolist() for r in _alone.results] == _solo5 and max(r.latency_s for r in _alone.results) <= _alone.seconds
+### END HIDDEN TESTS
 print("generate_parallel: OK")
 
 # %% [markdown]
