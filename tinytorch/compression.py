@@ -13,16 +13,16 @@ computes with stays zero where the mask is 0. `remove_masks` bakes the product i
 """
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.core.serialization import atomic_write, checkpoint_paths, read_npz
 from tinytorch.core import functional as F
 from tinytorch.quantization import QuantParams, dequantize, quantize, tensor_qparams
+from tinytorch.sparse_io import build_model, describe_model, file_bytes, read_compressed, write_compressed
+from tinytorch.training import train_epochs
 
 PRUNABLE = (tc.Linear, tc.Conv2d)
 
@@ -72,39 +72,6 @@ def effective_weight(layer) -> np.ndarray:
 def _apply_mask_hook(layer, inputs) -> None:
     """Forward pre-hook of a pruned layer: weight = weight_orig * mask, a Tensor in the graph."""
     layer.weight = layer.weight_orig * layer.weight_mask
-
-
-def train_epochs(model, x, y, epochs: int, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
-                 loss_fn=None, optimizer=None, on_step=None):
-    """Train `model` with Adam (or `optimizer`) on (x, y) for `epochs` passes of shuffled batches.
-
-    loss_fn(model, xb, yb, idx) -> loss Tensor (idx: the batch's row numbers in x);
-    default cross-entropy on the labels. on_step(step) runs before every step (a pruning
-    schedule uses it). Returns the model, in eval mode.
-    """
-    _check_model(model, "train_epochs")
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"need as many labels as inputs (and at least one), got {len(x)} and {len(y)}")
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    optimizer = optimizer or tc.Adam(model.parameters(), lr=lr)
-    loss_fn = loss_fn or (lambda m, xb, yb, idx: F.cross_entropy(m(xb), yb))
-    rng = np.random.default_rng(seed)
-    step = 0
-    model.train()
-    for _ in range(epochs):
-        order = rng.permutation(len(x))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            if on_step is not None:
-                on_step(step)
-            optimizer.zero_grad()
-            loss = loss_fn(model, x[idx], y[idx], idx)
-            loss.backward()
-            optimizer.step()
-            step += 1
-    return model.eval()
 
 
 # %% modules/16_compression/compression.py (cell 11)
@@ -673,62 +640,9 @@ class CSRMatrix:
 
 
 # %% modules/16_compression/compression.py (cell 32)
-_LAYERS = {"Linear": tc.Linear, "Conv2d": tc.Conv2d, "ReLU": tc.ReLU, "GELU": tc.GELU,
-           "MaxPool2d": tc.MaxPool2d, "Flatten": tc.Flatten, "Dropout": tc.Dropout}
-
-
-def describe_model(module) -> dict:
-    """A JSON-able description of a Sequential (nested ones too) of the layers in _LAYERS."""
-    if isinstance(module, tc.Sequential):
-        return {"type": "Sequential", "children": [describe_model(m) for m in module]}
-    if isinstance(module, tc.Linear):
-        return {"type": "Linear", "in_features": module.in_features, "out_features": module.out_features,
-                "bias": module.bias is not None}
-    if isinstance(module, tc.Conv2d):
-        return {"type": "Conv2d", "in_channels": module.in_channels, "out_channels": module.out_channels,
-                "kernel_size": list(module.kernel_size), "stride": list(module.stride),
-                "padding": list(module.padding), "bias": module.bias is not None}
-    if isinstance(module, tc.MaxPool2d):
-        return {"type": "MaxPool2d", "kernel_size": list(module.kernel_size), "stride": list(module.stride)}
-    if isinstance(module, tc.Flatten):
-        return {"type": "Flatten", "start_dim": module.start_dim}
-    if isinstance(module, tc.Dropout):
-        return {"type": "Dropout", "p": module.p}
-    if type(module) in (tc.ReLU, tc.GELU):
-        return {"type": type(module).__name__}
-    raise TypeError(f"save_compressed stores Sequential models of {sorted(_LAYERS)}; "
-                    f"cannot describe a {type(module).__name__}")
-
-
-def build_model(spec: dict):
-    """The (freshly initialized) module a describe_model() dict stands for."""
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind == "Sequential":
-        if not isinstance(spec.get("children"), list):
-            raise ValueError(f"a Sequential in a compressed model needs a 'children' list, got {spec.get('children')!r}")
-        return tc.Sequential(*[build_model(s) for s in spec["children"]])
-    if kind not in _LAYERS:
-        raise ValueError(f"unknown layer type {kind!r} in a compressed model; expected Sequential or {sorted(_LAYERS)}")
-    try:
-        return _LAYERS[kind](**{k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k != "type"})
-    except (TypeError, ValueError) as exc:  # a missing, unknown or ill-typed field of the layer
-        raise ValueError(f"bad {kind} layer {spec} in a compressed model: {exc}") from None
-
-
-FORMAT, VERSION = "tinytorch-compressed", 1
 GAP_MAX = 255  # gaps are uint8; a longer gap is split with filler entries (value 0)
 
 
-# the file pair (.npz + .json) and the write-then-rename (an interrupted save leaves the old
-# file) are the foundation's checkpoint helpers, checkpoint_paths and atomic_write
-
-
-def file_bytes(path) -> int:
-    """Bytes on disk of a model saved by save_compressed: its .npz plus its .json."""
-    return sum(p.stat().st_size for p in checkpoint_paths(path))
-
-
-# %% modules/16_compression/compression.py (cell 33)
 def encode_relative(dense) -> tuple:
     """The non-zeros of a flattened array as (values, gaps): gaps[i] = position[i] - position[i-1]
     (the first from position -1), each at most 255 (uint8); a longer gap is split with filler
@@ -779,12 +693,9 @@ def save_compressed(model, path, values: str = "int8") -> Path:
          offset, count, scale_index (int8 only)};
        - anything else: float32 .ravel() into `dense`; entry {name, shape, 'dense-float32',
          offset, count}.
-    2. np.savez_compressed the four arrays (values, gaps, scales, dense) and write the JSON
-       {format, version, architecture: describe_model(model), tensors: index}, each with
-       atomic_write.
-
-    HINTS:
-    - json.dumps(..., separators=(",", ":")) leaves out the spaces: the JSON is part of the size.
+    2. The four arrays {values (int8 or float32), gaps (uint8), scales (float32), dense
+       (float32)}, each the concatenation over the tensors (an empty array if none), and
+       return write_compressed(path, arrays, architecture, index).
     """
     _check_model(model, "save_compressed")
     if values not in ("int8", "float32"):
@@ -820,82 +731,7 @@ def save_compressed(model, path, values: str = "int8") -> Path:
               "gaps": np.concatenate(gaps).astype(np.uint8) if gaps else np.zeros(0, np.uint8),
               "scales": np.asarray(scales, dtype=np.float32),
               "dense": np.concatenate(dense) if dense else np.zeros(0, np.float32)}
-    text = json.dumps({"format": FORMAT, "version": VERSION, "architecture": architecture, "tensors": index},
-                      separators=(",", ":"))
-    npz_path, json_path = checkpoint_paths(path)
-    atomic_write(npz_path, lambda f: np.savez_compressed(f, **arrays))
-    atomic_write(json_path, lambda f: f.write(text.encode()))
-    return npz_path
-
-
-_ARRAY_DTYPES = {"values": (np.int8, np.float32), "gaps": (np.uint8,), "scales": (np.float32,), "dense": (np.float32,)}
-_ENCODINGS = {"dense-float32": np.float32, "sparse-int8": np.int8, "sparse-float32": np.float32}
-
-
-def _is_count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _check_index(info: dict, arrays: dict, json_path) -> None:
-    """An edited or corrupt file must be a ValueError naming the field, never a model with weights
-    silently wrong or a KeyError/IndexError: the four arrays are there with their dtypes; every
-    entry has a name, a shape, a known encoding that matches the values' dtype, a scale index
-    inside `scales` pointing at a finite scale > 0 (int8), and a slice inside its shared array;
-    the entries cover each array exactly."""
-    for key in ("architecture", "tensors"):
-        if key not in info:
-            raise ValueError(f"{json_path} has no {key!r} entry")
-    if not isinstance(info["tensors"], list) or not all(isinstance(t, dict) for t in info["tensors"]):
-        raise ValueError(f"{json_path}: 'tensors' must be a list of objects")
-    for key, dtypes in _ARRAY_DTYPES.items():
-        if key not in arrays:
-            raise ValueError(f"{json_path.with_suffix('.npz')} has no {key!r} array (it holds {sorted(arrays)})")
-        if arrays[key].ndim != 1 or arrays[key].dtype not in dtypes:
-            raise ValueError(f"array {key!r} must be 1-D of dtype {' or '.join(np.dtype(d).name for d in dtypes)}, "
-                             f"got {arrays[key].dtype}{list(arrays[key].shape)}")
-    scales = arrays["scales"]
-    if not np.all(np.isfinite(scales) & (scales > 0)):
-        raise ValueError(f"array 'scales' must hold finite scales > 0, got {scales[~(np.isfinite(scales) & (scales > 0))][:3].tolist()}")
-    if len(arrays["gaps"]) != len(arrays["values"]):
-        raise ValueError(f"arrays 'gaps' and 'values' must have one entry each per stored value, "
-                         f"got {len(arrays['gaps'])} and {len(arrays['values'])}")
-    names = set()
-    for t in info["tensors"]:
-        name = t.get("name")
-        if not isinstance(name, str) or name in names:
-            raise ValueError(f"{json_path}: tensor 'name' must be a unique string, got {name!r}")
-        names.add(name)
-        shape, enc = t.get("shape"), t.get("encoding")
-        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-            raise ValueError(f"{json_path}: tensor {name!r} has 'shape' {shape!r}; expected a list of ints >= 0")
-        if enc not in _ENCODINGS:
-            raise ValueError(f"{json_path}: tensor {name!r} has 'encoding' {enc!r}; expected one of {sorted(_ENCODINGS)}")
-        if enc != "dense-float32" and arrays["values"].dtype != _ENCODINGS[enc]:
-            raise ValueError(f"{json_path}: tensor {name!r} has 'encoding' {enc!r} but the 'values' array is "
-                             f"{arrays['values'].dtype}")
-        if enc == "sparse-int8":
-            k = t.get("scale_index")
-            if not _is_count(k) or k >= len(scales):
-                raise ValueError(f"{json_path}: tensor {name!r} has 'scale_index' {k!r}; expected an int in "
-                                 f"[0, {len(scales)})")
-        elif "scale_index" in t:
-            raise ValueError(f"{json_path}: tensor {name!r} is {enc!r} and has a 'scale_index'; only sparse-int8 has one")
-    used = {}
-    for t in info["tensors"]:
-        array = "dense" if t.get("encoding") == "dense-float32" else "values"
-        o, n = t.get("offset"), t.get("count")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (o, n)) \
-                or array not in arrays or o + n > len(arrays[array]):
-            raise ValueError(f"{json_path}: tensor {t.get('name')!r} has offset {o!r} and count {n!r}, "
-                             f"outside its {array!r} array")
-        used[array] = used.get(array, 0) + n
-    for array, n in used.items():
-        if n != len(arrays[array]):
-            raise ValueError(f"{json_path}: the tensors use {n} entries of {array!r}, the file holds {len(arrays[array])}")
-    for t in info["tensors"]:
-        if t["encoding"] == "dense-float32" and t["count"] != int(np.prod(t["shape"])):
-            raise ValueError(f"{json_path}: tensor {t['name']!r} has 'count' {t['count']} but 'shape' {t['shape']} "
-                             f"holds {int(np.prod(t['shape']))} values")
+    return write_compressed(path, arrays, architecture, index)
 
 
 def load_compressed(path):
@@ -903,25 +739,14 @@ def load_compressed(path):
 
     TODO: read both files, rebuild the architecture, decode each tensor, load the state.
 
-    APPROACH (given: the index `info`, checked against `arrays` read with np.load(allow_pickle=False)):
+    APPROACH (given: the index `info` and the `arrays`, read and checked by read_compressed):
     1. model = build_model(info["architecture"]).
     2. For each entry t of info["tensors"]: the slice [offset, offset + count) of its shared array;
        'dense-float32' reshapes it; 'sparse-*' decode_relative(values, gaps, shape), and for
        int8 dequantize with QuantParams(scale, 0, "int8", None, "symmetric").
     3. model.load_state_dict(state); return model.eval().
     """
-    npz_path, json_path = checkpoint_paths(path)
-    for p in (npz_path, json_path):
-        if not p.exists():
-            raise FileNotFoundError(f"compressed model file {p} does not exist (a compressed model is a .npz and a .json)")
-    try:
-        info = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{json_path} is not valid JSON: {exc}") from exc
-    if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("version") != VERSION:
-        raise ValueError(f"{json_path} is not a {FORMAT} version {VERSION} index")
-    arrays = read_npz(npz_path, ValueError)  # headers checked against the file's bytes before reading
-    _check_index(info, arrays, json_path)
+    info, arrays = read_compressed(path)  # both files, checked against each other
     model = build_model(info["architecture"])
     state = {}
     for t in info["tensors"]:

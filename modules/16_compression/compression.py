@@ -94,25 +94,23 @@ print(f"90% of its weights set to zero:  {_zeroed_file.stat().st_size:8,d} bytes
 # amount 0.5: `k = 3`, the smallest magnitudes are 0.05, 0.1, 0.2, so the mask is
 # `[[1, 0, 1], [0, 1, 0]]`.
 #
-# **Masks that survive training.** If we only zeroed the array, the next optimizer step
-# would move the zeros again (their gradient is not zero). We do what
-# `torch.nn.utils.prune` does: the trained weight moves to a Parameter `weight_orig`,
-# a 0/1 buffer `weight_mask` is registered, and a forward pre-hook sets
-# `weight = weight_orig * weight_mask` before every call. The gradient reaching
-# `weight_orig` is `grad * mask` (zero where pruned), and whatever the optimizer does to
-# `weight_orig` (momentum, weight decay), the weight the layer computes with is exactly
-# zero where the mask is 0. `remove_masks` bakes the product back into a plain `weight`.
+# **Masks that survive training.** A zeroed weight would move again at the next optimizer
+# step (its gradient is not zero). We do what `torch.nn.utils.prune` does: the trained
+# weight moves to a Parameter `weight_orig`, a 0/1 buffer `weight_mask` is registered, and
+# a forward pre-hook sets `weight = weight_orig * weight_mask` before every call. Whatever
+# the optimizer does to `weight_orig` (momentum, weight decay), the weight the layer
+# computes with is zero where the mask is 0. `remove_masks` bakes the product back in.
 #
 # **Gradual pruning.** Removing 95% at once destroys the model; removing it in small steps
 # while training lets the survivors take over. Zhu & Gupta's cubic schedule over `n` steps:
 # `s(t) = s_f + (s_i - s_f) (1 - t/n)^3`: it prunes fast while there are many redundant
 # weights and slowly near the end (for `s_f = 0.9`: `s(n/2) = 0.9 - 0.9/8 = 0.7875`).
 #
-# **Structured pruning** removes whole output units: row `i` of a Linear weight (and its
-# bias), or filter `i` of a Conv2d, chosen by the smallest L1 norm, **and** column `i` of
-# the next layer's weight (the input that unit fed). The result is an ordinary, smaller
-# dense model. With ReLU between, a zeroed unit outputs `relu(0) = 0`, so the small model
-# computes exactly what the big one computes with those units zeroed: that is our oracle.
+# **Structured pruning** removes whole output units (row `i` of a Linear weight and its
+# bias, or filter `i` of a Conv2d, by smallest L1 norm) **and** column `i` of the next
+# layer's weight: an ordinary, smaller dense model. With ReLU between, a zeroed unit
+# outputs `relu(0) = 0`, so the small model computes what the big one computes with those
+# units zeroed: that is our oracle.
 #
 # **Low rank.** `W = U S V^T`; keeping the top `r` singular values gives the best rank-`r`
 # approximation (Eckart-Young) as two Linears `in -> r -> out` with `r (in + out)` weights
@@ -135,7 +133,8 @@ print(f"90% of its weights set to zero:  {_zeroed_file.stat().st_size:8,d} bytes
 # ## 3. Build it
 #
 # The first cell is given: imports, the input checks, and the small helpers every
-# function uses (`is_pruned`, `effective_weight`, the mask hook, a training loop).
+# function uses (`is_pruned`, `effective_weight`, the mask hook). The training loop,
+# `train_epochs`, is given in `tinytorch/training.py`.
 
 # %%
 #| export
@@ -149,16 +148,16 @@ computes with stays zero where the mask is 0. `remove_masks` bakes the product i
 """
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.core.serialization import atomic_write, checkpoint_paths, read_npz
 from tinytorch.core import functional as F
 from tinytorch.quantization import QuantParams, dequantize, quantize, tensor_qparams
+from tinytorch.sparse_io import build_model, describe_model, file_bytes, read_compressed, write_compressed
+from tinytorch.training import train_epochs
 
 PRUNABLE = (tc.Linear, tc.Conv2d)
 
@@ -208,39 +207,6 @@ def effective_weight(layer) -> np.ndarray:
 def _apply_mask_hook(layer, inputs) -> None:
     """Forward pre-hook of a pruned layer: weight = weight_orig * mask, a Tensor in the graph."""
     layer.weight = layer.weight_orig * layer.weight_mask
-
-
-def train_epochs(model, x, y, epochs: int, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
-                 loss_fn=None, optimizer=None, on_step=None):
-    """Train `model` with Adam (or `optimizer`) on (x, y) for `epochs` passes of shuffled batches.
-
-    loss_fn(model, xb, yb, idx) -> loss Tensor (idx: the batch's row numbers in x);
-    default cross-entropy on the labels. on_step(step) runs before every step (a pruning
-    schedule uses it). Returns the model, in eval mode.
-    """
-    _check_model(model, "train_epochs")
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"need as many labels as inputs (and at least one), got {len(x)} and {len(y)}")
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    optimizer = optimizer or tc.Adam(model.parameters(), lr=lr)
-    loss_fn = loss_fn or (lambda m, xb, yb, idx: F.cross_entropy(m(xb), yb))
-    rng = np.random.default_rng(seed)
-    step = 0
-    model.train()
-    for _ in range(epochs):
-        order = rng.permutation(len(x))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            if on_step is not None:
-                on_step(step)
-            optimizer.zero_grad()
-            loss = loss_fn(model, x[idx], y[idx], idx)
-            loss.backward()
-            optimizer.step()
-            step += 1
-    return model.eval()
 
 
 # %% [markdown]
@@ -1143,80 +1109,24 @@ print("CSRMatrix: OK")
 # `ends = cumsum(fillers + 1) - 1` is where each real entry lands in the output, everything
 # else is a filler (gap 255, value 0).
 #
-# `save_compressed(model, path)` writes two files, and never pickles:
-#
-# - `<path>.npz` (`np.savez_compressed`, so zip's deflate squeezes what is left, as Deep
-#   Compression's Huffman stage does) with four arrays shared by all layers: `values` (int8,
-#   every Linear/Conv2d weight's non-zeros quantized symmetric per tensor with module 15's
-#   `tensor_qparams`/`quantize`), `gaps` (uint8), `scales` (one float32 per weight) and
-#   `dense` (float32: biases and any other parameter);
-# - `<path>.json`: the architecture (`describe_model`, given below) and, per tensor, its
-#   name, shape, encoding and offset into the shared arrays.
-#
-# `load_compressed` reads them with `np.load(..., allow_pickle=False)`, rebuilds the
-# architecture (`build_model`) and loads an ordinary dense model. With `values="float32"`
-# the round trip is exact; with int8 it is exact for the int8 model: loading, saving and
-# loading again gives the same weights bit for bit.
-
-# %%
-#| export
-_LAYERS = {"Linear": tc.Linear, "Conv2d": tc.Conv2d, "ReLU": tc.ReLU, "GELU": tc.GELU,
-           "MaxPool2d": tc.MaxPool2d, "Flatten": tc.Flatten, "Dropout": tc.Dropout}
-
-
-def describe_model(module) -> dict:
-    """A JSON-able description of a Sequential (nested ones too) of the layers in _LAYERS."""
-    if isinstance(module, tc.Sequential):
-        return {"type": "Sequential", "children": [describe_model(m) for m in module]}
-    if isinstance(module, tc.Linear):
-        return {"type": "Linear", "in_features": module.in_features, "out_features": module.out_features,
-                "bias": module.bias is not None}
-    if isinstance(module, tc.Conv2d):
-        return {"type": "Conv2d", "in_channels": module.in_channels, "out_channels": module.out_channels,
-                "kernel_size": list(module.kernel_size), "stride": list(module.stride),
-                "padding": list(module.padding), "bias": module.bias is not None}
-    if isinstance(module, tc.MaxPool2d):
-        return {"type": "MaxPool2d", "kernel_size": list(module.kernel_size), "stride": list(module.stride)}
-    if isinstance(module, tc.Flatten):
-        return {"type": "Flatten", "start_dim": module.start_dim}
-    if isinstance(module, tc.Dropout):
-        return {"type": "Dropout", "p": module.p}
-    if type(module) in (tc.ReLU, tc.GELU):
-        return {"type": type(module).__name__}
-    raise TypeError(f"save_compressed stores Sequential models of {sorted(_LAYERS)}; "
-                    f"cannot describe a {type(module).__name__}")
-
-
-def build_model(spec: dict):
-    """The (freshly initialized) module a describe_model() dict stands for."""
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind == "Sequential":
-        if not isinstance(spec.get("children"), list):
-            raise ValueError(f"a Sequential in a compressed model needs a 'children' list, got {spec.get('children')!r}")
-        return tc.Sequential(*[build_model(s) for s in spec["children"]])
-    if kind not in _LAYERS:
-        raise ValueError(f"unknown layer type {kind!r} in a compressed model; expected Sequential or {sorted(_LAYERS)}")
-    try:
-        return _LAYERS[kind](**{k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k != "type"})
-    except (TypeError, ValueError) as exc:  # a missing, unknown or ill-typed field of the layer
-        raise ValueError(f"bad {kind} layer {spec} in a compressed model: {exc}") from None
-
-
-FORMAT, VERSION = "tinytorch-compressed", 1
-GAP_MAX = 255  # gaps are uint8; a longer gap is split with filler entries (value 0)
-
-
-# the file pair (.npz + .json) and the write-then-rename (an interrupted save leaves the old
-# file) are the foundation's checkpoint helpers, checkpoint_paths and atomic_write
-
-
-def file_bytes(path) -> int:
-    """Bytes on disk of a model saved by save_compressed: its .npz plus its .json."""
-    return sum(p.stat().st_size for p in checkpoint_paths(path))
-
+# `save_compressed(model, path)` writes two files, and never pickles: `<path>.npz`
+# (`np.savez_compressed`, so zip's deflate squeezes what is left, as Deep Compression's
+# Huffman stage does) with four arrays shared by all layers, `values` (every Linear/Conv2d
+# weight's non-zeros, int8 via module 15's `tensor_qparams`/`quantize`), `gaps` (uint8),
+# `scales` (one float32 per weight) and `dense` (float32: biases and the rest); and
+# `<path>.json`: the architecture and, per tensor, its name, shape, encoding and offset
+# into the shared arrays. The format's plumbing is given in `tinytorch/sparse_io.py`:
+# `describe_model`/`build_model` (the architecture as JSON), `write_compressed` (both files,
+# atomically), `read_compressed` (both files, every field checked) and `file_bytes`.
+# `load_compressed` rebuilds an ordinary dense model. With `values="float32"` the round
+# trip is exact; with int8, loading, saving and loading again gives the same weights bit
+# for bit.
 
 # %% nbgrader={"grade": false, "grade_id": "sparse-storage", "locked": false, "schema_version": 3, "solution": true}
 #| export
+GAP_MAX = 255  # gaps are uint8; a longer gap is split with filler entries (value 0)
+
+
 def encode_relative(dense) -> tuple:
     """The non-zeros of a flattened array as (values, gaps): gaps[i] = position[i] - position[i-1]
     (the first from position -1), each at most 255 (uint8); a longer gap is split with filler
@@ -1271,12 +1181,9 @@ def save_compressed(model, path, values: str = "int8") -> Path:
          offset, count, scale_index (int8 only)};
        - anything else: float32 .ravel() into `dense`; entry {name, shape, 'dense-float32',
          offset, count}.
-    2. np.savez_compressed the four arrays (values, gaps, scales, dense) and write the JSON
-       {format, version, architecture: describe_model(model), tensors: index}, each with
-       atomic_write.
-
-    HINTS:
-    - json.dumps(..., separators=(",", ":")) leaves out the spaces: the JSON is part of the size.
+    2. The four arrays {values (int8 or float32), gaps (uint8), scales (float32), dense
+       (float32)}, each the concatenation over the tensors (an empty array if none), and
+       return write_compressed(path, arrays, architecture, index).
     """
     _check_model(model, "save_compressed")
     if values not in ("int8", "float32"):
@@ -1313,83 +1220,8 @@ def save_compressed(model, path, values: str = "int8") -> Path:
               "gaps": np.concatenate(gaps).astype(np.uint8) if gaps else np.zeros(0, np.uint8),
               "scales": np.asarray(scales, dtype=np.float32),
               "dense": np.concatenate(dense) if dense else np.zeros(0, np.float32)}
-    text = json.dumps({"format": FORMAT, "version": VERSION, "architecture": architecture, "tensors": index},
-                      separators=(",", ":"))
-    npz_path, json_path = checkpoint_paths(path)
-    atomic_write(npz_path, lambda f: np.savez_compressed(f, **arrays))
-    atomic_write(json_path, lambda f: f.write(text.encode()))
-    return npz_path
+    return write_compressed(path, arrays, architecture, index)
     ### END SOLUTION
-
-
-_ARRAY_DTYPES = {"values": (np.int8, np.float32), "gaps": (np.uint8,), "scales": (np.float32,), "dense": (np.float32,)}
-_ENCODINGS = {"dense-float32": np.float32, "sparse-int8": np.int8, "sparse-float32": np.float32}
-
-
-def _is_count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _check_index(info: dict, arrays: dict, json_path) -> None:
-    """An edited or corrupt file must be a ValueError naming the field, never a model with weights
-    silently wrong or a KeyError/IndexError: the four arrays are there with their dtypes; every
-    entry has a name, a shape, a known encoding that matches the values' dtype, a scale index
-    inside `scales` pointing at a finite scale > 0 (int8), and a slice inside its shared array;
-    the entries cover each array exactly."""
-    for key in ("architecture", "tensors"):
-        if key not in info:
-            raise ValueError(f"{json_path} has no {key!r} entry")
-    if not isinstance(info["tensors"], list) or not all(isinstance(t, dict) for t in info["tensors"]):
-        raise ValueError(f"{json_path}: 'tensors' must be a list of objects")
-    for key, dtypes in _ARRAY_DTYPES.items():
-        if key not in arrays:
-            raise ValueError(f"{json_path.with_suffix('.npz')} has no {key!r} array (it holds {sorted(arrays)})")
-        if arrays[key].ndim != 1 or arrays[key].dtype not in dtypes:
-            raise ValueError(f"array {key!r} must be 1-D of dtype {' or '.join(np.dtype(d).name for d in dtypes)}, "
-                             f"got {arrays[key].dtype}{list(arrays[key].shape)}")
-    scales = arrays["scales"]
-    if not np.all(np.isfinite(scales) & (scales > 0)):
-        raise ValueError(f"array 'scales' must hold finite scales > 0, got {scales[~(np.isfinite(scales) & (scales > 0))][:3].tolist()}")
-    if len(arrays["gaps"]) != len(arrays["values"]):
-        raise ValueError(f"arrays 'gaps' and 'values' must have one entry each per stored value, "
-                         f"got {len(arrays['gaps'])} and {len(arrays['values'])}")
-    names = set()
-    for t in info["tensors"]:
-        name = t.get("name")
-        if not isinstance(name, str) or name in names:
-            raise ValueError(f"{json_path}: tensor 'name' must be a unique string, got {name!r}")
-        names.add(name)
-        shape, enc = t.get("shape"), t.get("encoding")
-        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-            raise ValueError(f"{json_path}: tensor {name!r} has 'shape' {shape!r}; expected a list of ints >= 0")
-        if enc not in _ENCODINGS:
-            raise ValueError(f"{json_path}: tensor {name!r} has 'encoding' {enc!r}; expected one of {sorted(_ENCODINGS)}")
-        if enc != "dense-float32" and arrays["values"].dtype != _ENCODINGS[enc]:
-            raise ValueError(f"{json_path}: tensor {name!r} has 'encoding' {enc!r} but the 'values' array is "
-                             f"{arrays['values'].dtype}")
-        if enc == "sparse-int8":
-            k = t.get("scale_index")
-            if not _is_count(k) or k >= len(scales):
-                raise ValueError(f"{json_path}: tensor {name!r} has 'scale_index' {k!r}; expected an int in "
-                                 f"[0, {len(scales)})")
-        elif "scale_index" in t:
-            raise ValueError(f"{json_path}: tensor {name!r} is {enc!r} and has a 'scale_index'; only sparse-int8 has one")
-    used = {}
-    for t in info["tensors"]:
-        array = "dense" if t.get("encoding") == "dense-float32" else "values"
-        o, n = t.get("offset"), t.get("count")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (o, n)) \
-                or array not in arrays or o + n > len(arrays[array]):
-            raise ValueError(f"{json_path}: tensor {t.get('name')!r} has offset {o!r} and count {n!r}, "
-                             f"outside its {array!r} array")
-        used[array] = used.get(array, 0) + n
-    for array, n in used.items():
-        if n != len(arrays[array]):
-            raise ValueError(f"{json_path}: the tensors use {n} entries of {array!r}, the file holds {len(arrays[array])}")
-    for t in info["tensors"]:
-        if t["encoding"] == "dense-float32" and t["count"] != int(np.prod(t["shape"])):
-            raise ValueError(f"{json_path}: tensor {t['name']!r} has 'count' {t['count']} but 'shape' {t['shape']} "
-                             f"holds {int(np.prod(t['shape']))} values")
 
 
 def load_compressed(path):
@@ -1397,25 +1229,14 @@ def load_compressed(path):
 
     TODO: read both files, rebuild the architecture, decode each tensor, load the state.
 
-    APPROACH (given: the index `info`, checked against `arrays` read with np.load(allow_pickle=False)):
+    APPROACH (given: the index `info` and the `arrays`, read and checked by read_compressed):
     1. model = build_model(info["architecture"]).
     2. For each entry t of info["tensors"]: the slice [offset, offset + count) of its shared array;
        'dense-float32' reshapes it; 'sparse-*' decode_relative(values, gaps, shape), and for
        int8 dequantize with QuantParams(scale, 0, "int8", None, "symmetric").
     3. model.load_state_dict(state); return model.eval().
     """
-    npz_path, json_path = checkpoint_paths(path)
-    for p in (npz_path, json_path):
-        if not p.exists():
-            raise FileNotFoundError(f"compressed model file {p} does not exist (a compressed model is a .npz and a .json)")
-    try:
-        info = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{json_path} is not valid JSON: {exc}") from exc
-    if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("version") != VERSION:
-        raise ValueError(f"{json_path} is not a {FORMAT} version {VERSION} index")
-    arrays = read_npz(npz_path, ValueError)  # headers checked against the file's bytes before reading
-    _check_index(info, arrays, json_path)
+    info, arrays = read_compressed(path)  # both files, checked against each other
     ### BEGIN SOLUTION
     model = build_model(info["architecture"])
     state = {}
@@ -1525,10 +1346,9 @@ for _s in (0.0, 0.3, 0.5, 0.7):
 # ### The combined pipeline: prune + fine-tune + INT8 + sparse encoding
 #
 # Gradual global pruning of `digits_mlp` to 95% sparsity over 15 epochs of fine-tuning,
-# then 15 more epochs at 95% (Adam, learning rate 1e-3, batches of 64), then
-# `save_compressed` with int8 values. The baseline is the FP32 checkpoint `.npz` written by
-# `save_checkpoint` (the same format the reference models ship in). Our size counts both of
-# our files, the `.npz` and the `.json`.
+# then 15 more at 95% (Adam, learning rate 1e-3, batches of 64), then `save_compressed`
+# with int8 values. The baseline is the FP32 `.npz` of `save_checkpoint` (the format the
+# reference models ship in); our size counts both our files, `.npz` and `.json`.
 
 # %%
 _t0 = time.perf_counter()
@@ -1556,19 +1376,15 @@ print(f"goal (>= 20x smaller, <= 1 point lost): ratio {_ratio:.1f}x, {'met' if _
 # %% [markdown]
 # Read the lines above: they are this run's measurements. The file is over 20x smaller
 # than the FP32 checkpoint, and the accuracy change is a few of the 360 test digits. The
-# recipe matters more than it seems: `python -m benchmarks.run compression` runs both
-# recipes over three seeds; with 12 pruning epochs and 8 at the end (20 in all) the seeds
-# lost 0.83, 1.39 and 1.67 points (only seed 0 met the goal), with the 15 + 15 used here
-# 0.28-0.56 points (all three met it). More epochs, while pruning and
-# after, let the surviving weights take over the work of the removed ones. Deep
-# Compression reported 35-49x on AlexNet and VGG-16, which are over-parameterized by far
-# more than our 50,826-parameter MLP, and whose largest layers pruned to 91-96% with no
-# loss. Three things cost us: our model is already small for the task (at 95% only about
-# 2,500 weights remain, and every one matters); our biases (394 floats, 1,576 bytes) and
-# the zip/JSON overhead are a fixed cost of a few kilobytes that is negligible in a 240 MB
-# AlexNet but about a third of our file; and we store 8-bit values and 8-bit gaps where
-# Deep Compression used 5-bit shared weights (k-means) and 4-bit gaps followed by Huffman
-# coding.
+# recipe matters: `python -m benchmarks.run compression` runs two recipes over three
+# seeds; with 12 pruning epochs and 8 at the end the seeds lost 0.83, 1.39 and 1.67 points
+# (only seed 0 met the goal), with the 15 + 15 used here 0.28-0.56 points (all three met
+# it): more epochs let the surviving weights take over the work of the removed ones. Deep
+# Compression reported 35-49x on AlexNet and VGG-16, far more over-parameterized than our
+# 50,826-parameter MLP. Three things cost us: at 95% only about 2,500 weights remain and
+# every one matters; our biases (394 floats, 1,576 bytes) and the zip/JSON overhead are a
+# fixed few kilobytes, about a third of our file; and we store 8-bit values and 8-bit gaps
+# where Deep Compression used 5-bit shared weights (k-means), 4-bit gaps and Huffman coding.
 
 # %% [markdown]
 # ## 5. Systems analysis
@@ -1602,8 +1418,7 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
 for _ax, _n in zip(axes, ("digits_mlp", "digits_cnn")):
     _ax.plot(_levels_one, np.array(_curves[_n, "one-shot"]) * 100, "o-", label="one-shot (no training)")
     _ax.plot(_levels_iter, np.array(_curves[_n, "gradual + fine-tune"]) * 100, "s-", label="gradual + 6 epochs")
-    _ax.set_title(f"{_n}: test accuracy vs weight sparsity")
-    _ax.set_xlabel("fraction of Linear/Conv2d weights removed")
+    _ax.set(title=f"{_n}: test accuracy vs weight sparsity", xlabel="fraction of Linear/Conv2d weights removed")
     _ax.grid(alpha=0.3)
 axes[0].set_ylabel("test accuracy (%)")
 axes[0].legend()
@@ -1611,11 +1426,11 @@ fig.tight_layout()
 show(fig)
 
 # %% [markdown]
-# One-shot magnitude pruning holds up to a point and then falls off a cliff; gradual
-# pruning with a few epochs of fine-tuning moves the cliff far to the right (compare the
-# two rows of each model in the table). `digits_cnn` has 13,584 Linear/Conv2d weights, a
-# quarter of the MLP's 50,432, so it has less redundancy to give up and falls earlier; its
-# first convolution has only 144 weights, and every one of them feeds every later layer.
+# One-shot magnitude pruning holds up to a point, then falls off a cliff; gradual pruning
+# with a few epochs of fine-tuning moves the cliff far to the right (compare each model's
+# two rows). `digits_cnn` has 13,584 Linear/Conv2d weights, a quarter of the MLP's 50,432:
+# less redundancy to give up, so it falls earlier (its first convolution has 144 weights,
+# and each one feeds every later layer).
 #
 # ### Structured pruning: fewer parameters, fewer FLOPs, measured time
 #
@@ -1654,12 +1469,10 @@ for _n, _r in _struct.items():
 
 # %% [markdown]
 # Halving every hidden layer divides the weights between two hidden layers by four and
-# the others by two: the printed parameter and FLOP ratios are between 2x and 4x, and
-# unlike unstructured sparsity the time goes down too, because the small model is an
-# ordinary dense model with smaller matrices (the measured time ratio is above; it is
-# usually smaller than the FLOP ratio because fixed per-layer costs, such as im2col and
-# Python overhead, do not shrink). Accuracy drops at first (removed units carried signal)
-# and the short fine-tune recovers most of it.
+# the others by two: the printed parameter and FLOP ratios are between 2x and 4x, and the
+# time goes down too, because the small model is an ordinary dense model with smaller
+# matrices (usually by less than the FLOP ratio: fixed per-layer costs, such as im2col and
+# Python overhead, do not shrink). The short fine-tune recovers most of the accuracy lost.
 #
 # ### Sparse vs dense matmul on this machine
 #
@@ -1691,30 +1504,26 @@ print(f"CSR is faster from sparsity {_wins[0]} on" if _wins else "CSR is never f
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
 ax.semilogy(_sp_levels, np.array(_mm["dense"]) * 1e3, "o-", label="dense BLAS W @ X")
 ax.semilogy(_sp_levels, np.array(_mm["csr"]) * 1e3, "s-", label="CSR (gather + reduceat)")
-ax.set_xlabel("sparsity of the 512x512 weight")
-ax.set_ylabel("median time (ms), batch 64")
-ax.set_title("Sparse vs dense matmul on this machine")
+ax.set(xlabel="sparsity of the 512x512 weight", ylabel="median time (ms), batch 64",
+       title="Sparse vs dense matmul on this machine")
 ax.grid(alpha=0.3, which="both")
 ax.legend()
 fig.tight_layout()
 show(fig)
 
 # %% [markdown]
-# Dense time does not depend on sparsity at all: BLAS multiplies zeros as fast as anything
-# else, at close to the machine's peak, because it streams contiguous memory through
-# vector units. The CSR product does `2 * nnz * 64` FLOPs instead of `2 * 512^2 * 64`, but
-# each of them needs an indexed gather of a row of `X` and writes a temporary of
-# `nnz x 64` floats: it is memory-bound, at a small fraction of peak. Sparse can only win
-# when the work it skips outweighs that inefficiency, and the last line printed above says
-# whether it did on this run. In our runs on this machine it did not, even at 99.5%: by
-# then the arithmetic left is so small that the fixed cost of the half-dozen NumPy calls
-# (tens of microseconds each) is most of the time, while BLAS does the whole dense product
-# in well under a millisecond. Real sparse kernels (MKL, cuSPARSE, and NVIDIA's 2:4
-# structured sparsity in tensor cores) move the crossover down, but even there
-# unstructured sparsity below about 90% is rarely faster than dense: unstructured pruning
-# is mostly a **storage** win, and structured pruning the **speed** win.
+# Dense time does not depend on sparsity: BLAS multiplies zeros as fast as anything
+# else, streaming contiguous memory through vector units. The CSR product does
+# `2 * nnz * 64` FLOPs instead of `2 * 512^2 * 64`, but each needs an indexed gather of a
+# row of `X` and a temporary of `nnz x 64` floats: it is memory-bound, at a small fraction
+# of peak, and the last line printed says whether it won on this run. In our runs it did
+# not, even at 99.5%: by then the half-dozen NumPy calls' fixed cost (tens of microseconds
+# each) is most of the time, while BLAS does the dense product in well under a
+# millisecond. Real sparse kernels (MKL, cuSPARSE, NVIDIA's 2:4 sparsity) move the
+# crossover down, but unstructured sparsity below about 90% is rarely faster than dense:
+# unstructured pruning is mostly a **storage** win, structured pruning the **speed** win.
 #
-# ### The lottery ticket: rewinding to the initial weights
+# ### # The lottery ticket: rewinding to the initial weights
 #
 # Frankle & Carbin (2019): train a dense network, prune it, then **rewind** the surviving
 # weights to their values at initialization and retrain: the sparse "winning ticket"
@@ -1744,13 +1553,12 @@ for _k, _v in _lottery.items():
 print(f"sparsity of the ticket {sparsity(_ticket):.3f}; {time.perf_counter() - _t0:.1f} s")
 
 # %% [markdown]
-# Compare the last two lines: the rewound ticket and the re-initialized control share the
-# mask and the training recipe; only the starting values of the surviving weights differ,
-# so the gap between them (printed below) is what the initial values are worth. Frankle &
-# Carbin saw winning tickets on LeNet-300-100 and Conv-2/4/6 up to 96-98% sparsity; on
-# large networks the effect needs rewinding to an early training iteration rather than to
-# step 0 (Frankle et al. 2020). With 360 test digits, one digit is 0.28 points: a gap of a
-# point or two is within what another seed could change.
+# Compare the last two lines: the ticket and the re-initialized control share the mask
+# and the recipe; only the surviving weights' starting values differ, so the gap between
+# them (printed below) is what the initial values are worth. Frankle & Carbin saw winning
+# tickets on LeNet-300-100 and Conv-2/4/6 up to 96-98% sparsity; large networks need a
+# rewind to an early training iteration instead of step 0 (Frankle et al. 2020). One test
+# digit is 0.28 points: a gap of a point or two is within what another seed could change.
 
 # %%
 print(f"ticket - control: {(_lottery['rewound to init + retrained (ticket)'] - _lottery['same mask, new random init + retrained']) * 100:+.2f} points; "
@@ -1762,32 +1570,29 @@ print(f"ticket - control: {(_lottery['rewound to init + retrained (ticket)'] - _
 # %%
 _ref_params = count_parameters(models.load("digits_mlp")).total
 print(f"{'energy':>6s} {'ranks':>14s} {'params':>8s} {'vs FP32':>8s} {'accuracy':>9s} {'after 2 epochs':>15s}")
-_lr_rows = []
 for _e in (0.5, 0.7, 0.9, 0.99):
     _f = factorize_model(models.load("digits_mlp"), _e)
     _ranks = [m[0].out_features if isinstance(m, tc.Sequential) else "-" for m in _f if isinstance(m, (tc.Linear, tc.Sequential))]
     _a0 = accuracy(_f, x_test, y_test)
     _a1 = accuracy(train_epochs(_f, x_train, y_train, 2), x_test, y_test)
-    _lr_rows.append((_e, count_parameters(_f).total, _a0, _a1))
     print(f"{_e:6.2f} {str(_ranks):>14s} {count_parameters(_f).total:8,d} {_ref_params / count_parameters(_f).total:7.2f}x "
           f"{_a0:9.2%} {_a1:15.2%}")
 
 # %% [markdown]
-# A layer whose spectrum decays slowly needs most of its rank to keep most of its energy.
-# Read the table: the trained digits MLP holds its energy in far fewer directions than its
-# width, so a rank chosen by energy cuts parameters several-fold. Two epochs of fine-tuning
-# recover most of what truncation lost at energy 0.9 and above; at 0.5 and 0.7 too much is
-# gone for two epochs to bring back (compare the last two columns). (A Linear is only replaced when
-# `r (in + out) < in * out`; the "-" entries stayed dense.)
+# A layer whose spectrum decays slowly needs most of its rank to keep most of its energy;
+# the trained digits MLP holds its energy in far fewer directions than its width, so a
+# rank chosen by energy cuts parameters several-fold. Two epochs of fine-tuning recover
+# most of what truncation lost at energy 0.9 and above; at 0.5 and 0.7 too much is gone
+# (compare the last two columns). A Linear is only replaced when `r (in + out) < in * out`;
+# the "-" entries stayed dense.
 #
 # ### Distillation: a small student taught by the trained MLP
 #
 # Student: `digits_mlp` with one hidden layer of 32 units (2,410 parameters, 21x fewer than
-# the teacher's 50,826), trained from the same initialization on labels only, or distilled
-# (`T = 4`, `alpha = 0.9`), with Adam (learning rate 3e-3, batches of 32): on the full
-# training set for 15 epochs, and on a 15% subset (215 images) for 60 epochs (a similar
-# number of steps). The teacher saw all the training images; the question is how much of
-# that a student can get through soft targets. Three seeds each.
+# the teacher's 50,826), from the same initialization, trained on labels only or distilled
+# (`T = 4`, `alpha = 0.9`; Adam, learning rate 3e-3, batches of 32): on the full training
+# set for 15 epochs, and on a 15% subset (215 images) for 60 epochs (a similar number of
+# steps). How much of what the teacher saw can soft targets pass on? Three seeds each.
 
 # %%
 _t0 = time.perf_counter()
@@ -1813,47 +1618,41 @@ print(f"{time.perf_counter() - _t0:.1f} s")
 # %% [markdown]
 # Compare the means above, row pairs with the same training fraction. The soft targets
 # tell the student which wrong digits look alike (a 3 that resembles an 8), which labels
-# alone do not. In our runs that extra information did not help on the full training set,
-# where the student already sees every image (labels only was about half a point better),
-# and helped by about four points on the 15% subset, where it carries what the teacher
-# learned from the images the student never sees. With 360 test digits a difference below
-# about one point (3-4 digits) is within the spread of the three runs printed beside each mean.
+# alone do not. In our runs that did not help on the full training set (labels only was
+# about half a point better), and helped by about four points on the 15% subset, where it
+# carries what the teacher learned from images the student never sees. A difference below
+# about one point (3-4 digits) is within the spread of the three runs beside each mean.
 
 # %% [markdown]
 # ## 6. Reflection
 #
-# 1. Our sparse file stores one byte of gap per non-zero. At what sparsity does a bitmask
-#    (one bit per weight, `size / 8` bytes) become cheaper than one-byte gaps, and what would
-#    4-bit gaps (Deep Compression's choice for fully connected layers) cost in filler entries
-#    at 95% sparsity?
-# 2. Unstructured sparsity shrank the file 20x+ but made no matmul faster below the crossover
-#    you measured. What does NVIDIA's 2:4 sparsity constrain, and why does that constraint
+# 1. Our file stores one byte of gap per non-zero. At what sparsity does a bitmask (one
+#    bit per weight) become cheaper, and what would 4-bit gaps (Deep Compression's choice
+#    for fully connected layers) cost in filler entries at 95% sparsity?
+# 2. Unstructured sparsity shrank the file 20x+ but made no matmul faster below the
+#    crossover you measured. What does NVIDIA's 2:4 sparsity constrain, and why does that
 #    make the hardware faster when arbitrary sparsity does not?
 # 3. Global pruning took more weights from the big hidden layer than from the output
-#    layer. What goes wrong if a global threshold is applied to layers whose weights have
-#    very different scales (e.g. an embedding table next to a LayerNorm)? How would you
-#    normalize?
+#    layer. What goes wrong with one threshold for layers of very different scales (an
+#    embedding table next to a LayerNorm)? How would you normalize?
 # 4. Structured pruning of a transformer: which units can you remove from a
 #    `MultiHeadAttention` block (whole heads? MLP hidden units?), and which other weights
 #    must shrink with them so the residual stream still lines up?
-# 5. In production, a pruned and int8-encoded model is decoded to dense float32 at load
-#    time (as ours is). When is that the right design, and when would you instead keep the
-#    weights sparse in memory and run sparse kernels (think of llama.cpp loading a
-#    70B model on a laptop)?
+# 5. Our pruned int8 model is decoded to dense float32 at load time. When is that right,
+#    and when would you keep the weights sparse in memory and run sparse kernels (think
+#    of llama.cpp loading a 70B model on a laptop)?
 
 # %% [markdown]
 # ## 7. Summary
 #
-# You built magnitude pruning with PyTorch-style masks that survive any optimizer,
-# per-layer and global thresholds, and `remove_masks`; structured pruning that rewires a
-# Sequential into a smaller dense model (checked against the zeroed-unit oracle); gradual
-# pruning on the cubic schedule and the lottery-ticket rewind; low-rank factorization by
-# energy; knowledge distillation; a loop-free CSR matmul; and a pickle-free compressed
-# format with int8 values and one-byte relative indices. You measured the file of the
-# combined pipeline against the FP32 checkpoint, accuracy against sparsity with and
-# without fine-tuning, the parameters, FLOPs and time of structured pruning, and where
-# sparse matmul beats dense BLAS on this machine. Module 17 turns from model size to
-# generation speed: caching the keys and values a transformer recomputes at every step.
+# You built magnitude pruning with masks that survive any optimizer (per layer and
+# global), structured pruning into a smaller dense model (checked against the zeroed-unit
+# oracle), gradual pruning on the cubic schedule and the lottery-ticket rewind, low-rank
+# factorization by energy, distillation, a loop-free CSR matmul, and a pickle-free sparse
+# int8 format. You measured the pipeline's file against the FP32 checkpoint, accuracy
+# against sparsity, the parameters, FLOPs and time of structured pruning, and where sparse
+# matmul beats dense BLAS here. Module 17 turns to generation speed: caching the keys and
+# values a transformer recomputes at every step.
 
 # %%
 print(f"notebook ran in {time.perf_counter() - _notebook_start:.1f} s")

@@ -16,10 +16,11 @@ from hypothesis.extra import numpy as hnp
 import tinytorch.core as tc
 from tinytorch import datasets, models
 from tinytorch.compression import (
-    CSRMatrix, decode_relative, effective_weight, encode_relative, file_bytes, load_compressed, prunable_layers,
-    prune_model, save_compressed, sparsity,
+    CSRMatrix, decode_relative, effective_weight, encode_relative, load_compressed, prunable_layers, prune_model,
+    save_compressed, sparsity,
 )
 from tinytorch.core.serialization import save_checkpoint
+from tinytorch.sparse_io import file_bytes
 
 
 @pytest.fixture(scope="module")

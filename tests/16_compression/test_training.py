@@ -11,9 +11,10 @@ import tinytorch.core as tc
 from tinytorch import datasets, models
 from tinytorch.compression import (
     cubic_sparsity, distill, distillation_loss, effective_weight, is_pruned, prunable_layers, prune_iteratively,
-    prune_model, rewind, sparsity, train_epochs,
+    prune_model, rewind, sparsity,
 )
 from tinytorch.models.evaluate import accuracy
+from tinytorch.training import train_epochs
 
 
 @pytest.fixture(scope="module")
