@@ -17,45 +17,10 @@ import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.core import functional as F
-
-INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
-SCHEMES = ("affine", "symmetric")
-
-
-def _finite_array(x, what: str) -> np.ndarray:
-    a = np.asarray(x.data if isinstance(x, tc.Tensor) else x)
-    if a.dtype.kind not in "fiu":
-        raise TypeError(f"{what} must be a numeric array, got dtype {a.dtype}")
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        bad = a[~np.isfinite(a)].ravel()[0]
-        raise ValueError(f"{what} contains non-finite values (e.g. {bad}); quantization needs finite input")
-    return a
-
-
-def _check_axis(axis, ndim: int):
-    if axis is None:
-        return None
-    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis!r} is out of range for an array with {ndim} dimensions")
-    return int(axis) % ndim
-
-
-def _check_dtype_scheme(dtype: str, scheme: str) -> None:
-    if dtype not in INT_RANGES:
-        raise ValueError(f"dtype must be one of {sorted(INT_RANGES)}, got {dtype!r}")
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    if scheme == "symmetric" and dtype != "int8":
-        raise ValueError(f"the symmetric scheme needs a signed dtype (int8), got {dtype!r}")
-
-
-def _broadcast(v: np.ndarray, axis, ndim: int) -> np.ndarray:
-    """Shape per-channel values (C,) so they broadcast along `axis` of an ndim array."""
-    if axis is None:
-        return v
-    shape = [1] * ndim
-    shape[axis] = -1
-    return v.reshape(shape)
+from tinytorch.quantization_utils import (
+    INT_RANGES, SCHEMES, calibration_batches, channel_view, check_axis, check_dtype_scheme, finite_array, int_pair,
+    swap_layers,
+)
 
 
 # %% modules/15_quantization/quantization.py (cell 10)
@@ -100,9 +65,9 @@ def compute_qparams(rmin, rmax, scheme: str = "symmetric", dtype: str = "int8", 
     >>> float(p.scale), int(p.zero_point)
     (0.01568627543747425, 64)
     """
-    _check_dtype_scheme(dtype, scheme)
-    lo = np.asarray(_finite_array(rmin, "rmin"), dtype=np.float64)
-    hi = np.asarray(_finite_array(rmax, "rmax"), dtype=np.float64)
+    check_dtype_scheme(dtype, scheme)
+    lo = np.asarray(finite_array(rmin, "rmin"), dtype=np.float64)
+    hi = np.asarray(finite_array(rmax, "rmax"), dtype=np.float64)
     if lo.shape != hi.shape:
         raise ValueError(f"rmin and rmax must have the same shape, got {lo.shape} and {hi.shape}")
     if np.any(lo > hi):
@@ -131,8 +96,8 @@ def quantize(x, params: QuantParams) -> np.ndarray:
     TODO: divide, round half to even, add the zero point, saturate, cast.
 
     APPROACH:
-    1. Check x is finite (`_finite_array`) and the axis fits (`_check_axis`).
-    2. Broadcast per-channel scale/zero_point along params.axis (`_broadcast`).
+    1. Check x is finite (`finite_array`) and the axis fits (`check_axis`).
+    2. Broadcast per-channel scale/zero_point along params.axis (`channel_view`).
     3. `np.rint(x / s) + z`, `np.clip` to [qmin, qmax], `.astype(params.dtype)`.
 
     HINTS:
@@ -143,10 +108,10 @@ def quantize(x, params: QuantParams) -> np.ndarray:
     >>> quantize(np.array([-1.0, 0.0, 0.5, 3.0]), compute_qparams(-1.0, 3.0, "affine", "uint8"))
     array([  0,  64,  96, 255], dtype=uint8)
     """
-    a = _finite_array(x, "quantize input")
-    axis = _check_axis(params.axis, a.ndim)
-    s = _broadcast(np.asarray(params.scale, dtype=np.float64), axis, a.ndim)
-    z = _broadcast(np.asarray(params.zero_point, dtype=np.float64), axis, a.ndim)
+    a = finite_array(x, "quantize input")
+    axis = check_axis(params.axis, a.ndim)
+    s = channel_view(np.asarray(params.scale, dtype=np.float64), axis, a.ndim)
+    z = channel_view(np.asarray(params.zero_point, dtype=np.float64), axis, a.ndim)
     q = np.rint(a.astype(np.float64) / s) + z
     return np.clip(q, params.qmin, params.qmax).astype(params.dtype)
 
@@ -161,18 +126,18 @@ def dequantize(q, params: QuantParams) -> np.ndarray:
     a = np.asarray(q)
     if a.dtype.kind not in "iu":
         raise TypeError(f"dequantize expects an integer array, got dtype {a.dtype}")
-    axis = _check_axis(params.axis, a.ndim)
-    s = _broadcast(np.asarray(params.scale, dtype=np.float64), axis, a.ndim)
-    z = _broadcast(np.asarray(params.zero_point, dtype=np.int64), axis, a.ndim)
+    axis = check_axis(params.axis, a.ndim)
+    s = channel_view(np.asarray(params.scale, dtype=np.float64), axis, a.ndim)
+    z = channel_view(np.asarray(params.zero_point, dtype=np.int64), axis, a.ndim)
     return ((a.astype(np.int64) - z) * s).astype(np.float32)
 
 
 def tensor_qparams(x, scheme: str = "symmetric", dtype: str = "int8", axis=None) -> QuantParams:
     """Min-max parameters for a whole array (axis=None) or for each slice along `axis`."""
-    a = _finite_array(x, "tensor_qparams input")
+    a = finite_array(x, "tensor_qparams input")
     if a.size == 0:
         raise ValueError("tensor_qparams needs a non-empty array, got size 0")
-    axis = _check_axis(axis, a.ndim)
+    axis = check_axis(axis, a.ndim)
     if axis is None:
         return compute_qparams(a.min(), a.max(), scheme, dtype)
     other = tuple(i for i in range(a.ndim) if i != axis)
@@ -184,12 +149,12 @@ class Observer:
     """Watches batches of activations (`update`) and turns them into QuantParams (`qparams`)."""
 
     def __init__(self, scheme: str = "affine", dtype: str = "int8"):
-        _check_dtype_scheme(dtype, scheme)
+        check_dtype_scheme(dtype, scheme)
         self.scheme, self.dtype = scheme, dtype
         self.batches = 0
 
     def update(self, x) -> None:
-        a = _finite_array(x, f"{type(self).__name__} input")
+        a = finite_array(x, f"{type(self).__name__} input")
         if a.size == 0:
             raise ValueError(f"{type(self).__name__}.update got an empty batch (shape {a.shape})")
         self._update(a.astype(np.float64, copy=False))
@@ -306,20 +271,38 @@ FLOAT32_EXACT = 2 ** 24
 FLOAT64_EXACT = 2 ** 53
 
 
+def exact_float_type(k: int, a_max: int, b_max: int):
+    """The float type in which every partial sum of a K-term product of integers with
+    |a| <= a_max and |b| <= b_max is exact: float32 below 2^24, float64 below 2^53.
+
+    EXAMPLE:
+    >>> exact_float_type(1023, 128, 128).__name__, exact_float_type(1024, 128, 128).__name__
+    ('float32', 'float64')
+    """
+    bound = k * a_max * b_max
+    if bound < FLOAT32_EXACT:
+        return np.float32
+    if bound < FLOAT64_EXACT:
+        return np.float64
+    raise ValueError(f"partial sums up to {bound} (K={k}, |a| <= {a_max}, |b| <= {b_max}) are not exact "
+                     "in float64 (limit 2^53)")
+
+
 def int_matmul(a, b) -> np.ndarray:
     """Exact integer product a @ b of integer arrays (a: (..., K), b: (K, N)), returned as int32
     (int64 if a result could exceed int32), computed with float BLAS.
 
-    TODO: pick the float type whose mantissa holds every partial sum, multiply, convert back.
+    TODO: bound |a| and |b|, pick the float type that holds every partial sum, multiply, cast back.
 
     APPROACH:
-    1. Check both are integer arrays and the inner dimensions match.
-    2. bound = K * max|a| * max|b| (bounds every partial sum).
-    3. bound < 2^24: float32; bound < 2^53: float64; else raise ValueError.
-    4. np.matmul in that float type, then np.rint (no-op on exact values) and cast.
+    1. max|.| of each operand: an 8-bit array is bounded by its dtype (int8: 128, uint8: 255)
+       without reading it; a wider one is scanned (its min and max).
+    2. ftype = exact_float_type(K, max|a|, max|b|).
+    3. np.matmul in ftype, then cast to int32 (int64 if K * max|a| * max|b| exceeds int32): the
+       floats hold exact integers, so the cast loses nothing.
 
     HINTS:
-    - max|a| of an int8 array: compute it in int64 (abs(-128) overflows int8).
+    - Scan with max(-int(m.min()), int(m.max())): np.abs on an int8 -128 overflows, and copies.
 
     EXAMPLE:
     >>> int_matmul(np.array([[127, -128]], np.int8), np.array([[127], [127]], np.int8))
@@ -331,18 +314,15 @@ def int_matmul(a, b) -> np.ndarray:
             raise TypeError(f"int_matmul needs integer arrays, got {name} with dtype {m.dtype}")
     if a.ndim < 1 or b.ndim != 2 or a.shape[-1] != b.shape[0]:
         raise ValueError(f"int_matmul needs a (..., K) and b (K, N), got shapes {a.shape} and {b.shape}")
-    k = a.shape[-1]
-    amax = int(np.abs(a.astype(np.int64)).max()) if a.size else 0
-    bmax = int(np.abs(b.astype(np.int64)).max()) if b.size else 0
-    bound = k * amax * bmax
-    if bound < FLOAT32_EXACT:
-        ftype = np.float32
-    elif bound < FLOAT64_EXACT:
-        ftype = np.float64
-    else:
-        raise ValueError(f"int_matmul: partial sums up to {bound} are not exact in float64 (limit 2^53)")
-    out = np.rint(np.matmul(a.astype(ftype), b.astype(ftype)))
-    return out.astype(np.int32 if bound <= np.iinfo(np.int32).max else np.int64)
+    def max_abs(m):
+        if m.dtype.itemsize == 1:
+            return max(-int(np.iinfo(m.dtype).min), int(np.iinfo(m.dtype).max))
+        return max(-int(m.min()), int(m.max())) if m.size else 0
+
+    amax, bmax = max_abs(a), max_abs(b)
+    ftype = exact_float_type(a.shape[-1], amax, bmax)
+    out = np.matmul(a.astype(ftype), b.astype(ftype))
+    return out.astype(np.int32 if a.shape[-1] * amax * bmax <= np.iinfo(np.int32).max else np.int64)
 
 
 # %% modules/15_quantization/quantization.py (cell 20)
@@ -370,21 +350,45 @@ def _scale_array(scale) -> np.ndarray:
     return s if s.dtype == np.float16 else s.astype(np.float32)
 
 
+ACT_CENTERED_MAX = 255  # |q_x - z_x| of any 8-bit activation (uint8 with z = 0, int8 with z = -128)
+WEIGHT_MAX = 128        # |q_w| of any int8 weight
+
+
+def centered_quantize(x, params: QuantParams, ftype=np.float32) -> np.ndarray:
+    """quantize(x, params) - zero_point in one pass, as `ftype` values (small exact integers).
+
+    EXAMPLE:
+    >>> centered_quantize(np.array([-1.0, 0.0, 0.5, 3.0]), compute_qparams(-1.0, 3.0, "affine", "uint8"))
+    array([-64.,   0.,  32., 191.], dtype=float32)
+    """
+    a = finite_array(x, "quantized layer input")
+    if params.axis is not None:
+        raise ValueError(f"activation parameters must be per tensor (axis=None), got axis={params.axis}")
+    z = int(params.zero_point)
+    c = a / np.float64(params.scale)  # float64, as quantize divides: the same rounding decisions
+    np.rint(c, out=c)
+    np.clip(c, float(params.qmin - z), float(params.qmax - z), out=c)
+    return c.astype(ftype, copy=False)
+
+
 class QuantizedLinear(tc.Module):
-    """y = dequant(int_matmul(quant(x) - z_x, W_int8^T)) + b, holding only an int8 weight + scales.
+    """y = (centered_quantize(x) @ W_int8^T) * (s_x * s_w) + b, holding only an int8 weight + scales.
 
     Build it with `QuantizedLinear.from_float(linear, act_params, per_channel=True)`.
 
-    TODO: quantize the weight symmetric int8 (per channel on axis 0 or per tensor), store it
-    and the scales as buffers; in forward, quantize x, integer-multiply, rescale, add bias.
+    TODO: from_float quantizes the weight (symmetric int8, per channel on axis 0 or per tensor);
+    accumulate computes the exact integer sums; forward rescales them and adds the bias.
 
-    APPROACH (forward):
-    1. q = quantize(x, self.act_params); xi = q.astype(np.int16) - z_x (values in [-255, 255]).
-    2. acc = int_matmul(xi, self.weight_int8.T).
-    3. y = acc * (s_x * self.weight_scale) + bias, as float32; return a Tensor.
+    APPROACH:
+    1. from_float: p = _weight_params(w, per_channel); cls(quantize(w, p), p.scale, a copy of the bias, act_params).
+    2. accumulate: x_c = centered_quantize(x, self.act_params, self.acc_type); fold the leading
+       dimensions into one (rows, K) matrix, multiply by weight_int8.astype(acc_type).T, unfold.
+    3. forward: acc * (s_x * self.weight_scale) + bias, as float32; return a Tensor.
 
     HINTS:
-    - Keep the weight scale shape (out,) or (): it broadcasts over the last axis of acc.
+    - __init__ chose self.acc_type from the bound K * 255 * 128 (exact_float_type): no scan of the
+      weight or the input is needed at run time.
+    - The weight scale has shape (out,) or (): it broadcasts over the last axis of acc.
 
     EXAMPLE:
     >>> q = QuantizedLinear.from_float(tc.Linear(4, 2), compute_qparams(-1.0, 1.0))
@@ -404,6 +408,7 @@ class QuantizedLinear(tc.Module):
         self.register_buffer("weight_scale", _scale_array(weight_scale))
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
+        self.acc_type = exact_float_type(self.in_features, ACT_CENTERED_MAX, WEIGHT_MAX)
 
     @classmethod
     def from_float(cls, linear, act_params: QuantParams, per_channel: bool = True):
@@ -418,21 +423,24 @@ class QuantizedLinear(tc.Module):
         s = self.weight_scale
         return QuantParams(s, np.zeros(s.shape, np.int32), "int8", None if s.ndim == 0 else 0, "symmetric")
 
-    def integer_accumulate(self, x) -> np.ndarray:
-        """The exact int32 sums (q_x - z_x) @ W_int8^T for input x."""
-        a = _finite_array(x, "QuantizedLinear input")
+    def accumulate(self, x) -> np.ndarray:
+        """The exact integer sums (q_x - z_x) @ W_int8^T for input x, as self.acc_type floats."""
+        a = np.asarray(x.data if isinstance(x, tc.Tensor) else x)
         if a.ndim == 0 or a.shape[-1] != self.in_features:
             raise ValueError(f"QuantizedLinear expects last dimension {self.in_features}, got shape {a.shape}")
-        q = quantize(a, self.act_params)
-        xi = q.astype(np.int16) - np.int16(int(self.act_params.zero_point))
-        return int_matmul(xi, self.weight_int8.T)
+        xc = centered_quantize(a, self.act_params, self.acc_type)
+        acc = xc.reshape(-1, self.in_features) @ self.weight_int8.astype(self.acc_type).T
+        return acc.reshape(*a.shape[:-1], self.out_features)
+
+    def integer_accumulate(self, x) -> np.ndarray:
+        """accumulate(x) as integers (int32 when float32 held them): what ONNX MatMulInteger returns."""
+        return self.accumulate(x).astype(np.int32 if self.acc_type is np.float32 else np.int64)
 
     def forward(self, x) -> tc.Tensor:
-        acc = self.integer_accumulate(x)
-        y = acc * (np.float32(self.act_params.scale) * self.weight_scale.astype(np.float32))
+        y = self.accumulate(x) * (np.float32(self.act_params.scale) * self.weight_scale)
         if self.bias is not None:
-            y = y + self.bias.data
-        return tc.Tensor(y.astype(np.float32))
+            y += self.bias.data
+        return tc.Tensor(y.astype(np.float32, copy=False))
 
     def extra_repr(self) -> str:
         per = "per-channel" if self.weight_scale.ndim else "per-tensor"
@@ -441,11 +449,15 @@ class QuantizedLinear(tc.Module):
 
 # %% modules/15_quantization/quantization.py (cell 23)
 class QuantizedConv2d(tc.Module):
-    """Conv2d with an int8 weight (OC, C, kh, kw) + scales; im2col on the quantized input.
+    """Conv2d with an int8 weight (OC, C, kh, kw) + scales; im2col on the centered quantized input.
 
-    TODO: from_float quantizes the weight (symmetric, per channel on axis 0 or per tensor);
-    forward quantizes x, subtracts z_x, runs im2col (its zero padding is then exact),
-    int_matmul against the (OC, C*kh*kw) weight, rescales and adds the bias.
+    TODO: from_float as QuantizedLinear's; accumulate puts im2col between quantizing and multiplying.
+
+    APPROACH:
+    1. accumulate: x_c = centered_quantize(x, act_params, acc_type) (its zero padding is then exact);
+       cols = F.im2col(x_c, kh, kw, stride, padding), shape (N, OH, OW, C*kh*kw); one matrix
+       product of the (rows, C*kh*kw) cols with the (OC, C*kh*kw) weight in acc_type, transposed.
+    2. forward: rescale and add the bias as QuantizedLinear does, then transpose to (N, OC, OH, OW).
 
     EXAMPLE:
     >>> q = QuantizedConv2d.from_float(tc.Conv2d(1, 2, 3, padding=1), compute_qparams(0.0, 1.0, "affine"))
@@ -462,11 +474,12 @@ class QuantizedConv2d(tc.Module):
             raise ValueError(f"activation parameters must be per tensor (axis=None), got axis={act_params.axis}")
         self.out_channels, self.in_channels = weight_int8.shape[:2]
         self.kernel_size = weight_int8.shape[2:]
-        self.stride, self.padding = F._pair(stride, "stride"), F._pair(padding, "padding")
+        self.stride, self.padding = int_pair(stride, "stride"), int_pair(padding, "padding")
         self.register_buffer("weight_int8", weight_int8)
         self.register_buffer("weight_scale", _scale_array(weight_scale))
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
+        self.acc_type = exact_float_type(int(np.prod(weight_int8.shape[1:])), ACT_CENTERED_MAX, WEIGHT_MAX)
 
     @classmethod
     def from_float(cls, conv, act_params: QuantParams, per_channel: bool = True):
@@ -480,22 +493,25 @@ class QuantizedConv2d(tc.Module):
         s = self.weight_scale
         return QuantParams(s, np.zeros(s.shape, np.int32), "int8", None if s.ndim == 0 else 0, "symmetric")
 
-    def integer_accumulate(self, x) -> np.ndarray:
-        """Exact int32 sums, shape (N, OH, OW, OC)."""
-        a = _finite_array(x, "QuantizedConv2d input")
+    def accumulate(self, x) -> np.ndarray:
+        """The exact integer sums as self.acc_type floats, shape (N, OH, OW, OC)."""
+        a = np.asarray(x.data if isinstance(x, tc.Tensor) else x)
         if a.ndim != 4 or a.shape[1] != self.in_channels:
             raise ValueError(f"QuantizedConv2d expects input (N, {self.in_channels}, H, W), got shape {a.shape}")
-        q = quantize(a, self.act_params)
-        xi = q.astype(np.int16) - np.int16(int(self.act_params.zero_point))
-        cols = F.im2col(xi, *self.kernel_size, self.stride, self.padding)
-        return int_matmul(cols, self.weight_int8.reshape(self.out_channels, -1).T)
+        xc = centered_quantize(a, self.act_params, self.acc_type)
+        cols = F.im2col(xc, *self.kernel_size, self.stride, self.padding)
+        w = self.weight_int8.reshape(self.out_channels, -1).astype(self.acc_type)
+        return (cols.reshape(-1, w.shape[1]) @ w.T).reshape(*cols.shape[:3], self.out_channels)
+
+    def integer_accumulate(self, x) -> np.ndarray:
+        """accumulate(x) as integers (int32 when float32 held them): what ONNX ConvInteger returns, (N, OH, OW, OC)."""
+        return self.accumulate(x).astype(np.int32 if self.acc_type is np.float32 else np.int64)
 
     def forward(self, x) -> tc.Tensor:
-        acc = self.integer_accumulate(x)
-        y = acc * (np.float32(self.act_params.scale) * self.weight_scale.astype(np.float32))
+        y = self.accumulate(x) * (np.float32(self.act_params.scale) * self.weight_scale)
         if self.bias is not None:
-            y = y + self.bias.data
-        return tc.Tensor(np.ascontiguousarray(y.transpose(0, 3, 1, 2)).astype(np.float32))
+            y += self.bias.data
+        return tc.Tensor(np.ascontiguousarray(y.transpose(0, 3, 1, 2), dtype=np.float32))
 
     def extra_repr(self) -> str:
         per = "per-channel" if self.weight_scale.ndim else "per-tensor"
@@ -515,16 +531,6 @@ def quantize_layer(module, act_params: QuantParams, per_channel: bool = True):
                     f"{', '.join(c.__name__ for c in QUANTIZABLE)}")
 
 
-def _batches(calibration_data) -> list:
-    if isinstance(calibration_data, (np.ndarray, tc.Tensor)):
-        calibration_data = [calibration_data]
-    batches = [b for b in calibration_data]
-    if not batches or any(np.size(b.data if isinstance(b, tc.Tensor) else b) == 0 for b in batches):
-        raise ValueError(f"calibration_data must hold at least one non-empty batch, got {len(batches)} batches"
-                         + (" (some empty)" if batches else ""))
-    return batches
-
-
 def quantize_model(model, calibration_data, scheme: str = "affine", per_channel: bool = True,
                    observer: str = "minmax", act_dtype: str = "int8"):
     """A new model with every Linear/Conv2d replaced by its INT8 version; `model` is unchanged.
@@ -537,12 +543,13 @@ def quantize_model(model, calibration_data, scheme: str = "affine", per_channel:
     TODO: deepcopy, observe inputs with pre-hooks, calibrate, swap the layers in.
 
     APPROACH:
-    1. Validate, deepcopy `model` into `qmodel`, collect (parent, name, layer) for every
-       child of type Linear/Conv2d (walk `named_modules()` and their `named_children()`).
-    2. For each layer: an observer (OBSERVERS[observer](scheme, act_dtype)) and a forward
-       pre-hook `lambda m, inputs: obs.update(inputs[0])`.
+    1. Deepcopy `model` into `qmodel`; list its Linear/Conv2d sub-modules (`type(m) in
+       QUANTIZABLE`, the root excluded: it has no parent to swap it in).
+    2. One observer per layer (OBSERVERS[observer](scheme, act_dtype)), and a forward pre-hook
+       on the layer that feeds it the layer's input: `lambda m, inputs: ...update(inputs[0])`.
     3. Under tc.no_grad(), run every batch; in `finally`, remove the hooks.
-    4. setattr(parent, name, quantize_layer(layer, obs.qparams(), per_channel)).
+    4. `swap_layers(qmodel, QUANTIZABLE, make)`, make(layer) = quantize_layer(layer, its
+       observer's qparams(), per_channel).
 
     EXAMPLE:
     >>> q = quantize_model(models.load("digits_mlp"), x_train[:256])
@@ -553,26 +560,27 @@ def quantize_model(model, calibration_data, scheme: str = "affine", per_channel:
         raise TypeError(f"quantize_model needs a Module, got {type(model).__name__}")
     if observer not in OBSERVERS:
         raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
-    _check_dtype_scheme(act_dtype, scheme)
-    batches = _batches(calibration_data)
+    check_dtype_scheme(act_dtype, scheme)
+    batches = calibration_batches(calibration_data)
     qmodel = copy.deepcopy(model)
-    targets = [(parent, name, child) for _, parent in qmodel.named_modules()
-               for name, child in parent.named_children() if type(child) in QUANTIZABLE]
-    if not targets:
+    layers = [m for name, m in qmodel.named_modules() if name and type(m) in QUANTIZABLE]
+    if not layers:
         raise ValueError(f"{type(model).__name__} has no Linear or Conv2d layer to quantize")
-    observers, handles = {}, []
+    observers = {id(layer): OBSERVERS[observer](scheme, act_dtype) for layer in layers}
+    handles = [layer.register_forward_pre_hook(lambda m, inputs: observers[id(m)].update(inputs[0]))
+               for layer in layers]
     try:
-        for parent, name, layer in targets:
-            obs = observers[id(layer)] = OBSERVERS[observer](scheme, act_dtype)
-            handles.append(layer.register_forward_pre_hook(lambda m, inputs, obs=obs: obs.update(inputs[0])))
         with tc.no_grad():
             for batch in batches:
                 qmodel(batch)
     finally:
         for h in handles:
             h.remove()
-    for parent, name, layer in targets:
-        setattr(parent, name, quantize_layer(layer, observers[id(layer)].qparams(), per_channel))
+
+    def quantized(layer):
+        return quantize_layer(layer, observers[id(layer)].qparams(), per_channel)
+
+    swap_layers(qmodel, QUANTIZABLE, quantized)
     return qmodel
 
 
@@ -584,15 +592,16 @@ def model_size_bytes(model) -> int:
                + sum(b.nbytes for _, b in model.named_buffers()))
 
 
-def _quantized_flops(module, input_shapes, output_shape):
-    """count_flops rule for the quantized layers: integer MACs (x2 FLOPs) + bias adds."""
+def _matmul_layer_flops(module, input_shapes, output_shape):
+    """count_flops rule for the quantized layers: K multiply-adds per output value (K = the weight's
+    row length: in_features, or C*kh*kw), 2 FLOPs each, plus one add per output for the bias."""
+    shape = module.weight_int8.shape if hasattr(module, "weight_int8") else module.weight_shape
     out = int(np.prod(output_shape))
-    k = module.in_features if isinstance(module, QuantizedLinear) else int(np.prod(module.weight_int8.shape[1:]))
-    macs = out * k
+    macs = out * int(np.prod(shape[1:]))
     return macs, 2 * macs + (out if module.bias is not None else 0)
 
 
-QUANTIZED_FLOP_RULES = {QuantizedLinear: _quantized_flops, QuantizedConv2d: _quantized_flops}
+QUANTIZED_FLOP_RULES = {QuantizedLinear: _matmul_layer_flops, QuantizedConv2d: _matmul_layer_flops}
 
 
 # %% modules/15_quantization/quantization.py (cell 29)
@@ -622,7 +631,7 @@ def pack_groupwise(weight, bits: int = 4, group_size: int = 32):
     >>> packed.shape, packed.dtype, d.dtype, float(d[0, 0])
     ((1, 16), dtype('uint8'), dtype('float16'), 0.125)
     """
-    w = _finite_array(weight, "pack_groupwise weight")
+    w = finite_array(weight, "pack_groupwise weight")
     if bits not in GROUP_BITS:
         raise ValueError(f"bits must be one of {GROUP_BITS}, got {bits!r}")
     n = 8 // bits
@@ -730,21 +739,12 @@ def quantize_weights_groupwise(model, bits: int = 4, group_size: int = 32):
     if bits not in GROUP_BITS:
         raise ValueError(f"bits must be one of {GROUP_BITS}, got {bits!r}")
     qmodel = copy.deepcopy(model)
-    swap = {tc.Linear: WeightOnlyLinear, tc.Conv2d: WeightOnlyConv2d}
-    targets = [(parent, name, child) for _, parent in qmodel.named_modules()
-               for name, child in parent.named_children() if type(child) in swap]
-    for parent, name, child in targets:
-        setattr(parent, name, swap[type(child)](child, bits, group_size))
+    packed = {tc.Linear: WeightOnlyLinear, tc.Conv2d: WeightOnlyConv2d}
+    swap_layers(qmodel, packed, lambda layer: packed[type(layer)](layer, bits, group_size))
     return qmodel
 
 
-def _weight_only_flops(module, input_shapes, output_shape):
-    out = int(np.prod(output_shape))
-    macs = out * int(np.prod(module.weight_shape[1:]))
-    return macs, 2 * macs + (out if module.bias is not None else 0)
-
-
-QUANTIZED_FLOP_RULES.update({WeightOnlyLinear: _weight_only_flops, WeightOnlyConv2d: _weight_only_flops})
+QUANTIZED_FLOP_RULES.update({WeightOnlyLinear: _matmul_layer_flops, WeightOnlyConv2d: _matmul_layer_flops})
 
 
 # %% modules/15_quantization/quantization.py (cell 32)
@@ -810,25 +810,21 @@ def prepare_qat(model, bits: int = 4, group_size: int = 32):
         raise ValueError(f"bits must be one of {GROUP_BITS}, got {bits!r}")
     qat = copy.deepcopy(model)
     wrap = {tc.Linear: FakeQuantLinear, tc.Conv2d: FakeQuantConv2d}
-    targets = [(parent, name, child) for _, parent in qat.named_modules()
-               for name, child in parent.named_children() if type(child) in wrap]
-    for parent, name, child in targets:
-        setattr(parent, name, wrap[type(child)](child, bits, group_size))
+    swap_layers(qat, wrap, lambda layer: wrap[type(layer)](layer, bits, group_size))
     return qat
 
 
 def convert_qat(qat_model):
     """The deployable model: each fake-quantized layer packed for real (WeightOnlyLinear/Conv2d)."""
     model = copy.deepcopy(qat_model)
-    targets = [(parent, name, child) for _, parent in model.named_modules()
-               for name, child in parent.named_children() if isinstance(child, (FakeQuantLinear, FakeQuantConv2d))]
-    if not targets:
+
+    def packed(layer):
+        if type(layer) is FakeQuantLinear:
+            return WeightOnlyLinear(layer.linear, layer.bits, layer.group_size)
+        return WeightOnlyConv2d(layer.conv, layer.bits, layer.group_size)
+
+    if not swap_layers(model, (FakeQuantLinear, FakeQuantConv2d), packed):
         raise ValueError("convert_qat found no fake-quantized layer: call prepare_qat first")
-    for parent, name, child in targets:
-        if isinstance(child, FakeQuantLinear):
-            setattr(parent, name, WeightOnlyLinear(child.linear, child.bits, child.group_size))
-        else:
-            setattr(parent, name, WeightOnlyConv2d(child.conv, child.bits, child.group_size))
     return model.eval()
 
 

@@ -2,7 +2,7 @@
 one constant value (a bias-free layer's constant input, an all-equal channel) is stored exactly."""
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tinytorch.quantization import compute_qparams, dequantize, quantize
@@ -12,7 +12,6 @@ SCHEMES = [("affine", "int8"), ("affine", "uint8"), ("symmetric", "int8")]
 nonzero = st.floats(-1e4, 1e4, allow_nan=False, width=32).filter(lambda c: abs(c) > 1e-6)
 
 
-@settings(max_examples=40, deadline=None)
 @given(nonzero, st.sampled_from(SCHEMES))
 def test_a_constant_range_has_scale_abs_c_and_round_trips_exactly(c, scheme_dtype):
     p = compute_qparams(c, c, *scheme_dtype)

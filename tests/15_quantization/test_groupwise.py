@@ -3,7 +3,7 @@ packing, round-trip error bounds, real packed storage, sizes and accuracy on the
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -31,7 +31,6 @@ def test_q4_0_layout_by_hand():
     assert back[0, 0] == 2.0 and back[0, 16] == -1.75 and back[0, 1] == 0.25 and back[0, 17] == 1.0
 
 
-@settings(max_examples=40, deadline=None)
 @given(hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 80)),
                   elements=st.floats(-100, 100, allow_nan=False, width=32)),
        st.sampled_from([2, 4, 8]), st.sampled_from([8, 16, 32]))

@@ -57,7 +57,7 @@ def test_observer_errors():
 int8 = st.integers(-128, 127)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(st.data(), st.integers(1, 6), st.integers(1, 2000), st.integers(1, 5))
 def test_int_matmul_exact_against_int64(data, m, k, n):
     a = data.draw(hnp.arrays(np.int8, (m, k), elements=int8))

@@ -31,7 +31,7 @@ def test_round_half_to_even_and_saturation():
     assert quantize(np.array([1000.0, -1000.0]), pa).tolist() == [127, -128]  # saturate, never wrap
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(arrays, st.sampled_from(SCHEMES))
 def test_round_trip_within_half_step(x, scheme_dtype):
     p = tensor_qparams(x, *scheme_dtype)
@@ -39,7 +39,7 @@ def test_round_trip_within_half_step(x, scheme_dtype):
     assert err.max() <= float(p.scale) / 2 * (1 + 1e-4) + 1e-30
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(arrays, st.sampled_from(SCHEMES))
 def test_zero_exact_and_outside_values_clip(x, scheme_dtype):
     p = tensor_qparams(x, *scheme_dtype)
@@ -51,7 +51,6 @@ def test_zero_exact_and_outside_values_clip(x, scheme_dtype):
     assert quantize(x, p).min() >= p.qmin and quantize(x, p).max() <= p.qmax
 
 
-@settings(max_examples=40, deadline=None)
 @given(st.floats(-100, 100, allow_nan=False, width=32), st.sampled_from(SCHEMES))
 def test_constant_tensors_round_trip_exactly(c, scheme_dtype):
     if scheme_dtype[1] == "uint8" and c < 0:
@@ -63,7 +62,7 @@ def test_constant_tensors_round_trip_exactly(c, scheme_dtype):
     assert np.array_equal(dequantize(quantize(x, pc), pc), x)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(st.integers(0, 2**31 - 1), st.floats(10, 1000))
 def test_per_channel_beats_per_tensor_on_channels_of_different_scales(seed, ratio):
     rng = np.random.default_rng(seed)
