@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from tinytorch.core.tensor import Tensor, as_tensor
+from tinytorch.core.tensor import Tensor, as_tensor, recording
 
 # GELU's tanh form (GPT-2's): 0.5 x (1 + tanh(GELU_SCALE (x + GELU_CUBIC x^3))); the one home of both constants
 GELU_SCALE = math.sqrt(2.0 / math.pi)
@@ -65,22 +65,48 @@ def relu(x) -> Tensor:
     return out
 
 
+def _float(a: np.ndarray) -> np.ndarray:
+    """`a` itself if it is floating point, else as float64 (what NumPy's arithmetic would give)."""
+    return a if a.dtype.kind == "f" else a.astype(np.float64)
+
+
+def _gelu_tanh(a: np.ndarray) -> np.ndarray:
+    """tanh(GELU_SCALE (a + GELU_CUBIC a^3)) in ONE new array: a (GELU_SCALE + GELU_SCALE GELU_CUBIC a^2)
+    built in place (a*a, not a**3: NumPy's float32 power is ~100x slower)."""
+    t = a * a
+    t *= GELU_SCALE * GELU_CUBIC
+    t += GELU_SCALE
+    t *= a
+    return np.tanh(t, out=t)
+
+
 def gelu_array(a: np.ndarray) -> np.ndarray:
-    """GELU of a plain array (no graph): what gelu computes, for code that works on ndarrays."""
-    return 0.5 * a * (1.0 + np.tanh(GELU_SCALE * (a + GELU_CUBIC * (a * a * a))))
+    """GELU of a plain array (no graph): what gelu computes, for code that works on ndarrays.
+
+    One fresh array, every step in place: for tiny_gpt's (128, 1, 512) decode activations this
+    takes 0.45-0.66x the time of the expression with a temporary per operation, and 0.74-0.77x for
+    the (1, 256, 512) activations of a full forward (medians of interleaved runs, quiet to loaded)."""
+    a = _float(np.asarray(a))
+    t = _gelu_tanh(a)
+    t += 1.0
+    t *= a
+    t *= 0.5
+    return t
 
 
 def gelu(x) -> Tensor:
     """GELU, tanh approximation (as in GPT-2): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     x = as_tensor(x)
-    a = x.data
-    t = np.tanh(GELU_SCALE * (a + GELU_CUBIC * (a * a * a)))  # a*a*a: NumPy's float32 a**3 is ~100x slower
+    if not recording(x):
+        return _result(gelu_array(x.data), x)
+    a = _float(x.data)
+    t = _gelu_tanh(a)
     out = _result(0.5 * a * (1.0 + t), x)
-    if out._parents:
-        def backward(g):
-            dt = (1.0 - t * t) * GELU_SCALE * (1.0 + 3 * GELU_CUBIC * a * a)
-            x._accumulate(g * (0.5 * (1.0 + t) + 0.5 * a * dt))
-        out._backward = backward
+
+    def backward(g):
+        dt = (1.0 - t * t) * GELU_SCALE * (1.0 + 3 * GELU_CUBIC * a * a)
+        x._accumulate(g * (0.5 * (1.0 + t) + 0.5 * a * dt))
+    out._backward = backward
     return out
 
 

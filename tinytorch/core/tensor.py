@@ -42,6 +42,13 @@ def is_grad_enabled() -> bool:
     return getattr(_state, "grad_enabled", True)
 
 
+def recording(*tensors: Tensor) -> bool:
+    """Whether an op on these tensors joins the graph: grad is on in this thread and one of them
+    requires grad. Functions check it first and, when it is False, skip every piece of graph state
+    (and may work in place in their own fresh arrays)."""
+    return getattr(_state, "grad_enabled", True) and any(t.requires_grad for t in tensors)
+
+
 def _as_array(data) -> np.ndarray:
     """An ndarray for `data`, keeping an ndarray's dtype; Python floats become float32."""
     if isinstance(data, Tensor):
@@ -131,10 +138,16 @@ class Tensor:
     # ------------------------------------------------------------- the graph
     def _make(self, data: np.ndarray, parents: tuple[Tensor, ...]) -> Tensor:
         """A result tensor; it joins the graph only if grad is on and a parent needs it."""
-        out = Tensor(data)
-        if is_grad_enabled() and any(p.requires_grad for p in parents):
+        out = Tensor.__new__(Tensor)  # no __init__: an op's result needs none of its checks
+        out.data = data if type(data) is np.ndarray else _as_array(data)
+        out.grad = None
+        out._backward = None
+        if recording(*parents):
             out.requires_grad = True
             out._parents = parents
+        else:
+            out.requires_grad = False
+            out._parents = ()
         return out
 
     def _accumulate(self, grad: np.ndarray) -> None:
