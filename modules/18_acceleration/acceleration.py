@@ -1775,28 +1775,22 @@ show(fig)
 # %% [markdown]
 # ## 6. Reflection
 #
-# 1. The CNN's throughput flattens at some batch size (see the curve). Using the roofline
-#    numbers printed above, estimate the batch at which its largest layer becomes
-#    compute-bound. Why does the measured curve flatten earlier or later than that?
-# 2. Our batcher waits up to `max_wait_ms` after the *oldest* request. What would go wrong
+# 1. Our batcher waits up to `max_wait_ms` after the *oldest* request. What would go wrong
 #    if it waited `max_wait_ms` after the *newest* one instead? How does NVIDIA Triton's
 #    `max_queue_delay_microseconds` behave, and what does its "preferred batch size" add?
-# 3. One slow batch delays every request queued behind it. How would you bound the tail
+# 2. One slow batch delays every request queued behind it. How would you bound the tail
 #    latency of a server under overload (admission control, timeouts, load shedding)?
 #    Which of these would you return as HTTP 429 or 503?
-# 4. Continuous batching here prefills one prompt at a time while the other rows wait.
+# 3. Continuous batching here prefills one prompt at a time while the other rows wait.
 #    vLLM and Sarathi-Serve split long prompts into chunks mixed with decode steps
 #    ("chunked prefill"). What does that buy, and what does PagedAttention add when
 #    requests have very different lengths?
-# 5. `torch.compile` and TensorRT fuse bias+GELU into the preceding matmul's epilogue.
-#    Why can a fused kernel be faster even when it does the same FLOPs, and why is our
-#    NumPy version not much faster?
-# 6. `fork_map` forks fresh workers at every call, and they get the model for free as
+# 4. `fork_map` forks fresh workers at every call, and they get the model for free as
 #    copy-on-write pages. A server that runs for days keeps its workers alive instead. What
 #    must it send them when the model changes? The `spawn` start method (the default on
 #    macOS and Windows; Linux defaults to `forkserver` from Python 3.14) starts a fresh
 #    interpreter: what does each worker then pay before its first token?
-# 7. `FusedDecoder` folds `1/sqrt(D)` into the q weights, and its products add in another
+# 5. `FusedDecoder` folds `1/sqrt(D)` into the q weights, and its products add in another
 #    order than `forward_cached`'s, so the logits differ in the last bits. Why does greedy
 #    generation still give the same tokens here, and when could it not? What would you
 #    compare instead of tokens to test a fused kernel?
