@@ -1489,10 +1489,9 @@ print(_report)
 # %% [markdown]
 # ## 4. Use it on the real reference models
 #
-# The trained models of `tinytorch.models`: two digit classifiers (an MLP and a CNN,
-# inputs `(N, 1, 8, 8)`) and the character-level `tiny_gpt` (4 blocks, width 128, 4
-# heads). We profile each on real inputs: the digits test set and a slice of the text
-# corpus.
+# Two trained digit classifiers (an MLP and a CNN, inputs `(N, 1, 8, 8)`) and the
+# character-level `tiny_gpt` (4 blocks, width 128, 4 heads), on real inputs: the digits
+# test set and a slice of the text corpus.
 
 # %%
 digits = datasets.load_digits()
@@ -1764,15 +1763,13 @@ print(f"per token, T=256 vs T=32: {(_j_seq[-1] / 256) / (_j_seq[0] / 32):.2f}x")
 # %% [markdown]
 # ## 7. Summary
 #
-# You built `tinytorch.profiling`: parameter and byte counts; exact MACs and FLOPs per
-# layer through forward hooks (totals equal to the sum of the rows, hooks always
-# removed); latency statistics with an order-statistic interval of the median; weights vs
-# activation memory; this machine's roofline; joules from RAPL counters or a labelled
-# estimate; and a `Profiler` with time per layer, forward and backward. It measured where
-# the reference models keep their parameters and do their arithmetic, how GPT FLOPs grow
-# with `T` and batch size, that small layers are overhead- and memory-bound rather than
-# FLOP-bound, and what warm-up and profiling cost.
+# You built `tinytorch.profiling`: parameter and byte counts, exact MACs and FLOPs per
+# layer through hooks, latency statistics with an interval for the median, weights vs
+# activation memory, this machine's roofline, joules measured or labelled as estimated,
+# and a per-layer `Profiler`, forward and backward. It showed where the reference models
+# keep their weights and do their work, how GPT FLOPs grow with `T` and batch size, and
+# that small layers are overhead- and memory-bound rather than FLOP-bound.
 #
-# Next: module 15 stores the weights as int8. Before you run it, predict which numbers of
-# this profile change (parameters, bytes, FLOPs, time), by how much, and which layers
-# move on the roofline; this profiler will check you.
+# Next: module 15 stores the weights as int8. Predict first which numbers of this profile
+# change (parameters, bytes, FLOPs, time), by how much, and which layers move on the
+# roofline; this profiler will check you.
