@@ -248,6 +248,14 @@ assert cache_bytes(4, 1, 4, 256, 32) == 1_048_576  # worked example of section 2
 assert cache_bytes(4, 1, 4, 256, 32, np.float16) == 524_288
 assert cache_bytes(12, 8, 12, 1024, 64) == 2 * 12 * 8 * 12 * 1024 * 64 * 4
 assert cache_bytes(1, 1, 1, 1, 1) == 8  # one float32 key and one value
+### BEGIN HIDDEN TESTS
+_got = cache_bytes(3, 5, 2, 7, 6, np.float64)
+assert _got == 2 * 3 * 5 * 2 * 7 * 6 * 8, ("the bytes per element come from the dtype: cache_bytes(3, 5, 2, 7, 6, float64): "
+                                           f"expected {2 * 3 * 5 * 2 * 7 * 6 * 8}, got {_got}")
+_got = cache_bytes(2, 3, 5, 7, 11, "float16")
+assert _got == 2 * 2 * 3 * 5 * 7 * 11 * 2, f"a dtype given by name: cache_bytes(2, 3, 5, 7, 11, 'float16'): expected 4620, got {_got}"
+assert type(cache_bytes(2, 3, 5, 7, 11)) is int, f"cache_bytes returns a Python int, got {type(cache_bytes(2, 3, 5, 7, 11)).__name__}"
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### 3.2 The cache
@@ -479,6 +487,52 @@ except ValueError:
     pass
 _c.reset([0])
 assert _c.lengths.tolist() == [0, 0, 3] and _c.get(1, 0)[0].shape == (2, 0, 4)
+### BEGIN HIDDEN TESTS
+# rows at DIFFERENT lengths in one append: each row continues at its own length
+_c = KVCache(num_layers=2, batch_size=3, num_heads=1, max_len=5, head_dim=2)
+_a = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])                       # (1, 1, 2, 2): two positions
+for _layer in range(2):
+    _c.append(_layer, _a, -_a, rows=[1])                           # row 1 holds 2
+_b = np.array([[[[10.0, 10.0]]], [[[20.0, 20.0]]]])                # (2, 1, 1, 2): one position each
+for _layer in range(2):
+    _c.append(_layer, _b, -_b, rows=[1, 0])                        # row 1 at position 2, row 0 at position 0
+_got = [_c.get(_layer, 1)[0][0].tolist() for _layer in range(2)]
+assert _got == [[[1, 2], [3, 4], [10, 10]]] * 2, ("each row is appended at ITS OWN length: row 1 (holding 2) and row 0 "
+                                                  f"(holding 0) in one append: expected row 1 keys [[1, 2], [3, 4], [10, 10]] in each layer, got {_got}")
+_got = _c.get(1, 0)[1][0].tolist()
+assert _got == [[-20, -20]], f"row 0 (empty) gets its entry at position 0: expected values [[-20, -20]], got {_got}"
+assert _c.lengths.tolist() == [1, 3, 0], f"lengths after appending to rows of different lengths: expected [1, 3, 0], got {_c.lengths.tolist()}"
+# filling a row exactly to max_len is allowed; one more is an overflow, also when only a LATER listed row overflows
+_z = np.ones((2, 1, 2, 2))
+for _layer in range(2):
+    _c.append(_layer, _z, _z, rows=[1, 2])                         # row 1: 3 -> 5 = max_len, row 2: 0 -> 2
+assert _c.lengths.tolist() == [1, 5, 2], f"appending up to exactly max_len 5 is allowed: expected [1, 5, 2], got {_c.lengths.tolist()}"
+try:
+    _c.append(0, np.ones((2, 1, 1, 2)), np.ones((2, 1, 1, 2)), rows=[0, 1])  # row 0 fits, row 1 is full
+    raise AssertionError("the cache grew past max_len silently: rows [0, 1] with lengths [1, 5], max_len 5, "
+                         "appending 1 position: expected a ValueError naming row 1")
+except ValueError as e:
+    assert "row 1" in str(e), f"the overflow error names the row that overflows: expected 'row 1' in the message, got {e}"
+_got = [_c.get(0, 0)[0].shape[1], _c.get(0, 1)[0].shape[1]]
+assert _got == [1, 5], f"a failed append writes nothing, not even for the rows that fit: expected layer-0 lengths [1, 5], got {_got}"
+# reset forgets a row in EVERY layer, and the next append writes at position 0
+_c.reset([1])
+_got = [_c.get(_layer, 1)[0].shape[1] for _layer in range(2)]
+assert _got == [0, 0], f"reset([1]) empties row 1 in every layer: expected lengths [0, 0] per layer, got {_got}"
+for _layer in range(2):
+    _c.append(_layer, 3 * _b[:1], 3 * _b[:1], rows=[1])
+_got = _c.get(0, 1)[0][0].tolist()
+assert _got == [[30, 30]], f"after a reset the row starts again at position 0: expected keys [[30, 30]], got {_got}"
+_c.reset()
+_got = [_c.get(_layer, _row)[0].shape[1] for _layer in range(2) for _row in range(3)]
+assert _c.lengths.tolist() == [0, 0, 0] and _got == [0] * 6, f"reset() forgets every row in every layer: got lengths {_got}"
+# the buffers have the dtype asked for, and nbytes is their real size
+_c16 = KVCache(2, 3, 2, 6, 4, dtype=np.float16)
+_got = (_c16.k[1].dtype, _c16.v[0].dtype, _c16.nbytes)
+assert _got == (np.float16, np.float16, cache_bytes(2, 3, 2, 6, 4, np.float16)), (
+    f"a float16 cache stores float16 and counts its real bytes: expected (float16, float16, "
+    f"{cache_bytes(2, 3, 2, 6, 4, np.float16)}), got {_got}")
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### 3.3 Attention over the cache
@@ -578,6 +632,36 @@ for _i in range(_n):
 _k2, _v2 = _k.copy(), _v.copy()
 _k2[2, :, 3:], _v2[2, :, 3:] = 1e6, -1e6
 assert np.allclose(cached_attention(_q, _k2, _v2, _pos)[2], _out[2])
+### BEGIN HIDDEN TESTS
+def _ref_attention(q, k, v, pos):  # the loop oracle, softmax made stable by the row max
+    out = np.zeros(q.shape)
+    for i in range(q.shape[0]):
+        for hh in range(q.shape[1]):
+            for j in range(q.shape[2]):
+                sc = k[i, hh, :pos[i, j] + 1].astype(np.float64) @ q[i, hh, j] / np.sqrt(q.shape[-1])
+                w = np.exp(sc - sc.max())
+                out[i, hh, j] = (w / w.sum()) @ v[i, hh, :pos[i, j] + 1]
+    return out
+
+
+# as many rows as heads (a mask that broadcasts over the wrong axis goes unnoticed otherwise), float32 in
+_r = np.random.default_rng(7)
+_q, _k, _v = (_r.standard_normal((2, 2, _len, 3)).astype(np.float32) for _len in (2, 6, 6))
+_pos = np.array([[4, 5], [0, 1]])
+_out = cached_attention(_q, _k, _v, _pos)
+assert _out.dtype == np.float32, f"float32 in, float32 out (scale by a Python float): expected float32, got {_out.dtype}"
+_err = float(np.abs(_out - _ref_attention(_q, _k, _v, _pos)).max())
+assert _err < 1e-5, f"each row is masked at its own positions: n = H = 2, positions {_pos.tolist()}: max error {_err:.2e}"
+# large scores: subtract the row max before exp, or exp overflows to inf and the weights become nan
+_out = cached_attention(60.0 * _q, 60.0 * _k, _v, _pos)
+_err = float(np.abs(_out - _ref_attention(60.0 * _q.astype(np.float64), 60.0 * _k.astype(np.float64), _v, _pos)).max())
+assert np.isfinite(_out).all() and _err < 1e-4, (
+    f"the softmax is stable for scores in the thousands (q, k scaled by 60): expected finite output equal to the "
+    f"oracle, got max error {_err:.2e} and finite={bool(np.isfinite(_out).all())}")
+# a query at position 0 sees key 0 only: its output is exactly value 0
+_out = cached_attention(_q[:, :, :1], _k, _v, np.array([[0], [0]]))
+assert np.allclose(_out[:, :, 0], _v[:, :, 0]), "a query at position 0 sees only key 0: expected its output = values[:, :, 0]"
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### 3.4 The GPT forward on new tokens only
@@ -730,6 +814,45 @@ try:  # prefill into a row that is not empty
     raise AssertionError("prefill into a full row was allowed")
 except ValueError:
     pass
+### BEGIN HIDDEN TESTS
+# chunks of several tokens continuing NON-empty rows, two rows at different lengths at once (shorter row listed first)
+_c3 = KVCache.for_model(_m, batch_size=2)
+prefill(_m, _c3, _ids[:3], row=0)
+prefill(_m, _c3, _ids[:6], row=1)
+_lg = forward_cached(_m, _c3, np.stack([_ids[3:6], _ids[6:9]]), rows=[0, 1])
+_err = [float(np.abs(_lg[0] - _full[5]).max()), float(np.abs(_lg[1] - _full[8]).max())]
+assert max(_err) < 1e-5, ("a chunk continues each row at its own length: rows 0 and 1 holding 3 and 6 tokens get 3 more "
+                          f"each: expected the plain logits at positions 5 and 8, max differences {_err}")
+assert _c3.lengths.tolist() == [6, 9], f"each row advances by the chunk: expected lengths [6, 9], got {_c3.lengths.tolist()}"
+_lg = decode_step(_m, _c3, np.array([_ids[9], _ids[6]]), rows=[1, 0])  # the keys the chunk cached are right too
+_err = [float(np.abs(_lg[0] - _full[9]).max()), float(np.abs(_lg[1] - _full[6]).max())]
+assert max(_err) < 1e-5, f"decoding after a chunk matches the plain forward at positions 9 and 6: max differences {_err}"
+assert _lg.dtype == np.float32, f"the logits stay float32 (a float64 scalar promotes everything): got {_lg.dtype}"
+# a chunk that would pass the cache's max_len is an error and changes nothing
+_c4 = KVCache.for_model(_m, batch_size=1, max_len=6)
+prefill(_m, _c4, _ids[:4], row=0)
+try:
+    forward_cached(_m, _c4, _ids[None, 4:7], rows=[0])
+    raise AssertionError("the cache grew past max_len silently: a row holding 4 of max_len 6 was given 3 tokens: "
+                         "expected a ValueError")
+except ValueError:
+    pass
+_got = [_c4.get(_layer, 0)[0].shape[1] for _layer in range(2)]
+assert _got == [4, 4], f"a forward that fails writes nothing: expected 4 positions in each layer, got {_got}"
+_lg = forward_cached(_m, _c4, _ids[None, 4:6], rows=[0])
+assert np.allclose(_lg[0], _full[5], atol=1e-5), "a chunk that fits exactly to max_len still matches the plain forward"
+# a reset row reused for a different prompt: nothing of the old prompt leaks in
+_c.reset([1])
+_other = _ids[::-1][:5].copy()
+with tc.no_grad():
+    _want = _m(_other[None]).data[0]
+_lg = prefill(_m, _c, _other, row=1)
+assert np.allclose(_lg, _want[4], atol=1e-5), "after reset([1]) row 1 holds only the new prompt: expected its plain logits"
+_lg = decode_step(_m, _c, _ids[:1], rows=[1])
+with tc.no_grad():
+    _want = _m(np.concatenate([_other, _ids[:1]])[None]).data[0, -1]
+assert np.allclose(_lg[0], _want, atol=1e-5), "decoding in a reused row attends over the new prompt only"
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### 3.5 Generation with the cache
@@ -816,6 +939,36 @@ for _prompt in (np.array([3]), np.array([1, 2, 3, 4]), np.arange(9), np.arange(1
     _plain_s = _m.generate(_prompt, _n, temperature=1.0, top_k=5, seed=7)[len(_prompt):]
     assert np.array_equal(generate_cached(_m, _prompt, _n, temperature=1.0, top_k=5, seed=7), _plain_s)
 assert generate_cached(_m, np.array([1]), 0).shape == (0,)
+### BEGIN HIDDEN TESTS
+# one new token (no decode step), two, and a prompt of exactly the context length
+for _prompt, _n in ((np.array([5]), 1), (np.array([5, 6]), 2), (np.arange(10), 1), (np.arange(10), 3), (np.array([7]), 25)):
+    _plain = _m.generate(_prompt, _n, temperature=0.0)[len(_prompt):]
+    _got = generate_cached(_m, _prompt, _n)
+    assert np.array_equal(_got, _plain), (f"generate_cached equals GPT.generate: prompt of {len(_prompt)} tokens "
+                                          f"(context 10), {_n} new: expected {_plain.tolist()}, got {_got.tolist()}")
+# the cache does the work: one prefill of the prompt, then ONE-token steps; never the whole sequence again
+_shapes = []
+_fc = forward_cached
+
+
+def forward_cached(model, cache, tokens, rows):  # records the shape of every forward over the cache
+    _shapes.append(np.shape(tokens))
+    return _fc(model, cache, tokens, rows)
+
+
+try:
+    _got = generate_cached(_m, np.array([1, 2, 3]), 6)
+finally:
+    forward_cached = _fc
+assert _shapes == [(1, 3)] + [(1, 1)] * 5, (
+    "one prefill, then one token per step, and no step after the last token: prompt of 3, 6 new tokens: "
+    f"expected forwards of shapes {[(1, 3)] + [(1, 1)] * 5}, got {_shapes}")
+# no state carried between calls: a call in between changes nothing
+_a = generate_cached(_m, np.array([2, 7]), 8, temperature=1.0, top_k=4, seed=3)
+generate_cached(_m, np.array([9, 9, 9]), 5)
+_b = generate_cached(_m, np.array([2, 7]), 8, temperature=1.0, top_k=4, seed=3)
+assert np.array_equal(_a, _b), f"the same seeded call twice, another call in between: expected {_a.tolist()} again, got {_b.tolist()}"
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ### 3.6 Many prompts at once
@@ -894,6 +1047,39 @@ _outs = generate_cached_batch(_m, _prompts, 9)
 assert len(_outs) == 4 and all(o.shape == (9,) for o in _outs)
 for _p, _o in zip(_prompts, _outs):
     assert np.array_equal(_o, generate_cached(_m, _p, 9)), _p
+### BEGIN HIDDEN TESTS
+# every row equals the plain model on its prompt alone (rows pass the context at different steps), and the order of
+# the prompts only permutes the outputs
+_ps = [np.arange(1, 8), np.array([4]), np.array([4]), np.arange(10), np.array([3, 1])]
+_o = generate_cached_batch(_m, _ps, 6)
+for _p, _out in zip(_ps, _o):
+    _plain = _m.generate(_p, 6, temperature=0.0)[len(_p):]
+    assert np.array_equal(_out, _plain), (f"batched row equals GPT.generate on its prompt alone: prompt {_p.tolist()}, "
+                                          f"6 new: expected {_plain.tolist()}, got {_out.tolist()}")
+_o_rev = generate_cached_batch(_m, _ps[::-1], 6)
+assert all(np.array_equal(_x, _y) for _x, _y in zip(_o, _o_rev[::-1])), "reversing the prompts reverses the outputs"
+_got = generate_cached_batch(_m, (np.array([3]), np.arange(5)), 1)
+assert [o.tolist() for o in _got] == [generate_cached(_m, np.array([3]), 1).tolist(), generate_cached(_m, np.arange(5), 1).tolist()], \
+    "one new token each, prompts given as a tuple"
+# ONE decode step per new token for ALL rows: a loop over the prompts is not batching
+_shapes = []
+_fc = forward_cached
+
+
+def forward_cached(model, cache, tokens, rows):  # records the shape of every forward over the cache
+    _shapes.append(np.shape(tokens))
+    return _fc(model, cache, tokens, rows)
+
+
+try:
+    generate_cached_batch(_m, [np.array([4]), np.array([1, 2, 3]), np.array([2, 9])], 5)
+finally:
+    forward_cached = _fc
+_want = [(1, 1), (1, 3), (1, 2)] + [(3, 1)] * 4
+assert sorted(_shapes) == sorted(_want), (
+    "each prompt is prefilled once, then every step is ONE decode over all 3 rows: prompts of 1, 3, 2 tokens, 5 new: "
+    f"expected forwards of shapes {_want}, got {_shapes}")
+### END HIDDEN TESTS
 
 # %% [markdown]
 # ## 4. Use it on a real model: `tiny_gpt`, token for token
