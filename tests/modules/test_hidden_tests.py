@@ -49,7 +49,7 @@ def test_the_release_drops_hidden_tests_and_keeps_the_visible_ones(module):
         assert first in shown, f"{module.id} {grade_id}: the visible test {first!r} is missing from the release"
 
 
-@pytest.mark.parametrize("module_id", ["14_profiling", "15_quantization", "16_compression", "18_acceleration", "19_benchmarking"])
+@pytest.mark.parametrize("module_id", ["14_profiling", "15_quantization", "16_compression", "17_memoization", "18_acceleration", "19_benchmarking"])
 def test_modules_hide_tests_a_student_could_otherwise_match(module_id):
     source = notebooks.read_source(REPO.path(REPO.module(module_id).source))
     with_hidden = [g for g, text in graded_cells(source).items() if HIDDEN.search(text)]
