@@ -8,6 +8,7 @@ gradients in tests/core/test_gradcheck.py.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -148,29 +149,61 @@ def dropout(x, p: float, training: bool, rng: np.random.Generator) -> Tensor:
 
 
 # -------------------------------------------------------------- normalization
+@functools.lru_cache(maxsize=64)
+def _filled(n: int, value: float, dtype: np.dtype) -> np.ndarray:
+    """A read-only vector of n copies of value, made once per (n, value, dtype)."""
+    v = np.full(n, value, dtype=dtype)
+    v.flags.writeable = False
+    return v
+
+
+def _row_sums(a2: np.ndarray, scale: float) -> np.ndarray:
+    """scale * the sum of each row of the 2-D array a2, as ONE matrix-vector product (BLAS): NumPy's
+    own reduction over a short last axis is several times slower."""
+    return a2 @ _filled(a2.shape[1], scale, a2.dtype)
+
+
 def layer_norm(x, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
-    """Normalize over the last dimension, then scale and shift."""
+    """Normalize over the last dimension, then scale and shift.
+
+    The means are matrix-vector products (BLAS) and, with no graph to record, the result is built
+    in place in the one centred array: for tiny_gpt's (1, 256, 128) activations that takes 0.55-0.75x
+    the time of mean() and a temporary per operation (interleaved runs, quiet to loaded), with the
+    same floats to 1e-6."""
     x = as_tensor(x)
-    if x.shape[-1] != weight.shape[0]:
-        raise ValueError(f"layer_norm expects last dimension {weight.shape[0]}, got shape {x.shape}")
-    mu = x.data.mean(axis=-1, keepdims=True)
-    xc = x.data - mu
-    rstd = 1.0 / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
-    xhat = xc * rstd
+    c = weight.shape[0]
+    if x.ndim == 0 or x.shape[-1] != c:
+        raise ValueError(f"layer_norm expects last dimension {c}, got shape {x.shape}")
+    a = _float(x.data).reshape(-1, c)
+    xc = a - _row_sums(a, 1.0 / c)[:, None]
+    var = _row_sums(xc * xc, 1.0 / c)
+    var += eps
+    rstd = np.sqrt(var, out=var)
+    np.reciprocal(rstd, out=rstd)
+    xc *= rstd[:, None]  # xc is x-hat now
+    if not recording(x, weight, bias):
+        if np.result_type(xc, weight.data, bias.data) == xc.dtype:  # in place keeps the dtype
+            xc *= weight.data
+            xc += bias.data
+        else:
+            xc = xc * weight.data + bias.data
+        return _result(xc.reshape(x.shape), x)
+    xhat = xc.reshape(x.shape)
+    rstd = rstd.reshape(x.shape[:-1] + (1,))
     out = _result(xhat * weight.data + bias.data, x, weight, bias)
-    if out._parents:
-        def backward(g):
-            if weight.requires_grad:
-                weight._accumulate((g * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0))
-            if bias.requires_grad:
-                bias._accumulate(g.reshape(-1, g.shape[-1]).sum(axis=0))
-            if x.requires_grad:
-                dxhat = g * weight.data
-                x._accumulate(
-                    rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
-                            - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
-                )
-        out._backward = backward
+
+    def backward(g):
+        if weight.requires_grad:
+            weight._accumulate((g * xhat).reshape(-1, c).sum(axis=0))
+        if bias.requires_grad:
+            bias._accumulate(g.reshape(-1, c).sum(axis=0))
+        if x.requires_grad:
+            dxhat = g * weight.data
+            x._accumulate(
+                rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
+                        - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+            )
+    out._backward = backward
     return out
 
 
