@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import tinytorch.core as tc
 from tinytorch.core import functional as F
+from tinytorch.core.attention import ATTENTION_BLOCK, attend
 from tinytorch.core.tensor import recording
 
 
@@ -85,3 +86,97 @@ def test_layer_norm_keeps_float64_and_mixed_dtypes_promote():
     with tc.no_grad():
         assert F.layer_norm(x, w, b).dtype == np.float64
         assert F.layer_norm(x.astype(np.float32), w, b).dtype == np.float64  # as x * w + b would
+
+
+def mha(embed, heads, seed, causal=True, dropout=0.0):
+    tc.manual_seed(seed)
+    return tc.MultiHeadAttention(embed, heads, dropout=dropout, causal=causal)
+
+
+@given(st.integers(1, 3), st.integers(1, 2 * ATTENTION_BLOCK + 7), st.sampled_from([(4, 1), (8, 2), (8, 4)]),
+       st.integers(0, 2**16))
+def test_inference_attention_equals_the_graph_path(b, t, shape, seed):
+    """Across one block, several blocks and a ragged last block of the causal kernel."""
+    attn = mha(*shape, seed)
+    x = (np.random.default_rng(seed).standard_normal((b, t, shape[0])) * 2).astype(np.float32)
+    before = x.copy()
+    graph = attn(x)  # the parameters require grad: this is the recorded (T, T) path
+    with tc.no_grad():
+        fast = attn(x)
+    assert graph._parents and fast._parents == () and fast.dtype == np.float32 and fast.shape == (b, t, shape[0])
+    np.testing.assert_allclose(fast.data, graph.data, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_inference_attention_with_a_padding_mask_or_no_causality_equals_the_graph_path(causal):
+    attn = mha(8, 2, 3, causal=causal)
+    t = ATTENTION_BLOCK + 5
+    x = np.random.default_rng(4).standard_normal((2, t, 8)).astype(np.float32)
+    keep = np.ones((2, 1, 1, t), dtype=bool)
+    keep[0, ..., 3] = keep[1, ..., 1:3] = False  # padding keys, a different set per row
+    for mask in (None, keep):
+        graph = attn(x, mask=mask)
+        with tc.no_grad():
+            fast = attn(x, mask=mask)
+        np.testing.assert_allclose(fast.data, graph.data, rtol=1e-5, atol=1e-5)
+
+
+def test_attend_is_the_per_head_softmax_in_float64():
+    rng = np.random.default_rng(5)
+    t, heads, d = ATTENTION_BLOCK * 2 + 3, 2, 3
+    q, k, v = (rng.standard_normal((1, t, heads * d)).astype(np.float32) for _ in range(3))
+    out = attend(q, k, v, heads)
+    for h in range(heads):
+        cols = slice(h * d, (h + 1) * d)
+        s = q[0, :, cols].astype(np.float64) @ k[0, :, cols].T.astype(np.float64) / math.sqrt(d)
+        s[np.triu_indices(t, 1)] = -np.inf
+        w = np.exp(s - s.max(1, keepdims=True))
+        w /= w.sum(1, keepdims=True)
+        np.testing.assert_allclose(out[0, :, cols], w @ v[0, :, cols], rtol=1e-4, atol=1e-5)
+
+
+def test_a_hook_on_the_attention_dropout_still_sees_the_weights():
+    attn = mha(8, 2, 6).eval()
+    x = np.random.default_rng(7).standard_normal((1, ATTENTION_BLOCK + 3, 8)).astype(np.float32)
+    with tc.no_grad():
+        fast = attn(x).data
+    seen = []
+    handle = attn.attn_dropout.register_forward_hook(lambda m, inputs, out: seen.append(out.data))
+    with tc.no_grad():
+        watched = attn(x).data
+    handle.remove()
+    assert len(seen) == 1 and seen[0].shape == (1, 2, x.shape[1], x.shape[1])
+    np.testing.assert_allclose(seen[0].sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(watched, fast, rtol=1e-5, atol=1e-6)
+
+
+def test_training_dropout_still_drops_under_no_grad():
+    attn = mha(8, 2, 8, dropout=0.5)
+    x = np.random.default_rng(9).standard_normal((1, 6, 8)).astype(np.float32)
+    with tc.no_grad():
+        dropped = attn.train()(x).data
+        clean = attn.eval()(x).data
+    assert not np.allclose(dropped, clean)
+
+
+def test_has_forward_hooks_sees_own_pre_and_module_wide_hooks():
+    layer = tc.Linear(2, 2)
+    assert not layer.has_forward_hooks()
+    for register in (layer.register_forward_hook, layer.register_forward_pre_hook, tc.register_module_forward_hook):
+        handle = register(lambda *a: None)
+        assert layer.has_forward_hooks()
+        handle.remove()
+        assert not layer.has_forward_hooks()
+
+
+def test_gpt_inference_forward_equals_its_graph_forward_and_stays_float32():
+    tc.manual_seed(0)
+    gpt = tc.GPT(tc.GPTConfig(vocab_size=11, context_length=2 * ATTENTION_BLOCK + 4, embed_dim=16, num_layers=2,
+                              num_heads=4))
+    idx = np.random.default_rng(10).integers(0, 11, (2, 2 * ATTENTION_BLOCK + 4))
+    graph = gpt(idx)
+    with tc.no_grad():
+        fast = gpt(idx)
+    assert graph._parents and fast._parents == () and fast.dtype == np.float32
+    np.testing.assert_allclose(fast.data, graph.data, rtol=1e-4, atol=1e-5)

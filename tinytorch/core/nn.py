@@ -132,6 +132,13 @@ class Module:
         """hook(module, inputs) runs before forward; a non-None return replaces the inputs."""
         return self._add_hook("_forward_pre_hooks", hook)
 
+    def has_forward_hooks(self) -> bool:
+        """Whether a call of this module now runs a hook: its own pre- or post-hooks, or a hook of
+        register_module_forward_hook in this thread. A fast path that skips calling a module
+        whose output is not needed (an identity Dropout) asks this first."""
+        d = self.__dict__
+        return bool(d.get("_forward_hooks") or d.get("_forward_pre_hooks") or _thread_hooks.forward)
+
     def _add_hook(self, kind: str, hook: Callable) -> RemovableHandle:
         if not callable(hook):
             raise TypeError(f"a hook must be callable, got {type(hook).__name__}")
