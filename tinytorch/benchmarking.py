@@ -16,7 +16,7 @@ tinytorch.loadgen and tinytorch.reporting, and are importable from here too.
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,10 +24,10 @@ import numpy as np
 
 from tinytorch.core.checks import check_int
 from tinytorch.core.serialization import atomic_write
-from tinytorch.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, ScenarioResult, ScenarioSettings,  # noqa: F401
+from tinytorch.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, QPSSearch, ScenarioResult, ScenarioSettings,  # noqa: F401
                                check_sut, energy_figures, interleave, meets_minimums, mlperf_settings,
                                notebook_settings)
-from tinytorch.profiling import EnergyMeter, parameter_bytes
+from tinytorch.profiling import EnergyMeter, parameter_bytes  # noqa: F401  (section 4 uses parameter_bytes)
 from tinytorch.reporting import (REPORT_FIELDS, REPORT_SCHEMA, SCHEMA_VERSION, VARIANT_FIELDS,  # noqa: F401
                                  Report, ReportError, VariantResult, energy_estimate, measure_footprint,
                                  plot_latency_distribution)
@@ -388,18 +388,6 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 43)
-@dataclass
-class QPSSearch:
-    max_qps: float          # the highest rate that passed
-    failed_qps: float       # the lowest rate that failed (inf if even `high` passed)
-    history: list           # (rate, passed) in the order they were tried
-    results: dict = field(default_factory=dict)   # rate -> ScenarioResult, when `meets` returned them
-
-    def bracket(self) -> Estimate:
-        """[max_qps, failed_qps] as an Estimate; a search bracket, not a confidence interval (confidence 0)."""
-        return Estimate(self.max_qps, self.max_qps, self.failed_qps, 0.0, "search bracket")
-
-
 def find_max_qps(meets: Callable, low: float, high: float, rel_tol: float = 0.05, max_steps: int = 30) -> QPSSearch:
     """The highest rate in [low, high] at which meets(rate) holds, by bisection in log space.
 

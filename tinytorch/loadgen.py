@@ -23,8 +23,8 @@ import numpy as np
 from tinytorch.core.checks import check_int
 from tinytorch.stats import Estimate, check_fraction, from_json_float, json_float
 
-__all__ = ["MLPERF", "NOTEBOOK", "SCENARIOS", "ScenarioResult", "ScenarioSettings", "check_sut", "energy_figures",
-           "interleave", "meets_minimums", "mlperf_settings", "notebook_settings"]
+__all__ = ["MLPERF", "NOTEBOOK", "QPSSearch", "SCENARIOS", "ScenarioResult", "ScenarioSettings", "check_sut",
+           "energy_figures", "interleave", "meets_minimums", "mlperf_settings", "notebook_settings"]
 
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 
@@ -147,6 +147,19 @@ class ScenarioResult:
                    early_stopping=Estimate.from_dict(d["early_stopping"]) if d.get("early_stopping") else None,
                    valid=bool(d["valid"]), notes=list(d.get("notes", [])),
                    extra={k: from_json_float(v) for k, v in d.get("extra", {}).items()})
+
+
+@dataclass
+class QPSSearch:
+    """The outcome of a search for the highest rate that meets a target (module 19's find_max_qps)."""
+    max_qps: float          # the highest rate that passed
+    failed_qps: float       # the lowest rate that failed (inf if even `high` passed)
+    history: list           # (rate, passed) in the order they were tried
+    results: dict = field(default_factory=dict)   # rate -> ScenarioResult, when `meets` returned them
+
+    def bracket(self) -> Estimate:
+        """[max_qps, failed_qps] as an Estimate; a search bracket, not a confidence interval (confidence 0)."""
+        return Estimate(self.max_qps, self.max_qps, self.failed_qps, 0.0, "search bracket")
 
 
 def check_sut(sut, samples) -> np.ndarray:

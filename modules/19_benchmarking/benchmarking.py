@@ -192,7 +192,7 @@ tinytorch.loadgen and tinytorch.reporting, and are importable from here too.
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -200,10 +200,10 @@ import numpy as np
 
 from tinytorch.core.checks import check_int
 from tinytorch.core.serialization import atomic_write
-from tinytorch.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, ScenarioResult, ScenarioSettings,  # noqa: F401
+from tinytorch.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, QPSSearch, ScenarioResult, ScenarioSettings,  # noqa: F401
                                check_sut, energy_figures, interleave, meets_minimums, mlperf_settings,
                                notebook_settings)
-from tinytorch.profiling import EnergyMeter, parameter_bytes
+from tinytorch.profiling import EnergyMeter, parameter_bytes  # noqa: F401  (section 4 uses parameter_bytes)
 from tinytorch.reporting import (REPORT_FIELDS, REPORT_SCHEMA, SCHEMA_VERSION, VARIANT_FIELDS,  # noqa: F401
                                  Report, ReportError, VariantResult, energy_estimate, measure_footprint,
                                  plot_latency_distribution)
@@ -856,20 +856,16 @@ print("poisson_arrivals, queue_latencies: ok")
 
 # %% [markdown]
 # Now the real run. `run_server` issues query `i` at `start + arrivals[i]` in real
-# time: it sleeps until then if the worker is idle; if the worker is still busy, the
-# query starts late, and its latency counts from its scheduled arrival, waiting
-# included. So the real run executes exactly the recursion above, with service times
-# measured instead of given. Why not simulate, that is, measure service times with
-# SingleStream and feed them to `queue_latencies`? Because a simulation assumes the
-# service time does not depend on the load, and on a real machine it does (caches
-# shared with the issuing code, the OS scheduler, `sleep` waking up late, background
-# work that comes in bursts). The run lasts until at least `min_query_count` queries have
-# arrived and one has arrived at or after `min_duration_s` (`server_arrivals`, LoadGen's
-# rule), bounded by `max_duration_s`. Valid if the minimums are met
-# and the measured percentile is at most the latency bound. One cost of real time:
-# `time.sleep` wakes up late, and that lateness counts as latency (as it would in a real
-# server). `python -m benchmarks.run benchmarking` measures it with a system that does
-# nothing; keep the latency bound well above it.
+# time: it sleeps until then if the worker is idle; if the worker is busy, the query
+# starts late and its latency counts from its scheduled arrival, waiting included: the
+# recursion above, with service times measured instead of given. (A simulation fed with
+# SingleStream service times would assume they do not depend on the load; on a real
+# machine they do: shared caches, the OS scheduler, bursts of background work.) The run
+# lasts until `min_query_count` queries have arrived and one at or after `min_duration_s`
+# (`server_arrivals`, LoadGen's rule), bounded by `max_duration_s`; it is valid if the
+# minimums are met and the measured percentile is at most the bound. `time.sleep` wakes
+# up late, and that counts as latency (as in a real server): `python -m benchmarks.run
+# benchmarking` measures it; keep the bound well above it.
 
 # %% nbgrader={"grade": false, "grade_id": "run-server", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -992,22 +988,10 @@ print("run_server: ok", _r)
 # between a rate that passes and one that fails, halving the bracket in log space
 # (`sqrt(low * high)`) until `high / low <= 1 + rel_tol`. `meets(rate)` is any function
 # returning a bool, or a `ScenarioResult` whose `valid` is used: a real server run, or a
-# formula in a test.
+# formula in a test. It returns a `QPSSearch` (given): the bracket, the history, the runs.
 
 # %% nbgrader={"grade": false, "grade_id": "find-max-qps", "locked": false, "schema_version": 3, "solution": true}
 #| export
-@dataclass
-class QPSSearch:
-    max_qps: float          # the highest rate that passed
-    failed_qps: float       # the lowest rate that failed (inf if even `high` passed)
-    history: list           # (rate, passed) in the order they were tried
-    results: dict = field(default_factory=dict)   # rate -> ScenarioResult, when `meets` returned them
-
-    def bracket(self) -> Estimate:
-        """[max_qps, failed_qps] as an Estimate; a search bracket, not a confidence interval (confidence 0)."""
-        return Estimate(self.max_qps, self.max_qps, self.failed_qps, 0.0, "search bracket")
-
-
 def find_max_qps(meets: Callable, low: float, high: float, rel_tol: float = 0.05, max_steps: int = 30) -> QPSSearch:
     """The highest rate in [low, high] at which meets(rate) holds, by bisection in log space.
 
@@ -1181,15 +1165,13 @@ print("run_offline: ok", _o)
 
 
 # %% [markdown]
-# One dispatcher runs any scenario from its settings (given). It also reads module 14's
-# `EnergyMeter` around the whole run and files the energy in the result's `extra`
-# (and so in the JSON report): joules in all, **per query** (the warm-up queries are
-# queries too, so the energy is spread over `queries + warmup_queries`), **per 1,000
-# tokens** when each sample is a sequence of `tokens_per_sample` tokens, and the
-# source: `"measured (RAPL)"` or `"estimated: CPU-seconds x W per core"`. An estimate
-# is never reported as a measurement. In the Server scenario the worker sleeps between
-# arrivals: RAPL counters charge the idle power of those waits, the CPU-time estimate
-# does not.
+# One dispatcher runs any scenario from its settings (given). It reads module 14's
+# `EnergyMeter` around the whole run and files the energy in the result's `extra` (and
+# so in the JSON report): joules in all, **per query** (spread over `queries +
+# warmup_queries`: warm-up queries are queries too), **per 1,000 tokens** when a sample
+# is `tokens_per_sample` tokens, and the source, `"measured (RAPL)"` or `"estimated:
+# CPU-seconds x W per core"`: an estimate is never reported as a measurement. (RAPL also
+# charges the idle power of the Server's waits between arrivals; the estimate does not.)
 
 # %%
 #| export
@@ -1279,15 +1261,14 @@ print(f"QualityTarget: ok; digits_mlp threshold {_acc.threshold:.4f}, tiny_gpt p
 
 # %% [markdown]
 # Measuring quality and size (given). Accuracy comes from `tinytorch.models.evaluate`
-# with its Wilson interval. The language model's loss also comes from `evaluate.lm_loss`,
-# on `groups` equal slices of the validation text: their mean is the loss over the
-# whole text, and their spread gives a t-interval (perplexity is `exp(loss)`, so its
-# interval is the exponential of the loss interval). Sizes come from module 14:
-# parameter and buffer bytes, the traced activation peak of one forward, and the bytes
-# of the checkpoint written to disk. `measure_generation` times a generator
-# `generate(n)` that produces `n` new tokens: time to first token (TTFT) is the time
-# of `generate(1)`, time per output token (TPOT) is `(time of generate(n) - TTFT) /
-# (n - 1)`, measured in interleaved pairs.
+# with its Wilson interval; the language model's loss from `evaluate.lm_loss` on `groups`
+# equal slices of the validation text (their mean is the loss over the whole text, their
+# spread gives a t-interval; perplexity `exp(loss)` takes the exponential of it). Sizes
+# (`measure_footprint`, in `tinytorch.reporting`) come from module 14: parameter and
+# buffer bytes, the activation peak of one forward, the checkpoint's bytes on disk.
+# `measure_generation` times `generate(n)`, which makes `n` new tokens: time to first
+# token (TTFT) is the time of `generate(1)`, time per output token (TPOT) is
+# `(time of generate(n) - TTFT) / (n - 1)`, in interleaved pairs.
 
 # %%
 #| export
@@ -1338,11 +1319,12 @@ def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, 
 # ### 3.8 The report
 #
 # A `VariantResult` gathers one model variant's figures: its quality with the target,
-# its scenario results, its memory and size. A `BenchmarkReport` holds the variants
-# and the system they ran on. It is saved as JSON with a **schema name and version**:
-# a reader must refuse a file it does not understand instead of guessing, and say
-# which field or version is wrong. You write `validate_report` and the `save`/`load`
-# pair; `to_dict`, the rich table and the plots are given.
+# its scenario results, its memory and size. A `BenchmarkReport` holds the variants and
+# the system they ran on (`machine_info()`). It is saved as JSON with a **schema name and
+# version**: a reader must refuse a file it does not understand instead of guessing, and
+# say which field or version is wrong. You write `validate_report` and the `save`/`load`
+# pair (`save` through `atomic_write`, so a crash never leaves half a file);
+# `VariantResult`, `to_dict`, the table and the plots are given in `tinytorch.reporting`.
 
 # %% nbgrader={"grade": false, "grade_id": "report", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1478,8 +1460,7 @@ print(_rep)
 # accuracy) there is rarely one best. A variant is **dominated** if another is at least
 # as good in every objective and strictly better in one; the **Pareto front** is the
 # set of variants no other dominates. Compare every pair at once with broadcasting:
-# `better_eq[i, j, k]` says whether point `j` is at least as good as point `i` in
-# objective `k`.
+# `le[i, j, k]` says whether point `j` is at least as good as point `i` in objective `k`.
 
 # %% nbgrader={"grade": false, "grade_id": "pareto", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1529,9 +1510,9 @@ assert list(pareto_front([[3.0, 1.0]])) == [0], "a single point is its own front
 print("pareto_front: ok")
 
 # %% [markdown]
-# Two plots every report needs (given): the latency distribution of scenario runs (as
-# an empirical CDF, with the percentile each one reports), and the Pareto front of
-# quality against latency, with the model size (bytes on disk by default) as the marker area.
+# Two plots every report needs (given in `tinytorch.reporting`): the latency
+# distribution of scenario runs (an empirical CDF, with the percentile each reports),
+# and quality against latency with the size as marker area, joined along your front.
 
 # %%
 #| export
@@ -1549,23 +1530,19 @@ def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None
 #
 # ### 4.1 The digits classifiers: FP32, INT8, pruned + INT8
 #
-# Three variants of each trained digits model:
-# - **FP32**, the reference;
-# - **INT8**: module 15's `quantize_model` (int8 weights, calibrated activations);
-# - **pruned + INT8**: module 16's `prune_structured` removes half of the hidden units
-#   (the model becomes a smaller *dense* model, so NumPy really does less work),
-#   two epochs of fine-tuning with `train_epochs`, then module 15's INT8. Its size on
-#   disk is the file of module 16's `save_compressed` (sparse int8 values).
+# Three variants of each trained digits model: **FP32**, the reference; **INT8**,
+# module 15's `quantize_model` (int8 weights, calibrated activations); **pruned + INT8**,
+# module 16's `prune_structured` (half the hidden units go: a smaller *dense* model, so
+# NumPy really does less work), two epochs of `train_epochs`, then INT8, its size on disk
+# that of module 16's `save_compressed` (sparse int8). Modules 15 and 16 are imported
+# here, at the point of use: the package `tinytorch.benchmarking` does not depend on them.
 #
-# Modules 15 and 16 are imported here, at the point of use: the package
-# `tinytorch.benchmarking` does not depend on them. Each variant runs all four
-# scenarios with `notebook_settings` (a few hundred queries, not MLPerf's ten minutes;
-# every result records that), quality on the 360 test images with the 99% target, and
-# memory. For Server, the latency bound is 10 ms at the p99 (MLPerf sets one bound per
-# benchmark, 15 ms for ResNet-50) and `find_max_qps` searches between 200 and 20,000
-# queries/s to within 25%; the report keeps the last passing run and the search bracket
-# (a variant that misses the bound even at 200 queries/s keeps that failing run, and is
-# not valid).
+# Each variant runs the four scenarios with `notebook_settings` (a few hundred queries,
+# not MLPerf's ten minutes; every result records that), quality on the 360 test images
+# with the 99% target, and memory. Server: the p99 bound is 10 ms (MLPerf sets one per
+# benchmark, 15 ms for ResNet-50) and `find_max_qps` searches 200 to 20,000 queries/s to
+# within 25%; the report keeps the last passing run and the bracket (a variant that
+# misses the bound even at 200 queries/s keeps that failing run, and is not valid).
 
 # %%
 import copy
@@ -1642,31 +1619,25 @@ for v in report.variants:
 # %% [markdown]
 # Read the table row by row (the numbers are this run's).
 #
-# - **Quality.** The intervals are wide: with 360 test images, the Wilson interval of
-#   a 98% accuracy spans about three points, three times the 1% margin the target
-#   allows. The target is met or missed on the point value, as MLPerf does; the interval
-#   says how little a one-image difference means. A variant whose point value falls
-#   below the threshold is marked not valid, however fast it is.
-# - **Latency.** The MLP's SingleStream p90 of one image is a fraction of a
-#   millisecond: at this size, Python and NumPy call overhead dominates, not
-#   arithmetic. INT8 in NumPy has no integer GEMM, so it quantizes and dequantizes
-#   around a float matmul and is *slower* than FP32 (module 15 measured the same; the
-#   paired comparison below puts an interval on it). Pruned + INT8 does half the work
-#   of INT8 in its hidden layers, so it should land between the two; with other jobs on
-#   the machine, close variants can swap places from run to run, which is what their
-#   overlapping intervals warn about. The CNN's convolutions go
-#   through im2col and BLAS; when other processes keep the cores busy (the load in the
-#   table's last line), its p90 can grow to milliseconds (section 5.4 shows why).
-# - **Server and Offline.** The highest Poisson rate that keeps the p99 under 10 ms
-#   (a search bracket, not a confidence interval), and the throughput when all 360
-#   images come in one query. Compare Offline with the SingleStream rate `1 / latency`:
-#   one call for 360 images instead of 360 calls is worth a factor of several for most
-#   variants (2x to 8x in our runs on a lightly loaded machine): batching, as module 18
-#   found. The batched products are also the ones that suffer most when BLAS threads
-#   wait for busy cores, so on a heavily loaded machine the gap shrinks and the Offline
-#   intervals widen: read them with the load.
-# - **Size.** `disk KiB` is the file a deployment would ship: the INT8 checkpoint is
-#   about 4x smaller than FP32, and the pruned sparse file smaller again.
+# - **Quality.** With 360 test images the Wilson interval of a 98% accuracy spans about
+#   three points, three times the 1% margin the target allows. The target is met or
+#   missed on the point value, as in MLPerf; a variant below it is not valid, however fast.
+# - **Latency.** The MLP's SingleStream p90 of one image is a fraction of a millisecond:
+#   Python and NumPy call overhead dominates, not arithmetic. INT8 in NumPy has no integer
+#   GEMM, so it quantizes and dequantizes around a float matmul and is *slower* than FP32
+#   (as module 15 measured; the paired comparison below puts an interval on it). Pruned +
+#   INT8 does half of INT8's work in its hidden layers, so it should land between the two;
+#   on a busy machine close variants swap places from run to run, as their overlapping
+#   intervals warn. The CNN's convolutions go through im2col and BLAS; when other
+#   processes keep the cores busy (the load, last line), its p90 can grow to milliseconds.
+# - **Server and Offline.** The highest Poisson rate that keeps the p99 under 10 ms (a
+#   search bracket, not a confidence interval), and the throughput with all 360 images in
+#   one query: compared with the SingleStream rate `1 / latency`, one call instead of 360
+#   is worth 2x to 8x for most variants in our runs on a lightly loaded machine (batching,
+#   as module 18 found). Batched products also suffer most when BLAS threads wait for busy
+#   cores: under load the gap shrinks and the Offline intervals widen.
+# - **Size.** `disk KiB` is the file a deployment ships: the INT8 checkpoint is about 4x
+#   smaller than FP32, the pruned sparse file smaller again.
 #
 # The same report, saved and loaded back through its versioned JSON:
 

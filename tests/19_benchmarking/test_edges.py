@@ -93,6 +93,24 @@ def test_intervals_follow_the_confidence_and_narrow_with_n(interval):
           got=big.width / small.width)
 
 
+@settings(max_examples=20)
+@given(LATENCIES)
+def test_bootstrap_uses_the_statistic_it_is_given(xs):
+    x = np.asarray(xs)
+    for name, stat, oracle in (("median", np.median, np.median),
+                               ("p90", lambda a, axis: np.percentile(a, 90, axis=axis), lambda a: np.percentile(a, 90))):
+        e = bootstrap_ci(x, stat, n_resamples=200)
+        check(e.value == pytest.approx(float(oracle(x)), rel=1e-12, abs=1e-15), f"the value is the {name} of the samples",
+              on=f"{len(x)} samples", expected=float(oracle(x)), got=e.value)
+
+
+def test_the_bootstrap_resamples_the_statistic_not_the_mean():
+    x = np.r_[np.arange(1.0, 21.0), 1000.0]            # one outlier moves the mean, not the median
+    e = bootstrap_ci(x, np.median, seed=3)
+    check(e.value == 11.0 and e.high < 100.0, "the interval is of resampled medians (the mean's reaches far up)",
+          on="1..20 and 1000", expected="median 11 with high < 100", got=(e.value, e.high))
+
+
 @given(st.integers(0, 40), st.integers(1, 40), st.sampled_from([0.9, 0.95, 0.99]))
 def test_wilson_interval_is_the_formula_inside_0_1(k, extra, confidence):
     n = k + extra
@@ -172,6 +190,18 @@ def test_warmup_queries_are_neither_timed_nor_counted_in_the_server(warm, rate):
     check(r.queries == 120 and np.allclose(r.latencies, want),
           "the schedule starts after the warm-up: latencies are the 4 ms queue's", on=f"{warm} warm-up, {rate}/s",
           expected=f"120 queries, max {want.max():.4g} s", got=f"{r.queries} queries, max {r.latencies.max():.4g} s")
+
+
+@pytest.mark.parametrize("scenario, q", [("SingleStream", 0.5), ("SingleStream", 0.75), ("MultiStream", 0.9)])
+def test_a_stream_reports_the_percentile_of_its_settings(scenario, q):
+    clock = FakeClock()
+    cycle = itertools.cycle(np.arange(1, 11) * 1e-3)
+    s = notebook_settings(scenario, min_query_count=100, min_duration_s=0.0, warmup_queries=0, percentile=q)
+    r = run_stream(lambda b: clock.advance(next(cycle)), np.arange(20.0), s, clock=clock)
+    want = np.percentile(r.latencies, 100 * q)
+    check(r.value.value == pytest.approx(want) and r.metric == f"p{100 * q:g} latency",
+          "the reported percentile is settings.percentile", on=f"{scenario} with percentile={q}, latencies 1..10 ms",
+          expected=(want, f"p{100 * q:g} latency"), got=(r.value.value, r.metric))
 
 
 @settings(max_examples=20)
