@@ -19,7 +19,7 @@ import tinytorch.core as tc
 from tinytorch.core import functional as F
 from tinytorch.quantization_utils import (
     INT_RANGES, SCHEMES, calibration_batches, channel_view, check_axis, check_dtype_scheme, finite_array, int_pair,
-    swap_layers,
+    swap_layers, weight_bytes,
 )
 
 
@@ -383,12 +383,12 @@ class QuantizedLinear(tc.Module):
     1. from_float: p = _weight_params(w, per_channel); cls(quantize(w, p), p.scale, a copy of the bias, act_params).
     2. accumulate: x_c = centered_quantize(x, self.act_params, self.acc_type); fold the leading
        dimensions into one (rows, K) matrix, multiply by weight_int8.astype(acc_type).T, unfold.
-    3. forward: acc * (s_x * self.weight_scale) + bias, as float32; return a Tensor.
+    3. forward: acc * self.output_scale + bias, as float32; return a Tensor.
 
     HINTS:
-    - __init__ chose self.acc_type from the bound K * 255 * 128 (exact_float_type): no scan of the
-      weight or the input is needed at run time.
-    - The weight scale has shape (out,) or (): it broadcasts over the last axis of acc.
+    - __init__ fixed self.acc_type from the bound K * 255 * 128 (exact_float_type), so nothing is
+      scanned at run time, and self.output_scale = s_x * s_w, shape (out,) or (): it broadcasts
+      over the last axis of acc.
 
     EXAMPLE:
     >>> q = QuantizedLinear.from_float(tc.Linear(4, 2), compute_qparams(-1.0, 1.0))
@@ -408,7 +408,9 @@ class QuantizedLinear(tc.Module):
         self.register_buffer("weight_scale", _scale_array(weight_scale))
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
-        self.acc_type = exact_float_type(self.in_features, ACT_CENTERED_MAX, WEIGHT_MAX)
+        # fixed when the layer is built, as an int8 runtime prepares a layer when it loads it:
+        self.acc_type = exact_float_type(self.in_features, ACT_CENTERED_MAX, WEIGHT_MAX)  # holds every sum exactly
+        self.output_scale = np.float32(act_params.scale) * self.weight_scale.astype(np.float32)  # s_x * s_w
 
     @classmethod
     def from_float(cls, linear, act_params: QuantParams, per_channel: bool = True):
@@ -437,7 +439,8 @@ class QuantizedLinear(tc.Module):
         return self.accumulate(x).astype(np.int32 if self.acc_type is np.float32 else np.int64)
 
     def forward(self, x) -> tc.Tensor:
-        y = self.accumulate(x) * (np.float32(self.act_params.scale) * self.weight_scale)
+        y = self.accumulate(x)  # a fresh array: rescale it in place
+        y *= self.output_scale
         if self.bias is not None:
             y += self.bias.data
         return tc.Tensor(y.astype(np.float32, copy=False))
@@ -480,6 +483,7 @@ class QuantizedConv2d(tc.Module):
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
         self.acc_type = exact_float_type(int(np.prod(weight_int8.shape[1:])), ACT_CENTERED_MAX, WEIGHT_MAX)
+        self.output_scale = np.float32(act_params.scale) * self.weight_scale.astype(np.float32)
 
     @classmethod
     def from_float(cls, conv, act_params: QuantParams, per_channel: bool = True):
@@ -508,7 +512,8 @@ class QuantizedConv2d(tc.Module):
         return self.accumulate(x).astype(np.int32 if self.acc_type is np.float32 else np.int64)
 
     def forward(self, x) -> tc.Tensor:
-        y = self.accumulate(x) * (np.float32(self.act_params.scale) * self.weight_scale)
+        y = self.accumulate(x)  # a fresh array: rescale it in place
+        y *= self.output_scale
         if self.bias is not None:
             y += self.bias.data
         return tc.Tensor(np.ascontiguousarray(y.transpose(0, 3, 1, 2), dtype=np.float32))
@@ -826,17 +831,3 @@ def convert_qat(qat_model):
     if not swap_layers(model, (FakeQuantLinear, FakeQuantConv2d), packed):
         raise ValueError("convert_qat found no fake-quantized layer: call prepare_qat first")
     return model.eval()
-
-
-# %% modules/15_quantization/quantization.py (cell 36)
-def weight_bytes(model) -> int:
-    """Bytes of the matmul weights (float weights, or int8 weights + their scales)."""
-    total = 0
-    for _, m in model.named_modules():
-        if type(m) in (tc.Linear, tc.Conv2d):
-            total += m.weight.data.nbytes
-        elif isinstance(m, (QuantizedLinear, QuantizedConv2d)):
-            total += m.weight_int8.nbytes + m.weight_scale.nbytes
-        elif isinstance(m, (WeightOnlyLinear, WeightOnlyConv2d)):
-            total += m.weight_packed.nbytes + m.weight_scale.nbytes
-    return total

@@ -1,5 +1,7 @@
 """Plumbing for module 15 (quantization) that a student never writes: argument checks, the
-layout of per-channel values, calibration batches, and swapping layers inside a model.
+layout of per-channel values, calibration batches, swapping layers inside a model, and the
+measuring and training loops its analysis runs (weight bytes, per-layer SQNR, a short
+fine-tune, tinytorch against ONNX Runtime).
 
 Hand-written and tested (tests/15_quantization/test_utils.py); the notebook
 modules/15_quantization/quantization.py imports it, so the generated
@@ -16,7 +18,8 @@ import tinytorch.core as tc
 from tinytorch.core.checks import check_int
 
 __all__ = ["INT_RANGES", "SCHEMES", "finite_array", "check_axis", "check_dtype_scheme", "channel_view",
-           "int_pair", "calibration_batches", "swap_layers"]
+           "int_pair", "calibration_batches", "swap_layers", "weight_bytes", "layer_sqnr", "finetune_classifier",
+           "RUNTIMES", "runtime_comparison"]
 
 INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
 SCHEMES = ("affine", "symmetric")
@@ -108,3 +111,100 @@ def swap_layers(model: tc.Module, types, make: Callable) -> list:
     for parent, name, child in targets:
         setattr(parent, name, make(child))
     return [child for _, _, child in targets]
+
+
+def layer_sqnr(float_model: tc.Module, quant_model: tc.Module, x, types) -> dict:
+    """SQNR in dB, 10 log10(sum y^2 / sum (y - y_q)^2), of every layer of `float_model` whose type
+    is in `types`, against the layer of the same name in `quant_model`, both fed the input the
+    float layer saw when `float_model` ran on x (captured with forward hooks). A layer with no
+    error at all gets inf."""
+    types = tuple(types)
+    seen = {}
+    handles = [m.register_forward_hook(lambda mod, inp, out, n=n: seen.__setitem__(n, (inp[0], out.data)))
+               for n, m in float_model.named_modules() if type(m) in types]
+    try:
+        with tc.no_grad():
+            float_model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    quantized = dict(quant_model.named_modules())
+    missing = sorted(set(seen) - set(quantized))
+    if missing:
+        raise ValueError(f"quant_model has no layer named {missing[0]!r} (float_model does)")
+    out = {}
+    with tc.no_grad(), np.errstate(divide="ignore"):  # an exact layer has no noise: SQNR inf
+        for name, (inp, y) in seen.items():
+            err = (y - quantized[name](inp).data).astype(np.float64)
+            out[name] = float(10 * np.log10(np.sum(y.astype(np.float64) ** 2) / np.sum(err ** 2)))
+    return out
+
+
+def finetune_classifier(model: tc.Module, x: np.ndarray, y: np.ndarray, epochs: int, lr: float = 1e-3,
+                        batch: int = 64, seed: int = 0) -> tc.Module:
+    """Train `model` in place with Adam on cross-entropy, `epochs` passes over (x, y) in shuffled
+    batches (order from `seed`); returns the model."""
+    check_int(epochs, "epochs", 1)
+    check_int(batch, "batch", 1)
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"x and y must hold the same non-zero number of examples, got {len(x)} and {len(y)}")
+    model.train()
+    opt = tc.Adam(model.parameters(), lr=lr)
+    order = np.random.default_rng(seed)
+    for _ in range(epochs):
+        perm = order.permutation(len(x))
+        for i in range(0, len(perm), batch):
+            idx = perm[i:i + batch]
+            loss = tc.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model
+
+
+def weight_bytes(model: tc.Module) -> int:
+    """Bytes of the matmul weights: a float Linear/Conv2d's `weight`, or what a quantized layer
+    stores instead (its `weight_int8` or `weight_packed` buffer and its `weight_scale`)."""
+    total = 0
+    for _, m in model.named_modules():
+        if type(m) in (tc.Linear, tc.Conv2d):
+            total += m.weight.data.nbytes
+        else:
+            buffers = m.__dict__.get("_buffers", {})
+            if "weight_int8" in buffers or "weight_packed" in buffers:
+                total += sum(buffers[k].nbytes for k in ("weight_int8", "weight_packed", "weight_scale") if k in buffers)
+    return total
+
+
+RUNTIMES = ("tinytorch FP32", "tinytorch INT8", "ONNX Runtime FP32", "ONNX Runtime INT8")
+
+
+def runtime_comparison(cases: dict, batches=(1, 64), repeats: int = 20) -> tuple[dict, dict]:
+    """cases: name -> (float model, its quantized copy, inputs x). Each model is exported to ONNX
+    (tinytorch.deploy, needs the deploy extra), ONNX Runtime is checked against the tinytorch
+    forward on all of x, then the four RUNTIMES are timed (ONNX Runtime with one thread; median
+    of `repeats` after warm-up, module 14's measure_latency) on the first b rows of x, each b.
+
+    Returns (checks, medians): checks[name] = {"inputs", "fp32_max_diff", "int8_max_diff",
+    "int8_argmax_agree"}; medians[name, b, runtime] = seconds.
+    """
+    from tinytorch import deploy
+    from tinytorch.profiling import measure_latency
+
+    checks, medians = {}, {}
+    for name, (fp, q, x) in cases.items():
+        sess = {k: deploy.session(deploy.to_onnx(m, x[:1]), threads=1) for k, m in (("FP32", fp), ("INT8", q))}
+        with tc.no_grad():
+            yf, yq = fp(x).data, q(x).data
+        of, oq = deploy.run(sess["FP32"], x), deploy.run(sess["INT8"], x)
+        checks[name] = {"inputs": len(x), "fp32_max_diff": float(np.abs(of - yf).max()),
+                        "int8_max_diff": float(np.abs(oq - yq).max()),
+                        "int8_argmax_agree": int((oq.argmax(-1) == yq.argmax(-1)).sum())}
+        for b in batches:
+            xb = np.ascontiguousarray(x[:b])
+            fns = dict(zip(RUNTIMES, (lambda: fp(xb), lambda: q(xb), lambda: deploy.run(sess["FP32"], xb),
+                                      lambda: deploy.run(sess["INT8"], xb))))
+            with tc.no_grad():
+                for runtime, fn in fns.items():
+                    medians[name, b, runtime] = measure_latency(fn, warmup=3, repeats=repeats).median
+    return checks, medians

@@ -22,8 +22,8 @@
 # |---|---|
 # | `QuantParams`, `compute_qparams`, `quantize`, `dequantize` | affine and symmetric, int8/uint8, per-tensor and per-channel |
 # | `MinMaxObserver`, `MovingAverageMinMaxObserver`, `PercentileObserver`, `MSEObserver` | choose the activation range from real calibration batches |
-# | `int_matmul` | exact integer matrix products at float BLAS speed |
-# | `QuantizedLinear`, `QuantizedConv2d` | layers that hold an `int8` weight array and its scales, nothing else |
+# | `exact_float_type`, `int_matmul` | exact integer matrix products at float BLAS speed |
+# | `centered_quantize`, `QuantizedLinear`, `QuantizedConv2d` | layers that hold an `int8` weight array and its scales, nothing else |
 # | `quantize_model`, `model_size_bytes` | a quantized copy of a trained model, and its real size |
 #
 # Prerequisites: module 14 (`tinytorch.profiling`: sizes, FLOPs, latency). Time: about 3 hours.
@@ -42,6 +42,7 @@ from tinytorch.notebook import plt, show
 from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
 from tinytorch.profiling import count_flops, measure_latency, parameter_bytes
+from tinytorch.quantization_utils import RUNTIMES, finetune_classifier, layer_sqnr, runtime_comparison
 
 
 # %% [markdown]
@@ -100,13 +101,12 @@ print(f"256 evenly spaced levels over that range are {(_w.max() - _w.min()) / 25
 # channel with large weights no longer forces a coarse grid on all the others.
 #
 # **Integer matmul.** With `x = s_x (q_x - z_x)` and `W = s_w q_w` (symmetric weights),
-# `x W^T = s_x s_w * sum_k (q_x - z_x)[k] q_w[k]`: the sum is pure integer work, done
-# once, then one float multiply per output. NumPy has no fast integer GEMM, but float
-# BLAS is exact on integers as long as every partial sum fits in the mantissa: float32
-# has 24 bits, so a dot product of `K` terms each at most `A * B` in size is exact when
-# `K * A * B < 2^24` (for int8 x int8, `A = B = 127`: `K <= 1040`); float64 (53 bits) is
-# exact far beyond. So we run `np.matmul` on the integer values, cast to float, and get
-# the exact int32 result at BLAS speed.
+# `x W^T = s_x s_w * sum_k (q_x - z_x)[k] q_w[k]`: the sum is pure integer work, then one
+# float multiply per output. NumPy has no fast integer GEMM, but float BLAS is exact on
+# integers as long as every partial sum fits in the mantissa: a dot product of `K` terms
+# each at most `A * B` in size is exact in float32 (24 bits) when `K * A * B < 2^24` (int8 x
+# int8, `A = B = 128`: `K <= 1023`), in float64 (53 bits) far beyond. So we run `np.matmul`
+# on the integer values as floats and get the exact integer result at BLAS speed.
 
 # %% [markdown]
 # ## 3. Build it
@@ -133,7 +133,7 @@ import tinytorch.core as tc
 from tinytorch.core import functional as F
 from tinytorch.quantization_utils import (
     INT_RANGES, SCHEMES, calibration_batches, channel_view, check_axis, check_dtype_scheme, finite_array, int_pair,
-    swap_layers,
+    swap_layers, weight_bytes,
 )
 
 
@@ -603,12 +603,13 @@ def int_matmul(a, b) -> np.ndarray:
 
 # %% nbgrader={"grade": true, "grade_id": "test-int-matmul", "locked": true, "points": 10, "schema_version": 3, "solution": false}
 _r = np.random.default_rng(4)
-for _k in [1, 64, 1040, 1041, 4096]:
+for _k in [1, 64, 1023, 1024, 4096]:
     _a = _r.choice([-128, 127, -127], size=(5, _k)).astype(np.int8)
     _b = _r.choice([-128, 127], size=(_k, 3)).astype(np.int8)
     _ref = _a.astype(np.int64) @ _b.astype(np.int64)
     _got = int_matmul(_a, _b)
     assert _got.dtype == np.int32 and np.array_equal(_got.astype(np.int64), _ref), _k
+assert exact_float_type(1023, 128, 128) is np.float32 and exact_float_type(1024, 128, 128) is np.float64
 # a 3-d activation (batch, time, K) and uint8-minus-zero-point values
 _a3 = _r.integers(-255, 256, (2, 7, 600)).astype(np.int16)
 _b3 = _r.integers(-127, 128, (600, 9)).astype(np.int8)
@@ -641,7 +642,8 @@ print("int_matmul: OK")
 #    activation and `|q_w| <= 128` for int8, and `K * 255 * 128 < 2^24` (`K <= 514`, every layer
 #    of our models) means float32. `integer_accumulate(x)` returns these sums as int32, what an
 #    int8 kernel (ONNX `MatMulInteger`) outputs;
-# 3. `y = acc * (s_x * s_w) + bias`: one float32 multiply-add per output.
+# 3. `y = acc * (s_x * s_w) + bias`: one float32 multiply-add per output, `s_x * s_w` computed
+#    once when the layer is built.
 #
 # **Dequantize at the end of each layer, or requantize?** A fully integer pipeline
 # (as ONNX Runtime's `QLinearMatMul`) would requantize `y` straight to int8 with the
@@ -712,12 +714,12 @@ class QuantizedLinear(tc.Module):
     1. from_float: p = _weight_params(w, per_channel); cls(quantize(w, p), p.scale, a copy of the bias, act_params).
     2. accumulate: x_c = centered_quantize(x, self.act_params, self.acc_type); fold the leading
        dimensions into one (rows, K) matrix, multiply by weight_int8.astype(acc_type).T, unfold.
-    3. forward: acc * (s_x * self.weight_scale) + bias, as float32; return a Tensor.
+    3. forward: acc * self.output_scale + bias, as float32; return a Tensor.
 
     HINTS:
-    - __init__ chose self.acc_type from the bound K * 255 * 128 (exact_float_type): no scan of the
-      weight or the input is needed at run time.
-    - The weight scale has shape (out,) or (): it broadcasts over the last axis of acc.
+    - __init__ fixed self.acc_type from the bound K * 255 * 128 (exact_float_type), so nothing is
+      scanned at run time, and self.output_scale = s_x * s_w, shape (out,) or (): it broadcasts
+      over the last axis of acc.
 
     EXAMPLE:
     >>> q = QuantizedLinear.from_float(tc.Linear(4, 2), compute_qparams(-1.0, 1.0))
@@ -737,7 +739,9 @@ class QuantizedLinear(tc.Module):
         self.register_buffer("weight_scale", _scale_array(weight_scale))
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
-        self.acc_type = exact_float_type(self.in_features, ACT_CENTERED_MAX, WEIGHT_MAX)
+        # fixed when the layer is built, as an int8 runtime prepares a layer when it loads it:
+        self.acc_type = exact_float_type(self.in_features, ACT_CENTERED_MAX, WEIGHT_MAX)  # holds every sum exactly
+        self.output_scale = np.float32(act_params.scale) * self.weight_scale.astype(np.float32)  # s_x * s_w
 
     @classmethod
     def from_float(cls, linear, act_params: QuantParams, per_channel: bool = True):
@@ -771,7 +775,8 @@ class QuantizedLinear(tc.Module):
 
     def forward(self, x) -> tc.Tensor:
         ### BEGIN SOLUTION
-        y = self.accumulate(x) * (np.float32(self.act_params.scale) * self.weight_scale)
+        y = self.accumulate(x)  # a fresh array: rescale it in place
+        y *= self.output_scale
         if self.bias is not None:
             y += self.bias.data
         return tc.Tensor(y.astype(np.float32, copy=False))
@@ -797,6 +802,7 @@ for _pcf in (True, False):
     assert np.allclose(_ql(_xin).data, _ref, rtol=1e-5, atol=1e-5)
     assert np.abs(_ql(_xin).data - _lin(_xin).data).max() < 0.05
     _qx = quantize(_xin, _ap).astype(np.int64) - int(_ap.zero_point)
+    assert np.array_equal(centered_quantize(_xin, _ap), _qx)
     assert np.array_equal(_ql.integer_accumulate(_xin), _qx @ _ql.weight_int8.T.astype(np.int64))
 try:
     QuantizedLinear.from_float(tc.Embedding(5, 4), _ap)
@@ -859,6 +865,7 @@ class QuantizedConv2d(tc.Module):
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
         self.acc_type = exact_float_type(int(np.prod(weight_int8.shape[1:])), ACT_CENTERED_MAX, WEIGHT_MAX)
+        self.output_scale = np.float32(act_params.scale) * self.weight_scale.astype(np.float32)
 
     @classmethod
     def from_float(cls, conv, act_params: QuantParams, per_channel: bool = True):
@@ -892,7 +899,8 @@ class QuantizedConv2d(tc.Module):
 
     def forward(self, x) -> tc.Tensor:
         ### BEGIN SOLUTION
-        y = self.accumulate(x) * (np.float32(self.act_params.scale) * self.weight_scale)
+        y = self.accumulate(x)  # a fresh array: rescale it in place
+        y *= self.output_scale
         if self.bias is not None:
             y += self.bias.data
         return tc.Tensor(np.ascontiguousarray(y.transpose(0, 3, 1, 2), dtype=np.float32))
@@ -1378,8 +1386,8 @@ print("fake quantization, STE, prepare/convert: OK")
 #
 # All three reference models, each calibrated on 256 training inputs (for `tiny_gpt`:
 # 4 windows of training text), per-channel, affine activations, min-max observer.
-# Sizes are `model_size_bytes` (real `nbytes`); "weights" counts only the
-# Linear/Conv2d weight arrays and their scales. `tiny_gpt` keeps its embeddings and
+# Sizes are `model_size_bytes` (real `nbytes`); "weights" (`weight_bytes` from
+# `tinytorch.quantization_utils`) counts only the matmul weight arrays and their scales. `tiny_gpt` keeps its embeddings and
 # LayerNorms in float32 (embedding tables are lookups, not matmuls), so its whole-model
 # ratio is lower than its weight ratio.
 
@@ -1393,21 +1401,6 @@ _T = _gpt.config.context_length
 _train_ids = _tok.encode(_text.train[: 4 * _T + 1])
 _gpt_calib = [_train_ids[: 4 * _T].reshape(4, _T)]
 _val_ids = _tok.encode(_text.val[: 16 * _T + 1])  # a prefix of the validation text, to keep this fast
-
-
-# %%
-#| export
-def weight_bytes(model) -> int:
-    """Bytes of the matmul weights (float weights, or int8 weights + their scales)."""
-    total = 0
-    for _, m in model.named_modules():
-        if type(m) in (tc.Linear, tc.Conv2d):
-            total += m.weight.data.nbytes
-        elif isinstance(m, (QuantizedLinear, QuantizedConv2d)):
-            total += m.weight_int8.nbytes + m.weight_scale.nbytes
-        elif isinstance(m, (WeightOnlyLinear, WeightOnlyConv2d)):
-            total += m.weight_packed.nbytes + m.weight_scale.nbytes
-    return total
 
 
 # %%
@@ -1476,32 +1469,18 @@ for _n, _g, _o, _a in _rows:
 #
 # At 8 bits PTQ already matches FP32 here, so there is nothing for QAT to recover. At
 # 2 bits per weight (4 levels per group of 32) PTQ breaks the model; a short QAT
-# fine-tune (Adam, learning rate 1e-3, batches of 64 training digits, the epochs printed)
+# fine-tune (`finetune_classifier` from `tinytorch.quantization_utils`: Adam, learning rate
+# 1e-3, batches of 64 training digits, the epochs printed)
 # from the trained FP32 weights lets it adapt to the grid. Both end as the same packed
 # 2-bit format; the accuracies below are measured on the test set.
 
 # %%
-def qat_finetune(model, bits, epochs=3, lr=1e-3, batch=64, seed=0):
-    qat = prepare_qat(model, bits=bits).train()
-    opt = tc.Adam(qat.parameters(), lr=lr)
-    order = np.random.default_rng(seed)
-    for _ in range(epochs):
-        perm = order.permutation(len(x_train))
-        for i in range(0, len(perm), batch):
-            idx = perm[i:i + batch]
-            loss = tc.functional.cross_entropy(qat(x_train[idx]), y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return convert_qat(qat)
-
-
 _t0 = time.perf_counter()
 print(f"{'model':11s} {'bits':>4s} {'PTQ %':>7s} {'QAT %':>7s}   (FP32 %)")
 for _n, _bits, _ep in (("digits_mlp", 2, 3), ("digits_mlp", 4, 2)):
     _f = models.load(_n)
     _ptq = accuracy(quantize_weights_groupwise(_f, bits=_bits), x_test, y_test)
-    _qat = accuracy(qat_finetune(_f, _bits, epochs=_ep), x_test, y_test)
+    _qat = accuracy(convert_qat(finetune_classifier(prepare_qat(_f, _bits), x_train, y_train, _ep)), x_test, y_test)
     print(f"{_n:11s} {_bits:4d} {_ptq * 100:7.2f} {_qat * 100:7.2f}   ({_fp[_n] * 100:.2f}), {_ep} QAT epochs")
 print(f"QAT fine-tunes took {time.perf_counter() - _t0:.1f} s")
 
@@ -1517,31 +1496,14 @@ print(f"QAT fine-tunes took {time.perf_counter() - _t0:.1f} s")
 #
 # The signal-to-quantization-noise ratio of a layer's output,
 # `SQNR = 10 log10(sum y^2 / sum (y - y_q)^2)` dB, compares the float layer with its
-# quantized version on the same real input (captured with a forward hook). Each bit is
+# quantized version on the same real input (`layer_sqnr` captures it with forward hooks). Each bit is
 # worth about 6 dB; a layer far below the others is the one to keep in higher precision.
 
 # %%
-def layer_sqnr(float_model, quant_model, x):
-    """SQNR (dB) of every quantized layer's output, each fed the float model's own input."""
-    inputs = {}
-    handles = [m.register_forward_hook(lambda mod, inp, out, n=n: inputs.__setitem__(n, (inp[0], out.data)))
-               for n, m in float_model.named_modules() if type(m) in QUANTIZABLE]
-    with tc.no_grad():
-        float_model(x)
-    for h in handles:
-        h.remove()
-    qmods = dict(quant_model.named_modules())
-    out = {}
-    for n, (inp, y) in inputs.items():
-        yq = qmods[n](inp).data
-        out[n] = 10 * np.log10(np.sum(y.astype(np.float64) ** 2) / np.sum((y - yq).astype(np.float64) ** 2))
-    return out
-
-
 _sq = {}
 for _n, _x in (("digits_cnn", x_test), ("tiny_gpt", _val_ids[: 2 * _T].reshape(2, _T))):
     _f = _gpt if _n == "tiny_gpt" else models.load(_n)
-    _sq[_n] = layer_sqnr(_f, _quant[_n], _x)
+    _sq[_n] = layer_sqnr(_f, _quant[_n], _x, QUANTIZABLE)
     print(_n + ": " + ", ".join(f"{k} {v:.1f}" for k, v in _sq[_n].items()))
 _worst = min(_sq["tiny_gpt"], key=_sq["tiny_gpt"].get)
 print(f"least precise tiny_gpt layer: {_worst} ({_sq['tiny_gpt'][_worst]:.1f} dB)")
@@ -1603,54 +1565,34 @@ for _n, _x in (("digits_cnn", x_test), ("tiny_gpt", _val_ids[: 2 * _T].reshape(2
               f"  ratio to fp32 {_b.median / _a.median:.2f}x")
 
 # %% [markdown]
-# In NumPy the INT8 model is **not faster** (the ratio printed above, measured on this
-# machine, is above 1). The arithmetic still runs in float BLAS, and on top of it each
-# layer quantizes its input (a divide, a round, a clip, a cast) and rescales its output:
-# extra passes over memory that a real int8 kernel fuses away. The speedups you read
-# about come from hardware integer dot-product instructions (x86 VNNI, ARM `sdot`)
-# that do 4x more multiply-adds per cycle on int8 than on float32, and from moving a
-# quarter of the bytes: ONNX Runtime's `QLinearMatMul` and llama.cpp's kernels use them.
-# What NumPy *does* show truthfully is the size: 4x fewer bytes to store and to load.
-# The weight-only INT4 model sits between: it unpacks its weights to float32 on every
-# forward (a few shifts and masks per weight), then runs the plain float matmul, so its
-# overhead is the unpacking alone, which is small next to the matmuls at these batch sizes.
+# Read the "ratio to fp32" column: in NumPy, INT8 is at best about as fast as FP32. The
+# multiply-adds still run in float BLAS, as many as FP32 runs, and each layer adds work a float
+# layer does not: it quantizes its input (a divide, a round, a clip) and converts its int8
+# weight to float32 for BLAS on every call. What the layers no longer do is look at the data
+# to decide how to multiply: the float type and `s_x * s_w` were fixed when they were built.
+# The speedups you read about come from hardware integer dot-product instructions (x86 VNNI,
+# ARM `sdot`), 4x more multiply-adds per cycle on int8 than on float32, and from moving a
+# quarter of the bytes. What NumPy *does* show truthfully is the size. The weight-only INT4
+# model unpacks its weights to float32 on every forward (shifts and masks), then runs the
+# plain float matmul.
 
 # %% [markdown]
 # ### INT8 where the hardware can use it: your model in ONNX Runtime
 #
-# Why can the NumPy INT8 path not be faster? NumPy has **no int8 GEMM**. BLAS, which makes
-# `np.matmul` fast, only multiplies floats; on integer arrays NumPy falls back to a generic
-# loop with no SIMD blocking. So `int_matmul` casts the int8 values to float and calls float
-# BLAS: exactly as many float multiply-adds as FP32 (in float64, at half the SIMD width, once
-# `K * max|q_x - z_x| * max|q_w|` passes 2^24), plus the quantize and rescale passes. The cell below
-# measures both ways of multiplying int8 matrices in NumPy against the float32 product.
-
-# %%
-_rng = np.random.default_rng(0)
-_a8 = _rng.integers(-128, 128, (64, 512)).astype(np.int8)
-_b8 = _rng.integers(-127, 128, (512, 512)).astype(np.int8)
-_np_mm = {"float32 BLAS (the FP32 model's matmul)": lambda: _a8.astype(np.float32) @ _b8.astype(np.float32),
-          "int32 np.matmul (NumPy's generic integer loop)": lambda: _a8.astype(np.int32) @ _b8.astype(np.int32),
-          "int_matmul (int8 values through float BLAS)": lambda: int_matmul(_a8, _b8)}
-_np_t = {k: measure_latency(f, warmup=1, repeats=5) for k, f in _np_mm.items()}
-assert np.array_equal(_np_mm["int32 np.matmul (NumPy's generic integer loop)"](), int_matmul(_a8, _b8))
-for _k, _v in _np_t.items():
-    print(f"(64 x 512) @ (512 x 512), {_k:48s}: {_v.median * 1e3:7.2f} ms")
-
-# %% [markdown]
-# A runtime with int8 kernels does better. ONNX Runtime's x86 int8 GEMM multiplies
-# **uint8 activations by int8 weights (u8s8) and accumulates in int32**: one AVX-512 VNNI
-# instruction, `vpdpbusd`, multiplies 64 byte pairs and adds each group of four into an
-# int32 lane, 64 multiply-adds where an FP32 FMA does 16; without VNNI, AVX2's `vpmaddubsw`
-# + `vpmaddwd` do the same in two steps. The operands are a quarter of the bytes, too.
+# NumPy has **no int8 GEMM** (section 3 timed its integer matmul against float BLAS), so our
+# layers run float BLAS on integer values. A runtime with int8 kernels does better. ONNX
+# Runtime's x86 int8 GEMM multiplies **uint8 activations by int8 weights (u8s8) and
+# accumulates in int32**: one AVX-512 VNNI instruction, `vpdpbusd`, multiplies 64 byte pairs
+# and adds each group of four into an int32 lane, 64 multiply-adds where an FP32 FMA does 16
+# (AVX2's `vpmaddubsw` + `vpmaddwd` do the same in two steps), on a quarter of the bytes.
 #
 # `tinytorch.deploy.to_onnx` writes your quantized model as an ONNX graph with the `onnx`
 # package's builders: each `QuantizedLinear` becomes `QuantizeLinear` (your `s_x` and
 # `z_x`, shifted by 128 to uint8) -> `MatMulInteger` (your `weight_int8`) -> `Cast` -> `Mul`
 # (`s_x * s_w`) -> `Add` (the bias): the integer sums your `integer_accumulate` computes,
-# now by ONNX Runtime's kernels. Below, your `digits_mlp` from section 4 and one wide layer
-# (1024 -> 4096, quantized by your `quantize_model`) are exported, **checked against your
-# layers first**, then timed with one thread beside the NumPy versions. Without onnx and
+# now by ONNX Runtime's kernels. Below (`runtime_comparison`), your `digits_mlp` from section 4
+# and one wide layer (1024 -> 4096, quantized by your `quantize_model`) are exported, **checked
+# against your layers first**, then timed with one thread beside the NumPy versions. Without onnx and
 # onnxruntime installed (`pip install -e ".[deploy]"`) the cell says so and skips.
 
 # %%
@@ -1664,31 +1606,20 @@ _ort = {}
 if not deploy.available():
     print(deploy.INSTALL + ". The ONNX Runtime timings of this section are skipped.")
 else:
-    for _n, (_f, _q, _x) in _cases.items():
-        _sess = {k: deploy.session(deploy.to_onnx(m, _x[:1]), threads=1) for k, m in (("FP32", _f), ("INT8", _q))}
-        with tc.no_grad():
-            _yf, _yq = _f(_x).data, _q(_x).data
-        _of, _oq = deploy.run(_sess["FP32"], _x), deploy.run(_sess["INT8"], _x)
-        print(f"{_n}: ONNX Runtime vs your layers on {len(_x)} inputs: FP32 max |diff| {np.abs(_of - _yf).max():.1e}, "
-              f"INT8 max |diff| {np.abs(_oq - _yq).max():.1e}, INT8 argmax agrees on {(_oq.argmax(1) == _yq.argmax(1)).sum()}")
+    _checks, _ort = runtime_comparison(_cases)
+    for _n, _c in _checks.items():
+        print(f"{_n}: ONNX Runtime vs your layers on {_c['inputs']} inputs: FP32 max |diff| {_c['fp32_max_diff']:.1e}, "
+              f"INT8 max |diff| {_c['int8_max_diff']:.1e}, INT8 argmax agrees on {_c['int8_argmax_agree']}")
         for _b in (1, 64):
-            _xb = np.ascontiguousarray(_x[:_b])
-            _fns = {"tinytorch FP32": lambda m=_f: m(_xb), "tinytorch INT8": lambda m=_q: m(_xb),
-                    "ONNX Runtime FP32": lambda s=_sess["FP32"]: deploy.run(s, _xb),
-                    "ONNX Runtime INT8": lambda s=_sess["INT8"]: deploy.run(s, _xb)}
-            with tc.no_grad():
-                for _k, _fn in _fns.items():
-                    _ort[_n, _b, _k] = measure_latency(_fn, warmup=3, repeats=20).median
             _r = {rt: _ort[_n, _b, f"{rt} FP32"] / _ort[_n, _b, f"{rt} INT8"] for rt in ("tinytorch", "ONNX Runtime")}
-            print(f"  batch {_b:2d}: " + ", ".join(f"{k} {_ort[_n, _b, k] * 1e3:.3f} ms" for k in _fns)
+            print(f"  batch {_b:2d}: " + ", ".join(f"{k} {_ort[_n, _b, k] * 1e3:.3f} ms" for k in RUNTIMES)
                   + f" | INT8 speed vs FP32: tinytorch {_r['tinytorch']:.2f}x, ONNX Runtime {_r['ONNX Runtime']:.2f}x")
 
 # %%
 if _ort:
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    _kinds = ["tinytorch FP32", "tinytorch INT8", "ONNX Runtime FP32", "ONNX Runtime INT8"]
     for _ax, _n in zip(axes, _cases):
-        for _i, _k in enumerate(_kinds):
+        for _i, _k in enumerate(RUNTIMES):
             _ax.bar(np.arange(2) + 0.2 * (_i - 1.5), [_ort[_n, _b, _k] * 1e3 for _b in (1, 64)], width=0.2, label=_k,
                     color=["C0", "C0", "C1", "C1"][_i], alpha=[0.5, 1.0, 0.5, 1.0][_i])
         _ax.set_xticks(range(2), ["batch 1", "batch 64"])
@@ -1702,22 +1633,18 @@ if _ort:
 # %% [markdown]
 # Read the two "INT8 speed vs FP32" columns printed above (ONNX Runtime has one thread;
 # NumPy's BLAS uses its default threads, so compare ratios within a runtime, not across).
-# In NumPy the ratio is far below 1 for both models at both batch sizes, for the reasons the
-# first cell measured. For the wide layer at batch 1 most of the INT8 time is not the multiply
-# at all: `int_matmul` converts the 4-million-entry int8 weight to float (and scans it for its
-# largest value) on every call, work a float32 weight never needs. In ONNX Runtime the same integers, on its int8
-# kernels, make the wide layer about 4x faster than FP32 (3.8-5.0x at batch 1 and 4.1-4.7x at
-# batch 64 in four runs on this machine), where the GEMM is nearly all the work. For the small
-# `digits_mlp` the gain is small or absent (0.74-0.86x at batch 1, 1.2-1.6x at batch 64 in the
-# same runs): a forward of 50,000 multiply-adds takes about ten microseconds, and quantizing
-# each layer's input and converting and rescaling its output cost about what the int8 kernel
-# saves. INT8 pays where matmuls are large. The `digits_mlp` INT8 outputs differ from yours by
-# about one quantization step at most, not by 1e-7 as FP32 does: the runtime sums floats in
-# another order, and a last-bit difference in one layer's output can move an activation of the
-# next layer across a rounding boundary (the argmax still agrees). The full comparison (batch
-# 1 and 64, one thread and all cores, confidence intervals, and `digits_cnn`, whose
-# `ConvInteger` is a slower path in ONNX Runtime than its FP32 `Conv`) is
-# `python -m benchmarks.run onnx`.
+# In NumPy the ratio is below 1: for the wide layer at batch 1 most of the INT8 time is the
+# conversion of its 4-million-entry int8 weight to float32, work a float32 weight never needs.
+# In ONNX Runtime the same integers, on its int8 kernels, make the wide layer several times
+# faster than FP32: there the GEMM is nearly all the work. For the small `digits_mlp` the gain
+# is small or absent: a forward of 50,000 multiply-adds takes microseconds, and quantizing each
+# layer's input and rescaling its output cost about what the int8 kernel saves. INT8 pays where
+# matmuls are large. The `digits_mlp` INT8 outputs differ from yours by about one quantization
+# step at most, not by 1e-7 as FP32 does: the runtime sums floats in another order, and a
+# last-bit difference in one layer's output can move an activation of the next layer across a
+# rounding boundary (the argmax still agrees). The full comparison (one thread and all cores,
+# confidence intervals, and `digits_cnn`, whose `ConvInteger` is a slower path in ONNX Runtime
+# than its FP32 `Conv`) is `python -m benchmarks.run onnx`.
 
 # %% [markdown]
 # ## 6. Reflection
@@ -1726,9 +1653,9 @@ if _ort:
 #    per-channel activation quantization awkward for an integer matmul (hint: where would
 #    the per-`k` scale go in `sum_k x[k] w[k]`)? How do LLM.int8() and SmoothQuant deal
 #    with outlier activation channels?
-# 2. `int_matmul` is exact in float32 only up to `K = 1040` for int8 x int8. Real int8
-#    kernels accumulate in int32: up to what `K` is that exact? What would you do for a
-#    layer with `K = 2^20`?
+# 2. `int_matmul` is exact in float32 only up to `K = 1023` for int8 x int8 (514 for a
+#    layer's centered activations). Real int8 kernels accumulate in int32: up to what `K` is
+#    that exact? What would you do for a layer with `K = 2^20`?
 # 3. Which `tiny_gpt` layer had the lowest SQNR? Would you keep it in float, give it
 #    more calibration data, or a different observer? What does PyTorch's
 #    `HistogramObserver` do differently from our MSE search?
@@ -1747,11 +1674,12 @@ if _ort:
 #
 # You built affine and symmetric quantization with ONNX's rounding and saturation,
 # per-tensor and per-channel; four calibration observers; an exact integer matmul on
-# float BLAS; `QuantizedLinear` and `QuantizedConv2d` that store real `int8` weights; and
+# float BLAS; `QuantizedLinear` and `QuantizedConv2d` that store real `int8` weights and fix
+# their exact float type and scales once, when built; and
 # `quantize_model`, which calibrates a copy of a trained model and swaps its layers. You
 # measured real bytes (about 4x smaller matmul weights), accuracy on the test digits and
-# `tiny_gpt`'s loss, per-layer SQNR, and an honest latency in which NumPy INT8 is slower;
-# then you exported the same integers to ONNX, where (with onnxruntime installed) int8
-# kernels made a wide layer about 4x faster than its FP32.
+# `tiny_gpt`'s loss, per-layer SQNR, and an honest latency in which NumPy INT8 is at best as
+# fast as FP32; then you exported the same integers to ONNX, where (with onnxruntime
+# installed) int8 kernels made a wide layer several times faster than its FP32.
 # Next, module 16 removes weights instead of shrinking them: pruning, and sparse storage
 # whose bytes are, again, counted from the arrays.

@@ -80,3 +80,59 @@ def test_swap_layers_replaces_exact_types_everywhere_and_keeps_order():
     assert swap_layers(root, (tc.Linear,), lambda layer: tc.ReLU()) == []  # the root has no parent
     with pytest.raises(TypeError, match="Module"):
         swap_layers([tc.Linear(2, 2)], (tc.Linear,), lambda layer: layer)
+
+
+def test_layer_sqnr_matches_the_formula_on_a_known_error():
+    from tinytorch.quantization_utils import layer_sqnr
+    import copy
+
+    tc.manual_seed(0)
+    model = tc.Sequential(tc.Linear(6, 4), tc.ReLU(), tc.Linear(4, 3))
+    noisy = copy.deepcopy(model)
+    noisy[2].bias.data = noisy[2].bias.data + np.float32(0.01)  # layer 2's output is off by exactly 0.01
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    got = layer_sqnr(model, noisy, x, (tc.Linear,))
+    with tc.no_grad():
+        y = model(x).data.astype(np.float64)
+    want = 10 * np.log10(np.sum(y ** 2) / (y.size * 0.01 ** 2))
+    check(abs(got["2"] - want) < 0.01 and got["0"] > 100, "SQNR = 10 log10(sum y^2 / sum err^2), each layer fed the float input",
+          on="bias of layer 2 shifted by 0.01", expected=round(want, 2), got={k: round(v, 2) for k, v in got.items()})
+    with pytest.raises(ValueError, match="no layer named"):
+        layer_sqnr(model, tc.Sequential(tc.Linear(6, 4)), x, (tc.Linear,))
+
+
+def test_finetune_classifier_learns_a_separable_problem_and_is_reproducible():
+    from tinytorch.quantization_utils import finetune_classifier
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    runs = []
+    for _ in range(2):
+        tc.manual_seed(1)
+        m = finetune_classifier(tc.Sequential(tc.Linear(2, 2)), x, y, epochs=20, lr=0.05, batch=32, seed=3)
+        with tc.no_grad():
+            runs.append(m(x).data)
+    acc = float((runs[0].argmax(1) == y).mean())
+    check(acc > 0.95, "a linearly separable problem is learned", on="200 points, label = x0 > 0", expected="> 0.95",
+          got=acc)
+    assert np.array_equal(runs[0], runs[1])  # same seed, same batches, same result
+    with pytest.raises(ValueError, match="same non-zero number"):
+        finetune_classifier(tc.Sequential(tc.Linear(2, 2)), x, y[:5], epochs=1)
+
+
+def test_runtime_comparison_checks_onnx_runtime_against_tinytorch():
+    from tinytorch import deploy
+    from tinytorch.quantization import quantize_model
+    from tinytorch.quantization_utils import RUNTIMES, runtime_comparison
+
+    if not deploy.available():
+        pytest.skip(deploy.INSTALL)
+    tc.manual_seed(2)
+    model = tc.Sequential(tc.Linear(8, 5))
+    x = np.random.default_rng(1).standard_normal((6, 8)).astype(np.float32)
+    checks, medians = runtime_comparison({"tiny": (model, quantize_model(model, x), x)}, batches=(1, 4), repeats=2)
+    c = checks["tiny"]
+    assert c["inputs"] == 6 and c["fp32_max_diff"] < 1e-5 and c["int8_argmax_agree"] == 6
+    assert sorted(medians) == sorted(("tiny", b, r) for b in (1, 4) for r in RUNTIMES)
+    assert all(v > 0 for v in medians.values())
