@@ -82,9 +82,52 @@ def exported_code(nb: nbformat.NotebookNode, module: Module, where: str) -> list
     return cells
 
 
+SCAFFOLD = ("TODO:", "APPROACH:", "HINTS:", "HINT:")  # docstring sections written for the student at work
+
+
+def drop_scaffolding(code: str) -> str:
+    """`code` without the TODO / APPROACH / HINTS sections of its docstrings: they guide the
+    student writing the function and say nothing to someone calling it. A section runs from
+    its heading to the next heading at its indentation (EXAMPLE: stays) or the docstring's end."""
+    out, skipping, indent = [], False, ""
+    for line in code.split("\n"):
+        stripped = line.strip()
+        margin = line[: len(line) - len(line.lstrip())]
+        if stripped.startswith(SCAFFOLD):
+            skipping, indent = True, margin
+            continue
+        if skipping:
+            closes = stripped.startswith('"""')
+            heading = margin == indent and stripped.endswith(":") and stripped[:1].isupper()
+            if not (closes or heading):
+                continue
+            skipping = False
+            while closes and out and not out[-1].strip():  # no blank line before the closing quotes
+                out.pop()
+        out.append(line)
+    return "\n".join(out)
+
+
+def public_names(code: str) -> list[str]:
+    """Names a generated module defines at top level without a leading underscore: its __all__."""
+    import ast
+
+    names = []
+    for node in ast.parse(code).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.append(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return sorted({n for n in names if not n.startswith("_")}, key=names.index)
+
+
 def render(cells: list[tuple[int, str]], header: list[str], origin: str) -> str:
-    """The text of a generated file: header, then each exported cell under a marker line."""
-    parts = ["\n".join(header)]
+    """The text of a generated file: header, __all__, then each exported cell under a marker
+    line, with the student's scaffolding taken out of the docstrings."""
+    cells = [(index, drop_scaffolding(code)) for index, code in cells]
+    names = public_names("\n\n".join(code for _, code in cells))
+    parts = ["\n".join(header), "__all__ = [\n" + "".join(f"    {n!r},\n" for n in names) + "]"]
     for index, code in cells:
         parts.append(f"# %% {origin} (cell {index})\n{code}")
     return "\n\n\n".join(parts) + "\n"
