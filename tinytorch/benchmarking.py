@@ -2,6 +2,32 @@
 # Change the source and run `tito export 19_benchmarking`.
 
 
+__all__ = [
+    'percentile_ci',
+    'bootstrap_ci',
+    't_interval',
+    'wilson_interval',
+    'early_stopping_percentile',
+    'paired_ratio',
+    'run_stream',
+    'poisson_arrivals',
+    'queue_latencies',
+    'server_arrivals',
+    'run_server',
+    'find_max_qps',
+    'run_offline',
+    'run_scenario',
+    'QualityTarget',
+    'measure_accuracy',
+    'measure_lm_quality',
+    'measure_generation',
+    'validate_report',
+    'BenchmarkReport',
+    'pareto_front',
+    'plot_pareto',
+]
+
+
 # %% modules/19_benchmarking/benchmarking.py (cell 9)
 """Benchmarking: MLPerf-style scenarios, honest statistics, quality targets, reports.
 
@@ -39,21 +65,6 @@ from tinytorch.stats import (Estimate, as_samples, binomial_cdf, check_confidenc
 def percentile_ci(samples, q: float, confidence: float = 0.95) -> Estimate:
     """The q-quantile of `samples` with a distribution-free order-statistic confidence interval.
 
-    TODO: compute the quantile and the interval [x(l), x(u)] (1-based order statistics).
-
-    APPROACH:
-    1. x = sorted samples, n = len(x); value = np.percentile(x, 100 * q).
-    2. cdf = binomial_cdf(n, q): cdf[k] = P(B <= k), B = number of samples below the true quantile.
-    3. alpha = 1 - confidence. l = the number of k with cdf[k] <= alpha / 2 (the largest l with
-       P(B <= l - 1) <= alpha / 2), at least 1. u = 1 + (smallest k with cdf[k] >= 1 - alpha / 2), at most n.
-    4. coverage = P(l <= B <= u - 1) = cdf[u - 1] - cdf[l - 1].
-    5. Return Estimate(value, x[l - 1], x[u - 1], coverage if it is below confidence else confidence,
-       "order statistic"); make sure low <= value <= high.
-
-    HINTS:
-    - np.searchsorted(cdf, level) finds the first k with cdf[k] >= level.
-    - The interval holds with probability >= coverage for ANY continuous distribution.
-
     EXAMPLE:
     >>> e = percentile_ci(np.arange(1.0, 101.0), 0.9)
     >>> round(e.value, 6), (e.low, e.high)
@@ -80,18 +91,6 @@ def bootstrap_ci(samples, statistic: Callable = np.median, confidence: float = 0
 
     statistic(array, axis=...) must reduce along `axis` (np.mean, np.median, ...).
 
-    TODO: resample with replacement, compute the statistic of every resample, take quantiles.
-
-    APPROACH:
-    1. x = the samples; value = float(statistic(x, axis=0)).
-    2. rng = np.random.default_rng(seed); idx = rng.integers(0, n, size=(n_resamples, n)).
-    3. stats = statistic(x[idx], axis=1): one value per resample.
-    4. low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2]) with alpha = 1 - confidence.
-    5. Return Estimate(value, min(low, value), max(high, value), confidence, "bootstrap").
-
-    HINTS:
-    - x[idx] has shape (n_resamples, n): row r is resample r.
-
     EXAMPLE:
     >>> bootstrap_ci([5.0] * 10, np.mean).width     # no spread, no uncertainty
     0.0
@@ -114,13 +113,6 @@ def bootstrap_ci(samples, statistic: Callable = np.median, confidence: float = 0
 def t_interval(samples, confidence: float = 0.95) -> Estimate:
     """mean +- t(1 - alpha/2, n - 1) * s / sqrt(n) for the mean of `samples` (n >= 2).
 
-    TODO: compute the mean, the sample standard deviation (ddof=1) and the half-width.
-
-    APPROACH:
-    1. n, mean, s = np.std(x, ddof=1).
-    2. half = t_quantile(1 - (1 - confidence) / 2, n - 1) * s / sqrt(n).
-    3. Estimate(mean, mean - half, mean + half, confidence, "t").
-
     EXAMPLE:
     >>> e = t_interval([1, 2, 3, 4, 5])
     >>> round(e.low, 3), round(e.high, 3)
@@ -137,8 +129,6 @@ def t_interval(samples, confidence: float = 0.95) -> Estimate:
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimate:
     """The proportion successes / n with its Wilson score interval.
 
-    TODO: apply the formula of the markdown above with z = normal_quantile(1 - alpha / 2).
-
     EXAMPLE:
     >>> e = wilson_interval(353, 360)
     >>> round(e.value, 4), round(e.low, 4), round(e.high, 4)
@@ -153,7 +143,8 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimat
     z = normal_quantile(1 - (1 - confidence) / 2)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Estimate(p, min(p, centre - half), max(p, centre + half), confidence, "wilson")
+    low, high = max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # rounding must not leave [0, 1]
+    return Estimate(p, low, high, confidence, "wilson")
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 24)
@@ -161,15 +152,6 @@ def early_stopping_percentile(samples, q: float = 0.9, confidence: float = 0.99)
     """MLPerf-style early-stopping estimate: an upper bound of the q-quantile at `confidence`.
 
     Returns Estimate(value=bound, low=measured quantile, high=bound, confidence, "early stopping").
-
-    TODO: find the largest number t of top latencies that can be set aside.
-
-    APPROACH:
-    1. x = sorted samples, n = len(x). cdf = binomial_cdf(n, 1 - q): cdf[t] = P(at most t overlatency).
-    2. passing = the t with cdf[t] <= 1 - confidence. None: raise ValueError (name the minimum n,
-       min_queries_for_percentile(q, confidence)).
-    3. t = the largest passing t (cdf grows with t); bound = x[n - 1 - t] (0-based).
-    4. measured = np.percentile(x, 100 * q); return Estimate(bound, min(measured, bound), bound, ...).
 
     EXAMPLE:
     >>> early_stopping_percentile(np.arange(1.0, 45.0), 0.9).value   # 44 queries: t = 0, the max
@@ -195,13 +177,6 @@ def paired_ratio(a, b, confidence: float = 0.95, n_resamples: int = 2000, seed: 
     """median(a) / median(b) for paired samples, with a pair-bootstrap confidence interval.
 
     A ratio below 1 with high < 1 means "A is faster than B at this confidence".
-
-    TODO: bootstrap over pair indices and take quantiles of the ratios.
-
-    APPROACH:
-    1. a, b as arrays of the same length n (> 0 values).
-    2. idx = rng.integers(0, n, size=(n_resamples, n)); ratios = median(a[idx], axis=1) / median(b[idx], axis=1).
-    3. Estimate(median(a) / median(b), quantile alpha/2, quantile 1 - alpha/2 ..., "paired bootstrap").
 
     EXAMPLE:
     >>> paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]).value
@@ -236,22 +211,6 @@ def _early_stopping(latencies, q: float, notes: list):
 def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                seed: int = 0) -> ScenarioResult:
     """SingleStream / MultiStream: back-to-back queries of settings.samples_per_query samples.
-
-    TODO: warm up, then time queries until the minimums are met; summarize.
-
-    APPROACH:
-    1. rng = np.random.default_rng(seed). A query is data[rng.integers(0, len(data), samples_per_query)];
-       draw it BEFORE starting its clock.
-    2. Run settings.warmup_queries untimed queries.
-    3. start = now = clock(). Loop while not (enough queries and now - start >= min_duration_s)
-       and now - start < max_duration_s: t0 = clock(); sut(batch); now = clock(); latencies.append(now - t0).
-    4. notes = []; valid = meets_minimums(settings, len(latencies), now - start, notes).
-    5. ScenarioResult(settings.scenario, settings, latencies array, queries, queries * samples_per_query,
-       now - start, f"p{100 * percentile:g} latency", percentile_ci(latencies, percentile),
-       _early_stopping(latencies, percentile, notes), valid, notes).
-
-    HINTS:
-    - Read the clock twice per query (before and after) plus once at the start: the tests count reads.
 
     EXAMPLE:
     >>> r = run_stream(model_forward, x_test, notebook_settings("SingleStream"))
@@ -334,19 +293,6 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
                sleep: Callable[[float], None] = time.sleep, seed: int = 0) -> ScenarioResult:
     """Server: queries arrive as a Poisson process at settings.target_qps; one worker serves them in order.
 
-    TODO: build the schedule, then issue each query at its time (or when the worker is free).
-
-    APPROACH:
-    1. arrivals = server_arrivals(settings, seed) (given); n = len(arrivals).
-       Draw every query's sample indices up front (rng = np.random.default_rng(seed + 1)).
-    2. Run settings.warmup_queries untimed queries back to back.
-    3. start = clock(). For each query i: now = clock(); stop (with a note) if now - start > max_duration_s;
-       due = start + arrivals[i]; while now < due: sleep(due - now); now = clock().
-       sut(batch_i); latencies.append(clock() - due).
-    4. duration = clock() - start; p = percentile_ci(latencies, percentile); valid = meets_minimums(...) and
-       p.value <= latency_bound_s (else a note).
-    5. extra: target_qps, achieved_qps (= queries / duration), latency_bound_s.
-
     EXAMPLE:
     >>> r = run_server(forward, x_test, notebook_settings("Server", target_qps=500, latency_bound_s=0.002))
     >>> r.valid, r.value.value
@@ -391,15 +337,6 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
 def find_max_qps(meets: Callable, low: float, high: float, rel_tol: float = 0.05, max_steps: int = 30) -> QPSSearch:
     """The highest rate in [low, high] at which meets(rate) holds, by bisection in log space.
 
-    TODO: check both ends, then halve the bracket [passing, failing] geometrically.
-
-    APPROACH:
-    1. A helper that calls meets(rate), records (rate, passed) in history, and keeps ScenarioResults.
-    2. If low fails: raise ValueError (the search needs a passing start). If high passes: return it
-       (failed_qps = inf).
-    3. Loop while high / low > 1 + rel_tol (at most max_steps): mid = sqrt(low * high); move low or high.
-    4. QPSSearch(low, high, history, results).
-
     EXAMPLE:
     >>> find_max_qps(lambda r: r <= 37.3, 1.0, 1000.0).max_qps     # within 5% below 37.3
     """
@@ -435,15 +372,6 @@ def find_max_qps(meets: Callable, low: float, high: float, rel_tol: float = 0.05
 def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                 seed: int = 0) -> ScenarioResult:
     """Offline: queries of settings.samples_per_query samples at once; throughput in samples/s.
-
-    TODO: build the query once, time it repeatedly, report the throughput.
-
-    APPROACH:
-    1. batch = data[rng.permutation(len(data))[np.arange(spq) % len(data)]]: all samples, shuffled, cycled.
-    2. warmup_queries untimed calls; then the stream loop of run_stream (same stopping rule).
-    3. throughputs = spq / latencies. value = t_interval(throughputs) with >= 2 queries, else
-       Estimate(v, v, v, confidence 0, "single query") and a note.
-    4. ScenarioResult("Offline", ..., metric "throughput", extra {"samples_per_query": spq}).
     """
     data = check_sut(sut, samples)
     if settings.scenario != "Offline":
@@ -575,14 +503,6 @@ def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, 
 def validate_report(d) -> None:
     """Raise ReportError unless `d` is a report dict this code reads.
 
-    TODO: check the schema name, the version, then every required field and its type.
-
-    APPROACH:
-    1. d must be a dict; d.get("schema") must be REPORT_SCHEMA ("... is not a tinytorch benchmark report").
-    2. d.get("schema_version") must equal SCHEMA_VERSION; the error names both versions.
-    3. For each (name, type) of REPORT_FIELDS: missing -> ReportError naming the field; wrong type -> too.
-    4. The same for each variant with VARIANT_FIELDS (name the variant by index and name in the error).
-
     EXAMPLE:
     >>> validate_report({"schema": REPORT_SCHEMA, "schema_version": 2})
     ReportError: report schema_version 2 is not supported: this tinytorch reads version 1
@@ -642,14 +562,6 @@ class BenchmarkReport(Report):
 def pareto_front(points, maximize=None) -> np.ndarray:
     """Indices (sorted) of the non-dominated rows of `points` (n, k). Objectives are minimized,
     except those with maximize[k] True.
-
-    TODO: flip the maximized objectives, then test domination for all pairs at once.
-
-    APPROACH:
-    1. p = float array (n, k); multiply the maximized columns by -1 (now everything is minimized).
-    2. le = p[None, :, :] <= p[:, None, :] (j at least as good as i); lt = p[None] < p[:, None].
-    3. dominated[i] = any over j of (all over k of le) and (any over k of lt).
-    4. return np.flatnonzero(~dominated).
 
     EXAMPLE:
     >>> pareto_front([[1, 5], [2, 2], [3, 3], [5, 1]])       # (latency, size): [3, 3] is beaten by [2, 2]

@@ -453,7 +453,8 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimat
     z = normal_quantile(1 - (1 - confidence) / 2)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Estimate(p, min(p, centre - half), max(p, centre + half), confidence, "wilson")
+    low, high = max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))  # rounding must not leave [0, 1]
+    return Estimate(p, low, high, confidence, "wilson")
     ### END SOLUTION
 
 
@@ -477,6 +478,7 @@ _hh = _hz * math.sqrt(_hp * (1 - _hp) / 50 + _hz**2 / 10000) / (1 + _hz**2 / 50)
 _h = wilson_interval(45, 50, 0.99)
 assert abs(_h.low - (_hc - _hh)) < 1e-6 and abs(_h.high - (_hc + _hh)) < 1e-6, f"45/50 at 99% (z = 2.576): expected [{_hc - _hh:.4f}, {_hc + _hh:.4f}], got {_h.format()}"
 assert wilson_interval(90, 100).width < wilson_interval(9, 10).width, "the interval narrows with n: 90/100 vs 9/10"
+assert (wilson_interval(0, 5, 0.9).low, wilson_interval(12, 12, 0.9).high) == (0.0, 1.0), "rounding must not leave [0, 1]"
 ### END HIDDEN TESTS
 print("wilson_interval: ok", _w.format())
 

@@ -126,6 +126,12 @@ def test_wilson_interval_is_the_formula_inside_0_1(k, extra, confidence):
           expected="0 <= low <= k/n <= high <= 1", got=(e.low, p, e.high))
 
 
+def test_wilson_bounds_do_not_round_out_of_0_1():
+    low, high = wilson_interval(0, 5, 0.9).low, wilson_interval(12, 12, 0.9).high
+    check((low, high) == (0.0, 1.0), "0/n starts at 0 and n/n ends at 1, exactly (rounding gave -3e-17, 1 + 2e-16)",
+          on="0/5 and 12/12 at 90%", expected=(0.0, 1.0), got=(low, high))
+
+
 @settings(max_examples=25)
 @given(st.integers(20, 700), st.sampled_from([0.9, 0.99]), st.sampled_from([0.95, 0.99]), st.integers(0, 9))
 def test_early_stopping_sets_aside_the_largest_passing_count(n, q, confidence, seed):
