@@ -54,3 +54,23 @@ def test_torch_twin_of_tiny_gpt_gives_its_logits_and_greedy_tokens_with_and_with
     want = np.stack([gpt.generate(p, 6, temperature=0)[9:] for p in prompts])
     for cached in (False, True):
         np.testing.assert_array_equal(bench_torch.torch_generate(torch, net, prompts, 6, cached), want)
+
+
+def test_tinytorch_inference_forward_over_several_attention_blocks_gives_pytorchs_logits():
+    """The blocked causal kernel (queries in blocks of ATTENTION_BLOCK, each meeting only the keys
+    it may see) against PyTorch's scaled_dot_product_attention, at the lengths the benchmark times."""
+    torch = pytest.importorskip("torch")
+    from tinytorch.core.attention import ATTENTION_BLOCK
+
+    gpt = models.load("tiny_gpt")
+    net = bench_torch.torch_gpt(torch, gpt)
+    t = gpt.config.context_length
+    assert t > 2 * ATTENTION_BLOCK
+    for length in (t, ATTENTION_BLOCK + 1, 2 * ATTENTION_BLOCK - 3):
+        idx = np.random.default_rng(length).integers(0, gpt.config.vocab_size, (2, length))
+        with tc.no_grad():
+            ours = gpt(idx).data
+        with torch.inference_mode():
+            theirs = net(torch.from_numpy(idx)).numpy()
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(theirs, ours, atol=1e-4)
