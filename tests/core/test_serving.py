@@ -188,3 +188,18 @@ def test_a_batch_queue_checks_its_settings_and_leaves_the_policy_to_its_subclass
         bare.submit(np.zeros(1))
     bare._worker.join(10)          # its _collect is not written: the worker stops, and the queue closes
     assert bare.closed and "closed" in bare.health(1)
+
+
+def test_the_server_sends_each_reply_without_waiting_for_an_ack():
+    """A reply is written as headers then body: with Nagle's algorithm the body would wait for the
+    client's delayed ACK (~40 ms a request on loopback). Read the option off the server's socket."""
+    import socket
+    with InferenceServer(lambda x: x, input_shape=(1,)) as srv:
+        client = HTTPClient(srv.url)
+        client(np.array([1.0]))          # keep-alive: the server's end of this connection stays open
+        with srv._lock:
+            sockets = list(srv._connections)
+        flags = [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets]
+        client.close()
+    check(len(flags) == 1 and all(flags), "the server's connection sockets have TCP_NODELAY set",
+          on="one keep-alive request", expected="[nonzero]", got=flags)
