@@ -2,6 +2,23 @@
 # Change the source and run `tito export 18_acceleration`.
 
 
+__all__ = [
+    'matmul_intensity',
+    'BatchPoint',
+    'batch_sweep',
+    'DynamicBatcher',
+    'FusedQKV',
+    'bias_gelu',
+    'softmax',
+    'fused_attention',
+    'FusedBlock',
+    'FusedDecoder',
+    'generate_static',
+    'generate_continuous',
+    'generate_parallel',
+]
+
+
 # %% modules/18_acceleration/acceleration.py (cell 9)
 """Acceleration: batched inference, a dynamic batcher, operator fusion with preallocated buffers,
 and static vs continuous batching for generation on module 17's KV-cache, on one core or on
@@ -59,16 +76,6 @@ class BatchPoint:
 def batch_sweep(fn, make_batch, batch_sizes, warmup: int = 2, repeats: int = 10) -> list:
     """Time fn(make_batch(b)) for each batch size b; one BatchPoint per size, in the given order.
 
-    TODO: build each batch once, time fn on it with measure_latency, compute the throughput.
-
-    APPROACH:
-    1. Check every batch size is an int >= 1.
-    2. For each b: x = make_batch(b); stats = measure_latency(fn, x, warmup=..., repeats=...).
-    3. BatchPoint(b, stats, b / stats.median).
-
-    HINTS:
-    - Build the batch outside the timed call: we time the model, not the data copy.
-
     EXAMPLE:
     >>> pts = batch_sweep(np.sort, lambda b: np.random.rand(b, 100), [1, 8], repeats=3)
     >>> [p.batch_size for p in pts]
@@ -99,31 +106,6 @@ class DynamicBatcher(BatchQueue):
     (self._queue, a deque of Request, under the Condition self._cond), runs the worker thread
     (self._collect(), then self._run_batch(requests), until _collect returns None), and gives
     _check_input, _fail_queued, _fail_running, health, __call__ and `with`.
-
-    TODO: implement submit, the worker's two steps (_collect + _run_batch) and close.
-
-    APPROACH:
-    1. submit: validate (numeric array, same shape as the others); under the lock, refuse if
-       closed, else append a Request(x, Future(), time.monotonic()) and notify; return the future.
-    2. _collect (worker, under the lock): wait until the queue is non-empty or closed; if closed
-       and empty return None. Then wait (Condition.wait with a timeout) until the queue holds
-       max_batch_size requests, or max_wait_ms passed since queue[0].arrival, or close() was
-       called; pop up to max_batch_size requests and return them.
-    3. _run_batch (worker, outside the lock): keep the requests whose
-       future.set_running_or_notify_cancel() is True (a caller may have cancelled one); stack
-       their inputs, call fn once. A result without one row per request: set_exception on each
-       of these futures. An exception: if the batch holds one request, it gets the exception;
-       else call fn on each request alone (x[None]) and give each future its own row or its own
-       exception. Else set_result(row i) on future i. Record the batch size in self.batch_sizes.
-    4. close(drain): under the lock set closed; if not drain, fail the queued requests
-       (self._fail_queued) and the running batch (self._fail_running) with RuntimeError; notify;
-       then join the worker thread with the timeout, and raise TimeoutError if it is still alive.
-
-    HINTS:
-    - `threading.Condition.wait(timeout)` can wake early: always re-check the condition in a loop.
-    - Give each future a copy of its row (`np.array(out[i])`), not a view that pins the whole batch.
-    - Catch Exception, not BaseException, for the per-row retry: a SystemExit or
-      KeyboardInterrupt fails the whole batch and is raised again (the worker ends).
 
     EXAMPLE:
     >>> with DynamicBatcher(lambda b: b * 2, max_batch_size=8, max_wait_ms=1) as batcher:
@@ -220,17 +202,6 @@ class DynamicBatcher(BatchQueue):
 class FusedQKV:
     """One (3C, C) projection built from an attention layer's q_proj, k_proj, v_proj (copied).
 
-    TODO: stack the three weights (and biases) in from_attention; one matmul in __call__.
-
-    APPROACH:
-    1. weight = np.concatenate([q.weight, k.weight, v.weight], axis=0) -> (3C, C);
-       bias likewise -> (3C,) (zeros for a projection without bias).
-    2. __call__(x): y = x @ weight.T + bias, shape (..., 3C); return y[..., :C], y[..., C:2C], y[..., 2C:].
-
-    HINTS:
-    - Fold the leading dimensions into one GEMM: x.reshape(-1, C) @ weight.T, then reshape back.
-      np.matmul on a (B, 1, C) decode batch runs B matrix-vector products instead.
-
     EXAMPLE:
     >>> attn = tc.MultiHeadAttention(8, 2)
     >>> q, k, v = FusedQKV.from_attention(attn)(np.ones((1, 3, 8), np.float32))
@@ -279,13 +250,6 @@ def _check_out(out, like: np.ndarray, name: str) -> np.ndarray:
 def bias_gelu(x, bias, out=None, scratch=None) -> np.ndarray:
     """gelu(x + bias) (tanh form) computed in the buffers out and scratch (allocated if None).
 
-    TODO: y = x + b into out; t = tanh(GELU_SCALE * (y + GELU_CUBIC * y*y*y)) built in scratch step by step;
-    out = 0.5 * y * (1 + t), all with in-place NumPy ops (out=, *=, +=).
-
-    HINTS:
-    - np.add(x, bias, out=out); np.multiply(out, out, out=scratch); scratch *= out; ...
-    - np.tanh(scratch, out=scratch); finally out *= 0.5; out *= scratch (after scratch += 1).
-
     EXAMPLE:
     >>> bias_gelu(np.array([0.0, 1.0], np.float32), np.float32(0.0))
     array([0.      , 0.841192], dtype=float32)
@@ -324,11 +288,6 @@ def softmax(x, axis: int = -1, out=None) -> np.ndarray:
 def fused_attention(attn, x, qkv: FusedQKV | None = None) -> np.ndarray:
     """Causal self-attention of `attn` on x (B, T, C) with a fused QKV, scale folded into q,
     the mask added in place and an in-place softmax. Equals attn(x) up to float rounding.
-
-    TODO: qkv(x) -> (B, T, 3C); reshape to (B, T, 3, H, D) and transpose ONCE to (3, B, H, T, D)
-    (one contiguous copy for q, k and v together); q *= 1/sqrt(D); scores = q @ k^T;
-    scores += causal_mask(T); softmax(scores, out=scores); y = scores @ v -> (B, T, C);
-    return y @ out_proj.weight.T + out_proj.bias.
     """
     if not isinstance(attn, tc.MultiHeadAttention):
         raise TypeError(f"fused_attention expects a MultiHeadAttention, got {type(attn).__name__}")
@@ -380,36 +339,6 @@ class FusedDecoder:
     """forward_cached (module 17) with a GPT's weights laid out once for the products of a decode
     step, and a fused attention step over the cache. Same cache (append, gather); the same
     logits up to float rounding.
-
-    TODO: __init__ builds one FusedBlock per block; __call__ is forward_cached's math on them.
-
-    APPROACH:
-    1. __init__: scale = 1/sqrt(D). For each block: qkv = FusedQKV.from_attention(block.attn);
-       w_qkv = np.ascontiguousarray(qkv.weight.T) (a copy, (C, 3C)), b_qkv = qkv.bias.copy();
-       multiply the q part (w_qkv[:, :C] and b_qkv[:C]) by scale, so q comes out scaled;
-       w_out, b_out = _transposed(block.attn.out_proj), the same for block.mlp.fc and
-       block.mlp.proj; keep block.ln1 and block.ln2. Store the FusedBlocks, in order, in the
-       list self.blocks. Then self.w_head, self.b_head = _transposed(model.lm_head).
-    2. __call__(cache, tokens, rows), after the given check: positions and x as in
-       forward_cached; S = positions[:, -1].max() + 1; the mask once for all layers:
-       hidden = np.arange(S) > positions[:, None, :, None], or None when no key is hidden
-       (T == 1 and every row at position S - 1: then every query sees every key).
-    3. For each (layer, b) in enumerate(self.blocks):
-       y = layer_norm(x, b.ln1).reshape(n * T, C) @ b.w_qkv; y += b.b_qkv;
-       q, k, v = y.reshape(n, T, 3, H, D).transpose(2, 0, 3, 1, 4)   (three (n, H, T, D) views);
-       cache.append(layer, k, v, rows); keys, values = cache.gather(layer, rows, S);
-       scores = q @ keys.swapaxes(-1, -2); if hidden is not None: np.copyto(scores, -np.inf,
-       where=hidden); softmax(scores, out=scores);
-       a = merge_heads(scores @ values).reshape(n * T, C) @ b.w_out; a += b.b_out; x += a.reshape(n, T, C);
-       f = layer_norm(x, b.ln2).reshape(n * T, C) @ b.w_fc; bias_gelu(f, b.b_fc, out=f);
-       m = f @ b.w_proj; m += b.b_proj; x += m.reshape(n, T, C).
-    4. Return layer_norm(x[:, -1], model.ln_f) @ self.w_head + self.b_head.
-
-    HINTS:
-    - x = tok_emb[tokens] + pos_emb[positions] is a new array, so x += ... never writes
-      into the model's embeddings; scaling w_qkv in place is safe only because it is a copy.
-    - A (n, 1, C) array times a matrix is n separate matrix-vector products in np.matmul:
-      reshape to (n * T, C) first, one matrix product for all rows.
 
     EXAMPLE:
     >>> fast = FusedDecoder(gpt)
@@ -487,11 +416,6 @@ def _forward(model, fused: bool) -> Callable:
 def generate_static(model, prompts, max_new_tokens, max_batch_size: int = 8,
                     clock: Callable[[], float] = time.perf_counter, fused: bool = False) -> GenerationRun:
     """Greedy generation in fixed groups of max_batch_size requests: a group must finish before the next starts.
-
-    TODO: for each group: reset the cache, prefill each request into its row (first token = argmax),
-    then decode steps over the unfinished rows together until every request of the group has its tokens.
-    `forward` (given) runs both: forward(cache, prompt[None, :], [row]) is a prefill and
-    forward(cache, last[:, None], rows) a decode step (fused=True: a FusedDecoder's).
     """
     prompts, counts = check_generation_requests(model, prompts, max_new_tokens)
     check_int(max_batch_size, "max_batch_size", 1)
@@ -529,15 +453,6 @@ def generate_static(model, prompts, max_new_tokens, max_batch_size: int = 8,
 def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
                         clock: Callable[[], float] = time.perf_counter, fused: bool = False) -> GenerationRun:
     """Greedy generation with iteration-level batching: requests join free rows and leave at every step.
-
-    TODO: keep a queue of waiting requests and a request index per cache row (None = free).
-    Loop: fill free rows (reset + prefill, first token); if no row is active, stop; else one
-    decode step over the active rows; append each row's token; finished requests free their row.
-
-    HINTS:
-    - A request with max_new_tokens == 0 finishes at once; one with 1 finishes at its prefill.
-    - A prefill is forward(cache, prompt[None, :], [row])[0], a decode step
-      forward(cache, last[:, None], rows): one function, only the shapes differ.
     """
     prompts, counts = check_generation_requests(model, prompts, max_new_tokens)
     check_int(max_batch_size, "max_batch_size", 1)
@@ -583,29 +498,6 @@ def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batc
                       fused: bool = False) -> GenerationRun:
     """Continuous batching on `workers` threads (or forked processes) at once, each with its own
     KV-cache of max_batch_size rows (fused=True: each worker decodes with a FusedDecoder).
-
-    TODO: split the requests round-robin, run generate_continuous on each share in its own thread
-    (processes=True: its own process, with fork_map), and merge the results in request order, with
-    times measured from the start of this call.
-
-    APPROACH:
-    1. shares = [list(range(w, len(prompts), workers)) for w in range(min(workers, len(prompts)))].
-    2. start = clock(). A worker's function notes offset = clock() - start, then runs
-       generate_continuous(model, its prompts, its counts, max_batch_size, clock, fused) and
-       returns (offset, run).
-    3. processes: runs = fork_map(work, shares). Threads:
-       with ThreadPoolExecutor(len(shares)) as pool: runs = list(pool.map(work, shares)).
-    4. seconds = clock() - start; results = [None] * len(prompts). Request shares[w][j] gets
-       runs[w]'s result j, with offset added to its ttft_s and latency_s (the given return
-       line sums decode_steps over `runs`, a list of (offset, run) pairs).
-
-    HINTS:
-    - pool.map re-raises a worker's exception in the caller (once the other workers have
-      finished their shares): nothing is lost silently.
-    - The threads share the model (read only) but not a cache: each generate_continuous
-      makes its own. A forked process has its own copy of everything.
-    - With processes, `clock` runs in each worker process: time.perf_counter is one clock for
-      the whole machine, so offsets from `start` still mean something.
 
     EXAMPLE:
     >>> run = generate_parallel(gpt, [np.array([1, 2]), np.array([3])], [4, 2], workers=2)

@@ -68,6 +68,16 @@ def test_the_wait_bound_counts_from_the_oldest_request():
           got=b.batch_sizes)
 
 
+def test_a_request_waits_for_company_up_to_the_bound():
+    with DynamicBatcher(lambda b: b, max_batch_size=2, max_wait_ms=10_000) as b:
+        first = b.submit(np.float32(1))
+        time.sleep(0.05)
+        second = b.submit(np.float32(2))
+        got = [first.result(TIMEOUT), second.result(TIMEOUT)]
+    check(got == [1, 2] and b.batch_sizes == [2], "a request alone waits up to max_wait_ms for another to share its batch",
+          on="2 requests 50 ms apart, max_wait_ms=10000, max_batch_size=2", expected=[2], got=b.batch_sizes)
+
+
 def test_a_lone_request_waits_for_the_bound_not_forever():
     with DynamicBatcher(lambda b: b + 1, max_batch_size=64, max_wait_ms=20) as b:
         got = b.submit(np.float32(1)).result(TIMEOUT)
