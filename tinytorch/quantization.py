@@ -2,6 +2,46 @@
 # Change the source and run `tito export 15_quantization`.
 
 
+__all__ = [
+    'QuantParams',
+    'compute_qparams',
+    'quantize',
+    'dequantize',
+    'tensor_qparams',
+    'Observer',
+    'MinMaxObserver',
+    'MovingAverageMinMaxObserver',
+    'PercentileObserver',
+    'MSEObserver',
+    'OBSERVERS',
+    'FLOAT32_EXACT',
+    'FLOAT64_EXACT',
+    'exact_float_type',
+    'int_matmul',
+    'ACT_CENTERED_MAX',
+    'WEIGHT_MAX',
+    'centered_quantize',
+    'QuantizedLinear',
+    'QuantizedConv2d',
+    'QUANTIZABLE',
+    'quantize_layer',
+    'quantize_model',
+    'model_size_bytes',
+    'QUANTIZED_FLOP_RULES',
+    'GROUP_BITS',
+    'pack_groupwise',
+    'unpack_groupwise',
+    'WeightOnlyLinear',
+    'WeightOnlyConv2d',
+    'quantize_weights_groupwise',
+    'fake_quantize_groupwise',
+    'FakeQuantLinear',
+    'FakeQuantConv2d',
+    'prepare_qat',
+    'convert_qat',
+]
+
+
 # %% modules/15_quantization/quantization.py (cell 9)
 """Quantization: INT8 post-training quantization with calibration.
 
@@ -47,19 +87,6 @@ class QuantParams:
 def compute_qparams(rmin, rmax, scheme: str = "symmetric", dtype: str = "int8", axis=None) -> QuantParams:
     """Scale and zero point for the real range [rmin, rmax] (scalars, or arrays per channel).
 
-    TODO: implement the formulas of section 2.
-
-    APPROACH:
-    1. Widen the range to contain 0: rmin = min(rmin, 0), rmax = max(rmax, 0).
-    2. affine: s = (rmax - rmin) / (qmax - qmin); symmetric: s = max(|rmin|, |rmax|) / 127.
-    3. Edge cases: where rmax == rmin == 0 use s = 1; where the ORIGINAL range is one
-       constant c != 0 use s = |c| (c then round-trips exactly).
-    4. affine: z = clip(round(qmin - rmin / s), qmin, qmax); symmetric: z = 0.
-    5. Return QuantParams with float32 scale and int32 zero_point of the same shape.
-
-    HINTS:
-    - Work in float64 and convert at the end; `np.where` handles per-channel edge cases.
-
     EXAMPLE:
     >>> p = compute_qparams(-1.0, 3.0, "affine", "uint8")
     >>> float(p.scale), int(p.zero_point)
@@ -92,17 +119,6 @@ def compute_qparams(rmin, rmax, scheme: str = "symmetric", dtype: str = "int8", 
 
 def quantize(x, params: QuantParams) -> np.ndarray:
     """q = clip(rint(x / scale) + zero_point, qmin, qmax) as an array of params.dtype.
-
-    TODO: divide, round half to even, add the zero point, saturate, cast.
-
-    APPROACH:
-    1. Check x is finite (`finite_array`) and the axis fits (`check_axis`).
-    2. Broadcast per-channel scale/zero_point along params.axis (`channel_view`).
-    3. `np.rint(x / s) + z`, `np.clip` to [qmin, qmax], `.astype(params.dtype)`.
-
-    HINTS:
-    - Clip BEFORE the cast: casting 300 to int8 wraps around to 44, it does not saturate.
-    - Divide in float64 so the rounding decision is the exact one.
 
     EXAMPLE:
     >>> quantize(np.array([-1.0, 0.0, 0.5, 3.0]), compute_qparams(-1.0, 3.0, "affine", "uint8"))
@@ -292,18 +308,6 @@ def int_matmul(a, b) -> np.ndarray:
     """Exact integer product a @ b of integer arrays (a: (..., K), b: (K, N)), returned as int32
     (int64 if a result could exceed int32), computed with float BLAS.
 
-    TODO: bound |a| and |b|, pick the float type that holds every partial sum, multiply, cast back.
-
-    APPROACH:
-    1. max|.| of each operand: an 8-bit array is bounded by its dtype (int8: 128, uint8: 255)
-       without reading it; a wider one is scanned (its min and max).
-    2. ftype = exact_float_type(K, max|a|, max|b|).
-    3. np.matmul in ftype, then cast to int32 (int64 if K * max|a| * max|b| exceeds int32): the
-       floats hold exact integers, so the cast loses nothing.
-
-    HINTS:
-    - Scan with max(-int(m.min()), int(m.max())): np.abs on an int8 -128 overflows, and copies.
-
     EXAMPLE:
     >>> int_matmul(np.array([[127, -128]], np.int8), np.array([[127], [127]], np.int8))
     array([[-127]], dtype=int32)
@@ -327,14 +331,9 @@ def int_matmul(a, b) -> np.ndarray:
 
 # %% modules/15_quantization/quantization.py (cell 20)
 def _weight_params(weight: np.ndarray, per_channel: bool) -> QuantParams:
-    """Symmetric int8 parameters for a weight, the scales stored as float16.
-
-    Two bytes per output channel instead of four, as llama.cpp stores its block scales:
-    with 64 weights per row, float32 scales would cost 6% of the int8 bytes. The float16
-    scale is rounded UP where rounding lost some of it, so the largest |w| still maps
-    inside [-127, 127] and every weight is within half a step of the stored scale (this
-    matters for rows of tiny weights, whose scales are float16 subnormals or round to 0).
-    """
+    """Symmetric int8 parameters for a weight, the scales stored as float16 (with 64 weights per
+    row, float32 scales would cost 6% of the int8 bytes), rounded UP where float16 lost some of a
+    scale, so every weight stays within half a step (rows of tiny weights have subnormal scales)."""
     p = tensor_qparams(weight, "symmetric", "int8", axis=0 if per_channel else None)
     s = np.asarray(p.scale, np.float32)
     if s.max() > np.finfo(np.float16).max:
@@ -372,23 +371,8 @@ def centered_quantize(x, params: QuantParams, ftype=np.float32) -> np.ndarray:
 
 
 class QuantizedLinear(tc.Module):
-    """y = (centered_quantize(x) @ W_int8^T) * (s_x * s_w) + b, holding only an int8 weight + scales.
-
-    Build it with `QuantizedLinear.from_float(linear, act_params, per_channel=True)`.
-
-    TODO: from_float quantizes the weight (symmetric int8, per channel on axis 0 or per tensor);
-    accumulate computes the exact integer sums; forward rescales them and adds the bias.
-
-    APPROACH:
-    1. from_float: p = _weight_params(w, per_channel); cls(quantize(w, p), p.scale, a copy of the bias, act_params).
-    2. accumulate: x_c = centered_quantize(x, self.act_params, self.acc_type); fold the leading
-       dimensions into one (rows, K) matrix, multiply by weight_int8.astype(acc_type).T, unfold.
-    3. forward: acc * self.output_scale + bias, as float32; return a Tensor.
-
-    HINTS:
-    - __init__ fixed self.acc_type from the bound K * 255 * 128 (exact_float_type), so nothing is
-      scanned at run time, and self.output_scale = s_x * s_w, shape (out,) or (): it broadcasts
-      over the last axis of acc.
+    """y = (centered_quantize(x) @ W_int8^T) * (s_x * s_w) + b, holding only an int8 weight + scales;
+    built with `QuantizedLinear.from_float(linear, act_params, per_channel=True)`.
 
     EXAMPLE:
     >>> q = QuantizedLinear.from_float(tc.Linear(4, 2), compute_qparams(-1.0, 1.0))
@@ -453,14 +437,6 @@ class QuantizedLinear(tc.Module):
 # %% modules/15_quantization/quantization.py (cell 23)
 class QuantizedConv2d(tc.Module):
     """Conv2d with an int8 weight (OC, C, kh, kw) + scales; im2col on the centered quantized input.
-
-    TODO: from_float as QuantizedLinear's; accumulate puts im2col between quantizing and multiplying.
-
-    APPROACH:
-    1. accumulate: x_c = centered_quantize(x, act_params, acc_type) (its zero padding is then exact);
-       cols = F.im2col(x_c, kh, kw, stride, padding), shape (N, OH, OW, C*kh*kw); one matrix
-       product of the (rows, C*kh*kw) cols with the (OC, C*kh*kw) weight in acc_type, transposed.
-    2. forward: rescale and add the bias as QuantizedLinear does, then transpose to (N, OC, OH, OW).
 
     EXAMPLE:
     >>> q = QuantizedConv2d.from_float(tc.Conv2d(1, 2, 3, padding=1), compute_qparams(0.0, 1.0, "affine"))
@@ -545,17 +521,6 @@ def quantize_model(model, calibration_data, scheme: str = "affine", per_channel:
     'percentile', 'mse'). Weights are always symmetric int8 (per channel if per_channel);
     `scheme` and `act_dtype` apply to the activations.
 
-    TODO: deepcopy, observe inputs with pre-hooks, calibrate, swap the layers in.
-
-    APPROACH:
-    1. Deepcopy `model` into `qmodel`; list its Linear/Conv2d sub-modules (`type(m) in
-       QUANTIZABLE`, the root excluded: it has no parent to swap it in).
-    2. One observer per layer (OBSERVERS[observer](scheme, act_dtype)), and a forward pre-hook
-       on the layer that feeds it the layer's input: `lambda m, inputs: ...update(inputs[0])`.
-    3. Under tc.no_grad(), run every batch; in `finally`, remove the hooks.
-    4. `swap_layers(qmodel, QUANTIZABLE, make)`, make(layer) = quantize_layer(layer, its
-       observer's qparams(), per_channel).
-
     EXAMPLE:
     >>> q = quantize_model(models.load("digits_mlp"), x_train[:256])
     >>> type(q[1]).__name__
@@ -617,19 +582,6 @@ def pack_groupwise(weight, bits: int = 4, group_size: int = 32):
     """Q4_0-style group quantization of a weight (rows = axis 0, the rest flattened).
 
     Returns (packed uint8 (rows, padded_k * bits // 8), scales float16 (rows, groups)).
-
-    TODO: per group of `group_size` values along each row: d = m / -2^(bits-1) with m the
-    value of largest |x|; u = clip(floor(x / d + 2^(bits-1) + 0.5), 0, 2^bits - 1);
-    pack 8 // bits values per byte (byte j holds values j, j + G/n, j + 2G/n, ...).
-    Scales are float16 as in Q4_0: a group whose largest |x| is below about
-    2^(bits-1) * 6e-8 gets scale 0 (float16 underflow) and comes back as zeros.
-
-    APPROACH:
-    1. Validate bits (in GROUP_BITS), group_size (positive, multiple of 8 // bits), finite weight.
-    2. w2 = weight.reshape(rows, -1) in float32; pad columns with zeros to a multiple of G.
-    3. g = (rows, groups, G); m via argmax(|g|) + take_along_axis; d = (m / -half) as float16.
-    4. u as above with inv = 1/d (0 where d == 0), as uint8.
-    5. u.reshape(rows, groups, n, G // n); byte = sum over s of u[:, :, s, :] << (s * bits).
 
     EXAMPLE:
     >>> packed, d = pack_groupwise(np.arange(-16, 16, dtype=np.float32)[None, :] / 16)
@@ -710,13 +662,8 @@ class WeightOnlyLinear(tc.Module):
 
 
 class WeightOnlyConv2d(tc.Module):
-    """A Conv2d whose weight is stored groupwise-packed + float16 scales, as ONE flat row.
-
-    Convolution rows are short and rarely a multiple of 32 (C*kh*kw = 9 for a 3x3 kernel on
-    one channel, 144 on sixteen): packed per row, 9 weights would fill a group of 32 with 23
-    zeros. Packed as the flattened weight, groups run on across filters and only the last
-    group is padded. (Linear rows here are multiples of 32, where both layouts coincide.)
-    """
+    """A Conv2d whose weight is stored groupwise-packed + float16 scales, as ONE flat row (its
+    rows of C*kh*kw = 9 or 144 weights would pad each group of 32 with zeros)."""
 
     def __init__(self, conv, bits: int = 4, group_size: int = 32):
         super().__init__()
@@ -755,14 +702,6 @@ QUANTIZED_FLOP_RULES.update({WeightOnlyLinear: _matmul_layer_flops, WeightOnlyCo
 # %% modules/15_quantization/quantization.py (cell 32)
 def fake_quantize_groupwise(weight, bits: int = 4, group_size: int = 32) -> tc.Tensor:
     """unpack_groupwise(pack_groupwise(w)) in the forward; the gradient passes straight through.
-
-    TODO: compute the fake-quantized values with no gradient, make a result tensor whose
-    parent is `weight`, and give it a backward that hands the gradient to `weight` unchanged.
-
-    APPROACH:
-    1. w = tc.as_tensor(weight); values = unpack_groupwise(*pack_groupwise(w.data, bits, group_size), w.shape, bits).
-    2. out = w._make(values, (w,)) (it joins the graph only when w requires grad).
-    3. If out._parents: out._backward = lambda g: w._accumulate(g).
 
     EXAMPLE:
     >>> w = tc.Parameter(np.array([[0.3, -1.0] * 16], np.float32))

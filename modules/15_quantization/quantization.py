@@ -42,7 +42,7 @@ from tinytorch.notebook import plt, show
 from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
 from tinytorch.profiling import count_flops, measure_latency, parameter_bytes
-from tinytorch.quantization_utils import RUNTIMES, finetune_classifier, layer_sqnr, runtime_comparison
+from tinytorch.quantization_utils import RUNTIMES, finetune_classifier, layer_sqnr, raises, runtime_comparison
 
 
 # %% [markdown]
@@ -61,11 +61,10 @@ print(f"first layer weight {_w.shape}: range [{_w.min():.3f}, {_w.max():.3f}], "
 print(f"256 evenly spaced levels over that range are {(_w.max() - _w.min()) / 255:.4f} apart")
 
 # %% [markdown]
-# float32 spends 24 bits of mantissa resolving weights to steps far below anything the
-# model's accuracy can feel. Eight bits give 256 levels; the question of this module is
-# how to place those levels (the **scale** and **zero point**), how to pick them for
-# activations we only see at run time (**calibration**), and how to multiply integers
-# exactly. We measure every claim: bytes from `nbytes`, accuracy on the test set.
+# float32 spends 24 bits of mantissa on steps far below anything the model's accuracy can feel.
+# Eight bits give 256 levels; this module is about where to place them (the **scale** and **zero
+# point**), how to pick them for activations seen only at run time (**calibration**), and how to
+# multiply integers exactly. Every claim is measured: bytes from `nbytes`, accuracy on the test set.
 
 # %% [markdown]
 # ## 2. The idea
@@ -294,16 +293,8 @@ assert _pc.scale.shape == (2,)
 assert np.abs(dequantize(quantize(_wc, _pc), _pc) - _wc)[1].max() < np.abs(dequantize(quantize(_wc, _pt), _pt) - _wc)[1].max() / 10
 # bad input
 for _bad in [np.array([1.0, np.nan]), np.array([np.inf])]:
-    try:
-        quantize(_bad, _ps)
-        raise AssertionError("non-finite input must raise")
-    except ValueError:
-        pass
-try:
-    tensor_qparams(_wc, axis=2)
-    raise AssertionError("axis out of range must raise")
-except ValueError:
-    pass
+    assert raises(ValueError, quantize, _bad, _ps), "non-finite input must raise"
+assert raises(ValueError, tensor_qparams, _wc, axis=2), "axis out of range must raise"
 ### BEGIN HIDDEN TESTS
 for _lo, _hi in ((2.0, 6.0), (-6.0, -2.0)):  # one-sided ranges: widened to contain 0
     _p = compute_qparams(_lo, _hi, "affine", "uint8")
@@ -325,9 +316,9 @@ print("QuantParams, quantize, dequantize: OK")
 # %% [markdown]
 # ### Calibration observers
 #
-# Weights are known before inference, so their min and max are exact. Activations are
-# not: we run a few **calibration batches** through the model and let an **observer**
-# watch each layer's input. Four ways to turn what they saw into a range:
+# Weights are known before inference; activations are not: we run a few **calibration
+# batches** through the model and let an **observer** watch each layer's input. Four ways
+# to turn what it saw into a range:
 #
 # - **min-max**: the smallest and largest value ever seen. Never clips, but one outlier
 #   stretches the grid for everyone.
@@ -338,8 +329,7 @@ print("QuantParams, quantize, dequantize: OK")
 #   and keep the one whose quantize-dequantize error is smallest: clipping error traded
 #   against rounding error, measured.
 #
-# Percentile and MSE need the values themselves; we keep up to `max_samples` of them
-# per batch (an even subsample), which bounds the memory.
+# Percentile and MSE keep up to `max_samples` values per batch (an even subsample).
 
 # %% nbgrader={"grade": false, "grade_id": "observers", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -499,16 +489,8 @@ def _mse(obs):
 
 
 assert _mse(_ms) < _mse(_mm)
-try:
-    MinMaxObserver().qparams()
-    raise AssertionError("an observer that saw nothing must raise")
-except ValueError:
-    pass
-try:
-    MinMaxObserver().update(np.array([]))
-    raise AssertionError("an empty batch must raise")
-except ValueError:
-    pass
+assert raises(ValueError, MinMaxObserver().qparams), "an observer that saw nothing must raise"
+assert raises(ValueError, MinMaxObserver().update, np.array([])), "an empty batch must raise"
 ### BEGIN HIDDEN TESTS
 _o = MinMaxObserver()
 for _b in ([0.5, 1.0], [-4.0, 0.0], [2.0, 3.0]):  # batches with different ranges
@@ -618,21 +600,16 @@ assert np.array_equal(int_matmul(_a3, _b3), _a3.astype(np.int64) @ _b3.astype(np
 _a = np.full((1, 4096), 127, np.int8); _b = np.full((4096, 1), 127, np.int8)
 _a[0, 0] = 1
 assert int(int_matmul(_a, _b)[0, 0]) == 4095 * 127 * 127 + 127
-try:
-    int_matmul(np.ones((2, 3), np.float32), np.ones((3, 2), np.int8))
-    raise AssertionError("float input must raise")
-except TypeError:
-    pass
+assert raises(TypeError, int_matmul, np.ones((2, 3), np.float32), np.ones((3, 2), np.int8)), "float input must raise"
 print("int_matmul: OK")
 
 # %% [markdown]
 # ### Quantized layers
 #
-# A `QuantizedLinear` stores the `int8` weight (`register_buffer`, so it is in the
-# `state_dict` and counted by `parameter_bytes`), the per-channel (or per-tensor) weight
-# scales in float16 (two bytes each, as llama.cpp stores its scales; `_weight_params`
-# rounds them up so no weight is clipped), the float32 bias and the input's calibrated
-# `QuantParams`. There is **no float weight**. Its forward:
+# A `QuantizedLinear` stores the `int8` weight (`register_buffer`: in the `state_dict`, counted
+# by `parameter_bytes`), its per-channel (or per-tensor) scales in float16 (as llama.cpp stores
+# its scales), the float32 bias and the input's calibrated `QuantParams`. There is **no float
+# weight**. Its forward:
 #
 # 1. `x_c = q_x - z_x` in one pass, `centered_quantize`: `z_x` is an integer, so
 #    `clip(rint(x / s_x) + z_x, qmin, qmax) - z_x = clip(rint(x / s_x), qmin - z_x, qmax - z_x)`,
@@ -645,25 +622,17 @@ print("int_matmul: OK")
 # 3. `y = acc * (s_x * s_w) + bias`: one float32 multiply-add per output, `s_x * s_w` computed
 #    once when the layer is built.
 #
-# **Dequantize at the end of each layer, or requantize?** A fully integer pipeline
-# (as ONNX Runtime's `QLinearMatMul`) would requantize `y` straight to int8 with the
-# next layer's input parameters. Our ReLU, GELU, LayerNorm and attention softmax are
-# float layers, so we hand them float32 and let the next quantized layer quantize its own
-# input. The result is numerically the same as requantizing (the next layer does the same
-# rounding, one step later); what we give up is the bandwidth saving between layers,
-# which NumPy cannot show us anyway.
+# **Dequantize at the end of each layer, or requantize?** A fully integer pipeline (ONNX
+# Runtime's `QLinearMatMul`) would requantize `y` straight to int8 for the next layer. Our ReLU,
+# GELU, LayerNorm and softmax are float layers, so we hand them float32 and let the next
+# quantized layer round its own input: the same numbers, without the bandwidth saving.
 
 # %% nbgrader={"grade": false, "grade_id": "quantized-linear", "locked": false, "schema_version": 3, "solution": true}
 #| export
 def _weight_params(weight: np.ndarray, per_channel: bool) -> QuantParams:
-    """Symmetric int8 parameters for a weight, the scales stored as float16.
-
-    Two bytes per output channel instead of four, as llama.cpp stores its block scales:
-    with 64 weights per row, float32 scales would cost 6% of the int8 bytes. The float16
-    scale is rounded UP where rounding lost some of it, so the largest |w| still maps
-    inside [-127, 127] and every weight is within half a step of the stored scale (this
-    matters for rows of tiny weights, whose scales are float16 subnormals or round to 0).
-    """
+    """Symmetric int8 parameters for a weight, the scales stored as float16 (with 64 weights per
+    row, float32 scales would cost 6% of the int8 bytes), rounded UP where float16 lost some of a
+    scale, so every weight stays within half a step (rows of tiny weights have subnormal scales)."""
     p = tensor_qparams(weight, "symmetric", "int8", axis=0 if per_channel else None)
     s = np.asarray(p.scale, np.float32)
     if s.max() > np.finfo(np.float16).max:
@@ -703,9 +672,8 @@ def centered_quantize(x, params: QuantParams, ftype=np.float32) -> np.ndarray:
 
 
 class QuantizedLinear(tc.Module):
-    """y = (centered_quantize(x) @ W_int8^T) * (s_x * s_w) + b, holding only an int8 weight + scales.
-
-    Build it with `QuantizedLinear.from_float(linear, act_params, per_channel=True)`.
+    """y = (centered_quantize(x) @ W_int8^T) * (s_x * s_w) + b, holding only an int8 weight + scales;
+    built with `QuantizedLinear.from_float(linear, act_params, per_channel=True)`.
 
     TODO: from_float quantizes the weight (symmetric int8, per channel on axis 0 or per tensor);
     accumulate computes the exact integer sums; forward rescales them and adds the bias.
@@ -804,11 +772,7 @@ for _pcf in (True, False):
     _qx = quantize(_xin, _ap).astype(np.int64) - int(_ap.zero_point)
     assert np.array_equal(centered_quantize(_xin, _ap), _qx)
     assert np.array_equal(_ql.integer_accumulate(_xin), _qx @ _ql.weight_int8.T.astype(np.int64))
-try:
-    QuantizedLinear.from_float(tc.Embedding(5, 4), _ap)
-    raise AssertionError("non-Linear must raise")
-except TypeError:
-    pass
+assert raises(TypeError, QuantizedLinear.from_float, tc.Embedding(5, 4), _ap), "non-Linear must raise"
 ### BEGIN HIDDEN TESTS
 _lh = tc.Linear(3, 2)
 _lh.weight.data = np.array([[100.0, -50.0, 25.0], [0.01, 0.02, -0.04]], np.float32)  # rows 10^4 apart
@@ -825,11 +789,10 @@ assert np.abs(_small - _lh.weight.data[1]).max() < 0.04 / 127, (
 print("QuantizedLinear: OK")
 
 # %% [markdown]
-# `Conv2d` is a matrix product after im2col (`tinytorch.core.functional.im2col`), so
-# the quantized convolution is the same exact product on the patch matrix. Quantizing
-# the input before im2col is the same as quantizing the patches (im2col only copies), and
-# zero padding stays exact: after the zero point is taken away, the real 0 is the integer 0,
-# which is what im2col pads with.
+# `Conv2d` is a matrix product after im2col (`tinytorch.core.functional.im2col`), so the quantized
+# convolution is the same exact product on the patch matrix. Quantizing before im2col is the same
+# as quantizing the patches (im2col only copies), and zero padding stays exact: with the zero point
+# taken away, the real 0 is the integer 0, which is what im2col pads with.
 
 # %% nbgrader={"grade": false, "grade_id": "quantized-conv", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -839,10 +802,10 @@ class QuantizedConv2d(tc.Module):
     TODO: from_float as QuantizedLinear's; accumulate puts im2col between quantizing and multiplying.
 
     APPROACH:
-    1. accumulate: x_c = centered_quantize(x, act_params, acc_type) (its zero padding is then exact);
-       cols = F.im2col(x_c, kh, kw, stride, padding), shape (N, OH, OW, C*kh*kw); one matrix
-       product of the (rows, C*kh*kw) cols with the (OC, C*kh*kw) weight in acc_type, transposed.
-    2. forward: rescale and add the bias as QuantizedLinear does, then transpose to (N, OC, OH, OW).
+    1. accumulate: x_c = centered_quantize(x, act_params, acc_type) (zero padding is then exact);
+       cols = F.im2col(x_c, kh, kw, stride, padding) (N, OH, OW, C*kh*kw); one matrix product
+       of the (rows, C*kh*kw) cols and the (OC, C*kh*kw) weight in acc_type, transposed.
+    2. forward: rescale and add the bias as QuantizedLinear does, transpose to (N, OC, OH, OW).
 
     EXAMPLE:
     >>> q = QuantizedConv2d.from_float(tc.Conv2d(1, 2, 3, padding=1), compute_qparams(0.0, 1.0, "affine"))
@@ -938,10 +901,9 @@ print("QuantizedConv2d: OK")
 # %% [markdown]
 # ### The whole model
 #
-# `quantize_model` copies the model (`copy.deepcopy`: the original stays a float model),
-# puts a forward pre-hook on every `Linear` and `Conv2d` that feeds its input to an
-# observer, runs the calibration batches, removes the hooks, and replaces each layer by
-# its quantized version. `model_size_bytes` counts what the model really stores.
+# `quantize_model` copies the model (the original stays float), puts a forward pre-hook on every
+# `Linear` and `Conv2d` that feeds its input to an observer, runs the calibration batches, removes
+# the hooks, and swaps each layer for its quantized version. `model_size_bytes` counts what it stores.
 
 # %% nbgrader={"grade": false, "grade_id": "quantize-model", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1050,16 +1012,8 @@ assert abs(accuracy(_qm, _d.x_test, _d.y_test) - accuracy(_m, _d.x_test, _d.y_te
 _fr = count_flops(_qm, _d.x_test[:4], rules=QUANTIZED_FLOP_RULES)
 assert _fr.total_macs == 4 * _n_w
 for _bad in ([], [np.zeros((0, 1, 8, 8), np.float32)]):
-    try:
-        quantize_model(_m, _bad)
-        raise AssertionError("empty calibration data must raise")
-    except ValueError:
-        pass
-try:
-    quantize_layer(tc.LayerNorm(4), _ap)
-    raise AssertionError("unsupported layer must raise")
-except TypeError:
-    pass
+    assert raises(ValueError, quantize_model, _m, _bad), "empty calibration data must raise"
+assert raises(TypeError, quantize_layer, tc.LayerNorm(4), _ap), "unsupported layer must raise"
 ### BEGIN HIDDEN TESTS
 tc.manual_seed(3)
 _mh = tc.Sequential(tc.Linear(2, 2))
@@ -1085,13 +1039,11 @@ print("quantize_model, model_size_bytes: OK")
 # a byte: byte `j` of a group holds value `j` in its low nibble and value `j + 16` in its
 # high nibble. Per 32 weights: 16 bytes + 2 bytes of scale = **4.5 bits per weight**.
 #
-# This is **weight-only** quantization: activations stay float32, and the forward
-# unpacks the weight to float32 just for the product (llama.cpp does that inside its
-# kernels, block by block). It needs no calibration. We write it for `bits` in
-# {2, 4, 8} (8 // bits values per byte, the same layout); rows whose length is not a
-# multiple of the group are padded with zeros. Convolution rows are short (9 weights for
-# a 3x3 kernel on one channel), so `WeightOnlyConv2d` packs its weight flattened into one
-# row: groups run on across filters and only the last one is padded.
+# This is **weight-only** quantization: activations stay float32, and the forward unpacks the
+# weight to float32 just for the product (llama.cpp does that inside its kernels, block by
+# block); no calibration. We write it for `bits` in {2, 4, 8} (8 // bits values per byte, the
+# same layout), rows padded with zeros to a whole group. Convolution rows are short (9 weights
+# for a 3x3 kernel on one channel), so `WeightOnlyConv2d` packs its weight as one flat row.
 
 # %% nbgrader={"grade": false, "grade_id": "groupwise", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1199,13 +1151,8 @@ class WeightOnlyLinear(tc.Module):
 
 
 class WeightOnlyConv2d(tc.Module):
-    """A Conv2d whose weight is stored groupwise-packed + float16 scales, as ONE flat row.
-
-    Convolution rows are short and rarely a multiple of 32 (C*kh*kw = 9 for a 3x3 kernel on
-    one channel, 144 on sixteen): packed per row, 9 weights would fill a group of 32 with 23
-    zeros. Packed as the flattened weight, groups run on across filters and only the last
-    group is padded. (Linear rows here are multiples of 32, where both layouts coincide.)
-    """
+    """A Conv2d whose weight is stored groupwise-packed + float16 scales, as ONE flat row (its
+    rows of C*kh*kw = 9 or 144 weights would pad each group of 32 with zeros)."""
 
     def __init__(self, conv, bits: int = 4, group_size: int = 32):
         super().__init__()
@@ -1258,11 +1205,7 @@ for _bits in GROUP_BITS:
     assert np.all(np.abs(_back - _wr) <= _step * (1 + 1e-3))
 _lin4 = WeightOnlyLinear(tc.Linear(64, 10))
 assert _lin4.weight_packed.nbytes == 10 * 32 and _lin4.weight_scale.nbytes == 10 * 2 * 2
-try:
-    pack_groupwise(_wr, bits=3)
-    raise AssertionError("bits=3 must raise")
-except ValueError:
-    pass
+assert raises(ValueError, pack_groupwise, _wr, bits=3), "bits=3 must raise"
 print("groupwise INT4: OK")
 
 # %% [markdown]
@@ -1274,10 +1217,8 @@ print("groupwise INT4: OK")
 # integer grid but stored as float32), while the float weight is what the optimizer
 # updates. Rounding has zero gradient almost everywhere, so the backward pretends it was
 # the identity: the **straight-through estimator** (STE), `d w_q / d w = 1`. After the
-# fine-tune the float weights are packed for real, exactly as in PTQ.
-#
-# We use it where PTQ hurts: weight-only groupwise quantization at low bits. The
-# notebook fine-tunes `digits_mlp` for a few epochs at 2 bits and compares with PTQ.
+# fine-tune the float weights are packed for real, exactly as in PTQ. We use it where PTQ
+# hurts: weight-only groupwise quantization at low bits (section 5).
 
 # %% nbgrader={"grade": false, "grade_id": "qat", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1384,12 +1325,11 @@ print("fake quantization, STE, prepare/convert: OK")
 # %% [markdown]
 # ## 4. Use it on real models
 #
-# All three reference models, each calibrated on 256 training inputs (for `tiny_gpt`:
-# 4 windows of training text), per-channel, affine activations, min-max observer.
-# Sizes are `model_size_bytes` (real `nbytes`); "weights" (`weight_bytes` from
-# `tinytorch.quantization_utils`) counts only the matmul weight arrays and their scales. `tiny_gpt` keeps its embeddings and
-# LayerNorms in float32 (embedding tables are lookups, not matmuls), so its whole-model
-# ratio is lower than its weight ratio.
+# All three reference models, each calibrated on 256 training inputs (`tiny_gpt`: 4 windows of
+# training text), per-channel, affine activations, min-max observer. Sizes are
+# `model_size_bytes` (real `nbytes`); "weights" (`weight_bytes`) counts only the matmul weight
+# arrays and their scales. `tiny_gpt` keeps its embeddings (lookups, not matmuls) and
+# LayerNorms in float32, so its whole-model ratio is lower than its weight ratio.
 
 # %%
 _digits = datasets.load_digits()
@@ -1430,27 +1370,23 @@ print(f"tiny_gpt validation loss on a {len(_val_ids)}-character prefix of the va
       + ", ".join(f"{k} {v:.4f} (perplexity {np.exp(v):.3f})" for k, v in _loss.items()))
 
 # %% [markdown]
-# The tables above are this run's measurements. Sizes are exact and reproducible: the
-# matmul weights shrink by just under 4x (3.94x for `digits_mlp`: its 394 per-channel
-# float16 scales are the difference from 4; float32 scales would leave 3.88x), the whole digits models by a bit less
-# (biases stay float32), and `tiny_gpt` by 3.35x overall because its embeddings and
-# LayerNorms stay float32. Accuracy is the printed line: the test accuracy of both digits
-# models is within the 0.5-point goal (one test digit is 0.28 points), and the
-# "predictions changed" column shows how many of the 360 answers INT8 changed at all.
-# `tiny_gpt`'s loss moves in the third decimal at INT8. INT4 with groups of 32 costs
-# 4.5 bits per weight (the printed weight ratio is 32 / 4.5 = 7.1x; packed row by row,
-# `digits_cnn`'s convolution rows of 9 and 144 weights would pad to 32 and 160 and leave 6.7x), and, being coarser,
-# moves the loss and the predictions more: compare the INT4 columns above.
+# Sizes are exact and reproducible: the matmul weights shrink by just under 4x (3.94x for
+# `digits_mlp`: its 394 float16 scales are the difference from 4; float32 scales would leave
+# 3.88x), the whole digits models by a bit less (biases stay float32), and `tiny_gpt` by 3.35x
+# overall (embeddings and LayerNorms stay float32). Both digits models' test accuracy is within
+# the 0.5-point goal (one test digit is 0.28 points); "changed" counts the answers INT8 changed
+# at all, and `tiny_gpt`'s loss moves in the third decimal. INT4 with groups of 32 costs 4.5
+# bits per weight (32 / 4.5 = 7.1x; packed row by row, `digits_cnn`'s rows of 9 and 144 weights
+# would pad to 32 and 160 and leave 6.7x) and, being coarser, moves loss and predictions more.
 
 # %% [markdown]
 # ## 5. Systems analysis
 #
 # ### Accuracy: per-tensor vs per-channel, and the four observers
 #
-# Each row is a full `quantize_model` + test accuracy on the 360 test digits. On these
-# small, well-conditioned models every variant lands within a test digit or two of FP32
-# (the rows printed below): 360 digits cannot separate the observers. The SQNR and
-# histogram below are where their differences show.
+# Each row is a full `quantize_model` + test accuracy on the 360 test digits. Every variant
+# lands within a test digit or two of FP32: 360 digits cannot separate the observers; the SQNR
+# and histogram below are where their differences show.
 
 # %%
 _rows = []
@@ -1467,12 +1403,10 @@ for _n, _g, _o, _a in _rows:
 # %% [markdown]
 # ### QAT vs PTQ at low bits
 #
-# At 8 bits PTQ already matches FP32 here, so there is nothing for QAT to recover. At
-# 2 bits per weight (4 levels per group of 32) PTQ breaks the model; a short QAT
-# fine-tune (`finetune_classifier` from `tinytorch.quantization_utils`: Adam, learning rate
-# 1e-3, batches of 64 training digits, the epochs printed)
-# from the trained FP32 weights lets it adapt to the grid. Both end as the same packed
-# 2-bit format; the accuracies below are measured on the test set.
+# At 8 bits PTQ already matches FP32, so QAT has nothing to recover. At 2 bits per weight (4
+# levels per group of 32) PTQ hurts; a short QAT fine-tune from the trained weights
+# (`finetune_classifier`: Adam, learning rate 1e-3, batches of 64 digits, the epochs printed)
+# lets the model adapt to the grid. Both end in the same packed format.
 
 # %%
 _t0 = time.perf_counter()
@@ -1485,19 +1419,18 @@ for _n, _bits, _ep in (("digits_mlp", 2, 3), ("digits_mlp", 4, 2)):
 print(f"QAT fine-tunes took {time.perf_counter() - _t0:.1f} s")
 
 # %% [markdown]
-# Read the two rows printed above. On this machine's run, QAT recovered most of what 2-bit
-# PTQ lost, while at 4 bits, where PTQ was already within a few digits of FP32, the short
-# fine-tune did not beat it (it moved the weights as much as it fixed the rounding). QAT
-# pays off where the rounding error is large compared with what the model can absorb;
+# Read the two rows printed above: QAT recovered most of what 2-bit PTQ lost, while at 4 bits,
+# where PTQ was already within a few digits of FP32, the short fine-tune did not beat it (it moved
+# the weights as much as it fixed the rounding). QAT pays off where the rounding error is large;
 # with 360 test digits, differences of one or two digits (0.28 points each) are noise.
 
 # %% [markdown]
 # ### Which layers are sensitive: SQNR per layer
 #
-# The signal-to-quantization-noise ratio of a layer's output,
-# `SQNR = 10 log10(sum y^2 / sum (y - y_q)^2)` dB, compares the float layer with its
-# quantized version on the same real input (`layer_sqnr` captures it with forward hooks). Each bit is
-# worth about 6 dB; a layer far below the others is the one to keep in higher precision.
+# The signal-to-quantization-noise ratio of a layer's output, `SQNR = 10 log10(sum y^2 / sum
+# (y - y_q)^2)` dB, compares the float layer with its quantized version on the same real input
+# (`layer_sqnr` captures it with forward hooks). Each bit is worth about 6 dB; a layer far
+# below the others is the one to keep in higher precision.
 
 # %%
 _sq = {}
@@ -1566,34 +1499,28 @@ for _n, _x in (("digits_cnn", x_test), ("tiny_gpt", _val_ids[: 2 * _T].reshape(2
 
 # %% [markdown]
 # Read the "ratio to fp32" column: in NumPy, INT8 is at best about as fast as FP32. The
-# multiply-adds still run in float BLAS, as many as FP32 runs, and each layer adds work a float
-# layer does not: it quantizes its input (a divide, a round, a clip) and converts its int8
-# weight to float32 for BLAS on every call. What the layers no longer do is look at the data
-# to decide how to multiply: the float type and `s_x * s_w` were fixed when they were built.
-# The speedups you read about come from hardware integer dot-product instructions (x86 VNNI,
-# ARM `sdot`), 4x more multiply-adds per cycle on int8 than on float32, and from moving a
-# quarter of the bytes. What NumPy *does* show truthfully is the size. The weight-only INT4
-# model unpacks its weights to float32 on every forward (shifts and masks), then runs the
-# plain float matmul.
+# multiply-adds still run in float BLAS, as many as FP32 runs, and each layer adds work: it
+# quantizes its input (a divide, a round, a clip) and converts its int8 weight to float32 on
+# every call (nothing is scanned: the float type and `s_x * s_w` were fixed when it was built).
+# The speedups you read about come from integer dot-product instructions (x86 VNNI, ARM `sdot`),
+# 4x more multiply-adds per cycle on int8 than on float32, on a quarter of the bytes. What NumPy
+# *does* show truthfully is the size. INT4 unpacks its weights to float32 on every forward.
 
 # %% [markdown]
 # ### INT8 where the hardware can use it: your model in ONNX Runtime
 #
-# NumPy has **no int8 GEMM** (section 3 timed its integer matmul against float BLAS), so our
-# layers run float BLAS on integer values. A runtime with int8 kernels does better. ONNX
-# Runtime's x86 int8 GEMM multiplies **uint8 activations by int8 weights (u8s8) and
-# accumulates in int32**: one AVX-512 VNNI instruction, `vpdpbusd`, multiplies 64 byte pairs
-# and adds each group of four into an int32 lane, 64 multiply-adds where an FP32 FMA does 16
-# (AVX2's `vpmaddubsw` + `vpmaddwd` do the same in two steps), on a quarter of the bytes.
+# NumPy has **no int8 GEMM** (section 3 timed its integer matmul), so our layers run float BLAS
+# on integer values. ONNX Runtime's x86 int8 GEMM multiplies **uint8 activations by int8 weights
+# and accumulates in int32**: one AVX-512 VNNI instruction, `vpdpbusd`, does 64 multiply-adds
+# where an FP32 FMA does 16 (AVX2 needs two, `vpmaddubsw` + `vpmaddwd`), on a quarter of the bytes.
 #
-# `tinytorch.deploy.to_onnx` writes your quantized model as an ONNX graph with the `onnx`
-# package's builders: each `QuantizedLinear` becomes `QuantizeLinear` (your `s_x` and
-# `z_x`, shifted by 128 to uint8) -> `MatMulInteger` (your `weight_int8`) -> `Cast` -> `Mul`
-# (`s_x * s_w`) -> `Add` (the bias): the integer sums your `integer_accumulate` computes,
-# now by ONNX Runtime's kernels. Below (`runtime_comparison`), your `digits_mlp` from section 4
-# and one wide layer (1024 -> 4096, quantized by your `quantize_model`) are exported, **checked
-# against your layers first**, then timed with one thread beside the NumPy versions. Without onnx and
-# onnxruntime installed (`pip install -e ".[deploy]"`) the cell says so and skips.
+# `tinytorch.deploy.to_onnx` writes your quantized model as an ONNX graph: each
+# `QuantizedLinear` becomes `QuantizeLinear` (your `s_x`, `z_x`, shifted by 128 to uint8) ->
+# `MatMulInteger` (your `weight_int8`) -> `Cast` -> `Mul` (`s_x * s_w`) -> `Add` (the bias): your
+# `integer_accumulate`, on ONNX Runtime's kernels. `runtime_comparison` exports your `digits_mlp`
+# and one wide layer (1024 -> 4096, quantized by your `quantize_model`), **checks them against
+# your layers first**, then times them with one thread beside the NumPy versions. Without onnx
+# and onnxruntime (`pip install -e ".[deploy]"`) the cell says so and skips.
 
 # %%
 from tinytorch import deploy
@@ -1631,55 +1558,48 @@ if _ort:
     show(fig)
 
 # %% [markdown]
-# Read the two "INT8 speed vs FP32" columns printed above (ONNX Runtime has one thread;
-# NumPy's BLAS uses its default threads, so compare ratios within a runtime, not across).
-# In NumPy the ratio is below 1: for the wide layer at batch 1 most of the INT8 time is the
-# conversion of its 4-million-entry int8 weight to float32, work a float32 weight never needs.
-# In ONNX Runtime the same integers, on its int8 kernels, make the wide layer several times
-# faster than FP32: there the GEMM is nearly all the work. For the small `digits_mlp` the gain
-# is small or absent: a forward of 50,000 multiply-adds takes microseconds, and quantizing each
-# layer's input and rescaling its output cost about what the int8 kernel saves. INT8 pays where
-# matmuls are large. The `digits_mlp` INT8 outputs differ from yours by about one quantization
-# step at most, not by 1e-7 as FP32 does: the runtime sums floats in another order, and a
-# last-bit difference in one layer's output can move an activation of the next layer across a
-# rounding boundary (the argmax still agrees). The full comparison (one thread and all cores,
-# confidence intervals, and `digits_cnn`, whose `ConvInteger` is a slower path in ONNX Runtime
-# than its FP32 `Conv`) is `python -m benchmarks.run onnx`.
+# Read the "INT8 speed vs FP32" columns (ONNX Runtime has one thread, NumPy's BLAS its default
+# threads: compare ratios within a runtime). In NumPy the ratio is below 1: for the wide layer at
+# batch 1 most of the INT8 time is converting its 4-million-entry int8 weight to float32. In ONNX
+# Runtime the same integers make the wide layer several times faster than FP32: there the GEMM
+# is nearly all the work. For the small `digits_mlp` the gain is small or absent: quantizing each
+# layer's input and rescaling its output cost about what the int8 kernel saves on 50,000
+# multiply-adds. INT8 pays where matmuls are large. Its `digits_mlp` INT8 outputs differ from
+# yours by up to about one quantization step (FP32: 1e-7): the runtime sums floats in another
+# order, and a last-bit difference can move the next layer's input across a rounding boundary
+# (the argmax still agrees). The full comparison (all cores too, confidence intervals, and
+# `digits_cnn`, whose `ConvInteger` is a slow path in ONNX Runtime) is `python -m benchmarks.run onnx`.
 
 # %% [markdown]
 # ## 6. Reflection
 #
-# 1. Our activations are quantized per tensor but weights per channel. Why is
-#    per-channel activation quantization awkward for an integer matmul (hint: where would
-#    the per-`k` scale go in `sum_k x[k] w[k]`)? How do LLM.int8() and SmoothQuant deal
-#    with outlier activation channels?
-# 2. `int_matmul` is exact in float32 only up to `K = 1023` for int8 x int8 (514 for a
-#    layer's centered activations). Real int8 kernels accumulate in int32: up to what `K` is
-#    that exact? What would you do for a layer with `K = 2^20`?
-# 3. Which `tiny_gpt` layer had the lowest SQNR? Would you keep it in float, give it
-#    more calibration data, or a different observer? What does PyTorch's
-#    `HistogramObserver` do differently from our MSE search?
-# 4. llama.cpp's Q4_0 stores weights as 4-bit values with one scale per group of 32.
-#    Compute its bytes per weight, and explain why small groups matter more at 4 bits
-#    than at 8.
-# 5. In production, what breaks if the calibration data are not like the serving data
-#    (another language, other image statistics)? How would you detect it from the logs?
-# 6. The exported graph rescales each `MatMulInteger` result to float32 and quantizes it again
-#    at the next layer. ONNX's `QLinearMatMul` instead outputs int8 directly, given an output
-#    scale and zero point. What would you have to calibrate for it, and what would it save
-#    between two layers (count the passes over memory)?
+# 1. Our activations are quantized per tensor but weights per channel. Why is per-channel
+#    activation quantization awkward for an integer matmul (hint: where would the per-`k` scale
+#    go in `sum_k x[k] w[k]`)? How do LLM.int8() and SmoothQuant deal with outlier channels?
+# 2. `int_matmul` is exact in float32 only up to `K = 1023` for int8 x int8 (514 for a layer's
+#    centered activations). Real int8 kernels accumulate in int32: up to what `K` is that
+#    exact? What would you do for a layer with `K = 2^20`?
+# 3. Which `tiny_gpt` layer had the lowest SQNR? Would you keep it in float, give it more
+#    calibration data, or a different observer? What does PyTorch's `HistogramObserver` do
+#    differently from our MSE search?
+# 4. llama.cpp's Q4_0 stores weights as 4-bit values with one scale per group of 32. Compute its
+#    bytes per weight, and explain why small groups matter more at 4 bits than at 8.
+# 5. In production, what breaks if the calibration data are not like the serving data (another
+#    language, other image statistics)? How would you detect it from the logs?
+# 6. The exported graph rescales each `MatMulInteger` result to float32 and quantizes it again at
+#    the next layer. ONNX's `QLinearMatMul` outputs int8 directly, given an output scale and zero
+#    point. What would you have to calibrate for it, and what would it save between two layers
+#    (count the passes over memory)?
 
 # %% [markdown]
 # ## 7. Summary
 #
-# You built affine and symmetric quantization with ONNX's rounding and saturation,
-# per-tensor and per-channel; four calibration observers; an exact integer matmul on
-# float BLAS; `QuantizedLinear` and `QuantizedConv2d` that store real `int8` weights and fix
-# their exact float type and scales once, when built; and
-# `quantize_model`, which calibrates a copy of a trained model and swaps its layers. You
-# measured real bytes (about 4x smaller matmul weights), accuracy on the test digits and
-# `tiny_gpt`'s loss, per-layer SQNR, and an honest latency in which NumPy INT8 is at best as
-# fast as FP32; then you exported the same integers to ONNX, where (with onnxruntime
-# installed) int8 kernels made a wide layer several times faster than its FP32.
-# Next, module 16 removes weights instead of shrinking them: pruning, and sparse storage
-# whose bytes are, again, counted from the arrays.
+# You built affine and symmetric quantization with ONNX's rounding and saturation, per tensor
+# and per channel; four calibration observers; an exact integer matmul on float BLAS;
+# `QuantizedLinear` and `QuantizedConv2d`, which store real `int8` weights and fix their exact
+# float type and scales when built; and `quantize_model`, which calibrates a copy of a trained
+# model and swaps its layers. You measured real bytes (about 4x smaller matmul weights),
+# accuracy and `tiny_gpt`'s loss, per-layer SQNR, and an honest latency (NumPy INT8 at best as
+# fast as FP32, ONNX Runtime's int8 kernels several times faster on a wide layer).
+# Next, module 16 removes weights instead of shrinking them: pruning, and sparse storage whose
+# bytes are, again, counted from the arrays.

@@ -136,3 +136,15 @@ def test_runtime_comparison_checks_onnx_runtime_against_tinytorch():
     assert c["inputs"] == 6 and c["fp32_max_diff"] < 1e-5 and c["int8_argmax_agree"] == 6
     assert sorted(medians) == sorted(("tiny", b, r) for b in (1, 4) for r in RUNTIMES)
     assert all(v > 0 for v in medians.values())
+
+
+def test_raises_reports_only_the_expected_error():
+    from tinytorch.quantization_utils import raises
+
+    def fail(kind, message="bad"):
+        raise kind(message)
+
+    assert raises(ValueError, fail, ValueError) and raises(ValueError, fail, kind=ValueError, message="x")
+    assert not raises(ValueError, lambda: None)
+    with pytest.raises(TypeError):
+        raises(ValueError, fail, TypeError)  # another error is not swallowed
