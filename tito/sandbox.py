@@ -32,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -107,14 +108,27 @@ def _python_roots() -> list[str]:
     return roots
 
 
+def installed_packages(roots: list[str]) -> list[str]:
+    """Copies of tinytorch installed into a Python root (`pip install .`, not `-e`): the reference
+    build, solutions and all. The sandbox covers each with an empty folder."""
+    found = []
+    for root in roots:
+        for pattern in ("lib*/python*/site-packages/tinytorch", "lib*/python*/site-packages/tito"):
+            found += sorted(str(p) for p in Path(root).glob(pattern) if p.is_dir())
+    return found
+
+
 # switch to the sandbox uid, then ask again to be killed when bwrap dies (a change of uid
 # clears the parent-death signal that --die-with-parent set)
 DROP = ("import ctypes, os, sys; u = int(sys.argv[1]); os.setgroups([]); os.setresgid(u, u, u); "
         "os.setresuid(u, u, u); ctypes.CDLL(None).prctl(1, 9, 0, 0, 0); os.execv(sys.argv[2], sys.argv[2:])")
 
 
-def command(bwrap_path: str, connection_fd: int, build_fd: int, work_fd: int, root_fds: dict[str, int],
-            uid: int | None = None, info_fd: int | None = None) -> list[str]:
+KERNEL = [sys.executable, "-m", "ipykernel_launcher", "-f", "/run/kernel.json", "--HistoryManager.hist_file=:memory:"]
+
+
+def command(bwrap_path: str, connection_fd: int | None, build_fd: int, work_fd: int, root_fds: dict[str, int],
+            uid: int | None = None, info_fd: int | None = None, program: list[str] = KERNEL) -> list[str]:
     """The bwrap command line: binds by open file descriptor, so no path of the course is named.
 
     Run by a user, bwrap makes a user namespace (and every other one but the network's).
@@ -155,14 +169,19 @@ def command(bwrap_path: str, connection_fd: int, build_fd: int, work_fd: int, ro
         return out
 
     # /tmp first: a Python installed under /tmp (a virtual environment there) is bound over it
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+    # /dev/shm writable too: multiprocessing keeps its locks and shared arrays there
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
+            "--perms", "1777", "--tmpfs", "/tmp"]
     made.add("/tmp")
     for path, fd in root_fds.items():
         cmd += parents(path) + ["--ro-bind-fd", str(fd), path]
+    for path in installed_packages(list(root_fds)):  # a regular install holds the reference solutions
+        cmd += ["--perms", "0755", "--tmpfs", path]
     cmd += [*parents(BUILD_MOUNT), "--ro-bind-fd", str(build_fd), BUILD_MOUNT,
-            "--bind-fd", str(work_fd), WORK_MOUNT,
-            "--perms", "0755", "--dir", "/run", "--perms", "0644", "--file", str(connection_fd), "/run/kernel.json",
-            "--chdir", WORK_MOUNT]
+            "--bind-fd", str(work_fd), WORK_MOUNT, "--perms", "0755", "--dir", "/run"]
+    if connection_fd is not None:
+        cmd += ["--perms", "0644", "--file", str(connection_fd), "/run/kernel.json"]
+    cmd += ["--chdir", WORK_MOUNT]
     env = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": BUILD_MOUNT,
            "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg", "MPLCONFIGDIR": "/tmp", "LANG": "C.UTF-8",
            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -172,8 +191,7 @@ def command(bwrap_path: str, connection_fd: int, build_fd: int, work_fd: int, ro
     cmd.append("--")
     if uid is not None:
         cmd += [sys.executable, "-I", "-c", DROP, str(uid)]
-    return cmd + [sys.executable, "-m", "ipykernel_launcher", "-f", "/run/kernel.json",
-                  "--HistoryManager.hist_file=:memory:"]
+    return cmd + list(program)
 
 
 def _limit(limits: Limits):
@@ -258,49 +276,57 @@ def kernel_main(argv: list[str]) -> int:
         print("tito.sandbox: bubblewrap (bwrap) cannot make a sandbox here; refusing to run the kernel", file=sys.stderr)
         return 3
     work = Path.cwd()  # nbgrader starts the kernel in the submission's autograded folder
-    module_id = work.name
     notebooks_here = sorted(work.glob("*.ipynb"))
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="tito-sandbox-") as tmp:
         build = Path(tmp) / "build"
         build.mkdir()
         if notebooks_here:
-            _student_package(Path(args.repo), module_id, notebooks_here[0], build)
-        uid = None
-        owner = work.stat()
-        if os.geteuid() == 0:
-            uid = SANDBOX_UID_BASE + os.getpid() % 50_000
-            os.chmod(tmp, 0o755)
-            _chown_tree(work, uid)
-        fds = {}
-        try:
-            connection_fd = os.open(args.connection_file, os.O_RDONLY)
-            build_fd = os.open(build, os.O_PATH | os.O_DIRECTORY)
-            work_fd = os.open(work, os.O_PATH | os.O_DIRECTORY)
-            for root in _python_roots():
-                fds[root] = os.open(root, os.O_PATH | os.O_DIRECTORY)
-            info_read, info_write = os.pipe()
-            cmd = command(path, connection_fd, build_fd, work_fd, fds, uid, info_write)
+            _student_package(Path(args.repo), work.name, notebooks_here[0], build)
+        return run(path, work, build, limits, KERNEL, connection_file=args.connection_file, forward_signals=True)
+
+
+def run(bwrap_path: str, work: Path, build: Path, limits: Limits, program: list[str],
+        connection_file: str | None = None, forward_signals: bool = False) -> int:
+    """Run `program` in the sandbox with `work` as its writable /submission and `build` as its
+    tinytorch; its exit status. Run as root, the program runs as a sandbox uid of its own, and
+    every process of that uid is killed when it ends."""
+    uid = None
+    owner = work.stat()
+    if os.geteuid() == 0:
+        uid = SANDBOX_UID_BASE + os.getpid() % 50_000
+        os.chmod(build.parent, 0o755)
+        _chown_tree(work, uid)
+    fds = {}
+    try:
+        connection_fd = os.open(connection_file, os.O_RDONLY) if connection_file else None
+        build_fd = os.open(build, os.O_PATH | os.O_DIRECTORY)
+        work_fd = os.open(work, os.O_PATH | os.O_DIRECTORY)
+        for root in _python_roots():
+            fds[root] = os.open(root, os.O_PATH | os.O_DIRECTORY)
+        info_read, info_write = os.pipe()
+        cmd = command(bwrap_path, connection_fd, build_fd, work_fd, fds, uid, info_write, program)
+        opened = [fd for fd in (connection_fd, build_fd, work_fd, *fds.values()) if fd is not None]
+        child = []
+        if forward_signals:
             # nbgrader interrupts a cell with SIGINT to our process group; bwrap runs in a group
             # of its own (SIGINT would end it) and we pass the signal on to the kernel alone
-            kernel_pid = []
-            signal.signal(signal.SIGINT, lambda *_: kernel_pid and _signal(kernel_pid[0], signal.SIGINT))
-            proc = subprocess.Popen(cmd, pass_fds=[connection_fd, build_fd, work_fd, info_write, *fds.values()],
-                                    preexec_fn=_limit(limits), cwd="/", process_group=0)
+            signal.signal(signal.SIGINT, lambda *_: child and _signal(child[0], signal.SIGINT))
+        proc = subprocess.Popen(cmd, pass_fds=[info_write, *opened], preexec_fn=_limit(limits), cwd="/",
+                                process_group=0)
+        if forward_signals:
             signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
-            os.close(info_write)
-            for fd in (connection_fd, build_fd, work_fd, *fds.values()):
-                os.close(fd)
-            info = _read_info(info_read)
-            if "child-pid" in info:
-                kernel_pid.append(int(info["child-pid"]))
-            return proc.wait()
-        finally:
-            if uid is not None:
-                _kill_uid(uid)  # whatever the kernel started and left behind
-                if work.is_dir():
-                    _chown_tree(work, owner.st_uid, owner.st_gid)
+        os.close(info_write)
+        for fd in opened:
+            os.close(fd)
+        info = _read_info(info_read)
+        if "child-pid" in info:
+            child.append(int(info["child-pid"]))
+        return proc.wait()
+    finally:
+        if uid is not None:
+            _kill_uid(uid)  # whatever the program started and left behind
+            if work.is_dir():
+                _chown_tree(work, owner.st_uid, owner.st_gid)
 
 
 if __name__ == "__main__":
