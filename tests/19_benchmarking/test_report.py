@@ -101,6 +101,8 @@ def test_an_invalid_scenario_run_makes_the_variant_invalid(report):
     (lambda d: d.update(system=[]), "'system' must be dict"),
     (lambda d: d["variants"][0].pop("scenarios"), "variant 0 ('fp32') is missing required field 'scenarios'"),
     (lambda d: d["variants"][1].update(memory=3), "variant 1 ('int8') field 'memory'"),
+    (lambda d: d["variants"].insert(0, "fp32"), "variant 0 must be an object, got str"),
+    (lambda d: d.update(title=3), "'title' must be str"),
 ])
 def test_bad_reports_are_clear_errors(report, tmp_path, change, words):
     d = json.loads(json.dumps(report.to_dict()))
