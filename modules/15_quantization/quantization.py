@@ -529,6 +529,9 @@ def exact_float_type(k: int, a_max: int, b_max: int):
     """The float type in which every partial sum of a K-term product of integers with
     |a| <= a_max and |b| <= b_max is exact: float32 below 2^24, float64 below 2^53.
 
+    TODO: bound = k * a_max * b_max; float32 if below FLOAT32_EXACT, float64 if below
+    FLOAT64_EXACT, else a ValueError that names the bound.
+
     EXAMPLE:
     >>> exact_float_type(1023, 128, 128).__name__, exact_float_type(1024, 128, 128).__name__
     ('float32', 'float64')
@@ -654,6 +657,17 @@ WEIGHT_MAX = 128        # |q_w| of any int8 weight
 
 def centered_quantize(x, params: QuantParams, ftype=np.float32) -> np.ndarray:
     """quantize(x, params) - zero_point in one pass, as `ftype` values (small exact integers).
+
+    TODO: the quantize formula with the zero point moved into the clip bounds.
+
+    APPROACH:
+    1. z = int(params.zero_point); c = a / np.float64(params.scale) (float64, as quantize
+       divides: the same rounding decisions).
+    2. np.rint, then np.clip to [qmin - z, qmax - z], both in place (out=c).
+    3. Return c as ftype (exact: integers of at most 255 in size).
+
+    HINTS:
+    - clip(v + z, qmin, qmax) - z == clip(v, qmin - z, qmax - z) because z is an integer.
 
     EXAMPLE:
     >>> centered_quantize(np.array([-1.0, 0.0, 0.5, 3.0]), compute_qparams(-1.0, 3.0, "affine", "uint8"))
