@@ -2,6 +2,39 @@
 # Change the source and run `tito export 16_compression`.
 
 
+__all__ = [
+    'PRUNABLE',
+    'prunable_layers',
+    'is_pruned',
+    'effective_weight',
+    'sparsity',
+    'magnitude_mask',
+    'apply_mask',
+    'prune_layer',
+    'prune_global',
+    'prune_model',
+    'remove_masks',
+    'PASS_THROUGH',
+    'unit_norms',
+    'units_to_keep',
+    'prune_structured',
+    'cubic_sparsity',
+    'prune_iteratively',
+    'rewind',
+    'rank_for_energy',
+    'low_rank_linear',
+    'factorize_model',
+    'distillation_loss',
+    'distill',
+    'CSRMatrix',
+    'GAP_MAX',
+    'encode_relative',
+    'decode_relative',
+    'save_compressed',
+    'load_compressed',
+]
+
+
 # %% modules/16_compression/compression.py (cell 9)
 """Compression: magnitude and structured pruning, fine-tuning, low rank, distillation, sparse storage.
 
@@ -78,18 +111,6 @@ def _apply_mask_hook(layer, inputs) -> None:
 def sparsity(model_or_array, include_bias: bool = False) -> float:
     """Fraction of exactly-zero entries, counted from the arrays.
 
-    TODO: collect the arrays, then count their zeros.
-
-    APPROACH:
-    1. A Module: the effective_weight of every layer in prunable_layers(model), plus each
-       layer's bias when include_bias is True (and it has one).
-    2. An ndarray or Tensor: the array itself (a Tensor's is `.data`).
-    3. Return zeros / entries over all the arrays together (a Python float).
-
-    HINTS:
-    - np.count_nonzero counts the non-zeros; size minus that is the zeros.
-    - Count over all arrays together: sparsity is NOT the mean of per-layer sparsities.
-
     EXAMPLE:
     >>> sparsity(np.array([[0.0, 1.0], [0.0, 0.0]]))
     0.75
@@ -116,17 +137,6 @@ def sparsity(model_or_array, include_bias: bool = False) -> float:
 def magnitude_mask(weight, amount: float) -> np.ndarray:
     """A 0/1 float32 mask of weight's shape that zeroes the round(amount * size) smallest |weight|.
 
-    TODO: rank the magnitudes and zero the k smallest.
-
-    APPROACH:
-    1. k = round(amount * size) (amount checked by _check_amount).
-    2. np.argsort(|w|.ravel(), kind="stable")[:k] are the entries to remove.
-    3. A float32 array of ones with those entries set to 0, reshaped like the weight.
-
-    HINTS:
-    - A stable sort makes ties deterministic (the first in memory order goes first).
-    - k = 0 must return all ones.
-
     EXAMPLE:
     >>> magnitude_mask(np.array([[0.5, -0.1, 0.3], [-0.05, 0.8, -0.2]]), 0.5)
     array([[1., 0., 1.],
@@ -143,19 +153,6 @@ def magnitude_mask(weight, amount: float) -> np.ndarray:
 
 def apply_mask(layer, mask) -> None:
     """From now on `layer` computes with weight_orig * mask (combined with any earlier mask).
-
-    TODO: install the mask as torch.nn.utils.prune does.
-
-    APPROACH:
-    1. First time (not is_pruned): layer.weight_orig = layer.weight (the same Parameter),
-       register_buffer("weight_mask", mask), and keep the handle of
-       register_forward_pre_hook(_apply_mask_hook) as layer._mask_hook.
-    2. Already pruned: register_buffer("weight_mask", old_mask * mask).
-    3. Either way call _apply_mask_hook(layer, ()) so layer.weight is current now.
-
-    HINTS:
-    - layer.weight then becomes a plain Tensor (weight_orig * mask), not a Parameter, so
-      named_parameters() lists weight_orig, and state_dict() has weight_orig and weight_mask.
 
     EXAMPLE:
     >>> lin = tc.Linear(3, 2); apply_mask(lin, np.array([[1, 0, 1], [0, 1, 0]]))
@@ -186,13 +183,6 @@ def prune_layer(layer, amount: float) -> None:
 
 def prune_global(model, amount: float) -> None:
     """One magnitude threshold across all Linear/Conv2d weights of `model`.
-
-    TODO: rank all weights of the model together, then give each layer its part of the mask.
-
-    APPROACH:
-    1. The effective weights of prunable_layers(model); concatenate them flattened.
-    2. magnitude_mask of that long vector with `amount`.
-    3. Cut the long mask back into the layers' shapes (in the same order) and apply_mask each.
 
     EXAMPLE:
     >>> m = tc.Sequential(tc.Linear(4, 4), tc.Linear(4, 2)); prune_global(m, 0.5); sparsity(m)
@@ -229,20 +219,10 @@ def remove_masks(model):
     """Bake every mask in: weight = weight_orig * mask as a plain Parameter (the same object as
     weight_orig), and remove weight_orig, the buffer and the hook. Returns the model.
 
-    TODO: for every pruned layer, undo what apply_mask installed.
-
-    APPROACH:
-    1. weight = layer.weight_orig; weight.data = weight.data * layer.weight_mask.
-    2. Remove the hook (layer._mask_hook.remove()), the buffer and the two attributes.
-    3. layer.weight = weight: a Parameter again, and the same object an optimizer holds.
-
     EXAMPLE:
     >>> m = remove_masks(prune_model(tc.Sequential(tc.Linear(4, 4)), 0.5))
     >>> sorted(n for n, _ in m.named_parameters()), sparsity(m)
     (['0.bias', '0.weight'], 0.5)
-
-    HINTS:
-    - handle.remove() unregisters a hook; `del layer._buffers["weight_mask"]`, `del layer.weight_orig`.
     """
     _check_model(model, "remove_masks")
     for _, layer in prunable_layers(model):
@@ -299,22 +279,6 @@ def prune_structured(model, amount: float, norm: int = 1, layers=None):
     output units (rows / filters, with their biases) of smallest L1/L2 norm, and the next
     Linear/Conv2d loses the matching inputs. `layers`: names (indices in the Sequential) to
     shrink; default every Linear/Conv2d but the last (the logits keep their size).
-
-    TODO: copy the model, then for each (layer, next layer) pair cut rows and columns.
-
-    APPROACH:
-    1. small = copy.deepcopy(model); remove_masks(small); chain = _chain(small).
-    2. First, for every chosen layer, keep = units_to_keep(layer, amount, norm): each layer's
-       units are ranked by its own full weights, before anything is cut.
-    3. Then for each consecutive pair (layer, nxt) with layer chosen:
-       layer.weight = Parameter(weight[keep]); the same for its bias.
-       nxt.weight = Parameter(nxt.weight[:, cols]) with cols = keep, except Conv2d -> Linear
-       (a Flatten between): hw = nxt.in_features // layer.out_channels and cols are the
-       blocks keep * hw + [0 .. hw-1].
-    4. Update out_features / out_channels of the layer and in_features / in_channels of nxt.
-
-    HINTS:
-    - Copy the sliced arrays (`.copy()`): fancy indexing already copies, but be explicit.
 
     EXAMPLE:
     >>> small = prune_structured(models.load("digits_mlp"), 0.5)
@@ -380,18 +344,6 @@ def prune_iteratively(model, x, y, final_sparsity: float, epochs: int, prune_epo
                       prune_every: int = 10, scope: str = "global", lr: float = 1e-3, batch_size: int = 64,
                       seed: int = 0, loss_fn=None):
     """Gradual magnitude pruning while fine-tuning `model` in place; returns it (masks on).
-
-    TODO: prune on the cubic schedule from inside the training loop.
-
-    APPROACH:
-    1. total = prune_epochs * steps_per_epoch (steps_per_epoch = ceil(len(x) / batch_size);
-       prune_epochs defaults to epochs - 1, at least 1).
-    2. One Adam over model.parameters(); on_step(step): when step <= total and
-       (step % prune_every == 0 or step == total), prune_model(model, cubic_sparsity(step,
-       total, final_sparsity), scope).
-    3. train_epochs(..., optimizer=..., loss_fn=loss_fn, on_step=on_step).
-    4. Finally prune_model(model, final_sparsity, scope): exactly the final sparsity, even if
-       training stopped before the schedule ended.
     """
     final_sparsity = _check_amount(final_sparsity, "final_sparsity")
     if scope not in ("global", "layer"):
@@ -419,14 +371,6 @@ def rewind(model, initial_state: dict):
     """Lottery-ticket rewind: every parameter back to its value in `initial_state` (a state_dict
     taken before training; a pruned layer's weight_orig takes the entry 'NAME.weight' or
     'NAME.weight_orig'), masks kept. Returns the model.
-
-    TODO: copy the initial values into the parameters, then refresh the masked weights.
-
-    APPROACH:
-    1. For each (name, p) of model.named_parameters(): key = name, or for 'X.weight_orig'
-       not in the state, 'X.weight'. Missing key or wrong shape: ValueError naming it.
-    2. p.data = a float copy of initial_state[key] (assign .data: the Parameter object stays).
-    3. Call _apply_mask_hook(layer, ()) for every pruned layer, so layer.weight is current.
 
     EXAMPLE:
     >>> net = models.build("digits_mlp"); init = net.state_dict()
@@ -474,17 +418,6 @@ def rank_for_energy(singular_values, energy: float) -> int:
 def low_rank_linear(linear, rank: int | None = None, energy: float | None = None):
     """Sequential(Linear(in, r, bias=False), Linear(r, out)) from the truncated SVD of the
     layer's weight: r * (in + out) weights instead of in * out. Give `rank` or `energy`.
-
-    TODO: SVD, choose r, split the singular values between the two factors.
-
-    APPROACH:
-    1. u, s, vt = np.linalg.svd(W in float64, full_matrices=False); r = rank or rank_for_energy(s, energy).
-    2. first = Linear(in, r, bias=False) with weight sqrt(s[:r])[:, None] * vt[:r]   (r, in).
-    3. second = Linear(r, out) with weight u[:, :r] * sqrt(s[:r])   (out, r), and the old bias.
-    4. Return Sequential(first, second) (weights as float32 Parameters).
-
-    HINTS:
-    - Use effective_weight(linear): a pruned layer factorizes what it computes with.
 
     EXAMPLE:
     >>> f = low_rank_linear(tc.Linear(12, 7), rank=2); [m.weight.shape for m in f]
@@ -538,13 +471,6 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * cross_entropy(s, labels).
 
     The T^2 keeps the soft term's gradients the same size as the hard term's when T changes.
-
-    TODO: the KL term from Tensor operations, then the weighted sum.
-
-    APPROACH:
-    1. p = F.softmax(Tensor(t / T)).data (a constant); log_q = F.log_softmax(s * (1 / T)).
-    2. kl = ((log p - log_q) * p).sum(axis=-1).mean()  (log p from np.log, clipped away from 0).
-    3. Return kl * (alpha * T^2) + F.cross_entropy(s, labels) * (1 - alpha).
 
     EXAMPLE:
     >>> z = np.array([[2.0, 0.0, -1.0]], np.float32)
@@ -619,14 +545,6 @@ class CSRMatrix:
 
     def __matmul__(self, b) -> np.ndarray:
         """self @ b for a dense 2-D b: one gather, one multiply, one segmented sum.
-
-        TODO: products = b[indices] * data[:, None]; sum each row's segment of products.
-
-        HINTS:
-        - np.add.reduceat(products, starts, axis=0) sums products[starts[j]:starts[j+1]];
-          pass only the starts of non-empty rows (np.flatnonzero(np.diff(indptr))) and
-          write the sums into those rows of a zero output.
-        - to_dense: np.repeat(np.arange(rows), np.diff(indptr)) is the row of each non-zero.
         """
         b = np.asarray(b)
         if b.ndim != 2 or b.shape[0] != self.shape[1]:
@@ -681,21 +599,6 @@ def decode_relative(values, gaps, shape) -> np.ndarray:
 
 def save_compressed(model, path, values: str = "int8") -> Path:
     """Write `model` as <path>.npz + <path>.json (see above); returns the .npz path.
-
-    TODO: encode every Linear/Conv2d weight sparsely, the rest densely, and write both files.
-
-    APPROACH:
-    1. For each (name, p) of model.named_parameters() (a pruned layer's 'X.weight_orig' is
-       stored as 'X.weight', its effective_weight):
-       - a Linear/Conv2d weight: if values == 'int8', params = tensor_qparams(w, 'symmetric',
-         'int8'), store the scale, w = quantize(w, params); then v, g = encode_relative(w);
-         append them; index entry {name, shape, encoding 'sparse-int8' or 'sparse-float32',
-         offset, count, scale_index (int8 only)};
-       - anything else: float32 .ravel() into `dense`; entry {name, shape, 'dense-float32',
-         offset, count}.
-    2. The four arrays {values (int8 or float32), gaps (uint8), scales (float32), dense
-       (float32)}, each the concatenation over the tensors (an empty array if none), and
-       return write_compressed(path, arrays, architecture, index).
     """
     _check_model(model, "save_compressed")
     if values not in ("int8", "float32"):
@@ -736,8 +639,6 @@ def save_compressed(model, path, values: str = "int8") -> Path:
 
 def load_compressed(path):
     """The model saved by save_compressed, as an ordinary dense model in eval mode.
-
-    TODO: read both files, rebuild the architecture, decode each tensor, load the state.
 
     APPROACH (given: the index `info` and the `arrays`, read and checked by read_compressed):
     1. model = build_model(info["architecture"]).

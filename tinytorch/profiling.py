@@ -2,6 +2,24 @@
 # Change the source and run `tito export 14_profiling`.
 
 
+__all__ = [
+    'FLOPS_PER_ELEMENT',
+    'ATTENTION_FLOPS_PER_SCORE',
+    'count_parameters',
+    'parameter_bytes',
+    'layer_flops',
+    'count_flops',
+    'latency_stats',
+    'measure_latency',
+    'measure_memory',
+    'measure_machine',
+    'roofline',
+    'counter_delta_uj',
+    'EnergyMeter',
+    'Profiler',
+]
+
+
 # %% modules/14_profiling/profiling.py (cell 9)
 """Profiling: parameters, FLOPs/MACs, memory, latency and the roofline, per layer.
 
@@ -45,17 +63,6 @@ ATTENTION_FLOPS_PER_SCORE = 2 + FLOPS_PER_ELEMENT["Softmax"]
 def count_parameters(model) -> ParameterCount:
     """Count the parameter elements of `model`: (total, trainable).
 
-    TODO: walk the model's parameters once each and add up their sizes.
-
-    APPROACH:
-    1. `model.named_parameters()` yields (name, Parameter) pairs, each array once.
-    2. Add `p.size` to the total; add it to `trainable` too when `p.requires_grad`.
-    3. Return ParameterCount(total, trainable) with Python ints.
-
-    HINTS:
-    - Do not use `model.state_dict()`: it copies every array.
-    - A Parameter is a Tensor: `.size` is its number of elements.
-
     EXAMPLE:
     >>> count_parameters(tc.Linear(3, 2))
     ParameterCount(total=8, trainable=8)
@@ -72,15 +79,6 @@ def count_parameters(model) -> ParameterCount:
 # %% modules/14_profiling/profiling.py (cell 14)
 def parameter_bytes(model, include_buffers: bool = True) -> int:
     """Bytes of the arrays `model` stores: parameters, plus buffers unless include_buffers=False.
-
-    TODO: add up `nbytes` of every parameter array (and every buffer).
-
-    APPROACH:
-    1. `model.named_parameters()`: add `p.data.nbytes` for each.
-    2. If include_buffers: `model.named_buffers()` yields (name, ndarray); add `.nbytes`.
-
-    HINTS:
-    - `nbytes` already knows the dtype: never multiply by 4 yourself.
 
     EXAMPLE:
     >>> parameter_bytes(tc.Linear(3, 2))     # 8 float32 numbers
@@ -100,28 +98,6 @@ def layer_flops(module, input_shapes, output_shape):
     input_shapes: the shapes of the array inputs of the call (a list of tuples);
     output_shape: the shape of its output. Counts include the batch dimensions.
     FLOPs = 2 * MACs + element-wise FLOPs (bias adds, activations, ...).
-
-    TODO: implement the table of section 2 for Linear, Conv2d, MultiHeadAttention,
-    ReLU, GELU, Softmax, LayerNorm, MaxPool2d, TransformerBlock, GPT; return (0, 0) for
-    Embedding, Flatten, Dropout, Sequential, ModuleList, MLP; None for anything else.
-
-    APPROACH:
-    1. x = input_shapes[0]; out = the number of output elements (math.prod(output_shape)).
-    2. Linear: MACs = (elements of x) * out_features; FLOPs = 2*MACs + out if it has a bias.
-    3. Conv2d: MACs = out * in_channels * kh * kw; FLOPs = 2*MACs + out if it has a bias.
-    4. MultiHeadAttention: x = (B, T, C); MACs = 2 * B*H*T*T*D (QK^T and AV);
-       FLOPs = 2*MACs + ATTENTION_FLOPS_PER_SCORE * B*H*T*T.
-    5. ReLU/GELU/Softmax/LayerNorm: (0, FLOPS_PER_ELEMENT[type name] * out).
-    6. MaxPool2d: (0, (kh*kw - 1) * out). TransformerBlock: (0, 2 * out).
-       GPT: x = (B, T) token ids; (0, B * T * embed_dim).
-
-    HINTS:
-    - Use isinstance (a subclass of Linear is still a Linear) and test the specific
-      classes before the general ones.
-    - Python ints (math.prod) never overflow; np.prod of a big shape can.
-    - Module attributes you need: Linear.out_features, .bias; Conv2d.in_channels,
-      .kernel_size (kh, kw); MultiHeadAttention.num_heads, .head_dim;
-      MaxPool2d.kernel_size; GPT.config.embed_dim.
 
     EXAMPLE:
     >>> layer_flops(tc.Linear(3, 2), [(4, 3)], (4, 2))
@@ -167,37 +143,6 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
     example_input: what the model takes (a tuple is passed as several arguments).
     rules: optional {ModuleClass: fn(module, input_shapes, output_shape) -> (macs, flops)}
            used before layer_flops (subclasses match too).
-
-    TODO: hook every module, run the forward without recording a graph, build the rows,
-    and remove every hook you added, even if the forward raises.
-
-    APPROACH:
-    1. modules = list(model.named_modules()); calls = {id(module): [] for _, module in modules}.
-       ONE hook, registered once with tc.register_module_forward_hook (it sees every module
-       call in this thread), appends (input shapes, output shape, bytes in + out) to
-       calls[id(module)]; a module not in `calls` belongs to another model: skip it. It runs
-       inside the forward, so it only writes down; everything else is done once, after.
-    2. `with tc.no_grad(): model(*args)` inside try: ... finally: handle.remove().
-    3. Then one pass over `modules` (named_modules() order), skipping those never called:
-       each call's cost is the first rule whose class is in type(module).__mro__, else
-       layer_flops; sum them (the first call gives the shapes). A cost of None adds 0 and
-       marks the module unknown: an unknown leaf (a module without children) has
-       counted=False; an unknown container only called its children, so it is counted
-       (at 0). Bytes add the own parameters once per call.
-    4. Return FlopReport(type(model).__name__, rows); warn (warnings.warn) naming the
-       uncounted layers, if any.
-
-    HINTS:
-    - An input or output may be a Tensor (its array is .data), an ndarray, or something
-      else (a Python int, a tuple): keep the shapes of the arrays; nbytes_of(x) sums the
-      arrays inside a tuple.
-    - Keep shapes, not arrays: holding every activation until the end costs memory and
-      time (NumPy can no longer reuse the freed buffers).
-    - Own parameters: own_parameters(module); their bytes are p.data.nbytes, once per call.
-    - is_leaf(module) tells a leaf (no child modules).
-    - The hook's cost is the profiler's overhead: tiny_gpt has 67 modules, so every
-      microsecond in the hook or the bookkeeping is 67 us per count. One registration
-      instead of 67 (and 67 removals) is part of that.
 
     EXAMPLE:
     >>> r = count_flops(tc.Sequential(tc.Linear(3, 2), tc.ReLU()), np.ones((4, 3), np.float32))
@@ -275,25 +220,6 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
 def latency_stats(samples, confidence: float = 0.95) -> LatencyStats:
     """Median, mean, std, p90, p99 and a confidence interval of the median of `samples` (seconds).
 
-    TODO: compute the statistics and the order-statistic interval of the median.
-
-    APPROACH:
-    1. x = sorted float64 copy of the samples; n = len(x).
-    2. median, p90, p99 with np.percentile (linear interpolation); mean; std with ddof=1
-       (0.0 when n == 1); min and max.
-    3. The interval [x(d+1), x(n-d)] (1-based) covers the median with probability
-       1 - 2 * P(B <= d), B ~ Binomial(n, 1/2), P(B <= d) = sum(comb(n, i), i <= d) / 2**n.
-       Take the largest d < n/2 whose coverage is >= confidence; if even d = 0 falls
-       short, use d = 0 (min, max) and report its coverage.
-    4. Return LatencyStats(...) with Python floats (samples: the array in the ORIGINAL order).
-
-    HINTS:
-    - Keep the binomial sums as exact ints (2**n overflows a float for n > 1023) and grow
-      them one term at a time: comb(n, d + 1) = comb(n, d) * (n - d) // (d + 1). Recomputing
-      every sum from scratch is quadratic and takes minutes for n = 5000.
-    - fractions.Fraction(confidence) is the exact value of the float confidence.
-    - In 0-based indexing the interval is (x[d], x[n - 1 - d]).
-
     EXAMPLE:
     >>> s = latency_stats([3, 1, 2, 5, 4, 6, 8, 7, 10, 9])
     >>> s.median, s.p90, (s.ci_low, s.ci_high), round(s.ci_coverage, 4)
@@ -335,17 +261,6 @@ def measure_latency(fn, *args, warmup: int = 3, repeats: int = 30, confidence: f
                     clock: Callable[[], float] = time.perf_counter, **kwargs) -> LatencyStats:
     """Time `fn(*args, **kwargs)`: `warmup` untimed calls, then `repeats` timed ones; return their stats.
 
-    TODO: run the warm-up calls, then time each repeat with `clock`, and summarize.
-
-    APPROACH:
-    1. Call fn(*args, **kwargs) `warmup` times; do not read the clock.
-    2. For each repeat: start = clock(); fn(...); samples.append(clock() - start).
-    3. Return latency_stats(samples, confidence).
-
-    HINTS:
-    - Read the clock exactly twice per timed call and never during warm-up: the tests
-      count the clock reads.
-
     EXAMPLE:
     >>> stats = measure_latency(np.sort, np.random.rand(1000), warmup=2, repeats=20)
     >>> stats.n
@@ -371,24 +286,6 @@ def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> Memor
 
     fn_or_model: a Module (called on example_input, under no_grad unless grad=True) or
     any callable (called on example_input, or with no argument when it is None).
-
-    TODO: take the baseline, run the call once with tracemalloc on, read the peak.
-
-    APPROACH:
-    1. Build `call`: for a Module, model(*args) inside `tc.no_grad()` unless grad.
-       parameter_bytes(model) for a Module, else 0.
-    2. gc.collect(); rss_before = psutil.Process().memory_info().rss.
-    3. Start tracemalloc if it is not already tracing (remember whether you did);
-       baseline = tracemalloc.get_traced_memory()[0]; tracemalloc.reset_peak().
-    4. output = call(); current, peak = tracemalloc.get_traced_memory().
-    5. Stop tracemalloc if you started it; rss_after.
-    6. MemoryReport(param bytes, peak - baseline, current - baseline, nbytes_of(output),
-       rss_after - rss_before).
-
-    HINTS:
-    - Keep `output` alive until you have read the numbers, or its bytes vanish from
-      `retained`.
-    - A tuple example_input is passed as several arguments.
 
     EXAMPLE:
     >>> measure_memory(lambda: np.ones(10**6).sum()).peak_bytes >= 8 * 10**6
@@ -430,19 +327,6 @@ def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> Memor
 def measure_machine(matmul_size: int = 1024, copy_megabytes: int = 64, repeats: int = 5) -> MachinePeaks:
     """Measure this machine's peak matmul FLOP/s and memory bandwidth with NumPy.
 
-    TODO: time a float32 matmul of two (n, n) matrices and a float32 array copy.
-
-    APPROACH:
-    1. a, b = random float32 (n, n); out = np.empty((n, n), float32); one untimed
-       np.matmul(a, b, out=out); then the best of `repeats` timed runs;
-       peak = 2 * n**3 / best.
-    2. src = float32 array of copy_megabytes MiB, dst = np.empty_like(src); one untimed
-       np.copyto(dst, src); best of `repeats`; bandwidth = 2 * src.nbytes / best.
-
-    HINTS:
-    - Writing into a preallocated `out` / `dst` keeps allocation out of the timing.
-    - time.perf_counter() is the clock.
-
     EXAMPLE:
     >>> peaks = measure_machine(256, 16, repeats=3)
     >>> peaks.peak_flops > 0 and peaks.bandwidth > 0
@@ -476,18 +360,6 @@ def measure_machine(matmul_size: int = 1024, copy_megabytes: int = 64, repeats: 
 def roofline(report, peak_flops: float, bandwidth: float) -> list:
     """One RooflinePoint per row of `report` with flops > 0 and bytes > 0, in row order.
 
-    TODO: compute each row's arithmetic intensity, its attainable FLOP/s, and its bound.
-
-    APPROACH:
-    1. ridge = peak_flops / bandwidth.
-    2. For each row with flops > 0 and bytes > 0: intensity = flops / bytes;
-       attainable = min(peak_flops, intensity * bandwidth);
-       bound = "compute" if intensity >= ridge else "memory".
-
-    HINTS:
-    - Rows with no arithmetic (Embedding, Flatten, containers) have no place on a
-      roofline: skip them.
-
     EXAMPLE:
     >>> pts = roofline(count_flops(tc.Linear(64, 64), np.ones((32, 64), np.float32)), 1e11, 1e10)
     >>> pts[0].bound, round(pts[0].intensity, 2)
@@ -513,15 +385,6 @@ def roofline(report, peak_flops: float, bandwidth: float) -> list:
 # %% modules/14_profiling/profiling.py (cell 38)
 def counter_delta_uj(before: int, after: int, max_energy_range_uj: int) -> int:
     """Microjoules between two readings of one energy_uj counter that wraps at max_energy_range_uj.
-
-    TODO: the difference, or, when the counter went down, the difference across one wrap.
-
-    APPROACH:
-    1. after >= before: after - before.
-    2. otherwise it wrapped once: after + max_energy_range_uj - before.
-
-    HINTS:
-    - A reading above max_energy_range_uj cannot come from that counter: ValueError.
 
     EXAMPLE:
     >>> counter_delta_uj(900, 150, 1000)
@@ -550,19 +413,6 @@ class EnergyMeter(EnergyCounters):
 
     def since(self, start: EnergySample, calls: int = 1) -> EnergyReading:
         """The energy from `start` to now, spread over `calls` calls.
-
-        TODO: take a new sample; measured: sum each zone's counter_delta_uj (in J);
-        estimated: CPU seconds x watts_per_core.
-
-        APPROACH:
-        1. end = self.sample().
-        2. If self.zones: joules = sum(counter_delta_uj(b, a, zone.max_energy_range_uj)
-           for each zone and its two readings) / 1e6.
-        3. Else: joules = (end.cpu_s - start.cpu_s) * self.watts_per_core.
-        4. Return EnergyReading(joules, calls, wall seconds, cpu seconds, self.source).
-
-        HINTS:
-        - zip(self.zones, start.counters_uj, end.counters_uj) pairs each zone with its readings.
 
         EXAMPLE:
         >>> m = EnergyMeter(root="/nonexistent", watts_per_core=10)
@@ -606,29 +456,6 @@ class Profiler:
 
     def time_layers(self, example_input, warmup: int = 1, repeats: int = 5) -> dict:
         """{name: LayerTime} from `repeats` forwards (after `warmup`) with timing hooks on every module.
-
-        TODO: a pre-hook pushes (name, clock(), 0.0) on a call stack; a post-hook pops it,
-        computes the module's inclusive time and its self time (inclusive minus the time of
-        the calls made inside it), and adds its inclusive time to its caller's child time.
-        Medians over the timed forwards.
-
-        APPROACH:
-        1. modules = list(model.named_modules()); per forward, dicts name -> inclusive
-           seconds, name -> self seconds, name -> calls; one call stack (a list).
-        2. pre(module, inputs): stack.append([name, clock(), 0.0]).
-           post(module, inputs, output): name, start, inside = stack.pop();
-           spent = clock() - start; inclusive[name] += spent; own[name] += spent - inside;
-           if stack: stack[-1][2] += spent.
-        3. Register both hooks on every module; run warmup + repeats forwards under
-           no_grad, keeping the dicts of the timed ones; remove all handles in `finally:`.
-        4. Return {name: LayerTime(name, type, calls, median inclusive, median self)} for the
-           modules that ran, in named_modules() order.
-
-        HINTS:
-        - Use the call stack, not the module tree: a container may call a grandchild
-          directly (GPT calls blocks.0 without calling the ModuleList `blocks`), and the
-          caller is who should lose that time from its self time.
-        - Hooks must return None (a returned value would replace the inputs/output).
 
         EXAMPLE:
         >>> times = Profiler(tc.Sequential(tc.Linear(3, 2))).time_layers(np.ones((4, 3), np.float32))
@@ -685,18 +512,6 @@ class Profiler:
         """Latency of loss.backward() alone: each repeat runs an untimed forward that records the graph.
 
         loss_fn(output) -> scalar Tensor; default output.sum(). Gradients are restored afterwards.
-
-        TODO: forward (graph on), loss, time only loss.backward(); restore every .grad.
-
-        APPROACH:
-        1. saved = [(p, p.grad) for p in model.parameters()].
-        2. For warmup + repeats: out = model(*args); loss = loss_fn(out); check that loss
-           is a Tensor of size 1 that requires grad (else ValueError); start = clock();
-           loss.backward(); keep clock() - start for the timed repeats.
-        3. finally: put each p.grad back. Return latency_stats(samples).
-
-        HINTS:
-        - Do not run forward under no_grad here: backward needs the recorded graph.
 
         EXAMPLE:
         >>> Profiler(tc.Linear(3, 2)).time_backward(np.ones((4, 3), np.float32), repeats=3).n
