@@ -110,6 +110,7 @@ def compute_qparams(rmin, rmax, scheme: str = "symmetric", dtype: str = "int8", 
         scale = np.maximum(np.abs(lo0), np.abs(hi0)) / 127.0
     scale = np.where(constant, np.abs(lo), scale)
     scale = np.where(scale == 0, 1.0, scale)
+    scale = np.maximum(scale, np.finfo(np.float32).smallest_subnormal)  # no float32 scale underflows to 0
     if scheme == "affine":
         zero = np.clip(np.rint(qmin - lo0 / scale), qmin, qmax)
     else:

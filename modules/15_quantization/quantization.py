@@ -167,7 +167,8 @@ def compute_qparams(rmin, rmax, scheme: str = "symmetric", dtype: str = "int8", 
     1. Widen the range to contain 0: rmin = min(rmin, 0), rmax = max(rmax, 0).
     2. affine: s = (rmax - rmin) / (qmax - qmin); symmetric: s = max(|rmin|, |rmax|) / 127.
     3. Edge cases: where rmax == rmin == 0 use s = 1; where the ORIGINAL range is one
-       constant c != 0 use s = |c| (c then round-trips exactly).
+       constant c != 0 use s = |c| (c then round-trips exactly); s is at least the smallest
+       float32 (a range of subnormals must not get scale 0).
     4. affine: z = clip(round(qmin - rmin / s), qmin, qmax); symmetric: z = 0.
     5. Return QuantParams with float32 scale and int32 zero_point of the same shape.
 
@@ -198,6 +199,7 @@ def compute_qparams(rmin, rmax, scheme: str = "symmetric", dtype: str = "int8", 
         scale = np.maximum(np.abs(lo0), np.abs(hi0)) / 127.0
     scale = np.where(constant, np.abs(lo), scale)
     scale = np.where(scale == 0, 1.0, scale)
+    scale = np.maximum(scale, np.finfo(np.float32).smallest_subnormal)  # no float32 scale underflows to 0
     if scheme == "affine":
         zero = np.clip(np.rint(qmin - lo0 / scale), qmin, qmax)
     else:

@@ -27,3 +27,17 @@ def test_per_channel_constant_and_zero_rows():
     p = compute_qparams(np.array([2.0, 0.0, -3.0]), np.array([2.0, 0.0, -3.0]), "symmetric", axis=0)
     check(p.scale.tolist() == [2.0, 1.0, 3.0], "per channel: a constant row gets |c|, an all-zero row scale 1",
           on="rows constant 2, 0, -3", expected=[2.0, 1.0, 3.0], got=p.scale.tolist())
+
+
+def test_a_range_of_subnormals_gets_a_nonzero_float32_scale():
+    # [0, 1e-45]: range / 255 is below the smallest float32, which as a float32 scale would be 0
+    # (and quantize would divide by zero: NaN cast to int8)
+    x = np.array([1e-45, 0.0], np.float32)
+    for scheme_dtype in SCHEMES:
+        p = compute_qparams(float(x.min()), float(x.max()), *scheme_dtype)
+        check(float(p.scale) > 0, "the scale is at least the smallest float32", on=f"range [0, 1e-45], {scheme_dtype}",
+              expected="> 0", got=float(p.scale))
+        big = float(p.scale) * 600
+        check(quantize(np.array([big, 0.0]), p).tolist() == [p.qmax, int(p.zero_point)],
+              "far above the range saturates, 0 is the zero point", on=f"{scheme_dtype}",
+              expected=[p.qmax, int(p.zero_point)], got=quantize(np.array([big, 0.0]), p).tolist())
