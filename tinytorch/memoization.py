@@ -2,6 +2,22 @@
 # Change the source and run `tito export 17_memoization`.
 
 
+__all__ = [
+    'layer_norm',
+    'merge_heads',
+    'cache_bytes',
+    'KVCache',
+    'cached_attention',
+    'check_forward',
+    'forward_cached',
+    'prefill',
+    'decode_step',
+    'generate_cached',
+    'generate_cached_batch',
+    'PagedKVCache',
+]
+
+
 # %% modules/17_memoization/memoization.py (cell 9)
 """Memoization: a KV-cache for GPT generation.
 
@@ -82,15 +98,6 @@ def cache_bytes(num_layers: int, batch_size: int, num_heads: int, max_len: int, 
                 dtype=np.float32) -> int:
     """Bytes of a KV-cache: K and V for every layer, row, head, position and head dimension.
 
-    TODO: return 2 * num_layers * batch_size * num_heads * max_len * head_dim * itemsize.
-
-    APPROACH:
-    1. The factor 2 counts K and V.
-    2. itemsize comes from the dtype: np.dtype(dtype).itemsize.
-
-    HINTS:
-    - Return a Python int (sizes of big models overflow nothing in Python).
-
     EXAMPLE:
     >>> cache_bytes(4, 1, 4, 256, 32)   # tiny_gpt, one sequence, full context, float32
     1048576
@@ -121,9 +128,6 @@ class KVCache:
         """TODO: store the sizes, allocate self.k and self.v (lists of num_layers zero arrays of
         shape (batch_size, num_heads, max_len, head_dim) and dtype), and a length per layer and
         row: self._filled, int64 zeros of shape (num_layers, batch_size).
-
-        HINTS:
-        - np.zeros allocates; the memory is really there (nbytes counts it).
         """
         for name, value in dict(num_layers=num_layers, batch_size=batch_size, num_heads=num_heads,
                                 max_len=max_len, head_dim=head_dim).items():
@@ -207,23 +211,6 @@ class KVCache:
 
     def append(self, layer: int, k: np.ndarray, v: np.ndarray, rows=None) -> None:
         """Write k, v (n, num_heads, T, head_dim) at each listed row's current length in `layer`.
-
-        TODO: check everything first (nothing is written when a check fails), then write all
-        rows in one indexed assignment and advance this layer's lengths of those rows by T.
-
-        APPROACH:
-        1. The given self._check_append validates layer, rows, the shapes (n, num_heads, T,
-           head_dim) and the layer order (layer 0 may start a new step only when every layer
-           has caught up for those rows; layer l > 0 must be exactly T behind layer l - 1).
-        3. Overflow: start = self._filled[layer, rows]; if any start + T > max_len raise a
-           ValueError naming the row, its length, T and max_len.
-        4. positions = start[:, None] + np.arange(T), shape (n, T). Then
-           self.k[layer][rows[:, None], :, positions] has shape (n, T, H, D): assign
-           k.transpose(0, 2, 1, 3) to it (same for v), and add T to self._filled[layer, rows].
-
-        HINTS:
-        - Two index arrays separated by a slice put their broadcast shape (n, T) FIRST in the
-          result: that is why the data is transposed to (n, T, H, D).
         """
         layer, rows, k, v, start, t = self._check_append(layer, k, v, rows)
         over = start + t > self.max_len
@@ -239,8 +226,6 @@ class KVCache:
     def get(self, layer: int, row: int) -> tuple[np.ndarray, np.ndarray]:
         """The valid keys and values of one row in one layer: two (num_heads, length, head_dim)
         views into the buffers (do not write into them).
-
-        TODO: slice the row's first self._filled[layer, row] positions out of k[layer], v[layer].
         """
         layer = check_int(layer, "layer", 0, self.num_layers - 1)
         if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
@@ -252,9 +237,6 @@ class KVCache:
 
     def reset(self, rows=None) -> None:
         """Forget the listed rows (all rows when None): their lengths go back to 0 in every layer.
-
-        TODO: set self._filled[:, rows] to 0. The buffers keep their stale values: they sit past
-        each row's length, where attention never looks.
         """
         rows = self._rows(rows)
         self._filled[:, rows] = 0
@@ -278,27 +260,6 @@ def cached_attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, query_
 
     q: (n, H, T, D) new queries; keys, values: (n, H, S, D) cached entries (positions 0..S-1);
     query_positions: (n, T) int, each query's position in its row (< S). Returns (n, H, T, D).
-
-    TODO: scores, the mask, a numerically stable softmax over the keys, the weighted sum.
-
-    APPROACH:
-    1. scores = q @ keys.swapaxes(-1, -2), shape (n, H, T, S); then scores *= 1 / sqrt(D).
-       (Multiply by the reciprocal, as MultiHeadAttention does, so the float32 results match it.)
-    2. hidden = np.arange(S) > query_positions[:, None, :, None]  -> (n, 1, T, S).
-    3. np.copyto(scores, -np.inf, where=hidden); then, in place: subtract the row max, exp,
-       divide by the row sum.
-    4. Return scores @ values (the scores are the weights now).
-
-    HINTS:
-    - Every query sees at least key 0, so no row of the softmax is all -inf.
-    - Scale with a Python float (math.sqrt), not np.sqrt(D): a NumPy float64 scalar turns float32
-      scores into float64 (NumPy 2's promotion rules), and everything after it runs in float64,
-      about 3x slower here.
-    - Stale values beyond a row's length may be anything finite; the mask must make their
-      weight exactly 0 (exp(-inf) = 0).
-    - In place (`*=`, `-=`, `np.exp(scores, out=scores)`, `/=`) gives the same floats as new
-      arrays, without allocating and filling a fresh (n, H, T, S) array at every step. For a
-      decode step over 128 rows this made the whole step about 6% faster here (an A/B run).
 
     EXAMPLE (section 2's worked example):
     >>> q = np.array([2.0]).reshape(1, 1, 1, 1)
@@ -357,24 +318,6 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     """Run new tokens (n, T) of the listed rows through `model`, each row continuing at its own
     cached length; append their keys and values to the cache; return the logits of each row's
     last new position, shape (n, vocab_size), float32.
-
-    TODO: embeddings at the right positions, then per layer: ln1, q/k/v, append, attention over
-    the cache, out_proj, residual, MLP, residual. Then ln_f and lm_head on the last position.
-
-    APPROACH:
-    1. positions = cache.lengths[rows][:, None] + np.arange(T)  (read BEFORE appending).
-    2. x = model.tok_emb.weight.data[tokens] + model.pos_emb.weight.data[positions].
-    3. For each layer, block = model.blocks[layer]: h = layer_norm(x, block.ln1);
-       q, k, v = (_split_heads(_linear(h, p), H) for p in (attn.q_proj, attn.k_proj, attn.v_proj));
-       cache.append(layer, k, v, rows); S = (positions[:, -1] + 1).max();
-       keys, values = cache.gather(layer, rows, S) (given: the layer's buffers of those rows);
-       x = x + _linear(merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj);
-       x = x + _linear(gelu_array(_linear(layer_norm(x, block.ln2), mlp.fc)), mlp.proj).
-    4. Return _linear(layer_norm(x[:, -1], model.ln_f), model.lm_head).
-
-    HINTS:
-    - The given check_forward validates the cache, shapes, rows and the context length first.
-    - _split_heads returns a transposed view; that is fine for append and for matmul.
 
     EXAMPLE:
     >>> cache = KVCache.for_model(gpt, batch_size=2)
@@ -444,21 +387,6 @@ def generate_cached(model, prompt, max_new_tokens: int, temperature: float = 0.0
     """The `max_new_tokens` new tokens (int64 array) that model.generate(prompt, ...) appends,
     computed with a KV-cache. temperature=0 (the default here) is greedy.
 
-    TODO: prefill the prompt (its last context_length tokens), then loop: sample a token from the
-    logits with sample_next, store it, and (except after the last one) run one decode_step.
-
-    APPROACH:
-    1. ctx = model.config.context_length; rng = np.random.default_rng(seed).
-    2. cache = KVCache.for_model(model, 1, max_len=min(ctx, len(prompt) + max_new_tokens - 1)).
-    3. logits = prefill(model, cache, prompt[-ctx:], 0).
-    4. For i in range(max_new_tokens): new[i] = sample_next(logits[None], temperature, top_k, rng)[0];
-       stop after the last; if the row is full (cache.lengths[0] == cache.max_len) reset it and
-       prefill the last ctx tokens of prompt + new[:i + 1]; else logits = decode_step(...)[0].
-
-    HINTS:
-    - sample_next wants logits of shape (B, vocab) and returns (B,) ids.
-    - The full-row case only happens when the sequence passes the context length.
-
     EXAMPLE:
     >>> prompt = tok.encode("def ")
     >>> np.array_equal(generate_cached(gpt, prompt, 20), gpt.generate(prompt, 20, temperature=0)[len(prompt):])
@@ -493,20 +421,6 @@ def generate_cached_batch(model, prompts, max_new_tokens: int, temperature: floa
     """Generate `max_new_tokens` for each of several prompts (1-D int arrays, any lengths) with one
     cache of one row per prompt and batched decode steps. Returns one int64 array per prompt;
     with greedy decoding each equals generate_cached on that prompt alone.
-
-    TODO: prefill every prompt into its row, then each step sample one token per row and run one
-    decode_step over all rows (rows past the context are re-prefilled, as in generate_cached).
-
-    APPROACH:
-    1. cache = KVCache.for_model(model, len(prompts), max_len=min(ctx, longest + max_new_tokens - 1)).
-    2. logits = np.stack([prefill(model, cache, p[-ctx:], i) for i, p in enumerate(prompts)]).
-    3. Each step: nxt = sample_next(logits, temperature, top_k, rng); out[:, step] = nxt; stop after
-       the last; rows that are not full: logits[go] = decode_step(model, cache, nxt[go], go);
-       full rows: reset and prefill their slid window.
-
-    HINTS:
-    - Find the full rows (cache.lengths == cache.max_len) BEFORE the decode step: a row that the
-      step fills is not full yet for this step.
 
     EXAMPLE:
     >>> outs = generate_cached_batch(gpt, [tok.encode("import "), tok.encode("x")], 10)
