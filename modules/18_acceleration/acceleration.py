@@ -22,11 +22,14 @@
 # |---|---|
 # | `matmul_intensity`, `batch_sweep` | why a batch of 64 costs far less than 64 batches of 1, measured |
 # | `DynamicBatcher` | groups concurrent requests under a latency bound, one batched call, one future per caller |
-# | (given, `tinytorch.serving`) | a JSON server on 127.0.0.1 in front of your batcher, and a load generator |
 # | `FusedQKV`, `bias_gelu`, `softmax`, `fused_attention` | operator fusion in NumPy terms: fewer matmuls, fewer temporaries |
 # | `FusedDecoder` | module 17's cached forward with the weights laid out once and a fused attention step |
 # | `generate_static`, `generate_continuous` | batched generation on module 17's KV-cache; requests join and leave at every step |
 # | `generate_parallel` | one continuous batch per worker (thread or process): both cores decode at once |
+#
+# Given, as hand-written library code you can read: `tinytorch/serving.py` (the worker thread
+# under your batcher, a JSON server on 127.0.0.1 in front of it, a client and a load
+# generator) and `tinytorch/parallel.py` (`fork_map`, the forked worker processes).
 #
 # Prerequisites: module 14 (`tinytorch.profiling`: latency, FLOPs, roofline) and module 17
 # (`tinytorch.memoization`: the KV-cache with `prefill` / `decode_step`). Time: about 3 hours.
