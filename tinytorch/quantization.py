@@ -20,7 +20,9 @@ __all__ = [
     'int_matmul',
     'ACT_CENTERED_MAX',
     'WEIGHT_MAX',
+    'F32_BLOCK',
     'centered_quantize',
+    'exact_matmul',
     'QuantizedLinear',
     'QuantizedConv2d',
     'QUANTIZABLE',
@@ -352,6 +354,7 @@ def _scale_array(scale) -> np.ndarray:
 
 ACT_CENTERED_MAX = 255  # |q_x - z_x| of any 8-bit activation (uint8 with z = 0, int8 with z = -128)
 WEIGHT_MAX = 128        # |q_w| of any int8 weight
+F32_BLOCK = (FLOAT32_EXACT - 1) // (ACT_CENTERED_MAX * WEIGHT_MAX)  # 514: K whose sums float32 holds exactly
 
 
 def centered_quantize(x, params: QuantParams, ftype=np.float32) -> np.ndarray:
@@ -369,6 +372,24 @@ def centered_quantize(x, params: QuantParams, ftype=np.float32) -> np.ndarray:
     np.rint(c, out=c)
     np.clip(c, float(params.qmin - z), float(params.qmax - z), out=c)
     return c.astype(ftype, copy=False)
+
+
+def exact_matmul(xc: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """xc (rows, K) @ w (N, K)^T for float32 arrays of centered activations and int8 weight values,
+    exactly: float32 BLAS on blocks of F32_BLOCK inputs (each block's sums < 2^24), the blocks'
+    sums added in float64 when there is more than one. Returns float32 (K <= 514) or float64.
+
+    EXAMPLE:
+    >>> exact_matmul(np.full((1, 600), 255, np.float32), np.full((1, 600), -128, np.float32))
+    array([[-19584000.]])
+    """
+    k = xc.shape[-1]
+    if k <= F32_BLOCK:
+        return xc @ w.T
+    out = np.zeros((xc.shape[0], w.shape[0]), np.float64)
+    for k0 in range(0, k, F32_BLOCK):
+        out += xc[:, k0:k0 + F32_BLOCK] @ w[:, k0:k0 + F32_BLOCK].T
+    return out
 
 
 class QuantizedLinear(tc.Module):
@@ -394,7 +415,6 @@ class QuantizedLinear(tc.Module):
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
         # fixed when the layer is built, as an int8 runtime prepares a layer when it loads it:
-        self.acc_type = exact_float_type(self.in_features, ACT_CENTERED_MAX, WEIGHT_MAX)  # holds every sum exactly
         self.output_scale = np.float32(act_params.scale) * self.weight_scale.astype(np.float32)  # s_x * s_w
 
     @classmethod
@@ -411,17 +431,18 @@ class QuantizedLinear(tc.Module):
         return QuantParams(s, np.zeros(s.shape, np.int32), "int8", None if s.ndim == 0 else 0, "symmetric")
 
     def accumulate(self, x) -> np.ndarray:
-        """The exact integer sums (q_x - z_x) @ W_int8^T for input x, as self.acc_type floats."""
+        """The exact integer sums (q_x - z_x) @ W_int8^T for input x, as floats (exact_matmul)."""
         a = np.asarray(x.data if isinstance(x, tc.Tensor) else x)
         if a.ndim == 0 or a.shape[-1] != self.in_features:
             raise ValueError(f"QuantizedLinear expects last dimension {self.in_features}, got shape {a.shape}")
-        xc = centered_quantize(a, self.act_params, self.acc_type)
-        acc = xc.reshape(-1, self.in_features) @ self.weight_int8.astype(self.acc_type).T
+        xc = centered_quantize(a, self.act_params)
+        acc = exact_matmul(xc.reshape(-1, self.in_features), self.weight_int8.astype(np.float32))
         return acc.reshape(*a.shape[:-1], self.out_features)
 
     def integer_accumulate(self, x) -> np.ndarray:
         """accumulate(x) as integers (int32 when float32 held them): what ONNX MatMulInteger returns."""
-        return self.accumulate(x).astype(np.int32 if self.acc_type is np.float32 else np.int64)
+        acc = self.accumulate(x)
+        return acc.astype(np.int32 if acc.dtype == np.float32 else np.int64)
 
     def forward(self, x) -> tc.Tensor:
         y = self.accumulate(x)  # a fresh array: rescale it in place
@@ -459,7 +480,6 @@ class QuantizedConv2d(tc.Module):
         self.register_buffer("weight_scale", _scale_array(weight_scale))
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
-        self.acc_type = exact_float_type(int(np.prod(weight_int8.shape[1:])), ACT_CENTERED_MAX, WEIGHT_MAX)
         self.output_scale = np.float32(act_params.scale) * self.weight_scale.astype(np.float32)
 
     @classmethod
@@ -475,18 +495,19 @@ class QuantizedConv2d(tc.Module):
         return QuantParams(s, np.zeros(s.shape, np.int32), "int8", None if s.ndim == 0 else 0, "symmetric")
 
     def accumulate(self, x) -> np.ndarray:
-        """The exact integer sums as self.acc_type floats, shape (N, OH, OW, OC)."""
+        """The exact integer sums as floats (exact_matmul), shape (N, OH, OW, OC)."""
         a = np.asarray(x.data if isinstance(x, tc.Tensor) else x)
         if a.ndim != 4 or a.shape[1] != self.in_channels:
             raise ValueError(f"QuantizedConv2d expects input (N, {self.in_channels}, H, W), got shape {a.shape}")
-        xc = centered_quantize(a, self.act_params, self.acc_type)
+        xc = centered_quantize(a, self.act_params)
         cols = F.im2col(xc, *self.kernel_size, self.stride, self.padding)
-        w = self.weight_int8.reshape(self.out_channels, -1).astype(self.acc_type)
-        return (cols.reshape(-1, w.shape[1]) @ w.T).reshape(*cols.shape[:3], self.out_channels)
+        w = self.weight_int8.reshape(self.out_channels, -1).astype(np.float32)
+        return exact_matmul(cols.reshape(-1, w.shape[1]), w).reshape(*cols.shape[:3], self.out_channels)
 
     def integer_accumulate(self, x) -> np.ndarray:
         """accumulate(x) as integers (int32 when float32 held them): what ONNX ConvInteger returns, (N, OH, OW, OC)."""
-        return self.accumulate(x).astype(np.int32 if self.acc_type is np.float32 else np.int64)
+        acc = self.accumulate(x)
+        return acc.astype(np.int32 if acc.dtype == np.float32 else np.int64)
 
     def forward(self, x) -> tc.Tensor:
         y = self.accumulate(x)  # a fresh array: rescale it in place

@@ -23,7 +23,7 @@
 # | `QuantParams`, `compute_qparams`, `quantize`, `dequantize` | affine and symmetric, int8/uint8, per-tensor and per-channel |
 # | `MinMaxObserver`, `MovingAverageMinMaxObserver`, `PercentileObserver`, `MSEObserver` | choose the activation range from real calibration batches |
 # | `exact_float_type`, `int_matmul` | exact integer matrix products at float BLAS speed |
-# | `centered_quantize`, `QuantizedLinear`, `QuantizedConv2d` | layers that hold an `int8` weight array and its scales, nothing else |
+# | `centered_quantize`, `exact_matmul`, `QuantizedLinear`, `QuantizedConv2d` | layers that hold an `int8` weight array and its scales, nothing else |
 # | `quantize_model`, `model_size_bytes` | a quantized copy of a trained model, and its real size |
 #
 # Prerequisites: module 14 (`tinytorch.profiling`: sizes, FLOPs, latency). Time: about 3 hours.
@@ -619,11 +619,12 @@ print("int_matmul: OK")
 # 1. `x_c = q_x - z_x` in one pass, `centered_quantize`: `z_x` is an integer, so
 #    `clip(rint(x / s_x) + z_x, qmin, qmax) - z_x = clip(rint(x / s_x), qmin - z_x, qmax - z_x)`,
 #    the same integers `quantize(x) - z_x` gives, with no int8 array and no subtraction between;
-# 2. `acc = x_c @ q_w^T`, float BLAS on integer values as in `int_matmul`, exact. The bound is
-#    known when the layer is built, so nothing is scanned per call: `|x_c| <= 255` for any 8-bit
-#    activation and `|q_w| <= 128` for int8, and `K * 255 * 128 < 2^24` (`K <= 514`, every layer
-#    of our models) means float32. `integer_accumulate(x)` returns these sums as int32, what an
-#    int8 kernel (ONNX `MatMulInteger`) outputs;
+# 2. `acc = x_c @ q_w^T`, float32 BLAS on integer values as in `int_matmul`, exact. The bound is
+#    known without looking at the data, so nothing is scanned per call: `|x_c| <= 255` for any
+#    8-bit activation and `|q_w| <= 128` for int8, so `K * 255 * 128 < 2^24` for `K <= 514`
+#    (every layer of our models); a longer `K` is done in blocks of 514 whose exact sums are added
+#    in float64 (`exact_matmul`). `integer_accumulate(x)` returns the sums as int32, what an int8
+#    kernel (ONNX `MatMulInteger`) outputs;
 # 3. `y = acc * (s_x * s_w) + bias`: one float32 multiply-add per output, `s_x * s_w` computed
 #    once when the layer is built.
 #
@@ -655,6 +656,7 @@ def _scale_array(scale) -> np.ndarray:
 
 ACT_CENTERED_MAX = 255  # |q_x - z_x| of any 8-bit activation (uint8 with z = 0, int8 with z = -128)
 WEIGHT_MAX = 128        # |q_w| of any int8 weight
+F32_BLOCK = (FLOAT32_EXACT - 1) // (ACT_CENTERED_MAX * WEIGHT_MAX)  # 514: K whose sums float32 holds exactly
 
 
 def centered_quantize(x, params: QuantParams, ftype=np.float32) -> np.ndarray:
@@ -687,6 +689,26 @@ def centered_quantize(x, params: QuantParams, ftype=np.float32) -> np.ndarray:
     ### END SOLUTION
 
 
+def exact_matmul(xc: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """xc (rows, K) @ w (N, K)^T for float32 arrays of centered activations and int8 weight values,
+    exactly: float32 BLAS on blocks of F32_BLOCK inputs (each block's sums < 2^24), the blocks'
+    sums added in float64 when there is more than one. Returns float32 (K <= 514) or float64.
+
+    EXAMPLE:
+    >>> exact_matmul(np.full((1, 600), 255, np.float32), np.full((1, 600), -128, np.float32))
+    array([[-19584000.]])
+    """
+    ### BEGIN SOLUTION
+    k = xc.shape[-1]
+    if k <= F32_BLOCK:
+        return xc @ w.T
+    out = np.zeros((xc.shape[0], w.shape[0]), np.float64)
+    for k0 in range(0, k, F32_BLOCK):
+        out += xc[:, k0:k0 + F32_BLOCK] @ w[:, k0:k0 + F32_BLOCK].T
+    return out
+    ### END SOLUTION
+
+
 class QuantizedLinear(tc.Module):
     """y = (centered_quantize(x) @ W_int8^T) * (s_x * s_w) + b, holding only an int8 weight + scales;
     built with `QuantizedLinear.from_float(linear, act_params, per_channel=True)`.
@@ -696,14 +718,14 @@ class QuantizedLinear(tc.Module):
 
     APPROACH:
     1. from_float: p = _weight_params(w, per_channel); cls(quantize(w, p), p.scale, a copy of the bias, act_params).
-    2. accumulate: x_c = centered_quantize(x, self.act_params, self.acc_type); fold the leading
-       dimensions into one (rows, K) matrix, multiply by weight_int8.astype(acc_type).T, unfold.
+    2. accumulate: x_c = centered_quantize(x, self.act_params); fold the leading dimensions into
+       one (rows, K) matrix, exact_matmul with weight_int8.astype(np.float32), unfold.
     3. forward: acc * self.output_scale + bias, as float32; return a Tensor.
 
     HINTS:
-    - __init__ fixed self.acc_type from the bound K * 255 * 128 (exact_float_type), so nothing is
-      scanned at run time, and self.output_scale = s_x * s_w, shape (out,) or (): it broadcasts
-      over the last axis of acc.
+    - The bound K * 255 * 128 is known without looking at the data, so nothing is scanned at run
+      time; __init__ fixed self.output_scale = s_x * s_w, shape (out,) or (): it broadcasts over
+      the last axis of acc.
 
     EXAMPLE:
     >>> q = QuantizedLinear.from_float(tc.Linear(4, 2), compute_qparams(-1.0, 1.0))
@@ -724,7 +746,6 @@ class QuantizedLinear(tc.Module):
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
         # fixed when the layer is built, as an int8 runtime prepares a layer when it loads it:
-        self.acc_type = exact_float_type(self.in_features, ACT_CENTERED_MAX, WEIGHT_MAX)  # holds every sum exactly
         self.output_scale = np.float32(act_params.scale) * self.weight_scale.astype(np.float32)  # s_x * s_w
 
     @classmethod
@@ -743,19 +764,20 @@ class QuantizedLinear(tc.Module):
         return QuantParams(s, np.zeros(s.shape, np.int32), "int8", None if s.ndim == 0 else 0, "symmetric")
 
     def accumulate(self, x) -> np.ndarray:
-        """The exact integer sums (q_x - z_x) @ W_int8^T for input x, as self.acc_type floats."""
+        """The exact integer sums (q_x - z_x) @ W_int8^T for input x, as floats (exact_matmul)."""
         a = np.asarray(x.data if isinstance(x, tc.Tensor) else x)
         if a.ndim == 0 or a.shape[-1] != self.in_features:
             raise ValueError(f"QuantizedLinear expects last dimension {self.in_features}, got shape {a.shape}")
         ### BEGIN SOLUTION
-        xc = centered_quantize(a, self.act_params, self.acc_type)
-        acc = xc.reshape(-1, self.in_features) @ self.weight_int8.astype(self.acc_type).T
+        xc = centered_quantize(a, self.act_params)
+        acc = exact_matmul(xc.reshape(-1, self.in_features), self.weight_int8.astype(np.float32))
         return acc.reshape(*a.shape[:-1], self.out_features)
         ### END SOLUTION
 
     def integer_accumulate(self, x) -> np.ndarray:
         """accumulate(x) as integers (int32 when float32 held them): what ONNX MatMulInteger returns."""
-        return self.accumulate(x).astype(np.int32 if self.acc_type is np.float32 else np.int64)
+        acc = self.accumulate(x)
+        return acc.astype(np.int32 if acc.dtype == np.float32 else np.int64)
 
     def forward(self, x) -> tc.Tensor:
         ### BEGIN SOLUTION
@@ -818,9 +840,9 @@ class QuantizedConv2d(tc.Module):
     TODO: from_float as QuantizedLinear's; accumulate puts im2col between quantizing and multiplying.
 
     APPROACH:
-    1. accumulate: x_c = centered_quantize(x, act_params, acc_type) (zero padding is then exact);
-       cols = F.im2col(x_c, kh, kw, stride, padding) (N, OH, OW, C*kh*kw); one matrix product
-       of the (rows, C*kh*kw) cols and the (OC, C*kh*kw) weight in acc_type, transposed.
+    1. accumulate: x_c = centered_quantize(x, act_params) (zero padding is then exact);
+       cols = F.im2col(x_c, kh, kw, stride, padding) (N, OH, OW, C*kh*kw); exact_matmul of
+       the (rows, C*kh*kw) cols and the (OC, C*kh*kw) weight as float32.
     2. forward: rescale and add the bias as QuantizedLinear does, transpose to (N, OC, OH, OW).
 
     EXAMPLE:
@@ -843,7 +865,6 @@ class QuantizedConv2d(tc.Module):
         self.register_buffer("weight_scale", _scale_array(weight_scale))
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
-        self.acc_type = exact_float_type(int(np.prod(weight_int8.shape[1:])), ACT_CENTERED_MAX, WEIGHT_MAX)
         self.output_scale = np.float32(act_params.scale) * self.weight_scale.astype(np.float32)
 
     @classmethod
@@ -861,20 +882,21 @@ class QuantizedConv2d(tc.Module):
         return QuantParams(s, np.zeros(s.shape, np.int32), "int8", None if s.ndim == 0 else 0, "symmetric")
 
     def accumulate(self, x) -> np.ndarray:
-        """The exact integer sums as self.acc_type floats, shape (N, OH, OW, OC)."""
+        """The exact integer sums as floats (exact_matmul), shape (N, OH, OW, OC)."""
         a = np.asarray(x.data if isinstance(x, tc.Tensor) else x)
         if a.ndim != 4 or a.shape[1] != self.in_channels:
             raise ValueError(f"QuantizedConv2d expects input (N, {self.in_channels}, H, W), got shape {a.shape}")
         ### BEGIN SOLUTION
-        xc = centered_quantize(a, self.act_params, self.acc_type)
+        xc = centered_quantize(a, self.act_params)
         cols = F.im2col(xc, *self.kernel_size, self.stride, self.padding)
-        w = self.weight_int8.reshape(self.out_channels, -1).astype(self.acc_type)
-        return (cols.reshape(-1, w.shape[1]) @ w.T).reshape(*cols.shape[:3], self.out_channels)
+        w = self.weight_int8.reshape(self.out_channels, -1).astype(np.float32)
+        return exact_matmul(cols.reshape(-1, w.shape[1]), w).reshape(*cols.shape[:3], self.out_channels)
         ### END SOLUTION
 
     def integer_accumulate(self, x) -> np.ndarray:
         """accumulate(x) as integers (int32 when float32 held them): what ONNX ConvInteger returns, (N, OH, OW, OC)."""
-        return self.accumulate(x).astype(np.int32 if self.acc_type is np.float32 else np.int64)
+        acc = self.accumulate(x)
+        return acc.astype(np.int32 if acc.dtype == np.float32 else np.int64)
 
     def forward(self, x) -> tc.Tensor:
         ### BEGIN SOLUTION
@@ -1517,7 +1539,7 @@ for _n, _x in (("digits_cnn", x_test), ("tiny_gpt", _val_ids[: 2 * _T].reshape(2
 # Read the "ratio to fp32" column: in NumPy, INT8 is at best about as fast as FP32. The
 # multiply-adds still run in float BLAS, as many as FP32 runs, and each layer adds work: it
 # quantizes its input (a divide, a round, a clip) and converts its int8 weight to float32 on
-# every call (nothing is scanned: the float type and `s_x * s_w` were fixed when it was built).
+# every call (nothing is scanned: the bound comes from the dtypes, `s_x * s_w` was fixed when built).
 # The speedups you read about come from integer dot-product instructions (x86 VNNI, ARM `sdot`),
 # 4x more multiply-adds per cycle on int8 than on float32, on a quarter of the bytes. What NumPy
 # *does* show truthfully is the size. INT4 unpacks its weights to float32 on every forward.
@@ -1612,8 +1634,8 @@ if _ort:
 #
 # You built affine and symmetric quantization with ONNX's rounding and saturation, per tensor
 # and per channel; four calibration observers; an exact integer matmul on float BLAS;
-# `QuantizedLinear` and `QuantizedConv2d`, which store real `int8` weights and fix their exact
-# float type and scales when built; and `quantize_model`, which calibrates a copy of a trained
+# `QuantizedLinear` and `QuantizedConv2d`, which store real `int8` weights and multiply them
+# exactly in float32 blocks; and `quantize_model`, which calibrates a copy of a trained
 # model and swaps its layers. You measured real bytes (about 4x smaller matmul weights),
 # accuracy and `tiny_gpt`'s loss, per-layer SQNR, and an honest latency (NumPy INT8 at best as
 # fast as FP32, ONNX Runtime's int8 kernels several times faster on a wide layer).
