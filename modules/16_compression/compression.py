@@ -49,6 +49,7 @@ from tinytorch import datasets, models
 from tinytorch.core.serialization import save_checkpoint
 from tinytorch.models.evaluate import accuracy, lm_loss
 from tinytorch.profiling import count_flops, count_parameters, measure_latency
+from tinytorch.quantization_utils import raises  # raises(Error, fn, *args): did fn(*args) raise Error?
 
 
 _tmp = Path(tempfile.mkdtemp(prefix="tinytorch16_"))
@@ -266,11 +267,7 @@ _s[0].bias.data[:] = 0.0                         # 2 zero biases
 assert sparsity(_s) == 6 / 8                      # pooled over the layers, not the mean of 1.0 and 0.0
 assert sparsity(_s, include_bias=True) == 8 / 11  # + biases: 2 + 1 more entries, 2 of them zero
 for _bad in ([1, 2], "model"):
-    try:
-        sparsity(_bad)
-        raise AssertionError("a list or a string must raise TypeError")
-    except TypeError:
-        pass
+    assert raises(TypeError, sparsity, _bad), "a list or a string must raise TypeError"
 print("sparsity: OK")
 
 # %% [markdown]
@@ -479,11 +476,7 @@ remove_masks(_g)
 assert not is_pruned(_g[0]) and isinstance(_g[0].weight, tc.Parameter) and "0.weight_orig" not in _g.state_dict()
 assert np.array_equal(_g(_xg).data, _y0) and abs(sparsity(_g) - 0.6) < 1e-9
 for _bad in (1.0, -0.1, 1.5):
-    try:
-        prune_model(_g, _bad)
-        raise AssertionError(f"amount {_bad} must raise ValueError")
-    except ValueError:
-        pass
+    assert raises(ValueError, prune_model, _g, _bad), f"amount {_bad} must raise ValueError"
 ### BEGIN HIDDEN TESTS
 for _w, _amt in ((np.ones(10), 0.3), (np.array([2.0, -1.0, 1.0, 1.0, -1.0, 3.0]), 0.5)):  # ties at the threshold
     _mk = magnitude_mask(_w, _amt)
@@ -636,11 +629,8 @@ for _name in ("digits_mlp", "digits_cnn"):
     assert all(np.prod(s) < np.prod(b) for s, b in zip(_shapes, _big_shapes)), (_shapes, _big_shapes)
     assert _shapes[-1][0] == 10 and count_parameters(_small).total < count_parameters(_big).total
 assert [m.weight.shape for m in prune_structured(models.load("digits_cnn"), 0.5) if isinstance(m, tc.Linear)][0] == (32, 64)  # 16 channels x 2x2 in
-try:
-    prune_structured(models.load("digits_mlp"), 0.5, layers=["9"])
-    raise AssertionError("an unknown layer must raise ValueError")
-except ValueError:
-    pass
+assert raises(ValueError, prune_structured, models.load("digits_mlp"), 0.5, layers=["9"]), \
+    "an unknown layer must raise ValueError"
 ### BEGIN HIDDEN TESTS
 _lh = tc.Linear(2, 4)
 _lh.weight.data[:] = [[0.1, 0.1], [1.0, -1.0], [0.0, 0.2], [-2.0, 2.0]]  # L1 norms 0.2, 2, 0.2, 4
@@ -907,18 +897,11 @@ _r2 = low_rank_linear(_lin, rank=2)
 _w2 = _r2[1].weight.data.astype(np.float64) @ _r2[0].weight.data
 assert abs(np.linalg.norm(_lin.weight.data - _w2) - np.sqrt((_s[2:] ** 2).sum())) < 1e-4
 for _bad in (dict(rank=0), dict(rank=8), dict(), dict(rank=2, energy=0.9), dict(energy=0.0)):
-    try:
-        low_rank_linear(_lin, **_bad)
-        raise AssertionError(f"{_bad} must raise ValueError")
-    except ValueError:
-        pass
+    assert raises(ValueError, low_rank_linear, _lin, **_bad), f"{_bad} must raise ValueError"
 _fm = factorize_model(models.load("digits_mlp"), 0.5)
 assert isinstance(_fm[1], tc.Sequential) and count_parameters(_fm).total < count_parameters(models.load("digits_mlp")).total
-try:
-    factorize_model(models.load("digits_mlp"), 0.9, layers=["2"])   # a ReLU, not a Linear
-    raise AssertionError("a layer that is not a Linear must raise ValueError")
-except ValueError:
-    pass
+assert raises(ValueError, factorize_model, models.load("digits_mlp"), 0.9, layers=["2"]), \
+    "a layer that is not a Linear (layer 2 is a ReLU) must raise ValueError"
 print("rank_for_energy, low_rank_linear, factorize_model: OK")
 
 # %% [markdown]
@@ -1094,11 +1077,7 @@ for _shape, _density in (((30, 20), 0.1), ((5, 40), 0.0), ((16, 16), 1.0), ((64,
     _b = _rng.standard_normal((_shape[1], 9)).astype(np.float32)
     assert _cs.nnz == np.count_nonzero(_a) and np.array_equal(_cs.to_dense(), _a)
     np.testing.assert_allclose(_cs @ _b, _a @ _b, rtol=1e-5, atol=1e-5)
-try:
-    _cs @ np.ones((3, 2))
-    raise AssertionError("a shape mismatch must raise ValueError")
-except ValueError:
-    pass
+assert raises(ValueError, lambda: _cs @ np.ones((3, 2))), "a shape mismatch must raise ValueError"
 print("CSRMatrix: OK")
 
 # %% [markdown]
@@ -1289,11 +1268,7 @@ assert file_bytes(_f8) < _fp32_file.stat().st_size / 8, (file_bytes(_f8), _fp32_
 _bad = _tmp / "bad"
 _bad.with_suffix(".json").write_text('{"format": "something else"}')
 np.savez(_bad.with_suffix(".npz"), x=np.zeros(1))
-try:
-    load_compressed(_bad)
-    raise AssertionError("a foreign file must raise ValueError")
-except ValueError:
-    pass
+assert raises(ValueError, load_compressed, _bad), "a foreign file must raise ValueError"
 ### BEGIN HIDDEN TESTS
 for _pos in (254, 255, 256, 510, 511, 765):  # gaps at and around the one-byte boundary (255)
     _b = np.zeros(800, np.int8)
