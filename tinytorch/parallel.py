@@ -8,6 +8,9 @@ safe to use in a forked child, and Windows cannot fork.
 
     >>> fork_map(lambda x: x * x, [1, 2, 3]) if can_fork() else [1, 4, 9]
     [1, 4, 9]
+
+read_rate measures what a second core adds to reading memory (the bound on a decode step that
+reads a large KV-cache): each array summed in its own thread, all at once.
 """
 
 from __future__ import annotations
@@ -17,10 +20,16 @@ import multiprocessing.connection
 import pickle
 import signal
 import sys
+import threading
+import time
 import traceback
 from typing import Callable
 
-__all__ = ["RemoteTraceback", "can_fork", "fork_map"]
+import numpy as np
+
+from tinytorch.core.checks import check_int
+
+__all__ = ["RemoteTraceback", "can_fork", "fork_map", "read_rate"]
 
 
 def can_fork() -> bool:
@@ -132,3 +141,26 @@ def fork_map(fn: Callable, items: list) -> list:
                 if worker.is_alive():    # the call failed early or was interrupted: stop the rest
                     worker.terminate()
                 worker.join()
+
+
+def read_rate(arrays, repeats: int = 3, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Bytes per second of summing each array in its own thread, all threads at once (best of `repeats`).
+
+    NumPy releases the interpreter lock inside `sum`, so n arrays far larger than the caches
+    measure how fast n cores read memory together. A machine-dependent figure: tests never
+    assert one.
+    """
+    arrays = list(arrays)
+    if not arrays or not all(isinstance(a, np.ndarray) for a in arrays):
+        raise TypeError(f"read_rate expects a non-empty list of ndarrays, got {[type(a).__name__ for a in arrays]}")
+    check_int(repeats, "repeats", 1)
+    best = 0.0
+    for _ in range(repeats):
+        threads = [threading.Thread(target=a.sum) for a in arrays]
+        t0 = clock()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        best = max(best, sum(a.nbytes for a in arrays) / max(clock() - t0, 1e-12))
+    return best

@@ -1,7 +1,8 @@
 """fork_map (tinytorch.parallel): each item in its own forked process, results in item order;
 closures and nested calls work; a worker that dies, or an answer that cannot cross the pipe, is a
 RuntimeError naming it; a worker's exception carries its traceback; the first failure stops the
-other workers and their children; platforms that cannot fork are refused."""
+other workers and their children; platforms that cannot fork are refused. read_rate: the bytes of
+all arrays over the best time, each array read in its own thread at once."""
 
 import multiprocessing
 import os
@@ -12,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tinytorch.parallel import RemoteTraceback, can_fork, fork_map
+from tinytorch.parallel import RemoteTraceback, can_fork, fork_map, read_rate
 
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes are forked: Linux only")
 
@@ -108,3 +109,30 @@ def test_fork_map_refuses_platforms_other_than_linux(monkeypatch):
         fork_map(len, [[1]])
     with pytest.raises(TypeError, match="function"):
         fork_map(3, [1])
+
+
+def test_read_rate_is_the_bytes_of_all_arrays_over_the_best_time():
+    ticks = iter([0.0, 4.0, 10.0, 12.0, 20.0, 28.0])   # three runs of 4 s, 2 s and 8 s
+    arrays = [np.ones(1000, np.float32), np.ones(250, np.float64)]
+    assert read_rate(arrays, repeats=3, clock=lambda: next(ticks)) == 6000 / 2.0
+
+
+def test_read_rate_sums_every_array_in_its_own_thread_at_once():
+    barrier, threads = threading.Barrier(3, timeout=10), set()
+
+    class Spy(np.ndarray):
+        def sum(self, *args, **kwargs):   # a sequential read of the arrays never passes the barrier
+            threads.add(threading.get_ident())
+            barrier.wait()
+            return np.asarray(self).sum()
+
+    arrays = [np.ones(100, np.float32).view(Spy) for _ in range(3)]
+    assert read_rate(arrays, repeats=1) > 0
+    assert len(threads) == 3 and threading.get_ident() not in threads
+
+
+@pytest.mark.parametrize("arrays, repeats, error", [([], 1, TypeError), ([[1.0, 2.0]], 1, TypeError),
+                                                    ([np.ones(3)], 0, ValueError), ([np.ones(3)], 1.5, TypeError)])
+def test_read_rate_bad_input(arrays, repeats, error):
+    with pytest.raises(error):
+        read_rate(arrays, repeats=repeats)
