@@ -19,7 +19,7 @@ from tinytorch.core.checks import check_int
 
 __all__ = ["INT_RANGES", "SCHEMES", "raises", "finite_array", "check_axis", "check_dtype_scheme", "channel_view",
            "int_pair", "calibration_batches", "swap_layers", "weight_bytes", "layer_sqnr", "finetune_classifier",
-           "RUNTIMES", "runtime_comparison"]
+           "interleaved_latency", "RUNTIMES", "runtime_comparison"]
 
 INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
 SCHEMES = ("affine", "symmetric")
@@ -186,20 +186,41 @@ def weight_bytes(model: tc.Module) -> int:
     return total
 
 
+def interleaved_latency(fns: dict, warmup: int = 2, repeats: int = 15) -> dict:
+    """Time each no-argument function in `fns` round-robin (one call of each per round, after
+    `warmup` rounds), so that a machine that slows down or speeds up meanwhile affects all of
+    them alike; returns name -> module 14's LatencyStats (median, 95% CI) of its `repeats` times."""
+    import time
+
+    from tinytorch.profiling import latency_stats
+
+    check_int(warmup, "warmup", 0)
+    check_int(repeats, "repeats", 1)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: latency_stats(times) for name, times in samples.items()}
+
+
 RUNTIMES = ("tinytorch FP32", "tinytorch INT8", "ONNX Runtime FP32", "ONNX Runtime INT8")
 
 
 def runtime_comparison(cases: dict, batches=(1, 64), repeats: int = 20) -> tuple[dict, dict]:
     """cases: name -> (float model, its quantized copy, inputs x). Each model is exported to ONNX
     (tinytorch.deploy, needs the deploy extra), ONNX Runtime is checked against the tinytorch
-    forward on all of x, then the four RUNTIMES are timed (ONNX Runtime with one thread; median
-    of `repeats` after warm-up, module 14's measure_latency) on the first b rows of x, each b.
+    forward on all of x, then the four RUNTIMES are timed side by side (interleaved_latency;
+    ONNX Runtime with one thread) on the first b rows of x, for each b.
 
     Returns (checks, medians): checks[name] = {"inputs", "fp32_max_diff", "int8_max_diff",
     "int8_argmax_agree"}; medians[name, b, runtime] = seconds.
     """
     from tinytorch import deploy
-    from tinytorch.profiling import measure_latency
 
     checks, medians = {}, {}
     for name, (fp, q, x) in cases.items():
@@ -215,6 +236,6 @@ def runtime_comparison(cases: dict, batches=(1, 64), repeats: int = 20) -> tuple
             fns = dict(zip(RUNTIMES, (lambda: fp(xb), lambda: q(xb), lambda: deploy.run(sess["FP32"], xb),
                                       lambda: deploy.run(sess["INT8"], xb))))
             with tc.no_grad():
-                for runtime, fn in fns.items():
-                    medians[name, b, runtime] = measure_latency(fn, warmup=3, repeats=repeats).median
+                for runtime, stats in interleaved_latency(fns, warmup=3, repeats=repeats).items():
+                    medians[name, b, runtime] = stats.median
     return checks, medians

@@ -42,7 +42,9 @@ from tinytorch.notebook import plt, show
 from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
 from tinytorch.profiling import count_flops, measure_latency, parameter_bytes
-from tinytorch.quantization_utils import RUNTIMES, finetune_classifier, layer_sqnr, raises, runtime_comparison
+from tinytorch.quantization_utils import (
+    RUNTIMES, finetune_classifier, interleaved_latency, layer_sqnr, raises, runtime_comparison,
+)
 
 
 # %% [markdown]
@@ -1516,19 +1518,18 @@ show(fig)
 # %% [markdown]
 # ### Latency: honest numbers
 #
-# The same 360 test digits through the float, INT8 and INT4 `digits_cnn`, and 2 windows
-# of 256 characters through `tiny_gpt`, timed one after the other with module 14's
-# `measure_latency` (median and its 95% confidence interval).
+# The same 360 test digits through the float, INT8 and INT4 `digits_cnn`, and 2 windows of 256
+# characters through `tiny_gpt`, timed side by side (`interleaved_latency`: one call of each per
+# round, so a machine that slows down meanwhile slows all three; median and its 95% CI).
 
 # %%
 _lat = {}
 for _n, _x in (("digits_cnn", x_test), ("tiny_gpt", _val_ids[: 2 * _T].reshape(2, _T))):
     _f = _gpt if _n == "tiny_gpt" else models.load(_n)
-    for _kind, _mod in (("fp32", _f), ("int8", _quant[_n]), ("int4", _int4[_n])):
-        def _run(m=_mod, x=_x):
-            with tc.no_grad():
-                return m(x)
-        _lat[_n, _kind] = measure_latency(_run, warmup=2, repeats=15)
+    with tc.no_grad():
+        _stats = interleaved_latency({k: (lambda m=m, x=_x: m(x)) for k, m in
+                                      (("fp32", _f), ("int8", _quant[_n]), ("int4", _int4[_n]))})
+    _lat.update({(_n, k): v for k, v in _stats.items()})
     _a = _lat[_n, "fp32"]
     for _kind in ("fp32", "int8", "int4"):
         _b = _lat[_n, _kind]
@@ -1598,12 +1599,12 @@ if _ort:
 # %% [markdown]
 # Read the "INT8 speed vs FP32" columns (ONNX Runtime has one thread, NumPy's BLAS its default
 # threads: compare ratios within a runtime). In NumPy the ratio is below 1: for the wide layer at
-# batch 1 most of the INT8 time is converting its 4-million-entry int8 weight to float32. In ONNX
+# batch 1 the extra INT8 time is mostly converting its 4-million-entry int8 weight to float32. In ONNX
 # Runtime the same integers make the wide layer several times faster than FP32: there the GEMM
 # is nearly all the work. For the small `digits_mlp` the gain is small or absent: quantizing each
 # layer's input and rescaling its output cost about what the int8 kernel saves on 50,000
 # multiply-adds. INT8 pays where matmuls are large. Its `digits_mlp` INT8 outputs differ from
-# yours by up to about one quantization step (FP32: 1e-7): the runtime sums floats in another
+# yours by up to about one quantization step (FP32: float rounding): the runtime sums in another
 # order, and a last-bit difference can move the next layer's input across a rounding boundary
 # (the argmax still agrees). The full comparison (all cores too, confidence intervals, and
 # `digits_cnn`, whose `ConvInteger` is a slow path in ONNX Runtime) is `python -m benchmarks.run onnx`.

@@ -148,3 +148,15 @@ def test_raises_reports_only_the_expected_error():
     assert not raises(ValueError, lambda: None)
     with pytest.raises(TypeError):
         raises(ValueError, fail, TypeError)  # another error is not swallowed
+
+
+def test_interleaved_latency_alternates_the_functions_and_counts_the_rounds():
+    from tinytorch.quantization_utils import interleaved_latency
+
+    calls = []
+    stats = interleaved_latency({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=2, repeats=5)
+    check(calls == ["a", "b"] * 7, "one call of each per round: 2 warm-up rounds + 5 timed",
+          on="two functions", expected=["a", "b"] * 7, got=calls)
+    assert sorted(stats) == ["a", "b"] and all(s.median >= 0 and s.ci_low <= s.median <= s.ci_high for s in stats.values())
+    with pytest.raises(ValueError, match="repeats"):
+        interleaved_latency({"a": lambda: None}, repeats=0)
