@@ -27,12 +27,11 @@
 # | `generate_static`, `generate_continuous` | batched generation on module 17's KV-cache; requests join and leave at every step |
 # | `generate_parallel` | one continuous batch per worker (thread or process): both cores decode at once |
 #
-# Given, as hand-written library code you can read: `tinytorch/serving.py` (the worker thread
-# under your batcher, a JSON server on 127.0.0.1 in front of it, a client and a load
-# generator) and `tinytorch/parallel.py` (`fork_map`, the forked worker processes).
-#
-# Prerequisites: module 14 (`tinytorch.profiling`: latency, FLOPs, roofline) and module 17
-# (`tinytorch.memoization`: the KV-cache with `prefill` / `decode_step`). Time: about 3 hours.
+# Given, as library code you can read: `tinytorch/serving.py` (the worker thread under your
+# batcher, a JSON server in front of it, a client, a load generator) and `tinytorch/parallel.py`
+# (`fork_map`, the forked worker processes). Prerequisites: module 14 (`tinytorch.profiling`:
+# latency, FLOPs, roofline) and module 17 (`tinytorch.memoization`: the KV-cache with
+# `prefill` / `decode_step`). Time: about 3 hours.
 
 # %%
 #| default_exp acceleration
@@ -47,9 +46,10 @@ import time
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.notebook import plt, show
+from tinytorch.notebook import plt, raises, show
 from tinytorch import datasets, models
 from tinytorch.profiling import count_flops, measure_latency, measure_machine, measure_memory, roofline
+from tinytorch.parallel import read_rate                               # given: memory read rate, n threads
 from tinytorch.serving import HTTPClient, InferenceServer, run_load   # given: the HTTP plumbing
 
 
@@ -77,17 +77,14 @@ print(f"64 images one at a time would take {64 * _one.median * 1e3:.1f} ms: "
       f"{64 * _one.median / _many.median:.1f}x as long as one batch of 64")
 
 # %% [markdown]
-# On a quiet machine the batch of 64 costs several times less than 64 single calls
-# (compare the printed ratio; while other processes load the CPU, OpenBLAS's threads can
-# stall on the larger batch and hide the gain, so rerun it when the machine is idle). Part of the gap is Python overhead paid once per call instead of once per image;
-# the rest is arithmetic intensity, the subject of section 2. But requests arrive one at
-# a time, from different users. To batch them a server must *wait* a little so that
-# several requests can share one call. How long to wait, and how to hand every caller
-# back exactly its own answer, is what the dynamic batcher does. Generation adds a twist:
-# requests run for different numbers of steps, so a batch must let them join and leave
-# mid-flight (continuous batching). And inside one call, fusing operators saves passes
-# over memory.
-
+# On a quiet machine the batch of 64 costs several times less than 64 single calls (the
+# printed ratio; under load OpenBLAS's threads can stall on the larger batch and hide the
+# gain). Part of the gap is Python overhead paid once per call; the rest is arithmetic
+# intensity (section 2). But requests arrive one at a time, from different users: a server
+# must *wait* a little so that several can share one call, and hand each caller back its own
+# answer (the dynamic batcher). Generation requests run for different numbers of steps, so a
+# batch must let them join and leave mid-flight (continuous batching). Inside one call,
+# fusing operators saves passes over memory.
 # %% [markdown]
 # ## 2. The idea
 #
@@ -99,44 +96,41 @@ print(f"64 images one at a time would take {64 * _one.median * 1e3:.1f} ms: "
 #
 # Worked example, `k = n = 128` (a tiny_gpt projection): at `m = 1`,
 # `I = 2*128*128 / (4*(128 + 16384 + 128)) = 32768 / 66560 = 0.49`. At `m = 64`,
-# `I = 2*64*128*128 / (4*(8192 + 16384 + 8192)) = 2097152 / 131072 = 16.0`. Module 14's
-# roofline says a kernel runs at `min(peak, I * bandwidth)`: with a ridge point of some
-# FLOPs per byte (measured below), `m = 1` is deep in the memory-bound region and `m = 64`
-# is 32x higher up the slope. The weight is read once for the whole batch instead of
-# once per row. That is the whole case for batching.
+# `I = 2*64*128*128 / (4*(8192 + 16384 + 8192)) = 2097152 / 131072 = 16.0`. On module 14's
+# roofline (a kernel runs at `min(peak, I * bandwidth)`), `m = 1` is deep in the memory-bound
+# region and `m = 64` is 32x higher up the slope: the weight is read once for the whole batch
+# instead of once per row. That is the whole case for batching.
 #
 # **Dynamic batching** (Clipper, NVIDIA Triton's dynamic batcher, TorchServe): requests
-# go into a queue; a worker thread takes the oldest request, then keeps collecting until
-# it has `max_batch_size` of them or `max_wait_ms` have passed since the oldest arrived,
-# stacks them, runs one call, and gives row `i` of the result to request `i`. A caller
-# gets a `concurrent.futures.Future` immediately and blocks on `.result()` only when it
-# needs the answer. Worked example: `max_batch_size = 4`, `max_wait_ms = 10`, requests at
-# t = 0, 2, 3 ms and 20 ms. The first three share a batch that starts at t = 10 ms (the
-# wait bound of the request from t = 0); the fourth runs alone at t = 30 ms.
+# go into a queue; a worker thread takes the oldest, keeps collecting until it has
+# `max_batch_size` or `max_wait_ms` have passed since the oldest arrived, runs one call on
+# the stack, and gives row `i` of the result to request `i`. A caller gets a
+# `concurrent.futures.Future` at once and blocks on `.result()` only when it needs the
+# answer. Worked example: `max_batch_size = 4`, `max_wait_ms = 10`, requests at t = 0, 2, 3
+# and 20 ms. The first three share a batch that starts at t = 10 ms (the wait bound of the
+# request from t = 0); the fourth runs alone at t = 30 ms.
 #
-# **Continuous (iteration-level) batching** (Orca, OSDI 2022; vLLM): generation is a loop
-# of decode steps. Static batching fixes a batch, runs it until its *longest* request
-# ends, and only then admits new requests; short requests finish early and their slots sit
-# idle. Continuous batching decides membership at every step: a finished request leaves at
-# once and a waiting one takes its row of the KV-cache (prefilled, then decoding with the
-# others). Worked example, two rows, requests wanting 2, 6, 2 and 2 tokens (the first token
-# of each comes from its prefill, each later one from a decode step): static runs
-# {0, 1} for 5 decode steps, then {2, 3} for 1: 6 steps, and requests 2 and 3 wait for
-# request 1. Continuous runs 5 steps: request 2 joins after step 1, request 3 after step 2.
+# **Continuous (iteration-level) batching** (Orca, OSDI 2022; vLLM): static batching fixes
+# a batch, runs it until its *longest* request ends, and only then admits new requests, so
+# the rows of short requests sit idle. Continuous batching decides membership at every
+# decode step: a finished request leaves at once and a waiting one takes its row of the
+# KV-cache (prefilled, then decoding with the others). Worked example, two rows, requests
+# wanting 2, 6, 2 and 2 tokens (the first token of each from its prefill, each later one from
+# a decode step): static runs {0, 1} for 5 decode steps, then {2, 3} for 1: 6 steps, and
+# requests 2 and 3 wait for request 1. Continuous runs 5: request 2 joins after step 1,
+# request 3 after step 2.
 #
 # **Fusion**: `softmax(x)` written as NumPy expressions makes a temporary array for
-# `x - max`, another for `exp`, another for the division. Writing each step into a
-# preallocated buffer with `out=` keeps the data in one place (and in cache); a fused
-# QKV projection does one matmul with the three weight matrices stacked instead of
-# three matmuls that each read the same input.
+# `x - max`, another for `exp`, another for the division; writing each step into a
+# preallocated buffer with `out=` keeps the data in one place (and in cache). A fused QKV
+# projection does one matmul with the three weights stacked instead of three that each read
+# the same input.
 
 # %% [markdown]
 # ## 3. Build it
 #
-# The first cell is given: the imports. Argument checks come from the foundation
-# (`tinytorch.core.checks.check_int`, `check_number`), the cached forward's pieces from
-# module 17 (`check_forward`, `layer_norm`, `merge_heads`), the process pool from
-# `tinytorch.parallel`.
+# The first cell is given: the imports (argument checks from the foundation, the cached
+# forward's pieces from module 17, the process pool from `tinytorch.parallel`).
 
 # %%
 #| export
@@ -250,11 +244,7 @@ _pts = batch_sweep(lambda x: _calls.append(len(x)), lambda b: np.zeros((b, 3)), 
 assert [p.batch_size for p in _pts] == [1, 4, 2] and _calls == [1, 1, 1, 4, 4, 4, 2, 2, 2]
 assert all(p.throughput == p.batch_size / p.latency.median and p.latency.n == 2 for p in _pts)
 for _bad, _err in (([0], ValueError), ([2, -1], ValueError), ([1.5], TypeError), ([], ValueError)):
-    try:
-        batch_sweep(len, np.zeros, _bad)
-        raise AssertionError(f"batch sizes {_bad} must raise {_err.__name__}")
-    except _err:
-        pass
+    raises(batch_sweep, len, np.zeros, _bad, exc=_err)
 ### BEGIN HIDDEN TESTS
 assert matmul_intensity(3, 5, 7, itemsize=8) == 2 * 3 * 5 * 7 / (8 * (15 + 35 + 21)) == matmul_intensity(7, 5, 3, itemsize=8), \
     "intensity of (3, 5) @ (5, 7) at 8 bytes: expected 210 / 568, the same as (7, 5) @ (5, 3)"
@@ -270,30 +260,24 @@ print("matmul_intensity, batch_sweep: OK")
 # `DynamicBatcher(fn, max_batch_size, max_wait_ms)` owns one worker thread. `fn` takes a
 # stacked batch `(n, *shape)` and returns an array whose first dimension is `n`.
 #
-# - `submit(x)` checks `x` (a numeric array; every request must have the same shape, fixed
-#   by `input_shape=` or by the first request), puts it in the queue with a new `Future`,
-#   wakes the worker and returns the future at once. It is safe to call from many threads.
-# - The worker waits for the first request, then collects until `max_batch_size` requests
-#   or until `max_wait_ms` after the oldest one arrived, runs `fn` once on the stacked
-#   inputs, and sets row `i` of the result on future `i`.
+# - `submit(x)` checks `x` (a numeric array, the same shape as every other request: fixed
+#   by `input_shape=` or by the first request), queues it with a new `Future`, wakes the
+#   worker and returns the future at once. It is safe to call from many threads.
+# - The worker collects up to `max_batch_size` requests or until `max_wait_ms` after the
+#   oldest one arrived, runs `fn` once on the stacked inputs, and sets row `i` on future `i`.
 # - If `fn` raises, one request's bad row must not fail the others, nor hand them its error
-#   text (over HTTP that would be one client reading another's error): the worker runs each
-#   request of that batch alone, so every future gets its own result or its own exception.
-#   A result with the wrong number of rows is a bug of `fn`, not of a row: the whole batch
+#   text (over HTTP, one client would read another's error): the worker runs each request of
+#   that batch alone. A result with the wrong number of rows is a bug of `fn`: the whole batch
 #   gets that error. Either way the worker keeps serving.
-# - `close(drain=True)` stops accepting requests (a later `submit` raises `RuntimeError`),
-#   lets the worker finish everything already queued, and joins it. `close(drain=False)`
-#   fails the queued futures, and the ones whose batch is running, with a `RuntimeError`
-#   instead, so that no caller waits on a model call that hangs. A thread cannot be killed:
-#   if the worker is still inside `fn` after `timeout` seconds, `close` raises `TimeoutError`
-#   (the worker ends when `fn` returns and runs nothing more). `with DynamicBatcher(...) as b:`
-#   closes on exit. `health(stuck_after_s)` (given) says why the batcher cannot serve: closed,
-#   its worker stopped, or one batch running for longer than `stuck_after_s`.
+# - `close(drain=True)` refuses new requests (`RuntimeError`), finishes the queued ones and
+#   joins the worker; `drain=False` fails the queued and running ones with `RuntimeError`, so
+#   no caller waits on a hung model call. A thread cannot be killed: if the worker is still in
+#   `fn` after `timeout` seconds, `close` raises `TimeoutError`.
 #
-# One lock (a `threading.Condition`) guards the queue and the closed flag; `fn` runs
-# outside the lock so that callers can keep submitting while a batch computes. The thread
-# itself, and the bookkeeping every batcher needs, is given: `DynamicBatcher` extends
-# `tinytorch.serving.BatchQueue`, which starts the worker and calls your two steps in a loop.
+# One `threading.Condition` guards the queue and the closed flag; `fn` runs outside the lock
+# so callers keep submitting while a batch computes. The thread and the bookkeeping (`health`,
+# `with`, failing futures) are given: `DynamicBatcher` extends `tinytorch.serving.BatchQueue`,
+# which starts the worker and calls your two steps in a loop.
 
 # %% nbgrader={"grade": false, "grade_id": "dynamic-batcher", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -460,11 +444,7 @@ assert [f.result(timeout=30) for f in _fs] == [0, 1, 2, 3] and _seen == [4]
 _f = _b.submit(np.float32(9))       # alone: it waits for the bound, or for close()
 _b.close()                          # drain: the queued request still runs
 assert _f.result(timeout=30) == 9 and _seen == [4, 1]
-try:
-    _b.submit(np.float32(1))
-    raise AssertionError("submit after close must raise")
-except RuntimeError as e:
-    assert "closed" in str(e)
+raises(_b.submit, np.float32(1), exc=RuntimeError, match="closed")   # submit after close
 # an error stays with its own request: the other row of its batch still gets its answer
 def _fails_on_negative(b):
     if (b < 0).any():
@@ -479,12 +459,8 @@ with DynamicBatcher(_fails_on_negative, max_batch_size=2, max_wait_ms=10_000) as
     assert _ok1.result(timeout=30) == 8 and _ok2.result(timeout=30) == 9
 # wrong shapes and non-numbers are rejected at submit time
 with DynamicBatcher(_square_rows, input_shape=(5,)) as _b:
-    for _bad, _err in ((np.zeros(4), ValueError), (np.array(["a"] * 5), TypeError)):
-        try:
-            _b.submit(_bad)
-            raise AssertionError(f"{_bad!r} must raise")
-        except _err:
-            pass
+    raises(_b.submit, np.zeros(4), exc=ValueError)
+    raises(_b.submit, np.array(["a"] * 5), exc=TypeError)
 # close(drain=False) fails what is still queued
 _b = DynamicBatcher(lambda b: b, max_batch_size=10, max_wait_ms=10_000)
 _q = [_b.submit(np.float32(i)) for i in range(3)]
@@ -538,11 +514,7 @@ _started.clear()
 _stuck = _b.submit(np.float32(5))
 assert _started.wait(30)
 _queued = _b.submit(np.float32(6))
-try:
-    _b.close(drain=False, timeout=0.1)
-    raise AssertionError("close(drain=False, timeout=0.1) while fn hangs must raise TimeoutError")
-except TimeoutError:
-    pass
+raises(_b.close, drain=False, timeout=0.1, exc=TimeoutError)   # fn hangs: the worker cannot be joined
 assert isinstance(_stuck.exception(timeout=0), RuntimeError) and isinstance(_queued.exception(timeout=0), RuntimeError), \
     "close(drain=False) fails the running batch and the queued requests at once"
 _gate.set()
@@ -552,24 +524,15 @@ print("DynamicBatcher: OK")
 # %% [markdown]
 # ### Serving it over HTTP (given: `tinytorch.serving`)
 #
-# A server in front of the batcher is plumbing, not acceleration, so it is given, as
-# hand-written library code you can read: `tinytorch/serving.py`. `InferenceServer(predict,
-# input_shape)` serves `POST /predict` with a JSON body `{"input": [...]}` and answers
-# `{"output": [...]}`, on the standard library's `ThreadingHTTPServer` (one thread per
-# connection) on `127.0.0.1`; `port=0` asks the OS for a free port (`server.port`). `predict`
-# is a function of one input, or a `DynamicBatcher`: the handler thread of each request calls
-# `submit(x)` and waits (at most `timeout` seconds) for its own row, so concurrent connections
-# become one batch. A bad request gets 400 and `{"error": "..."}` naming the problem (not JSON,
-# no `"input"`, not numbers, wrong shape, NaN); a `predict` that raises gives 500 with that
-# request's own error, which is why the batcher must keep errors with their own request. `GET
-# /health` is 503, with the reason, when a `DynamicBatcher` is closed, has lost its worker or is
-# stuck in one batch: that is what your batcher's `health` method (given) is for.
-#
-# `HTTPClient(url)` is a keep-alive client (`client(x)` returns the output array) and
-# `run_load(call, inputs, concurrency, duration_s)` a closed-loop load generator: `concurrency`
-# threads each send a request, wait for its answer and send the next until `duration_s` has
-# passed, then it reports the answers, the errors, the throughput and module 14's latency
-# percentiles. `call` is anything that takes one input: an `HTTPClient`, or the batcher itself.
+# A server is plumbing, not acceleration, so it is given (read `tinytorch/serving.py`).
+# `InferenceServer(predict, input_shape)` serves `POST /predict` (`{"input": [...]}` in,
+# `{"output": [...]}` out) on `127.0.0.1`, one thread per connection; `predict` may be your
+# `DynamicBatcher`, so concurrent connections become one batch. Bad requests get 400 with
+# `{"error": "..."}`; a `predict` that raises gives 500 with *that request's* error (why the
+# batcher keeps errors with their own request); `GET /health` is 503 when the batcher cannot
+# serve (its `health` method). `HTTPClient(url)` is a keep-alive client and `run_load(call,
+# inputs, concurrency, duration_s)` a closed-loop load generator reporting throughput and
+# module 14's latency percentiles; `call` is an `HTTPClient` or the batcher itself.
 
 # %%
 with DynamicBatcher(lambda b: b.sum(axis=1, keepdims=True), max_batch_size=8, max_wait_ms=1) as _b, \
@@ -586,16 +549,15 @@ with DynamicBatcher(lambda b: b.sum(axis=1, keepdims=True), max_batch_size=8, ma
 #
 # Three fusions, each checked against the unfused layer it replaces:
 #
-# - `FusedQKV.from_attention(attn)` stacks a block's existing `q_proj`, `k_proj`, `v_proj`
-#   weights into one `(3C, C)` matrix (and the biases into `(3C,)`): one matmul reads the
-#   input once and returns q, k and v as three views of one result.
-# - `bias_gelu(x, bias, out=, scratch=)` computes `gelu(x + bias)` (the tanh form of the core)
-#   writing every step into two preallocated buffers; `softmax(x, axis, out=)` writes
-#   `exp(x - max)` and the normalization into `out`. With buffers passed in, a call
-#   allocates only the small row reductions.
-# - `fused_attention(attn, x)` is a whole causal self-attention with the fused projection,
-#   the `1/sqrt(D)` scale folded into q (`B*T*C` multiplies instead of `B*H*T*T`), the
-#   mask added in place and the in-place softmax.
+# - `FusedQKV.from_attention(attn)` stacks `q_proj`, `k_proj`, `v_proj` weights into one
+#   `(3C, C)` matrix (biases into `(3C,)`): one matmul reads the input once and returns q, k
+#   and v as three views of one result.
+# - `bias_gelu(x, bias, out=, scratch=)` computes `gelu(x + bias)` (the core's tanh form) in two
+#   preallocated buffers; `softmax(x, axis, out=)` writes `exp(x - max)` and its normalization
+#   into `out`. With buffers passed in, a call allocates only the small row reductions.
+# - `fused_attention(attn, x)`: causal self-attention with the fused projection, the
+#   `1/sqrt(D)` scale folded into q (`B*T*C` multiplies instead of `B*H*T*T`), the mask added
+#   in place and the in-place softmax.
 
 # %% nbgrader={"grade": false, "grade_id": "fusion", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -773,11 +735,7 @@ assert np.allclose(softmax(_z, axis=0), _ref_s, rtol=1e-6, atol=1e-7)
 _zz = _z.copy()
 assert softmax(_zz, out=_zz) is _zz and np.allclose(_zz.sum(axis=-1), 1, atol=1e-6)
 assert np.allclose(softmax(np.array([1000.0, 1001.0], np.float32)), [0.26894143, 0.7310586])  # no overflow
-try:
-    bias_gelu(_z, _bz, out=np.empty((3, 3), np.float32))
-    raise AssertionError("a wrong-shape out buffer must raise")
-except ValueError:
-    pass
+raises(bias_gelu, _z, _bz, out=np.empty((3, 3), np.float32), exc=ValueError)   # a wrong-shape out buffer
 ### BEGIN HIDDEN TESTS
 _z0 = _z.copy()
 bias_gelu(_z, _bz)
@@ -805,29 +763,24 @@ print("FusedQKV, bias_gelu, softmax, fused_attention: OK")
 # %% [markdown]
 # ### Fusion in the decode step: `FusedDecoder`
 #
-# Generation runs module 17's `forward_cached` once per step, and the decode steps are where
-# its time goes (section 4). Per block, `forward_cached` runs three projections for q, k and
-# v; `_linear` multiplies by `layer.weight.data.T`, a transposed view, which BLAS reads with
-# its transposed-operand kernel (for a decode step over 16 rows, that alone cost about 19% on
-# this machine in paired runs, over 64 rows about 5%); `cached_attention` scales the scores,
-# builds the mask and checks its inputs in every layer. None of that changes the math, so most
-# of it can be done once:
+# Generation spends its time in module 17's `forward_cached`, once per step. Per block it runs
+# three projections for q, k and v; `_linear` multiplies by `layer.weight.data.T`, a transposed
+# view that BLAS reads with its transposed-operand kernel (about 19% of a 16-row decode step
+# on this machine in paired runs, 5% of a 64-row one); `cached_attention` scales the scores,
+# builds the mask and checks its inputs in every layer. None of that changes the math, so:
 #
-# - **when the decoder is built:** q, k and v come from one `(C, 3C)` matrix (the `FusedQKV`
-#   weight, transposed); the `1/sqrt(D)` scale is folded into its q columns, so q comes out
-#   scaled; every weight is stored transposed, `(in, out)` and contiguous, so `x @ w` is the
-#   plain matrix product;
-# - **once per call, not per layer:** the mask, and none at all when no key is hidden (a decode
-#   step whose rows all sit at the same length, as when a batch of equal prompts starts together);
-# - **in place:** the softmax (`softmax(scores, out=scores)`), bias + GELU in the MLP's hidden
-#   buffer (`bias_gelu(f, b, out=f)`), and the residual sums (`x += ...`).
+# - **once, when built:** q, k and v from one `(C, 3C)` matrix (the `FusedQKV` weight,
+#   transposed) with `1/sqrt(D)` folded into its q columns; every weight stored `(in, out)`
+#   and contiguous, so `x @ w` is the plain matrix product;
+# - **once per call, not per layer:** the mask, and none at all when no key is hidden (every
+#   row at the same length, as when equal prompts start together);
+# - **in place:** the softmax, bias + GELU in the MLP's hidden buffer, the residual sums.
 #
-# The cache stays module 17's (`cache.append`, `cache.gather`). A `FusedDecoder(gpt)` is called
-# like `forward_cached` without the model, `fast(cache, tokens, rows)`, and gives the same logits
-# up to float rounding (the products add in another order), so greedy generation gives the
-# same tokens. It is to `forward_cached` what `torch.compile(model)` is to a PyTorch model: the
-# same answers, computed another way. It copies the projection weights and biases when it is
-# built (the embeddings and LayerNorms stay the model's own): build it again after changing them.
+# The cache stays module 17's. `fast = FusedDecoder(gpt)` is called like `forward_cached`
+# without the model, `fast(cache, tokens, rows)`: the same logits up to float rounding (the
+# products add in another order), so greedy generation gives the same tokens, as
+# `torch.compile(model)` computes a PyTorch model's answers another way. It copies the
+# projection weights when built: build it again after changing them.
 
 # %% nbgrader={"grade": false, "grade_id": "fused-decoder", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -977,11 +930,7 @@ for _rows, _toks in (([0, 2], _wr.integers(0, 23, (2, 5))),   # prefill-like chu
     assert (_cb.lengths == _ca.lengths).all()
     assert all(np.allclose(_cb.k[l], _ca.k[l], atol=1e-5) and np.allclose(_cb.v[l], _ca.v[l], atol=1e-5)
                for l in range(2))
-try:
-    _fast(_cb, np.array([[1, 2]]), [0, 1])        # 1 row of tokens for 2 rows
-    raise AssertionError("a batch mismatch must raise")
-except ValueError:
-    pass
+raises(_fast, _cb, np.array([[1, 2]]), [0, 1], exc=ValueError)   # 1 row of tokens for 2 rows
 ### BEGIN HIDDEN TESTS
 _before = _lm.state_dict()
 _fast2 = FusedDecoder(_lm)
@@ -1001,22 +950,19 @@ print("FusedDecoder: OK")
 # %% [markdown]
 # ### Static and continuous batching for generation
 #
-# Both functions serve a list of generation requests (a prompt and a number of new
-# tokens each, greedy) on module 17's KV-cache with `max_batch_size` rows, and record,
-# for every request, its tokens, its **time to first token** (from the start of the run)
-# and its latency (to its last token).
+# Both serve a list of greedy generation requests (a prompt and a number of new tokens each)
+# on module 17's KV-cache with `max_batch_size` rows, and record each request's tokens, its
+# **time to first token** (from the start of the run) and its latency (to its last token).
 #
-# - `generate_static`: take the requests in order, `max_batch_size` at a time; prefill each
-#   into its row, then run batched `decode_step`s over the rows that still need tokens
-#   until the whole group is done; only then start the next group.
-# - `generate_continuous`: before every decode step, every free row takes the next waiting
-#   request (`cache.reset([row])`, `prefill`: its first token); then one `decode_step` over
-#   all active rows; a request that has its tokens leaves at once and frees its row.
+# - `generate_static`: `max_batch_size` requests at a time, in order; prefill each into its
+#   row, then batched decode steps over the rows still short of tokens until the whole group
+#   is done; only then the next group.
+# - `generate_continuous`: before every decode step each free row takes the next waiting
+#   request (`cache.reset([row])`, prefill: its first token); one decode step over all
+#   active rows; a request that has its tokens leaves at once and frees its row.
 #
-# The first token of a request comes from its prefill's logits, every later one from a
-# decode step that feeds the previous token. A request of prompt length `P` that wants
-# `n` tokens needs `P + n - 1` cache positions, which must fit the context length (there
-# is no sliding window here).
+# A request of prompt length `P` that wants `n` tokens needs `P + n - 1` cache positions,
+# within the context length (no sliding window).
 
 # %% nbgrader={"grade": false, "grade_id": "continuous", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1149,11 +1095,7 @@ _co = generate_continuous(_lm, _p4, [2, 6, 2, 2], max_batch_size=2)
 assert (_st.decode_steps, _co.decode_steps) == (6, 5)
 assert _st.results[2].ttft_s >= _st.results[1].latency_s    # static: request 2 waits for request 1
 assert _co.results[2].ttft_s < _co.results[1].latency_s     # continuous: it joins while 1 still runs
-try:
-    generate_continuous(_lm, [np.arange(20)], [6])        # 20 + 6 - 1 > 24 positions
-    raise AssertionError("a request longer than the context must raise")
-except ValueError:
-    pass
+raises(generate_continuous, _lm, [np.arange(20)], [6], exc=ValueError)   # 20 + 6 - 1 > 24 positions
 ### BEGIN HIDDEN TESTS
 # a row for every request: all decode together, max(n) - 1 steps; one row: each request alone, n - 1 steps each
 _p3, _n3 = [np.array([4, 5]), np.array([6]), np.array([7, 8, 9])], [5, 2, 3]
@@ -1173,30 +1115,22 @@ print("generate_static, generate_continuous: OK")
 # %% [markdown]
 # ### Both cores: one continuous batch per worker
 #
-# A decode step over many rows is memory-bound: it reads every row's cached keys and
-# values once (section 4 measures how long that takes). On this kind of machine each
-# core brings its own share of memory bandwidth, so a second decode loop on the second
-# core can add up to what that share brings, if the two loops really run at the same
-# time. In one Python process they can, in part: NumPy releases the interpreter lock (the
-# GIL) inside its matrix products and array loops, so two threads overlap their array
-# work; only the Python between the array operations runs one thread at a time.
+# A decode step over many rows is memory-bound: it reads every row's cached keys and values.
+# Each core brings its own share of memory bandwidth, so a second decode loop on the second
+# core can add up to that share, if the two loops really run at once. Two threads of one
+# process overlap their array work (NumPy releases the interpreter lock, the GIL, inside its
+# products and loops), but take turns on the Python between. Worker *processes* each have
+# their own GIL. On Linux a process can be *forked*: it starts as a copy of this one, model
+# included, its memory pages shared until one side writes, so nothing is copied up front.
+# `fork_map` (given: `tinytorch.parallel`, Linux only) runs a function on each item in its own
+# forked process and brings each result back through a pipe.
 #
-# Worker *processes* have no such limit: each has its own interpreter and its own GIL.
-# The usual price is copying the model into each one. On Linux a process can instead
-# be *forked*: the new process starts as a copy of this one, model included, and the
-# operating system shares the memory pages until one side writes to them, so nothing is
-# copied up front. `fork_map` (given: `tinytorch.parallel`) runs a function on each item in its own
-# forked process and brings each result back, pickled through a pipe: the only data
-# that crosses. It is Linux-only: macOS's system libraries are not safe to use in a
-# forked child, and Windows cannot fork. Section 4 measures threads against processes.
-#
-# `generate_parallel` splits the requests round-robin (request `i` goes to worker
-# `i % workers`, which mixes long and short requests evenly), runs one
-# `generate_continuous` per worker, each on its own KV-cache, and puts every
-# result back at its request's index, with its times measured from the common start.
-# Worked example: 5 requests on 2 workers; worker 0 serves requests 0, 2, 4 and worker 1
-# serves 1, 3; the run's decode steps are the sum of both workers' steps. The tokens are
-# exactly what each request gets alone: a worker is an ordinary continuous batch.
+# `generate_parallel` splits the requests round-robin (request `i` to worker `i % workers`,
+# which mixes long and short ones), runs one `generate_continuous` per worker, each on its
+# own KV-cache, and puts every result back at its request's index, times measured from the
+# common start. Worked example: 5 requests on 2 workers; worker 0 serves requests 0, 2, 4
+# and worker 1 serves 1, 3; the run's decode steps are the sum of both workers' steps, and
+# every request gets exactly the tokens it gets alone.
 
 # %% nbgrader={"grade": false, "grade_id": "parallel", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1325,11 +1259,7 @@ if can_fork():
     assert [r.tokens.tolist() for r in _procs.results] == _solo5, "processes=True: tokens differ from solo"
     assert _procs.decode_steps == _two.decode_steps
 for _bad, _err in ((0, ValueError), (1.5, TypeError), (True, TypeError)):
-    try:
-        generate_parallel(_lm, _prompts5, _counts5, workers=_bad)
-        raise AssertionError(f"workers={_bad!r} must raise {_err.__name__}")
-    except _err:
-        pass
+    raises(generate_parallel, _lm, _prompts5, _counts5, workers=_bad, exc=_err)
 ### BEGIN HIDDEN TESTS
 _alone = generate_parallel(_lm, _prompts5, _counts5, workers=5, max_batch_size=1)
 assert _alone.decode_steps == sum(n - 1 for n in _counts5), \
@@ -1357,17 +1287,24 @@ def _gpt_forward(x):
         return _gpt(x).data
 
 
-_cnn_pts = batch_sweep(_cnn_forward, lambda b: _digits.x_test[np.arange(b) % 360], [1, 4, 16, 64, 256],
-                       warmup=2, repeats=10)
-_gpt_pts = batch_sweep(_gpt_forward, lambda b: _val[: b * 64].reshape(b, 64), [1, 2, 8, 32], warmup=1, repeats=5)
+def _cnn_batch_of(b):
+    return _digits.x_test[np.arange(b) % 360]
+
+
+def _gpt_batch_of(b):
+    return _val[: b * 64].reshape(b, 64)
+
+
+_cnn_pts = batch_sweep(_cnn_forward, _cnn_batch_of, [1, 4, 16, 64, 256], warmup=2, repeats=10)
+_gpt_pts = batch_sweep(_gpt_forward, _gpt_batch_of, [1, 2, 8, 32], warmup=1, repeats=5)
 _peaks = measure_machine(512, 32, repeats=3)
 print(f"machine: peak matmul {_peaks.peak_flops / 1e9:.1f} GFLOP/s, copy bandwidth {_peaks.bandwidth / 1e9:.1f} GB/s, "
       f"ridge {_peaks.ridge:.1f} FLOP/byte")
-for _name, _pts, _mk in (("digits_cnn", _cnn_pts, lambda b: _digits.x_test[np.arange(b) % 360]),
-                         ("tiny_gpt (T=64)", _gpt_pts, lambda b: _val[: b * 64].reshape(b, 64))):
+for _name, _model, _pts, _mk in (("digits_cnn", _cnn, _cnn_pts, _cnn_batch_of),
+                                 ("tiny_gpt (T=64)", _gpt, _gpt_pts, _gpt_batch_of)):
     print(f"{_name}:")
     for _pt in _pts:
-        _rep = count_flops(_cnn if _name == "digits_cnn" else _gpt, _mk(_pt.batch_size))
+        _rep = count_flops(_model, _mk(_pt.batch_size))
         _roof = roofline(_rep, _peaks.peak_flops, _peaks.bandwidth)
         _compute_share = sum(r.flops for r in _roof if r.bound == "compute") / sum(r.flops for r in _roof)
         print(f"  batch {_pt.batch_size:4d}: {_pt.latency.median * 1e3:8.3f} ms, {_pt.throughput:9.0f} items/s, "
@@ -1375,18 +1312,14 @@ for _name, _pts, _mk in (("digits_cnn", _cnn_pts, lambda b: _digits.x_test[np.ar
               f"{100 * _compute_share:3.0f}% of FLOPs in compute-bound layers")
 
 # %% [markdown]
-# On a quiet machine a batch is far cheaper per item (the items/s column; under load the
-# larger batches can stall in OpenBLAS, as section 1 warned). The roofline columns say why
-# in module 14's terms: with one image, every layer is memory-bound (each weight read
-# from memory is used for a handful of FLOPs); as the batch grows, the layers' arithmetic
-# intensity climbs past the ridge point and the share of FLOPs in compute-bound layers
-# rises, and the achieved GFLOP/s climbs with it. `tiny_gpt` is different: one window of
-# 64 tokens already multiplies a (64, 128) matrix in every layer, so even batch 1 is mostly
-# compute-bound and batching windows adds little per item; its batching win is in
-# generation, where each step has one token per request (section "Generation" below).
-# The achieved rate stays well below the peak: these
-# models are small enough that per-call Python overhead and small GEMMs, not the roofline,
-# set the pace at batch 1.
+# On a quiet machine a batch is far cheaper per item (the items/s column). The roofline
+# columns say why: with one image every layer is memory-bound (each weight read is used for
+# a handful of FLOPs); as the batch grows, the layers' intensity climbs past the ridge point,
+# and the share of FLOPs in compute-bound layers and the achieved GFLOP/s climb with it.
+# `tiny_gpt` differs: one 64-token window already multiplies a (64, 128) matrix in every
+# layer, so even batch 1 is mostly compute-bound and batching windows adds little; its
+# batching win is in generation, one token per request per step (below). The achieved rate
+# stays well below the peak: at batch 1, per-call Python overhead and small GEMMs set the pace.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
@@ -1394,13 +1327,10 @@ for _ax, (_name, _pts) in zip(axes, (("digits_cnn", _cnn_pts), ("tiny_gpt, 64-to
     _bs = [p.batch_size for p in _pts]
     _ax.plot(_bs, [p.throughput for p in _pts], "o-", label="throughput (items/s)")
     _ax.set_xscale("log", base=2)
-    _ax.set_yscale("log")
-    _ax.set_xlabel("batch size")
-    _ax.set_ylabel("items per second")
+    _ax.set(yscale="log", xlabel="batch size", ylabel="items per second", title=_name)
     _ax2 = _ax.twinx()
     _ax2.plot(_bs, [p.latency.median * 1e3 for p in _pts], "s--", color="C1", label="latency per call (ms)")
     _ax2.set_ylabel("ms per call")
-    _ax.set_title(_name)
     _ax.legend(loc="upper left", fontsize=8)
     _ax2.legend(loc="lower right", fontsize=8)
 fig.tight_layout()
@@ -1411,15 +1341,10 @@ show(fig)
 #
 # 16 client threads call the batcher in front of `digits_cnn` (one image each), closed
 # loop, for 0.8 s per setting. `max_batch_size=1` is the unbatched baseline (the same
-# queue and worker, one request per call).
+# queue and worker, one request per call). Every answer is checked against the model's own.
 
 # %%
-def _cnn_batch(xb):
-    with tc.no_grad():       # only the batcher's worker thread runs the model
-        return _cnn(xb).data
-
-
-_expected = _cnn_batch(_digits.x_test[:64])
+_expected = _cnn_forward(_digits.x_test[:64])
 
 
 def _check_digit(i, y):
@@ -1429,7 +1354,7 @@ def _check_digit(i, y):
 
 _wait_rows = []
 for _mb, _wait in ((1, 0.0), (32, 0.0), (32, 1.0), (32, 2.0), (32, 5.0), (32, 10.0)):
-    with DynamicBatcher(_cnn_batch, max_batch_size=_mb, max_wait_ms=_wait) as _b:
+    with DynamicBatcher(_cnn_forward, max_batch_size=_mb, max_wait_ms=_wait) as _b:
         _r = run_load(_b, list(_digits.x_test[:64]), concurrency=16, duration_s=0.8, check=_check_digit)
         _wait_rows.append((_mb, _wait, _r, float(np.mean(_b.batch_sizes))))
     print(f"max_batch_size {_mb:2d}, max_wait_ms {_wait:4.1f}: {_r}, mean batch {_wait_rows[-1][3]:.1f}")
@@ -1437,57 +1362,47 @@ for _mb, _wait in ((1, 0.0), (32, 0.0), (32, 1.0), (32, 2.0), (32, 5.0), (32, 10
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for _mb, _wait, _r, _mean in _wait_rows:
-    _lbl = "unbatched" if _mb == 1 else f"wait {_wait:g} ms"
     ax.plot(_r.throughput, _r.latency.p99 * 1e3, "o")
-    ax.annotate(_lbl, (_r.throughput, _r.latency.p99 * 1e3), fontsize=8)
-ax.set_xlabel("throughput (requests/s)")
-ax.set_ylabel("p99 latency (ms)")
-ax.set_title("digits_cnn behind a DynamicBatcher, 16 clients")
+    ax.annotate("unbatched" if _mb == 1 else f"wait {_wait:g} ms", (_r.throughput, _r.latency.p99 * 1e3), fontsize=8)
+ax.set(xlabel="throughput (requests/s)", ylabel="p99 latency (ms)", title="digits_cnn behind a DynamicBatcher, 16 clients")
 fig.tight_layout()
 show(fig)
 
 # %% [markdown]
-# Read the printed rows. The unbatched worker is limited to one forward per request;
-# batching multiplies the throughput because 16 waiting clients share each call. A longer
-# `max_wait_ms` does not help here: with 16 clients in a closed loop, a batch of all of
-# them is already waiting when the worker comes back, so a larger bound only adds waiting
-# when the queue is short. The bound matters at *low* load, where it is the price a lone
-# request pays for the chance of company; production batchers keep it at a few
-# milliseconds, a fraction of the model's own latency.
-
-# %% [markdown]
+# The unbatched worker runs one forward per request; batching multiplies the throughput
+# because 16 waiting clients share each call. A longer `max_wait_ms` does not help here: in
+# a closed loop the clients are already waiting when the worker comes back, so a larger bound
+# only adds waiting when the queue is short. The bound matters at *low* load, as the price a
+# lone request pays for the chance of company; production batchers keep it at a few ms.
+#
 # ### Over HTTP: the server with and without batching
 #
-# The same model behind `InferenceServer` on `127.0.0.1`, 16 concurrent HTTP clients on
-# keep-alive connections for 1.5 s each. Every answer is checked against the unbatched model.
+# The same model behind `InferenceServer`, 16 concurrent HTTP clients on keep-alive
+# connections for 1.5 s each, every answer checked.
 
 # %%
 _http = {}
 for _mb in (1, 32):
-    with DynamicBatcher(_cnn_batch, max_batch_size=_mb, max_wait_ms=1.0) as _b, \
+    with DynamicBatcher(_cnn_forward, max_batch_size=_mb, max_wait_ms=1.0) as _b, \
             InferenceServer(_b, input_shape=(1, 8, 8)) as _srv:
-        _client = HTTPClient(_srv.url)
-        _http[_mb] = run_load(_client, list(_digits.x_test[:64]), concurrency=16, duration_s=1.5, check=_check_digit)
+        _http[_mb] = run_load(HTTPClient(_srv.url), list(_digits.x_test[:64]), concurrency=16, duration_s=1.5,
+                              check=_check_digit)
     print(f"{'batched (max 32)' if _mb > 1 else 'unbatched':17s} {_http[_mb]}")
 print(f"batching: {_http[32].throughput / _http[1].throughput:.1f}x the throughput, "
       f"p50 {_http[1].latency.median / _http[32].latency.median:.1f}x lower")
 
 # %% [markdown]
-# Over HTTP each request also pays for JSON encoding and decoding, a loopback round trip
-# and a handler thread. Here the 16 clients run in the same Python process as the server,
-# so all of that work competes for one interpreter lock and 2 cores; for a model as small
-# as this one (well under a millisecond per image) it costs more than the model itself,
-# and the batching gain over HTTP is much smaller than in-process (compare the printed
-# ratio with the in-process rows above). Batching pays over HTTP when the model's time per
-# request dominates the transport's, as for any real model. Every answer was checked
-# against the model's own output for that input: no request got another's row.
-
-# %% [markdown]
+# Over HTTP each request also pays for JSON, a loopback round trip and a handler thread, all
+# in the same Python process as the 16 clients, competing for one interpreter lock and 2
+# cores. For a model this small (well under a millisecond per image) that costs more than the
+# model, so the batching gain over HTTP is much smaller than in-process (compare the ratios).
+# Batching pays over HTTP when the model's time per request dominates the transport's.
+#
 # ### Fusion: time and temporary memory
 #
-# Each fused operator against its unfused form on `tiny_gpt`'s first block: time (median,
-# `measure_latency`) and the peak of temporary allocations during one call (`measure_memory`,
-# tracemalloc), with the fused versions given their buffers in advance.
+# Each fused operator against its unfused form on `tiny_gpt`'s first block: median time
+# (`measure_latency`) and the peak of temporary allocations in one call (`measure_memory`),
+# the fused versions given their buffers in advance.
 
 # %%
 _blk = _gpt.blocks[0]
@@ -1531,66 +1446,56 @@ for _name, (_u, _f) in _pairs.items():
           f"{_mu / 1024:11.0f} KB {_mf / 1024:9.0f} KB")
 
 # %% [markdown]
-# All five fused versions equal their unfused forms (asserted above). The memory columns
-# are the clearest result: with its buffers given, the fused bias+GELU and softmax
-# allocate only row reductions, while the unfused forms allocate full-size arrays (each
-# `+`, `*` and `tanh` of the GELU makes a new one; the foundation's softmax already works
-# in place, but on a new array for its result). In time, the gains are
-# modest in NumPy (read the printed speedups; they are noisy when the machine is busy):
-# every in-place step is still a separate pass over memory. A real fused kernel (a CUDA
-# or Triton kernel, or what `torch.compile` generates) does all the steps in one pass with
-# the values in registers. The fused QKV projection saves two of three matmul calls, the
-# reads of the input, and the transposes (one copy splits q, k and v into heads together).
+# All five fused versions equal their unfused forms (asserted). The memory columns are the
+# clearest result: with buffers given, the fused bias+GELU and softmax allocate only row
+# reductions, while the unfused forms allocate full-size arrays (each `+`, `*` and `tanh` of
+# the GELU makes one; the foundation's softmax works in place, but on a new array for its
+# result). In time the gains are modest in NumPy (noisy on a busy machine): every in-place
+# step is still a separate pass over memory, where a real fused kernel (CUDA, Triton, what
+# `torch.compile` generates) does all steps in one pass with the values in registers. The
+# fused QKV projection saves two of three matmul calls, the reads of the input, and the
+# transposes (one copy splits q, k and v into heads together).
 #
 # Put together in the `FusedDecoder`, they speed up what generation runs: below, module 17's
-# `forward_cached` against the decoder on the trained `tiny_gpt`, for a prefill (one row, 128
-# tokens) and for 64 decode steps (context 160 to 224) over 16 and over 64 rows. The two
-# methods work on two caches with the same contents and take turns step by step, so a
-# slower moment of the machine hits both; every step's logits are compared.
+# `forward_cached` against the decoder on `tiny_gpt`, for a prefill (one row, 128 tokens) and
+# 64 decode steps (context 160 to 224) over 16 and over 64 rows. The two take turns step by
+# step on two caches with the same contents, so a slower moment of the machine hits both;
+# every step's logits are compared.
 
 # %%
 _fast = FusedDecoder(_gpt)
 _dec_rng = np.random.default_rng(4)
-_one_a, _one_b = KVCache.for_model(_gpt, 1), KVCache.for_model(_gpt, 1)
-_prompt = _dec_rng.integers(0, 96, (1, 128))
+_forwards = (lambda cache, tokens, rows: forward_cached(_gpt, cache, tokens, rows), _fast)
 
 
-def _prefill_time(forward, cache):
-    cache.reset()
-    t0 = time.perf_counter()
-    logits = forward(cache, _prompt, [0])
-    return time.perf_counter() - t0, logits
+def _paired(caches, steps, tokens, prefill):
+    """Median seconds per call of forward_cached and of _fast, taking turns on caches with the same contents.
+    prefill: each call starts from an empty cache (reset, not timed); else decode steps, greedy."""
+    times = ([], [])
+    for step in range(steps):
+        logits = []
+        for k in (0, 1):
+            if prefill:
+                caches[k].reset()
+            t0 = time.perf_counter()
+            logits.append(_forwards[k](caches[k], tokens, np.arange(len(tokens))))
+            times[k].append(time.perf_counter() - t0)
+        assert np.allclose(logits[0], logits[1], rtol=1e-4, atol=1e-4), step
+        if not prefill:
+            tokens = logits[0].argmax(axis=-1)[:, None]
+    return float(np.median(times[0])), float(np.median(times[1]))
 
 
-_decoder_rows = {}
-_pt = {"forward_cached": [], "FusedDecoder": []}
-for _ in range(20):
-    _ta, _la = _prefill_time(lambda c, t, r: forward_cached(_gpt, c, t, r), _one_a)
-    _tb, _lb = _prefill_time(_fast, _one_b)
-    assert np.allclose(_la, _lb, rtol=1e-4, atol=1e-4)
-    _pt["forward_cached"].append(_ta)
-    _pt["FusedDecoder"].append(_tb)
-_decoder_rows["prefill, 1 row of 128 tokens"] = (float(np.median(_pt["forward_cached"])),
-                                                 float(np.median(_pt["FusedDecoder"])))
+_decoder_rows = {"prefill, 1 row of 128 tokens": _paired([KVCache.for_model(_gpt, 1) for _ in range(2)], 20,
+                                                         _dec_rng.integers(0, 96, (1, 128)), prefill=True)}
 for _rows in (16, 64):
-    _ca, _cb = KVCache.for_model(_gpt, _rows), KVCache.for_model(_gpt, _rows)
+    _caches = [KVCache.for_model(_gpt, _rows) for _ in range(2)]
     _kv = _dec_rng.standard_normal((_rows, 4, 160, 32)).astype(np.float32)
-    for _layer in range(4):
-        _ca.append(_layer, _kv, _kv)
-        _cb.append(_layer, _kv, _kv)
-    _tok = _dec_rng.integers(0, 96, (_rows, 1))
-    _ta, _tb = [], []
-    for _step in range(64):
-        _t0 = time.perf_counter()
-        _la = forward_cached(_gpt, _ca, _tok, np.arange(_rows))
-        _t1 = time.perf_counter()
-        _lb = _fast(_cb, _tok, np.arange(_rows))
-        _t2 = time.perf_counter()
-        assert np.allclose(_la, _lb, rtol=1e-4, atol=1e-4), _step
-        _ta.append(_t1 - _t0)
-        _tb.append(_t2 - _t1)
-        _tok = _la.argmax(axis=-1)[:, None]
-    _decoder_rows[f"decode step, {_rows} rows"] = (float(np.median(_ta)), float(np.median(_tb)))
+    for _c in _caches:
+        for _layer in range(4):
+            _c.append(_layer, _kv, _kv)
+    _decoder_rows[f"decode step, {_rows} rows"] = _paired(_caches, 64, _dec_rng.integers(0, 96, (_rows, 1)),
+                                                          prefill=False)
 print(f"{'tiny_gpt, median per call':30s} {'forward_cached ms':>17s} {'FusedDecoder ms':>15s} {'speedup':>8s}")
 for _name, (_u, _f) in _decoder_rows.items():
     print(f"{_name:30s} {_u * 1e3:17.2f} {_f * 1e3:15.2f} {_u / _f:7.2f}x")
@@ -1598,24 +1503,18 @@ for _name, (_u, _f) in _decoder_rows.items():
 # %% [markdown]
 # The same logits at every step (asserted). In our runs (this cell, the benchmark and a
 # paired script, six runs in all) the decoder was faster on every line: 1.1-1.25x for the
-# prefill, 1.15-1.25x for 16 rows, 1.04-1.11x for 64 rows (read yours above). It saves the
-# most where a call does little work per row: with 16
-# rows, the per-call costs that the decoder pays once (the transposed-weight kernels, three
-# products for q, k and v, the mask and the checks in each layer) are a larger share of a
-# step than with 64 rows. With 64 rows at context 192, most of a step reads the cached keys
-# and values, which no layout of the weights changes (section 4's memory measurement below).
-
-# %% [markdown]
+# prefill, 1.15-1.25x for 16 rows, 1.04-1.11x for 64 rows (read yours above). It saves most
+# where a call does little work per row: with 16 rows, the per-call costs it pays once (the
+# transposed-weight kernels, three q, k, v products, the mask and checks in each layer) are a
+# larger share of a step. With 64 rows at context 192, most of a step reads the cached keys
+# and values, which no layout of the weights changes (the memory measurement below).
+#
 # ### Generation: plain, cached, static and continuous batching on the same prompts
 #
-# A mixed workload: 32 requests whose prompts (4 to 48 characters of validation text)
-# and output lengths (4 to 32 tokens) differ. All four methods run on exactly these
-# requests, greedy, one after the other in this cell:
-#
-# - plain `GPT.generate`, one request at a time (the whole sequence again at every step);
-# - module 17's `generate_cached`, one request at a time;
-# - cached + static batching (`generate_static`, 16 rows);
-# - cached + continuous batching (`generate_continuous`, 16 rows).
+# 32 requests with mixed prompts (4 to 48 characters of validation text) and output lengths
+# (4 to 32 tokens), greedy, served one after the other by plain `GPT.generate` (the whole
+# sequence again at every step) and module 17's `generate_cached`, one request at a time,
+# then by `generate_static` and `generate_continuous` with 16 rows.
 
 # %%
 from tinytorch.memoization import generate_cached
@@ -1648,24 +1547,19 @@ for _name, (_tps, _run) in _gen.items():
     print(f"{_name:36s} {_tps:9.0f} {_tps / _base:8.1f}x {_ttft:>10s} {_steps}")
 
 # %% [markdown]
-# Continuous batching produced the same tokens as the others (asserted above) with fewer
-# decode steps than static batching (a count, not a timing). In time to first token, a
-# request waiting behind a long one in static batching starts only when its whole group
-# ends, while in continuous batching it takes the first row that frees up; compare the
-# printed mean TTFTs and the histogram below. How much faster it is in
-# tokens per second depends on how mixed the output lengths are: with equal lengths the two
-# are the same schedule.
+# Continuous batching produced the same tokens (asserted) with fewer decode steps than static
+# batching (a count, not a timing). A request waiting behind a long one starts, in static
+# batching, only when its whole group ends, in continuous batching at the first free row:
+# compare the mean TTFTs and the histogram below. The gain in tokens per second depends on
+# how mixed the output lengths are: with equal lengths the two are the same schedule.
 #
-# How far can batching go? The goal of this module is cached, batched generation at 100x
-# the tokens per second of plain single-request generation. Plain generation pays more per
-# token the longer the sequence (it reruns the whole sequence at every step), so the
-# ratio depends on the workload. Below, a second workload with longer outputs (prompts of
-# 8 to 32 characters, 96 to 160 new tokens each, 64 requests): plain `GPT.generate` on
-# its first 2 requests (the per-request rate does not depend on how many we run), then
-# continuous batching of all 64 with 16 and with 64 cache rows, and `generate_parallel`
-# with 2 workers of 32 rows each (the same 64 rows, on both cores): worker threads, then
-# forked worker processes, and worker processes decoding with the `FusedDecoder`
-# (`fused=True`), measured now.
+# How far can batching go? The module's goal is cached, batched generation at 100x the
+# tokens per second of plain single-request generation, which pays more per token the longer
+# the sequence, so the ratio depends on the workload. Below, longer outputs (64 requests,
+# prompts of 8 to 32 characters, 96 to 160 new tokens): plain `GPT.generate` on the first 2
+# requests (its per-request rate does not depend on how many run), continuous batching of all
+# 64 with 16 and 64 rows, and `generate_parallel` with 2 workers of 32 rows (the same 64 rows
+# on both cores): threads, forked processes, and processes with `fused=True`.
 
 # %%
 _lw = np.random.default_rng(11)
@@ -1674,72 +1568,58 @@ _long_reqs = [_val[s:s + n] for s, n in zip(_lw.integers(0, len(_val) - 64, size
 _t0 = time.perf_counter()
 _long_plain = [_gpt.generate(p, n, temperature=0)[len(p):] for p, n in zip(_long_reqs[:2], _long_outs[:2])]
 _long_base = sum(_long_outs[:2]) / (time.perf_counter() - _t0)
+
+
+def _same_as_plain(run):
+    assert all(a.tolist() == b.tokens.tolist() for a, b in zip(_long_plain, run.results))
+    return run.tokens_per_s
+
+
 print(f"plain GPT.generate, one at a time: {_long_base:8.0f} tokens/s")
 _scale = {}
 for _rows in (16, 64):
     _r = generate_continuous(_gpt, _long_reqs, _long_outs, max_batch_size=_rows)
-    assert all(a.tolist() == b.tokens.tolist() for a, b in zip(_long_plain, _r.results))
-    _scale[_rows] = _r.tokens_per_s
+    _scale[_rows] = _same_as_plain(_r)
     print(f"continuous batching, {_rows:3d} rows:    {_r.tokens_per_s:8.0f} tokens/s = "
           f"{_r.tokens_per_s / _long_base:5.1f}x plain ({_r.tokens} tokens, {_r.decode_steps} decode steps)")
-_par = generate_parallel(_gpt, _long_reqs, _long_outs, workers=2, max_batch_size=32)
-assert all(a.tolist() == b.tokens.tolist() for a, b in zip(_long_plain, _par.results))
-print(f"2 threads x 32 rows:           {_par.tokens_per_s:8.0f} tokens/s = {_par.tokens_per_s / _long_base:5.1f}x plain "
-      f"= {_par.tokens_per_s / _scale[64]:.2f}x continuous batching on one thread with 64 rows")
+_par = _same_as_plain(generate_parallel(_gpt, _long_reqs, _long_outs, workers=2, max_batch_size=32))
+print(f"2 threads x 32 rows:           {_par:8.0f} tokens/s = {_par / _long_base:5.1f}x plain "
+      f"= {_par / _scale[64]:.2f}x continuous batching on one thread with 64 rows")
 if can_fork():   # worker processes are forked: Linux only (see fork_map)
-    _proc = generate_parallel(_gpt, _long_reqs, _long_outs, workers=2, max_batch_size=32, processes=True)
-    assert all(a.tolist() == b.tokens.tolist() for a, b in zip(_long_plain, _proc.results))
-    print(f"2 processes x 32 rows:         {_proc.tokens_per_s:8.0f} tokens/s = {_proc.tokens_per_s / _long_base:5.1f}x plain "
-          f"= {_proc.tokens_per_s / _par.tokens_per_s:.2f}x the threads (forking included)")
-    _fproc = generate_parallel(_gpt, _long_reqs, _long_outs, workers=2, max_batch_size=32, processes=True, fused=True)
-    assert all(a.tolist() == b.tokens.tolist() for a, b in zip(_long_plain, _fproc.results))
-    print(f"2 processes x 32 rows, fused:  {_fproc.tokens_per_s:8.0f} tokens/s = {_fproc.tokens_per_s / _long_base:5.1f}x plain "
-          f"= {_fproc.tokens_per_s / _proc.tokens_per_s:.2f}x the processes with forward_cached")
+    _proc = _same_as_plain(generate_parallel(_gpt, _long_reqs, _long_outs, workers=2, max_batch_size=32,
+                                             processes=True))
+    print(f"2 processes x 32 rows:         {_proc:8.0f} tokens/s = {_proc / _long_base:5.1f}x plain "
+          f"= {_proc / _par:.2f}x the threads (forking included)")
+    _fproc = _same_as_plain(generate_parallel(_gpt, _long_reqs, _long_outs, workers=2, max_batch_size=32,
+                                              processes=True, fused=True))
+    print(f"2 processes x 32 rows, fused:  {_fproc:8.0f} tokens/s = {_fproc / _long_base:5.1f}x plain "
+          f"= {_fproc / _proc:.2f}x the processes with forward_cached")
     _t0 = time.perf_counter()
     fork_map(lambda _x: _x, [0, 1])
     print(f"forking 2 workers that do nothing and collecting their answers: {(time.perf_counter() - _t0) * 1e3:.1f} ms")
 
 # %% [markdown]
-# Compare the printed ratios with the 100x goal. On one core, three things limit it in
-# this NumPy implementation: every request's prompt is prefilled on its own (one forward
-# per joining request, while the other rows wait); a decode step for many rows is still
-# many small matrix products plus Python overhead per layer; and, once the batch is large,
-# the step is bound by reading every row's cached keys and values from memory. The first
-# two are what production servers attack with batched and chunked prefill and fused GPU
-# kernels. The third is a property of the machine: the cell below measures how fast one
-# core reads memory, and how fast two cores read it at the same time.
+# Compare the printed ratios with the 100x goal. On one core three things limit this NumPy
+# implementation: each joining request's prompt is prefilled on its own while the other rows
+# wait; a decode step over many rows is still many small products plus Python per layer; and
+# with a large batch, the step is bound by reading every row's cached keys and values. The
+# first two are what production servers attack with batched and chunked prefill and fused
+# GPU kernels. The third is the machine's: the cell below measures how fast one core reads
+# memory, and two cores at once (`read_rate`, given in `tinytorch.parallel`).
 #
-# A second decode loop (`generate_parallel`) can add at most what the second core brings.
-# How much of that threads get depends on the share of a decode step spent inside NumPy's
-# array work, where the two threads run at once, against the Python around it, which
-# they take turns to run (the GIL). With the short contexts and 32 rows per worker of the
-# workload above, a step is mostly Python and small arrays, so compare the printed gain
-# of the threads with the two-thread read rate below: they get only part of it. The worker
-# processes each have their own GIL, so the Python runs on both cores too: compare their
-# line with the threads'. Forking two processes and sending the results back costs
-# milliseconds (the cell prints it), against seconds of generation. The `FusedDecoder`
-# shortens the Python and the small products of every step, which is what these short
-# contexts are made of. With 128-token prompts and 64 rows per worker (milestone 06's
-# workload), a step is mostly reading the cache, and both kinds of worker gain more from
-# the second core, the fused decoder less (the README gives our runs).
+# A second decode loop can add at most what the second core brings. Threads get the share of
+# a step spent in NumPy's array work, which they run at once, not the Python around it, which
+# they take turns on (the GIL). With these short contexts and 32 rows per worker a step is
+# mostly Python and small arrays, so the threads get only part of the two-thread read rate.
+# Worker processes each have their own GIL, so the Python runs on both cores too; forking
+# them costs milliseconds (printed) against seconds of generation. The `FusedDecoder`
+# shortens the Python and small products these short contexts are made of. With 128-token
+# prompts and 64 rows per worker (milestone 06), a step is mostly reading the cache: both
+# kinds of worker gain more from the second core, the fused decoder less (README: our runs).
 
 # %%
-def _read_rate(arrays):
-    """Bytes per second of summing each array in its own thread, all threads at once (best of 3)."""
-    best = 0.0
-    for _ in range(3):
-        threads = [threading.Thread(target=a.sum) for a in arrays]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        best = max(best, sum(a.nbytes for a in arrays) / (time.perf_counter() - t0))
-    return best
-
-
 _blocks = [np.ones(16_000_000, np.float32) for _ in range(2)]   # 64 MB each: far larger than the caches
-_one_core, _two_cores = _read_rate(_blocks[:1]), _read_rate(_blocks)
+_one_core, _two_cores = read_rate(_blocks[:1]), read_rate(_blocks)
 print(f"reading memory: one thread {_one_core / 1e9:.1f} GB/s, two threads at once {_two_cores / 1e9:.1f} GB/s "
       f"({_two_cores / _one_core:.2f}x)")
 del _blocks
@@ -1749,15 +1629,11 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 _names = list(_gen)
 axes[0].barh(range(4), [_gen[n][0] for n in _names])
 axes[0].set_yticks(range(4), [n.replace(", one at a time", "") for n in _names], fontsize=8)
-axes[0].set_xscale("log")
-axes[0].set_xlabel("tokens per second (log)")
-axes[0].set_title("32 mixed requests, tiny_gpt, greedy")
+axes[0].set(xscale="log", xlabel="tokens per second (log)", title="32 mixed requests, tiny_gpt, greedy")
 axes[1].hist([[r.ttft_s * 1e3 for r in _static.results], [r.ttft_s * 1e3 for r in _cont.results]],
              bins=12, label=["static", "continuous"])
-axes[1].set_xlabel("time to first token (ms)")
-axes[1].set_ylabel("requests")
+axes[1].set(xlabel="time to first token (ms)", ylabel="requests", title="time to first token")
 axes[1].legend()
-axes[1].set_title("time to first token")
 fig.tight_layout()
 show(fig)
 
