@@ -48,7 +48,7 @@ import time
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.notebook import plt, show
+from tinytorch.notebook import plt, raises, show
 from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
 
@@ -284,11 +284,7 @@ _rng = np.random.default_rng(0)
 _hits = sum(percentile_ci(_rng.exponential(1.0, 200), 0.9).contains(math.log(10)) for _ in range(400))
 assert 0.92 <= _hits / 400 <= 0.995, f"covered the true p90 in {_hits}/400 runs, expected about 95%"
 for _bad in ([], [[1.0, 2.0]], [1.0, float("nan")]):
-    try:
-        percentile_ci(_bad, 0.9)
-        raise AssertionError(f"{_bad!r} must be rejected")
-    except ValueError:
-        pass
+    raises(percentile_ci, _bad, 0.9, exc=ValueError)
 ### BEGIN HIDDEN TESTS
 _h = percentile_ci([4.0, 1.0, 3.0, 2.0], 0.5)
 assert _h.value == 2.5, ("the quantile interpolates between order statistics (np.percentile), not the nearest rank: "
@@ -418,11 +414,7 @@ assert abs(_e10.high - (4.5 + 3.2498355 * np.std(np.arange(10.0), ddof=1) / math
 _rng = np.random.default_rng(2)
 _hits = sum(t_interval(_rng.normal(0.0, 1.0, 8)).contains(0.0) for _ in range(2000))
 assert 0.935 <= _hits / 2000 <= 0.965, f"t-interval coverage {_hits / 2000} at n=8, expected 0.95"
-try:
-    t_interval([1.0])
-    raise AssertionError("one sample has no spread: must be rejected")
-except ValueError:
-    pass
+raises(t_interval, [1.0], exc=ValueError)  # one sample has no spread
 ### BEGIN HIDDEN TESTS
 _h = t_interval([0.0, 2.0])
 assert abs(_h.high - (1 + 12.7062047)) < 1e-5, f"n = 2 has df = 1: t(0.975, 1) = 12.706, so [0, 2] gives 1 +- 12.706; got {_h.format()}"
@@ -464,11 +456,7 @@ assert (round(_w.low, 4), round(_w.high, 4)) == (0.9604, 0.9905), _w
 _all = wilson_interval(10, 10)
 assert _all.value == 1.0 and _all.high == 1.0 and 0.65 < _all.low < 0.75, "10/10 is not proof of 100%"
 assert wilson_interval(0, 10).low == 0.0
-try:
-    wilson_interval(11, 10)
-    raise AssertionError("more successes than trials must be rejected")
-except ValueError:
-    pass
+raises(wilson_interval, 11, 10, exc=ValueError)  # more successes than trials
 ### BEGIN HIDDEN TESTS
 _h = wilson_interval(0, 10)
 assert _h.low == 0.0 and abs(_h.high - 0.2775328) < 1e-6, f"0/10: expected [0, 0.2775] (z^2 / (n + z^2)), got {_h.format()}"
@@ -531,11 +519,7 @@ def early_stopping_percentile(samples, q: float = 0.9, confidence: float = 0.99)
 # %% nbgrader={"grade": true, "grade_id": "test-early-stopping", "locked": true, "points": 5, "schema_version": 3, "solution": false}
 assert min_queries_for_percentile(0.9, 0.99) == 44 and min_queries_for_percentile(0.99, 0.99) == 459
 assert early_stopping_percentile(np.arange(1.0, 45.0), 0.9).value == 44.0
-try:
-    early_stopping_percentile(np.arange(1.0, 44.0), 0.9)
-    raise AssertionError("43 queries cannot bound a p90 at 99%")
-except ValueError as err:
-    assert "44" in str(err), err
+raises(early_stopping_percentile, np.arange(1.0, 44.0), 0.9, exc=ValueError, match="44")  # 43 cannot bound a p90 at 99%
 _x = np.arange(1.0, 1001.0)
 _es = early_stopping_percentile(_x, 0.9)
 _t = 1000 - int(_es.value)             # queries set aside
@@ -547,11 +531,7 @@ _h = early_stopping_percentile(np.random.default_rng(22).permutation(np.arange(1
 assert (_h.value, round(_h.low, 6)) == (998.0, 990.01), ("p99 of 1..1000 (shuffled) at 99%: at most 2 queries may be set aside "
     f"(P(Binomial(1000, 0.01) <= 2) <= 1%), so the bound is x(998) and low the measured p99 990.01; got {_h.value}, {_h.low}")
 assert early_stopping_percentile(np.arange(1.0, 30.0), 0.9, 0.95).value == 29.0, "at 95% confidence 29 queries bound a p90 (0.9^29 <= 5%)"
-try:
-    early_stopping_percentile(np.arange(1.0, 29.0), 0.9, 0.95)
-    raise AssertionError("28 queries cannot bound a p90 at 95%: use the confidence asked for")
-except ValueError as err:
-    assert "29" in str(err), f"the error names the minimum, 29: got {err}"
+raises(early_stopping_percentile, np.arange(1.0, 29.0), 0.9, 0.95, exc=ValueError, match="29")  # 28 cannot, at 95%
 ### END HIDDEN TESTS
 print(f"early_stopping_percentile: ok; 1000 queries 1..1000: measured p90 {_es.low:.1f}, bound {_es.value:.0f}")
 
@@ -1044,11 +1024,7 @@ _q = find_max_qps(lambda r: r <= 37.3, 1.0, 1000.0)
 assert 37.3 / 1.05 <= _q.max_qps <= 37.3 < _q.failed_qps <= 37.3 * 1.05, _q
 assert len(_q.history) <= 2 + math.ceil(math.log2(math.log(1000) / math.log(1.05))) + 1
 assert find_max_qps(lambda r: True, 1.0, 8.0).max_qps == 8.0
-try:
-    find_max_qps(lambda r: False, 1.0, 8.0)
-    raise AssertionError("no passing rate: must be an error")
-except ValueError:
-    pass
+raises(find_max_qps, lambda r: False, 1.0, 8.0, exc=ValueError)  # no passing rate
 
 
 # against the fake 4 ms worker with a 10 ms p99 bound: the oracle is a fine scan of the queue recursion
@@ -1248,11 +1224,7 @@ assert abs(_acc.threshold - 0.99 * 353 / 360) < 1e-12
 assert _acc.met(350 / 360) and not _acc.met(349 / 360) and _acc.met(wilson_interval(351, 360))
 _ppl = QualityTarget("perplexity", 7.9, higher_is_better=False)
 assert abs(_ppl.threshold - 7.9 / 0.99) < 1e-12 and _ppl.met(7.95) and not _ppl.met(8.0)
-try:
-    QualityTarget("accuracy", 0.98, fraction=1.5)
-    raise AssertionError("a fraction above 1 must be rejected")
-except ValueError:
-    pass
+raises(QualityTarget, "accuracy", 0.98, fraction=1.5, exc=ValueError)  # a fraction above 1
 ### BEGIN HIDDEN TESTS
 for _ht in (QualityTarget("accuracy", 0.9, 0.999), QualityTarget("loss", 2.0, 0.95, higher_is_better=False)):
     assert _ht.met(_ht.threshold), f"a value exactly at the threshold meets the target: {_ht}, threshold {_ht.threshold}"
@@ -1424,28 +1396,16 @@ with tempfile.TemporaryDirectory() as _tmp:
         _bad = json.loads(json.dumps(_d))
         _change(_bad)
         Path(_path).write_text(json.dumps(_bad))
-        try:
-            BenchmarkReport.load(_path)
-            raise AssertionError(f"a report with {_words!r} wrong must be rejected")
-        except ReportError as err:
-            assert _words in str(err), err
+        raises(BenchmarkReport.load, _path, exc=ReportError, match=_words)
     ### BEGIN HIDDEN TESTS
     for _change, _words in ((lambda d: d["variants"].insert(0, "fp32"), "variant 0"),
                             (lambda d: d.update(title=3), "title"),
                             (lambda d: d["variants"][0].update(scenarios=[]), "scenarios")):
         _bad = json.loads(json.dumps(_d))
         _change(_bad)
-        try:
-            validate_report(_bad)
-            raise AssertionError(f"a report with {_words!r} wrong must be rejected")
-        except ReportError as err:
-            assert _words in str(err), f"the error names what is wrong ({_words!r}): got {err}"
+        raises(validate_report, _bad, exc=ReportError, match=_words)  # the error names what is wrong
     Path(_path).write_text("{not json")
-    try:
-        BenchmarkReport.load(_path)
-        raise AssertionError("a file that is not JSON must be a ReportError")
-    except ReportError:
-        pass
+    raises(BenchmarkReport.load, _path, exc=ReportError, match="not valid JSON")
     _rep.variant("fp32").figures["max"] = Estimate(1.0, 1.0, math.inf, 0.0, "search bracket")
     _text = _rep.save(_path).read_text()
     assert "Infinity" not in _text and BenchmarkReport.load(_path).variant("fp32").figures["max"].high == math.inf
