@@ -26,8 +26,9 @@ SCHEMES = ("affine", "symmetric")
 
 
 def raises(error, fn: Callable, *args, **kwargs) -> bool:
-    """True when fn(*args, **kwargs) raises `error`, False when it returns (the notebook's graded
-    cells check bad input with it); any other exception propagates."""
+    """True when fn(*args, **kwargs) raises `error`, False when it returns; any other exception
+    propagates. (Module 16's notebook calls it; the shared helper for graded cells, which also
+    names the call when it fails, is tinytorch.notebook.raises.)"""
     try:
         fn(*args, **kwargs)
     except error:

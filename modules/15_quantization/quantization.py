@@ -38,12 +38,12 @@ import time
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.notebook import plt, show
+from tinytorch.notebook import plt, raises, show
 from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
 from tinytorch.profiling import count_flops, measure_latency, parameter_bytes
 from tinytorch.quantization_utils import (
-    RUNTIMES, finetune_classifier, interleaved_latency, layer_sqnr, raises, runtime_comparison,
+    RUNTIMES, finetune_classifier, interleaved_latency, layer_sqnr, runtime_comparison,
 )
 
 
@@ -297,8 +297,8 @@ assert _pc.scale.shape == (2,)
 assert np.abs(dequantize(quantize(_wc, _pc), _pc) - _wc)[1].max() < np.abs(dequantize(quantize(_wc, _pt), _pt) - _wc)[1].max() / 10
 # bad input
 for _bad in [np.array([1.0, np.nan]), np.array([np.inf])]:
-    assert raises(ValueError, quantize, _bad, _ps), "non-finite input must raise"
-assert raises(ValueError, tensor_qparams, _wc, axis=2), "axis out of range must raise"
+    raises(quantize, _bad, _ps, exc=ValueError)  # non-finite input must raise
+raises(tensor_qparams, _wc, axis=2, exc=ValueError)  # axis out of range must raise
 ### BEGIN HIDDEN TESTS
 for _lo, _hi in ((2.0, 6.0), (-6.0, -2.0)):  # one-sided ranges: widened to contain 0
     _p = compute_qparams(_lo, _hi, "affine", "uint8")
@@ -493,8 +493,8 @@ def _mse(obs):
 
 
 assert _mse(_ms) < _mse(_mm)
-assert raises(ValueError, MinMaxObserver().qparams), "an observer that saw nothing must raise"
-assert raises(ValueError, MinMaxObserver().update, np.array([])), "an empty batch must raise"
+raises(MinMaxObserver().qparams, exc=ValueError)  # an observer that saw nothing must raise
+raises(MinMaxObserver().update, np.array([]), exc=ValueError)  # an empty batch must raise
 ### BEGIN HIDDEN TESTS
 _o = MinMaxObserver()
 for _b in ([0.5, 1.0], [-4.0, 0.0], [2.0, 3.0]):  # batches with different ranges
@@ -607,7 +607,7 @@ assert np.array_equal(int_matmul(_a3, _b3), _a3.astype(np.int64) @ _b3.astype(np
 _a = np.full((1, 4096), 127, np.int8); _b = np.full((4096, 1), 127, np.int8)
 _a[0, 0] = 1
 assert int(int_matmul(_a, _b)[0, 0]) == 4095 * 127 * 127 + 127
-assert raises(TypeError, int_matmul, np.ones((2, 3), np.float32), np.ones((3, 2), np.int8)), "float input must raise"
+raises(int_matmul, np.ones((2, 3), np.float32), np.ones((3, 2), np.int8), exc=TypeError)  # float input must raise
 print("int_matmul: OK")
 
 # %% [markdown]
@@ -812,7 +812,7 @@ for _pcf in (True, False):
     _qx = quantize(_xin, _ap).astype(np.int64) - int(_ap.zero_point)
     assert np.array_equal(centered_quantize(_xin, _ap), _qx)
     assert np.array_equal(_ql.integer_accumulate(_xin), _qx @ _ql.weight_int8.T.astype(np.int64))
-assert raises(TypeError, QuantizedLinear.from_float, tc.Embedding(5, 4), _ap), "non-Linear must raise"
+raises(QuantizedLinear.from_float, tc.Embedding(5, 4), _ap, exc=TypeError)  # non-Linear must raise
 ### BEGIN HIDDEN TESTS
 _lh = tc.Linear(3, 2)
 _lh.weight.data = np.array([[100.0, -50.0, 25.0], [0.01, 0.02, -0.04]], np.float32)  # rows 10^4 apart
@@ -1052,8 +1052,8 @@ assert abs(accuracy(_qm, _d.x_test, _d.y_test) - accuracy(_m, _d.x_test, _d.y_te
 _fr = count_flops(_qm, _d.x_test[:4], rules=QUANTIZED_FLOP_RULES)
 assert _fr.total_macs == 4 * _n_w
 for _bad in ([], [np.zeros((0, 1, 8, 8), np.float32)]):
-    assert raises(ValueError, quantize_model, _m, _bad), "empty calibration data must raise"
-assert raises(TypeError, quantize_layer, tc.LayerNorm(4), _ap), "unsupported layer must raise"
+    raises(quantize_model, _m, _bad, exc=ValueError)  # empty calibration data must raise
+raises(quantize_layer, tc.LayerNorm(4), _ap, exc=TypeError)  # unsupported layer must raise
 ### BEGIN HIDDEN TESTS
 tc.manual_seed(3)
 _mh = tc.Sequential(tc.Linear(2, 2))
@@ -1245,7 +1245,7 @@ for _bits in GROUP_BITS:
     assert np.all(np.abs(_back - _wr) <= _step * (1 + 1e-3))
 _lin4 = WeightOnlyLinear(tc.Linear(64, 10))
 assert _lin4.weight_packed.nbytes == 10 * 32 and _lin4.weight_scale.nbytes == 10 * 2 * 2
-assert raises(ValueError, pack_groupwise, _wr, bits=3), "bits=3 must raise"
+raises(pack_groupwise, _wr, bits=3, exc=ValueError)  # bits=3 must raise
 print("groupwise INT4: OK")
 
 # %% [markdown]
