@@ -696,6 +696,9 @@ def exact_matmul(xc: np.ndarray, w: np.ndarray) -> np.ndarray:
     exactly: float32 BLAS on blocks of F32_BLOCK inputs (each block's sums < 2^24), the blocks'
     sums added in float64 when there is more than one. Returns float32 (K <= 514) or float64.
 
+    TODO: K <= F32_BLOCK: one float32 product; else add xc[:, block] @ w[:, block].T for each
+    block of F32_BLOCK columns into a float64 result (exact: every block sum is below 2^24).
+
     EXAMPLE:
     >>> exact_matmul(np.full((1, 600), 255, np.float32), np.full((1, 600), -128, np.float32))
     array([[-19584000.]])
