@@ -39,10 +39,7 @@
 # %%
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 
 import numpy as np
@@ -1832,18 +1829,15 @@ show(fig)
 # tokens, BLAS-heavy) before, during and after it.
 
 # %%
+from tinytorch.contention import blas_timings, busy_core  # given: the child processes of 5.3 and 5.4
+
 _x64 = val_ids[None, :64]
 _gpt_sut = lambda batch: forward_fn(gpt)(_x64)  # noqa: E731  (the query content does not matter here)
 _small = notebook_settings("SingleStream", min_query_count=40, min_duration_s=0.0, max_duration_s=4.0,
                            warmup_queries=3)
 load_runs = {"quiet (before)": run_stream(_gpt_sut, np.zeros(1), _small)}
-_burner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 6: pass"])
-try:
-    time.sleep(0.2)
+with busy_core(seconds=6.0):  # a second Python spinning on one core for at most 6 s
     load_runs["one core busy"] = run_stream(_gpt_sut, np.zeros(1), _small)
-finally:
-    _burner.kill()
-    _burner.wait()
 load_runs["quiet (after)"] = run_stream(_gpt_sut, np.zeros(1), _small)
 for _name, _r in load_runs.items():
     print(f"{_name:15s}: median {np.median(_r.latencies) * 1e3:7.2f} ms, p90 {_r.value.scaled(1e3).format(' ms')}, "
@@ -1868,42 +1862,18 @@ show(fig)
 #
 # OpenBLAS reads `OPENBLAS_NUM_THREADS` once, when NumPy loads, so each setting needs
 # its own process. Each child times a 256 x 256 float32 matmul and a `tiny_gpt`
-# forward on 8 sequences of 64 tokens, 20 times each, and prints the samples as JSON;
-# the children run one after another, alternating 1, 2, 1, 2 threads, each bounded to
-# 30 s (on a heavily loaded machine a child may not finish; the cell says so).
+# forward on 8 sequences of 64 tokens, 20 times each, and prints the samples as JSON
+# (`blas_timings`); the children run one after another, alternating 1, 2, 1, 2 threads,
+# each bounded to 30 s (on a heavily loaded machine a child may not finish; the cell says so).
 
 # %%
-_child = textwrap.dedent("""
-    import json, time
-    import numpy as np
-    import tinytorch.core as tc
-    from tinytorch import datasets, models
-    a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
-    gpt = models.load("tiny_gpt")
-    text = datasets.load_text()
-    x = text.tokenizer.encode(text.val[: 8 * 64]).reshape(8, 64)
-    def timed(fn, n=20):
-        for _ in range(3):
-            fn()
-        out = []
-        for _ in range(n):
-            t = time.perf_counter(); fn(); out.append(time.perf_counter() - t)
-        return out
-    def fwd():
-        with tc.no_grad():
-            gpt(x)
-    print(json.dumps({"matmul": timed(lambda: a @ a), "gpt": timed(fwd)}))
-""")
 blas = {1: {"matmul": [], "gpt": []}, 2: {"matmul": [], "gpt": []}}
 for _threads in (1, 2, 1, 2):
-    _env = {**os.environ, "OPENBLAS_NUM_THREADS": str(_threads), "OMP_NUM_THREADS": str(_threads)}
-    try:
-        _out = subprocess.run([sys.executable, "-c", _child], env=_env, capture_output=True, text=True,
-                              timeout=30, check=True)
-    except subprocess.TimeoutExpired:  # a heavily loaded machine: say so and go on
+    _samples = blas_timings(_threads, repeats=20, timeout=30)
+    if _samples is None:  # a heavily loaded machine: say so and go on
         print(f"{_threads} thread(s): the child did not finish in 30 s (skipped)")
         continue
-    for _k, _v in json.loads(_out.stdout).items():
+    for _k, _v in _samples.items():
         blas[_threads][_k] += _v
 for _k in ("matmul", "gpt"):
     if not (blas[1][_k] and blas[2][_k]):
