@@ -34,10 +34,15 @@ from tinytorch.core.tensor import Tensor
 from tinytorch.profiling import LatencyStats, latency_stats
 
 __all__ = ["BadRequest", "BatchQueue", "GenerationRun", "HTTPClient", "InferenceServer", "LoadReport", "Request",
-           "RequestResult", "check_generation_requests", "parse_request", "run_load"]
+           "RequestResult", "as_array", "check_generation_requests", "parse_request", "run_load"]
 
 
-def _array(x) -> np.ndarray:
+def as_array(x) -> np.ndarray:
+    """A Tensor's data array, or np.asarray(x) for anything else (no copy when x already is one).
+
+    >>> as_array(Tensor([1.0, 2.0])).tolist(), as_array([3]).tolist()
+    ([1.0, 2.0], [3])
+    """
     return x.data if isinstance(x, Tensor) else np.asarray(x)
 
 
@@ -99,7 +104,7 @@ class BatchQueue:
         return self._closed
 
     def _check_input(self, x) -> np.ndarray:
-        a = _array(x)
+        a = as_array(x)
         name = type(self).__name__
         if a.dtype.kind not in "biuf":
             raise TypeError(f"{name}.submit expects a numeric array, got dtype {a.dtype}")
@@ -385,9 +390,9 @@ class InferenceServer:
         try:
             submit = getattr(self.predict, "submit", None)
             if callable(submit):   # a batcher: wait for this request's row, at most `timeout`
-                y = _array(submit(x).result(self.timeout))
+                y = as_array(submit(x).result(self.timeout))
             else:
-                y = _array(self.predict(x))
+                y = as_array(self.predict(x))
         except FutureTimeout:
             h._reply(504, {"error": f"no answer within {self.timeout} s"})
             return
@@ -451,7 +456,7 @@ class HTTPClient:
         return response.status, payload
 
     def __call__(self, x) -> np.ndarray:
-        status, payload = self.request("POST", "/predict", json.dumps({"input": _array(x).tolist()}).encode())
+        status, payload = self.request("POST", "/predict", json.dumps({"input": as_array(x).tolist()}).encode())
         if status != 200:
             raise RuntimeError(f"HTTP {status}: {payload.get('error')}")
         return np.asarray(payload["output"], dtype=np.float32)

@@ -1,5 +1,5 @@
 """tinytorch.serving on its own: run_load's bookkeeping (answers, errors, round robin over the inputs,
-the run's length), BatchQueue (the worker thread a batcher's steps run on), and the InferenceServer in front of a plain function or of anything batcher-like
+the run's length), as_array, BatchQueue (the worker thread a batcher's steps run on), and the InferenceServer in front of a plain function or of anything batcher-like
 (submit(x) -> Future, health(stuck_after_s)), as module 18's DynamicBatcher is."""
 
 import threading
@@ -9,7 +9,8 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from tinytorch.serving import BatchQueue, HTTPClient, InferenceServer, LoadReport, Request, run_load
+import tinytorch.core as tc
+from tinytorch.serving import BatchQueue, HTTPClient, InferenceServer, LoadReport, Request, as_array, run_load
 from tests.explain import check
 
 
@@ -203,3 +204,10 @@ def test_the_server_sends_each_reply_without_waiting_for_an_ack():
         client.close()
     check(len(flags) == 1 and all(flags), "the server's connection sockets have TCP_NODELAY set",
           on="one keep-alive request", expected="[nonzero]", got=flags)
+
+
+def test_as_array_is_a_tensors_own_data_or_asarray():
+    t = tc.Tensor(np.array([1.0, 2.0], np.float32))
+    assert as_array(t) is t.data, "a Tensor gives its own array, not a copy"
+    a = np.arange(3)
+    assert as_array(a) is a and as_array([[1, 2]]).shape == (1, 2)
