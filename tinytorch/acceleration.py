@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 
-# %% modules/18_acceleration/acceleration.py (cell 9)
+# %% modules/18_acceleration/acceleration.py (cell 8)
 """Acceleration: batched inference, a dynamic batcher, operator fusion with preallocated buffers,
 and static vs continuous batching for generation on module 17's KV-cache, on one core or on
 several (one worker thread or forked process per core). The HTTP server and load generator in
@@ -42,14 +42,10 @@ from tinytorch.core.functional import GELU_CUBIC, GELU_SCALE
 from tinytorch.memoization import KVCache, check_forward, forward_cached, layer_norm, merge_heads
 from tinytorch.parallel import can_fork, fork_map
 from tinytorch.profiling import LatencyStats, measure_latency
-from tinytorch.serving import BatchQueue, GenerationRun, Request, RequestResult, check_generation_requests
+from tinytorch.serving import BatchQueue, GenerationRun, Request, RequestResult, as_array, check_generation_requests
 
 
-def _array(x) -> np.ndarray:
-    return x.data if isinstance(x, tc.Tensor) else np.asarray(x)
-
-
-# %% modules/18_acceleration/acceleration.py (cell 11)
+# %% modules/18_acceleration/acceleration.py (cell 10)
 def matmul_intensity(m: int, k: int, n: int, itemsize: int = 4) -> float:
     """FLOPs per byte of an (m, k) @ (k, n) matmul that reads both inputs and writes the output once.
 
@@ -96,7 +92,7 @@ def batch_sweep(fn, make_batch, batch_sizes, warmup: int = 2, repeats: int = 10)
     return points
 
 
-# %% modules/18_acceleration/acceleration.py (cell 14)
+# %% modules/18_acceleration/acceleration.py (cell 13)
 class DynamicBatcher(BatchQueue):
     """Group concurrent requests into batched calls of `fn` under a latency bound.
 
@@ -153,14 +149,14 @@ class DynamicBatcher(BatchQueue):
             return
         self.batch_sizes.append(len(live))
         try:
-            out = _array(self.fn(np.stack([r.x for r in live])))
+            out = as_array(self.fn(np.stack([r.x for r in live])))
         except Exception as error:
             if len(live) == 1:
                 live[0].future.set_exception(error)
                 return
             for r in live:  # isolate the bad row: each request alone gets its own answer or error
                 try:
-                    row = _array(self.fn(r.x[None]))
+                    row = as_array(self.fn(r.x[None]))
                     if row.ndim == 0 or row.shape[0] != 1:
                         raise ValueError(f"fn returned shape {row.shape} for a batch of 1 input; "
                                          f"expected one row per input")
@@ -198,7 +194,7 @@ class DynamicBatcher(BatchQueue):
                                    "it ends when fn returns and runs nothing more")
 
 
-# %% modules/18_acceleration/acceleration.py (cell 19)
+# %% modules/18_acceleration/acceleration.py (cell 16)
 class FusedQKV:
     """One (3C, C) projection built from an attention layer's q_proj, k_proj, v_proj (copied).
 
@@ -227,7 +223,7 @@ class FusedQKV:
         return cls(weight, bias)
 
     def __call__(self, x) -> tuple:
-        x = _array(x)
+        x = as_array(x)
         if x.ndim == 0 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"FusedQKV expects input with last dimension {self.embed_dim}, got shape {x.shape}")
         # one GEMM over all leading dimensions: np.matmul on (B, 1, C) would run B matrix-vector
@@ -254,7 +250,7 @@ def bias_gelu(x, bias, out=None, scratch=None) -> np.ndarray:
     >>> bias_gelu(np.array([0.0, 1.0], np.float32), np.float32(0.0))
     array([0.      , 0.841192], dtype=float32)
     """
-    x, bias = _array(x), _array(bias)
+    x, bias = as_array(x), as_array(bias)
     out = _check_out(out, x, "out")
     scratch = _check_out(scratch, x, "scratch")
     np.add(x, bias, out=out)                      # y
@@ -277,7 +273,7 @@ def softmax(x, axis: int = -1, out=None) -> np.ndarray:
     >>> softmax(np.array([[0.0, np.log(3.0)]], np.float32))
     array([[0.25, 0.75]], dtype=float32)
     """
-    x = _array(x)
+    x = as_array(x)
     out = _check_out(out, x, "out")
     np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
     np.exp(out, out=out)
@@ -291,7 +287,7 @@ def fused_attention(attn, x, qkv: FusedQKV | None = None) -> np.ndarray:
     """
     if not isinstance(attn, tc.MultiHeadAttention):
         raise TypeError(f"fused_attention expects a MultiHeadAttention, got {type(attn).__name__}")
-    x = _array(x)
+    x = as_array(x)
     if x.ndim != 3 or x.shape[-1] != attn.embed_dim:
         raise ValueError(f"fused_attention expects x of shape (B, T, {attn.embed_dim}), got {x.shape}")
     qkv = FusedQKV.from_attention(attn) if qkv is None else qkv
@@ -313,7 +309,7 @@ def fused_attention(attn, x, qkv: FusedQKV | None = None) -> np.ndarray:
     return out
 
 
-# %% modules/18_acceleration/acceleration.py (cell 22)
+# %% modules/18_acceleration/acceleration.py (cell 19)
 def _transposed(layer) -> tuple[np.ndarray, np.ndarray]:
     """A Linear's weight as (in, out), contiguous, and its bias (zeros without one): both copies. Given."""
     bias = layer.bias.data.copy() if layer.bias is not None else np.zeros(layer.out_features, np.float32)
@@ -403,7 +399,7 @@ class FusedDecoder:
         return f"FusedDecoder(blocks={c.num_layers}, embed_dim={c.embed_dim}, num_heads={c.num_heads})"
 
 
-# %% modules/18_acceleration/acceleration.py (cell 25)
+# %% modules/18_acceleration/acceleration.py (cell 22)
 def _forward(model, fused: bool) -> Callable:
     """forward(cache, tokens (n, T), rows) -> logits (n, vocab): module 17's forward_cached on the
     model, or a FusedDecoder of it. A prefill is forward(cache, prompt[None, :], [row]); a decode
@@ -492,7 +488,7 @@ def generate_continuous(model, prompts, max_new_tokens, max_batch_size: int = 8,
                          seconds, steps)
 
 
-# %% modules/18_acceleration/acceleration.py (cell 28)
+# %% modules/18_acceleration/acceleration.py (cell 25)
 def generate_parallel(model, prompts, max_new_tokens, workers: int = 2, max_batch_size: int = 64,
                       clock: Callable[[], float] = time.perf_counter, processes: bool = False,
                       fused: bool = False) -> GenerationRun:

@@ -13,10 +13,9 @@
 # %% [markdown]
 # # Module 18: Acceleration. Batching, a dynamic batcher, continuous batching, fusion, serving
 #
-# A trained model that answers one request at a time wastes most of the machine. The
-# same weights are read from memory for every request, and a matrix-vector product
-# does two FLOPs per weight loaded: the arithmetic units wait for memory. Production
-# systems serve many users at once, and the tricks they use are the subject of this module:
+# A model that answers one request at a time wastes most of the machine: the same weights
+# are read from memory for every request, and a matrix-vector product does two FLOPs per
+# weight loaded while the arithmetic units wait. This module builds what serving systems do:
 #
 # | you build | it does |
 # |---|---|
@@ -49,6 +48,7 @@ import tinytorch.core as tc
 from tinytorch.notebook import plt, raises, show
 from tinytorch import datasets, models
 from tinytorch.profiling import count_flops, measure_latency, measure_machine, measure_memory, roofline
+from tinytorch.memoization import generate_cached
 from tinytorch.parallel import read_rate                               # given: memory read rate, n threads
 from tinytorch.serving import HTTPClient, InferenceServer, run_load   # given: the HTTP plumbing
 
@@ -85,16 +85,13 @@ print(f"64 images one at a time would take {64 * _one.median * 1e3:.1f} ms: "
 # answer (the dynamic batcher). Generation requests run for different numbers of steps, so a
 # batch must let them join and leave mid-flight (continuous batching). Inside one call,
 # fusing operators saves passes over memory.
-# %% [markdown]
+#
 # ## 2. The idea
 #
-# **Arithmetic intensity.** A `Linear(k, n)` applied to a batch of `m` rows is a
-# matmul `(m, k) @ (k, n)`: `2 m k n` FLOPs, and it must read the input (`m k` values),
-# the weight (`k n`) and write the output (`m n`). With 4-byte floats its intensity is
-#
-# `I(m) = 2 m k n / (4 (m k + k n + m n))` FLOPs per byte.
-#
-# Worked example, `k = n = 128` (a tiny_gpt projection): at `m = 1`,
+# **Arithmetic intensity.** A `Linear(k, n)` on a batch of `m` rows is a matmul `(m, k) @
+# (k, n)`: `2 m k n` FLOPs, reading the input (`m k` values) and the weight (`k n`) and
+# writing the output (`m n`). With 4-byte floats its intensity is
+# `I(m) = 2 m k n / (4 (m k + k n + m n))` FLOPs per byte. Worked example, `k = n = 128` (a tiny_gpt projection): at `m = 1`,
 # `I = 2*128*128 / (4*(128 + 16384 + 128)) = 32768 / 66560 = 0.49`. At `m = 64`,
 # `I = 2*64*128*128 / (4*(8192 + 16384 + 8192)) = 2097152 / 131072 = 16.0`. On module 14's
 # roofline (a kernel runs at `min(peak, I * bandwidth)`), `m = 1` is deep in the memory-bound
@@ -156,19 +153,14 @@ from tinytorch.core.functional import GELU_CUBIC, GELU_SCALE
 from tinytorch.memoization import KVCache, check_forward, forward_cached, layer_norm, merge_heads
 from tinytorch.parallel import can_fork, fork_map
 from tinytorch.profiling import LatencyStats, measure_latency
-from tinytorch.serving import BatchQueue, GenerationRun, Request, RequestResult, check_generation_requests
-
-
-def _array(x) -> np.ndarray:
-    return x.data if isinstance(x, tc.Tensor) else np.asarray(x)
+from tinytorch.serving import BatchQueue, GenerationRun, Request, RequestResult, as_array, check_generation_requests
 
 
 # %% [markdown]
 # ### Batched inference: intensity and the throughput curve
 #
-# `matmul_intensity(m, k, n)` is the formula of section 2. `batch_sweep(fn, make_batch,
-# batch_sizes)` times `fn(make_batch(b))` for each batch size with module 14's
-# `measure_latency` and reports the median latency and the throughput (items per second).
+# `matmul_intensity(m, k, n)` is the formula of section 2; `batch_sweep(fn, make_batch,
+# batch_sizes)` times `fn(make_batch(b))` per batch size with module 14's `measure_latency`.
 
 # %% nbgrader={"grade": false, "grade_id": "batch-sweep", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -257,27 +249,25 @@ print("matmul_intensity, batch_sweep: OK")
 # %% [markdown]
 # ### The dynamic batcher
 #
-# `DynamicBatcher(fn, max_batch_size, max_wait_ms)` owns one worker thread. `fn` takes a
-# stacked batch `(n, *shape)` and returns an array whose first dimension is `n`.
+# `DynamicBatcher(fn, max_batch_size, max_wait_ms)` owns one worker thread; `fn` takes a
+# stacked batch `(n, *shape)` and returns `n` rows. `submit(x)`, safe from many threads,
+# checks `x` (numeric, the shape of every other request: `input_shape=` or the first one),
+# queues it with a new `Future` and returns the future at once. The worker collects up to
+# `max_batch_size` requests or until `max_wait_ms` after the oldest arrived, runs `fn` once
+# on the stack, and sets row `i` on future `i`. Two rules carry the design:
 #
-# - `submit(x)` checks `x` (a numeric array, the same shape as every other request: fixed
-#   by `input_shape=` or by the first request), queues it with a new `Future`, wakes the
-#   worker and returns the future at once. It is safe to call from many threads.
-# - The worker collects up to `max_batch_size` requests or until `max_wait_ms` after the
-#   oldest one arrived, runs `fn` once on the stacked inputs, and sets row `i` on future `i`.
-# - If `fn` raises, one request's bad row must not fail the others, nor hand them its error
-#   text (over HTTP, one client would read another's error): the worker runs each request of
-#   that batch alone. A result with the wrong number of rows is a bug of `fn`: the whole batch
-#   gets that error. Either way the worker keeps serving.
-# - `close(drain=True)` refuses new requests (`RuntimeError`), finishes the queued ones and
-#   joins the worker; `drain=False` fails the queued and running ones with `RuntimeError`, so
-#   no caller waits on a hung model call. A thread cannot be killed: if the worker is still in
-#   `fn` after `timeout` seconds, `close` raises `TimeoutError`.
+# - **An error stays with its request.** If `fn` raises, the worker runs each request of that
+#   batch alone, so a bad row neither fails the others nor hands them its error text (over
+#   HTTP, one client would read another's). A result with the wrong number of rows is a bug of
+#   `fn`: the whole batch gets that error. Either way the worker keeps serving.
+# - **Closing never strands a caller.** `close(drain=True)` refuses new requests
+#   (`RuntimeError`), finishes the queued ones and joins the worker; `drain=False` fails the
+#   queued and running ones with `RuntimeError`. A thread cannot be killed: a worker still
+#   inside `fn` after `timeout` seconds makes `close` raise `TimeoutError`.
 #
-# One `threading.Condition` guards the queue and the closed flag; `fn` runs outside the lock
-# so callers keep submitting while a batch computes. The thread and the bookkeeping (`health`,
-# `with`, failing futures) are given: `DynamicBatcher` extends `tinytorch.serving.BatchQueue`,
-# which starts the worker and calls your two steps in a loop.
+# One `threading.Condition` guards the queue and the closed flag; `fn` runs outside the lock.
+# The thread and the bookkeeping (`health`, `with`, failing futures) are given: `DynamicBatcher`
+# extends `tinytorch.serving.BatchQueue`, which starts the worker and calls your two steps.
 
 # %% nbgrader={"grade": false, "grade_id": "dynamic-batcher", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -367,14 +357,14 @@ class DynamicBatcher(BatchQueue):
             return
         self.batch_sizes.append(len(live))
         try:
-            out = _array(self.fn(np.stack([r.x for r in live])))
+            out = as_array(self.fn(np.stack([r.x for r in live])))
         except Exception as error:
             if len(live) == 1:
                 live[0].future.set_exception(error)
                 return
             for r in live:  # isolate the bad row: each request alone gets its own answer or error
                 try:
-                    row = _array(self.fn(r.x[None]))
+                    row = as_array(self.fn(r.x[None]))
                     if row.ndim == 0 or row.shape[0] != 1:
                         raise ValueError(f"fn returned shape {row.shape} for a batch of 1 input; "
                                          f"expected one row per input")
@@ -428,11 +418,8 @@ with DynamicBatcher(_square_rows, max_batch_size=8, max_wait_ms=2) as _b:
         for i in range(k, 200, 8):
             _futs[i] = _b.submit(_inputs[i])
 
-    _ths = [threading.Thread(target=_client, args=(k,)) for k in range(8)]
-    for _t in _ths:
-        _t.start()
-    for _t in _ths:
-        _t.join()
+    with ThreadPoolExecutor(8) as _pool:
+        list(_pool.map(_client, range(8)))      # list(): a client's exception is raised here
     _got = np.array([f.result(timeout=30) for f in _futs])
     assert np.array_equal(_got, _square_rows(_inputs))  # row-wise, so batching cannot change a value
     assert sum(_b.batch_sizes) == 200 and max(_b.batch_sizes) <= 8
@@ -522,42 +509,18 @@ _gate.set()
 print("DynamicBatcher: OK")
 
 # %% [markdown]
-# ### Serving it over HTTP (given: `tinytorch.serving`)
-#
-# A server is plumbing, not acceleration, so it is given (read `tinytorch/serving.py`).
-# `InferenceServer(predict, input_shape)` serves `POST /predict` (`{"input": [...]}` in,
-# `{"output": [...]}` out) on `127.0.0.1`, one thread per connection; `predict` may be your
-# `DynamicBatcher`, so concurrent connections become one batch. Bad requests get 400 with
-# `{"error": "..."}`; a `predict` that raises gives 500 with *that request's* error (why the
-# batcher keeps errors with their own request); `GET /health` is 503 when the batcher cannot
-# serve (its `health` method). `HTTPClient(url)` is a keep-alive client and `run_load(call,
-# inputs, concurrency, duration_s)` a closed-loop load generator reporting throughput and
-# module 14's latency percentiles; `call` is an `HTTPClient` or the batcher itself.
-
-# %%
-with DynamicBatcher(lambda b: b.sum(axis=1, keepdims=True), max_batch_size=8, max_wait_ms=1) as _b, \
-        InferenceServer(_b, input_shape=(3,)) as _srv:
-    _cl = HTTPClient(_srv.url)
-    print(_srv.url, _cl.request("GET", "/health"), _cl(np.array([1.0, 2.0, 3.0])))
-    print(_cl.request("POST", "/predict", b'{"input": [1, 2]}'))
-    print(run_load(_cl, [np.full(3, i, np.float32) for i in range(8)], concurrency=4, duration_s=0.2,
-                   check=lambda i, y: np.testing.assert_array_equal(y, [3 * i])))
-    print(f"batch sizes the server's requests formed: {sorted(set(_b.batch_sizes))}")
-
-# %% [markdown]
 # ### Operator fusion
 #
 # Three fusions, each checked against the unfused layer it replaces:
 #
 # - `FusedQKV.from_attention(attn)` stacks `q_proj`, `k_proj`, `v_proj` weights into one
-#   `(3C, C)` matrix (biases into `(3C,)`): one matmul reads the input once and returns q, k
-#   and v as three views of one result.
+#   `(3C, C)` matrix (biases into `(3C,)`): one matmul returns q, k and v as views of one result.
 # - `bias_gelu(x, bias, out=, scratch=)` computes `gelu(x + bias)` (the core's tanh form) in two
-#   preallocated buffers; `softmax(x, axis, out=)` writes `exp(x - max)` and its normalization
-#   into `out`. With buffers passed in, a call allocates only the small row reductions.
-# - `fused_attention(attn, x)`: causal self-attention with the fused projection, the
-#   `1/sqrt(D)` scale folded into q (`B*T*C` multiplies instead of `B*H*T*T`), the mask added
-#   in place and the in-place softmax.
+#   preallocated buffers; `softmax(x, axis, out=)` computes in `out`. With buffers passed in,
+#   a call allocates only the small row reductions.
+# - `fused_attention(attn, x)`: causal self-attention with the fused projection, `1/sqrt(D)`
+#   folded into q (`B*T*C` multiplies instead of `B*H*T*T`), the mask added in place and the
+#   in-place softmax.
 
 # %% nbgrader={"grade": false, "grade_id": "fusion", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -602,7 +565,7 @@ class FusedQKV:
         ### END SOLUTION
 
     def __call__(self, x) -> tuple:
-        x = _array(x)
+        x = as_array(x)
         if x.ndim == 0 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"FusedQKV expects input with last dimension {self.embed_dim}, got shape {x.shape}")
         ### BEGIN SOLUTION
@@ -638,7 +601,7 @@ def bias_gelu(x, bias, out=None, scratch=None) -> np.ndarray:
     >>> bias_gelu(np.array([0.0, 1.0], np.float32), np.float32(0.0))
     array([0.      , 0.841192], dtype=float32)
     """
-    x, bias = _array(x), _array(bias)
+    x, bias = as_array(x), as_array(bias)
     out = _check_out(out, x, "out")
     scratch = _check_out(scratch, x, "scratch")
     ### BEGIN SOLUTION
@@ -663,7 +626,7 @@ def softmax(x, axis: int = -1, out=None) -> np.ndarray:
     >>> softmax(np.array([[0.0, np.log(3.0)]], np.float32))
     array([[0.25, 0.75]], dtype=float32)
     """
-    x = _array(x)
+    x = as_array(x)
     out = _check_out(out, x, "out")
     ### BEGIN SOLUTION
     np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
@@ -684,7 +647,7 @@ def fused_attention(attn, x, qkv: FusedQKV | None = None) -> np.ndarray:
     """
     if not isinstance(attn, tc.MultiHeadAttention):
         raise TypeError(f"fused_attention expects a MultiHeadAttention, got {type(attn).__name__}")
-    x = _array(x)
+    x = as_array(x)
     if x.ndim != 3 or x.shape[-1] != attn.embed_dim:
         raise ValueError(f"fused_attention expects x of shape (B, T, {attn.embed_dim}), got {x.shape}")
     qkv = FusedQKV.from_attention(attn) if qkv is None else qkv
@@ -764,20 +727,16 @@ print("FusedQKV, bias_gelu, softmax, fused_attention: OK")
 # ### Fusion in the decode step: `FusedDecoder`
 #
 # Generation spends its time in module 17's `forward_cached`, once per step. Per block it runs
-# three projections for q, k and v; `_linear` multiplies by `layer.weight.data.T`, a transposed
-# view that BLAS reads with its transposed-operand kernel (about 19% of a 16-row decode step
-# on this machine in paired runs, 5% of a 64-row one); `cached_attention` scales the scores,
-# builds the mask and checks its inputs in every layer. None of that changes the math, so:
+# three projections for q, k and v, each multiplying by `layer.weight.data.T`, a transposed
+# view BLAS reads with its transposed-operand kernel (about 19% of a 16-row decode step on
+# this machine in paired runs, 5% of a 64-row one); its attention scales the scores, builds
+# the mask and checks its inputs in every layer. None of that changes the math, so the
+# decoder lays the weights out once (one `(C, 3C)` QKV matrix with `1/sqrt(D)` folded into
+# its q columns; every weight `(in, out)` and contiguous), builds the mask once per call (none
+# when no key is hidden), and runs the softmax, bias + GELU and residual sums in place.
 #
-# - **once, when built:** q, k and v from one `(C, 3C)` matrix (the `FusedQKV` weight,
-#   transposed) with `1/sqrt(D)` folded into its q columns; every weight stored `(in, out)`
-#   and contiguous, so `x @ w` is the plain matrix product;
-# - **once per call, not per layer:** the mask, and none at all when no key is hidden (every
-#   row at the same length, as when equal prompts start together);
-# - **in place:** the softmax, bias + GELU in the MLP's hidden buffer, the residual sums.
-#
-# The cache stays module 17's. `fast = FusedDecoder(gpt)` is called like `forward_cached`
-# without the model, `fast(cache, tokens, rows)`: the same logits up to float rounding (the
+# `fast = FusedDecoder(gpt)` is called like `forward_cached` without the model,
+# `fast(cache, tokens, rows)`, on module 17's cache: the same logits up to float rounding (the
 # products add in another order), so greedy generation gives the same tokens, as
 # `torch.compile(model)` computes a PyTorch model's answers another way. It copies the
 # projection weights when built: build it again after changing them.
@@ -953,16 +912,12 @@ print("FusedDecoder: OK")
 # Both serve a list of greedy generation requests (a prompt and a number of new tokens each)
 # on module 17's KV-cache with `max_batch_size` rows, and record each request's tokens, its
 # **time to first token** (from the start of the run) and its latency (to its last token).
-#
-# - `generate_static`: `max_batch_size` requests at a time, in order; prefill each into its
-#   row, then batched decode steps over the rows still short of tokens until the whole group
-#   is done; only then the next group.
-# - `generate_continuous`: before every decode step each free row takes the next waiting
-#   request (`cache.reset([row])`, prefill: its first token); one decode step over all
-#   active rows; a request that has its tokens leaves at once and frees its row.
-#
-# A request of prompt length `P` that wants `n` tokens needs `P + n - 1` cache positions,
-# within the context length (no sliding window).
+# `generate_static` takes `max_batch_size` requests at a time, prefills each into its row and
+# runs batched decode steps until the whole group is done, then the next group;
+# `generate_continuous` lets each free row take the next waiting request (`cache.reset([row])`,
+# prefill) before every decode step, and frees a row as soon as its request has its tokens.
+# A request of prompt length `P` wanting `n` tokens needs `P + n - 1` cache positions, within
+# the context length (no sliding window).
 
 # %% nbgrader={"grade": false, "grade_id": "continuous", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1115,22 +1070,20 @@ print("generate_static, generate_continuous: OK")
 # %% [markdown]
 # ### Both cores: one continuous batch per worker
 #
-# A decode step over many rows is memory-bound: it reads every row's cached keys and values.
-# Each core brings its own share of memory bandwidth, so a second decode loop on the second
-# core can add up to that share, if the two loops really run at once. Two threads of one
-# process overlap their array work (NumPy releases the interpreter lock, the GIL, inside its
-# products and loops), but take turns on the Python between. Worker *processes* each have
-# their own GIL. On Linux a process can be *forked*: it starts as a copy of this one, model
-# included, its memory pages shared until one side writes, so nothing is copied up front.
-# `fork_map` (given: `tinytorch.parallel`, Linux only) runs a function on each item in its own
-# forked process and brings each result back through a pipe.
+# A decode step over many rows is memory-bound (it reads every row's cached keys and values),
+# and each core brings its own share of memory bandwidth: a second decode loop on the second
+# core can add that share, if the loops really run at once. Two threads overlap their array
+# work (NumPy releases the interpreter lock, the GIL, inside its products and loops) but take
+# turns on the Python between. Worker *processes* each have their own GIL; on Linux
+# `fork_map` (given: `tinytorch.parallel`) forks them, each a copy of this process, model
+# included, its memory pages shared until written, and brings each result back through a pipe.
 #
 # `generate_parallel` splits the requests round-robin (request `i` to worker `i % workers`,
-# which mixes long and short ones), runs one `generate_continuous` per worker, each on its
-# own KV-cache, and puts every result back at its request's index, times measured from the
-# common start. Worked example: 5 requests on 2 workers; worker 0 serves requests 0, 2, 4
-# and worker 1 serves 1, 3; the run's decode steps are the sum of both workers' steps, and
-# every request gets exactly the tokens it gets alone.
+# mixing long and short ones), runs one `generate_continuous` per worker on its own KV-cache,
+# and puts every result back at its request's index, times measured from the common start.
+# Worked example: 5 requests on 2 workers; worker 0 serves requests 0, 2, 4 and worker 1
+# serves 1, 3; the run's decode steps are the sum of both workers' steps, and every request
+# gets exactly the tokens it gets alone.
 
 # %% nbgrader={"grade": false, "grade_id": "parallel", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1287,14 +1240,7 @@ def _gpt_forward(x):
         return _gpt(x).data
 
 
-def _cnn_batch_of(b):
-    return _digits.x_test[np.arange(b) % 360]
-
-
-def _gpt_batch_of(b):
-    return _val[: b * 64].reshape(b, 64)
-
-
+_cnn_batch_of, _gpt_batch_of = (lambda b: _digits.x_test[np.arange(b) % 360]), (lambda b: _val[: b * 64].reshape(b, 64))
 _cnn_pts = batch_sweep(_cnn_forward, _cnn_batch_of, [1, 4, 16, 64, 256], warmup=2, repeats=10)
 _gpt_pts = batch_sweep(_gpt_forward, _gpt_batch_of, [1, 2, 8, 32], warmup=1, repeats=5)
 _peaks = measure_machine(512, 32, repeats=3)
@@ -1313,13 +1259,12 @@ for _name, _model, _pts, _mk in (("digits_cnn", _cnn, _cnn_pts, _cnn_batch_of),
 
 # %% [markdown]
 # On a quiet machine a batch is far cheaper per item (the items/s column). The roofline
-# columns say why: with one image every layer is memory-bound (each weight read is used for
-# a handful of FLOPs); as the batch grows, the layers' intensity climbs past the ridge point,
-# and the share of FLOPs in compute-bound layers and the achieved GFLOP/s climb with it.
-# `tiny_gpt` differs: one 64-token window already multiplies a (64, 128) matrix in every
-# layer, so even batch 1 is mostly compute-bound and batching windows adds little; its
-# batching win is in generation, one token per request per step (below). The achieved rate
-# stays well below the peak: at batch 1, per-call Python overhead and small GEMMs set the pace.
+# columns say why: with one image every layer is memory-bound; as the batch grows, the
+# layers' intensity climbs past the ridge point, and the share of FLOPs in compute-bound
+# layers and the achieved GFLOP/s climb with it. One 64-token window of `tiny_gpt` already
+# multiplies a (64, 128) matrix in every layer, so batching windows adds little; its batching
+# win is in generation, one token per request per step (below). The achieved rate stays well
+# below the peak: at batch 1, per-call Python overhead and small GEMMs set the pace.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
@@ -1339,9 +1284,12 @@ show(fig)
 # %% [markdown]
 # ### The dynamic batcher under load: the `max_wait_ms` trade-off
 #
-# 16 client threads call the batcher in front of `digits_cnn` (one image each), closed
-# loop, for 0.8 s per setting. `max_batch_size=1` is the unbatched baseline (the same
-# queue and worker, one request per call). Every answer is checked against the model's own.
+# The load comes from given code (`tinytorch/serving.py`): `run_load(call, inputs,
+# concurrency, duration_s)` is a closed-loop load generator (each of `concurrency` threads
+# sends a request, waits for its answer, sends the next) that reports throughput and module
+# 14's latency percentiles; `call` is anything that takes one input. Here 16 clients call the
+# batcher in front of `digits_cnn` (one image each) for 0.8 s per setting, every answer
+# checked against the model's own; `max_batch_size=1` is the unbatched baseline.
 
 # %%
 _expected = _cnn_forward(_digits.x_test[:64])
@@ -1377,26 +1325,33 @@ show(fig)
 #
 # ### Over HTTP: the server with and without batching
 #
-# The same model behind `InferenceServer`, 16 concurrent HTTP clients on keep-alive
-# connections for 1.5 s each, every answer checked.
+# A server is plumbing, not acceleration, so it is given too. `InferenceServer(predict,
+# input_shape)` serves `POST /predict` (`{"input": [...]}` in, `{"output": [...]}` out) on
+# `127.0.0.1`, one thread per connection; `predict` may be your `DynamicBatcher`, so concurrent
+# connections become one batch. A bad request gets 400 with `{"error": "..."}`; a `predict`
+# that raises gives 500 with *that request's* error (why the batcher keeps errors with their
+# own request); `GET /health` is 503 when the batcher cannot serve (its `health` method).
+# `HTTPClient(url)` is a keep-alive client. Below: 16 HTTP clients for 1.5 s each, then a
+# health check and a bad request.
 
 # %%
 _http = {}
 for _mb in (1, 32):
     with DynamicBatcher(_cnn_forward, max_batch_size=_mb, max_wait_ms=1.0) as _b, \
             InferenceServer(_b, input_shape=(1, 8, 8)) as _srv:
-        _http[_mb] = run_load(HTTPClient(_srv.url), list(_digits.x_test[:64]), concurrency=16, duration_s=1.5,
-                              check=_check_digit)
+        _client = HTTPClient(_srv.url)
+        _http[_mb] = run_load(_client, list(_digits.x_test[:64]), concurrency=16, duration_s=1.5, check=_check_digit)
+        _other = _client.request("GET", "/health"), _client.request("POST", "/predict", b'{"input": [1, 2]}')
     print(f"{'batched (max 32)' if _mb > 1 else 'unbatched':17s} {_http[_mb]}")
 print(f"batching: {_http[32].throughput / _http[1].throughput:.1f}x the throughput, "
       f"p50 {_http[1].latency.median / _http[32].latency.median:.1f}x lower")
+print("GET /health, then a POST of the wrong shape:", *_other)
 
 # %% [markdown]
 # Over HTTP each request also pays for JSON, a loopback round trip and a handler thread, all
-# in the same Python process as the 16 clients, competing for one interpreter lock and 2
-# cores. For a model this small (well under a millisecond per image) that costs more than the
-# model, so the batching gain over HTTP is much smaller than in-process (compare the ratios).
-# Batching pays over HTTP when the model's time per request dominates the transport's.
+# in the Python process of the 16 clients, on 2 cores. For a model this small (well under a
+# millisecond per image) that costs more than the model, so batching gains much less than
+# in-process (compare the ratios); it pays when the model's time per request dominates.
 #
 # ### Fusion: time and temporary memory
 #
@@ -1413,54 +1368,41 @@ _h = np.random.default_rng(2).standard_normal((8 * 64, 512)).astype(np.float32)
 _hb = _blk.mlp.fc.bias.data
 _sc = np.random.default_rng(3).standard_normal((8, 4, 64, 64)).astype(np.float32)
 _buf_h, _buf_s, _buf_sc = np.empty_like(_h), np.empty_like(_h), np.empty_like(_sc)
-
-
-def _qkv_three(x):
-    with tc.no_grad():
-        return [p(x).data for p in (_blk.attn.q_proj, _blk.attn.k_proj, _blk.attn.v_proj)]
-
-
-def _attn_unfused(x):
-    with tc.no_grad():
-        return _blk.attn(x).data
-
-
-_pairs = {
-    "QKV projection, 8x64 tokens": (lambda: _qkv_three(_xa), lambda: _fq(_xa)),
-    "QKV projection, 64 decode tokens": (lambda: _qkv_three(_xd), lambda: _fq(_xd)),
+_projs = (_blk.attn.q_proj, _blk.attn.k_proj, _blk.attn.v_proj)
+_pairs = {   # (unfused, fused): the unfused forms are the layers themselves, run under no_grad below
+    "QKV projection, 8x64 tokens": (lambda: [p(_xa).data for p in _projs], lambda: _fq(_xa)),
+    "QKV projection, 64 decode tokens": (lambda: [p(_xd).data for p in _projs], lambda: _fq(_xd)),
     "bias + GELU (512 x 512)": (lambda: tc.functional.gelu(tc.Tensor(_h + _hb)).data,
                                 lambda: bias_gelu(_h, _hb, out=_buf_h, scratch=_buf_s)),
     "softmax (8x4x64x64)": (lambda: tc.functional.softmax(tc.Tensor(_sc)).data, lambda: softmax(_sc, out=_buf_sc)),
-    "attention (8x64 tokens)": (lambda: _attn_unfused(_xa), lambda: fused_attention(_blk.attn, _xa, _fq)),
+    "attention (8x64 tokens)": (lambda: _blk.attn(_xa).data, lambda: fused_attention(_blk.attn, _xa, _fq)),
 }
 _fusion = {}
 print(f"{'operator':34s} {'unfused ms':>10s} {'fused ms':>9s} {'speedup':>8s} {'unfused peak':>13s} {'fused peak':>11s}")
-for _name, (_u, _f) in _pairs.items():
-    _ru, _rf = _u(), _f()
-    _ru, _rf = (_ru, _rf) if not isinstance(_ru, list) else (np.stack(_ru), np.stack(_rf))
-    assert np.allclose(_ru, _rf, rtol=1e-4, atol=1e-5), _name
-    _tu, _tf = measure_latency(_u, warmup=3, repeats=20), measure_latency(_f, warmup=3, repeats=20)
-    _mu, _mf = measure_memory(_u).peak_bytes, measure_memory(_f).peak_bytes
-    _fusion[_name] = (_tu.median, _tf.median, _mu, _mf)
-    print(f"{_name:34s} {_tu.median * 1e3:10.3f} {_tf.median * 1e3:9.3f} {_tu.median / _tf.median:7.2f}x "
-          f"{_mu / 1024:11.0f} KB {_mf / 1024:9.0f} KB")
+with tc.no_grad():   # this thread records no graph, in the timed calls too
+    for _name, (_u, _f) in _pairs.items():
+        _ru, _rf = _u(), _f()
+        _ru, _rf = (_ru, _rf) if not isinstance(_ru, list) else (np.stack(_ru), np.stack(_rf))
+        assert np.allclose(_ru, _rf, rtol=1e-4, atol=1e-5), _name
+        _tu, _tf = measure_latency(_u, warmup=3, repeats=20), measure_latency(_f, warmup=3, repeats=20)
+        _mu, _mf = measure_memory(_u).peak_bytes, measure_memory(_f).peak_bytes
+        _fusion[_name] = (_tu.median, _tf.median, _mu, _mf)
+        print(f"{_name:34s} {_tu.median * 1e3:10.3f} {_tf.median * 1e3:9.3f} {_tu.median / _tf.median:7.2f}x "
+              f"{_mu / 1024:11.0f} KB {_mf / 1024:9.0f} KB")
 
 # %% [markdown]
 # All five fused versions equal their unfused forms (asserted). The memory columns are the
 # clearest result: with buffers given, the fused bias+GELU and softmax allocate only row
 # reductions, while the unfused forms allocate full-size arrays (each `+`, `*` and `tanh` of
-# the GELU makes one; the foundation's softmax works in place, but on a new array for its
-# result). In time the gains are modest in NumPy (noisy on a busy machine): every in-place
-# step is still a separate pass over memory, where a real fused kernel (CUDA, Triton, what
-# `torch.compile` generates) does all steps in one pass with the values in registers. The
-# fused QKV projection saves two of three matmul calls, the reads of the input, and the
-# transposes (one copy splits q, k and v into heads together).
+# the GELU makes one). In time the gains are modest in NumPy (and noisy on a busy machine):
+# every in-place step is still a pass over memory, where a real fused kernel (CUDA, Triton,
+# `torch.compile`'s output) does all steps in one pass with the values in registers. The
+# fused QKV saves two of three matmul calls, the reads of the input, and the transposes.
 #
-# Put together in the `FusedDecoder`, they speed up what generation runs: below, module 17's
-# `forward_cached` against the decoder on `tiny_gpt`, for a prefill (one row, 128 tokens) and
-# 64 decode steps (context 160 to 224) over 16 and over 64 rows. The two take turns step by
-# step on two caches with the same contents, so a slower moment of the machine hits both;
-# every step's logits are compared.
+# Put together in the `FusedDecoder`, they speed up what generation runs. Below, module 17's
+# `forward_cached` against the decoder on `tiny_gpt`: a prefill (one row, 128 tokens) and 64
+# decode steps (context 160 to 224) over 16 and 64 rows, taking turns step by step on two
+# caches with the same contents (a slow moment of the machine hits both), logits compared.
 
 # %%
 _fast = FusedDecoder(_gpt)
@@ -1504,10 +1446,9 @@ for _name, (_u, _f) in _decoder_rows.items():
 # The same logits at every step (asserted). In our runs (this cell, the benchmark and a
 # paired script, six runs in all) the decoder was faster on every line: 1.1-1.25x for the
 # prefill, 1.15-1.25x for 16 rows, 1.04-1.11x for 64 rows (read yours above). It saves most
-# where a call does little work per row: with 16 rows, the per-call costs it pays once (the
-# transposed-weight kernels, three q, k, v products, the mask and checks in each layer) are a
-# larger share of a step. With 64 rows at context 192, most of a step reads the cached keys
-# and values, which no layout of the weights changes (the memory measurement below).
+# where a call does little work per row, as with 16 rows, where the per-call costs it pays
+# once weigh more; with 64 rows at context 192 most of a step reads the cached keys and
+# values, which no layout of the weights changes (the memory measurement below).
 #
 # ### Generation: plain, cached, static and continuous batching on the same prompts
 #
@@ -1517,8 +1458,6 @@ for _name, (_u, _f) in _decoder_rows.items():
 # then by `generate_static` and `generate_continuous` with 16 rows.
 
 # %%
-from tinytorch.memoization import generate_cached
-
 _wl = np.random.default_rng(7)
 _lens = _wl.integers(4, 49, size=32)
 _outs = [int(n) for n in _wl.integers(4, 33, size=32)]
@@ -1600,22 +1539,19 @@ if can_fork():   # worker processes are forked: Linux only (see fork_map)
 
 # %% [markdown]
 # Compare the printed ratios with the 100x goal. On one core three things limit this NumPy
-# implementation: each joining request's prompt is prefilled on its own while the other rows
-# wait; a decode step over many rows is still many small products plus Python per layer; and
-# with a large batch, the step is bound by reading every row's cached keys and values. The
-# first two are what production servers attack with batched and chunked prefill and fused
-# GPU kernels. The third is the machine's: the cell below measures how fast one core reads
-# memory, and two cores at once (`read_rate`, given in `tinytorch.parallel`).
+# implementation: each joining prompt is prefilled alone while the other rows wait; a decode
+# step is still many small products plus Python per layer; and with a large batch, a step is
+# bound by reading every row's cached keys and values. Production servers attack the first
+# two with batched and chunked prefill and fused GPU kernels. The third is the machine's: the
+# cell below measures how fast one core reads memory, and two at once (`read_rate`, given).
 #
-# A second decode loop can add at most what the second core brings. Threads get the share of
-# a step spent in NumPy's array work, which they run at once, not the Python around it, which
-# they take turns on (the GIL). With these short contexts and 32 rows per worker a step is
-# mostly Python and small arrays, so the threads get only part of the two-thread read rate.
-# Worker processes each have their own GIL, so the Python runs on both cores too; forking
-# them costs milliseconds (printed) against seconds of generation. The `FusedDecoder`
-# shortens the Python and small products these short contexts are made of. With 128-token
-# prompts and 64 rows per worker (milestone 06), a step is mostly reading the cache: both
-# kinds of worker gain more from the second core, the fused decoder less (README: our runs).
+# Threads get the second core only for NumPy's array work, not for the Python around it
+# (the GIL). With these short contexts and 32 rows per worker a step is mostly Python and
+# small arrays, so the threads get only part of the two-thread read rate; processes run the
+# Python on both cores, and forking them costs milliseconds (printed) against seconds of
+# generation. The `FusedDecoder` shortens exactly that Python and those small products. With
+# 128-token prompts and 64 rows per worker (milestone 06), a step is mostly reading the
+# cache: both kinds of worker gain more from the second core, the fused decoder less (README).
 
 # %%
 _blocks = [np.ones(16_000_000, np.float32) for _ in range(2)]   # 64 MB each: far larger than the caches
@@ -1643,23 +1579,19 @@ show(fig)
 # The measurements above in one place:
 #
 # - **Batch size** moves a model from memory-bound matrix-vector work toward compute-bound
-#   matrix-matrix work; throughput per item rises steeply up to a batch of a few dozen and
-#   then flattens, while the latency of each call keeps growing. A batch is worth forming
-#   until the latency budget is spent.
-# - **Dynamic batching** turns concurrent single requests into batches without the clients
-#   knowing, for the price of at most `max_wait_ms` of queueing at low load.
-# - **Continuous batching** keeps every cache row busy when output lengths differ, so
-#   waiting requests start sooner (time to first token) and fewer decode steps run.
-# - **Fusion** in NumPy saves allocations more than time for one operator; the big time win
-#   needs a compiler or hand-written kernels that keep intermediate values in registers.
-#   Across a whole decode step, doing once what need not be done every time (weights laid
-#   out for the products, the attention scale folded into them, the mask built once)
-#   speeds up small batches most, where those per-call costs weigh most.
-# - **A second core** adds decode loops: worker threads overlap only NumPy's array work
-#   (the Python between takes turns under the GIL); forked worker processes run the Python
-#   on both cores too, for the price of a fork and of sending the results back.
-
-# %% [markdown]
+#   matrix-matrix work: throughput per item rises steeply up to a batch of a few dozen, then
+#   flattens, while each call's latency keeps growing. Batch until the latency budget is spent.
+# - **Dynamic batching** makes batches of concurrent single requests without the clients
+#   knowing, for at most `max_wait_ms` of queueing at low load.
+# - **Continuous batching** keeps every cache row busy when output lengths differ: waiting
+#   requests start sooner (time to first token) and fewer decode steps run.
+# - **Fusion** in NumPy saves allocations more than time for one operator (the big time win
+#   needs kernels that keep intermediates in registers); across a decode step, doing once what
+#   need not be done every time speeds up small batches most, where per-call costs weigh most.
+# - **A second core** adds decode loops: threads overlap only NumPy's array work (the Python
+#   between takes turns under the GIL); forked processes run the Python on both cores too,
+#   for the price of a fork and of sending the results back.
+#
 # ## 6. Reflection
 #
 # 1. Our batcher waits up to `max_wait_ms` after the *oldest* request. What would go wrong
@@ -1681,17 +1613,14 @@ show(fig)
 #    order than `forward_cached`'s, so the logits differ in the last bits. Why does greedy
 #    generation still give the same tokens here, and when could it not? What would you
 #    compare instead of tokens to test a fused kernel?
-
-# %% [markdown]
+#
 # ## 7. Summary
 #
-# You built a batch-size sweep tied to module 14's roofline; a thread-safe
-# `DynamicBatcher` whose futures each get exactly their own row, with per-batch error
-# isolation and clean `close()` semantics; a JSON `InferenceServer` on 127.0.0.1 with a
-# closed-loop load generator that reports throughput and p50/p99; fused QKV, bias+GELU,
-# softmax and attention that equal their unfused forms; a `FusedDecoder` that runs module
-# 17's cached forward with its weights laid out once; and static and continuous
-# batching of generation on module 17's KV-cache, where every request gets exactly the
-# tokens it would get alone, on one core or on both (worker threads or forked processes).
-# Next, module 19 turns these measurements into MLPerf-style
-# benchmarks: scenarios (single stream, server, offline), percentiles and reports.
+# You built a batch-size sweep tied to module 14's roofline; a thread-safe `DynamicBatcher`
+# whose futures each get exactly their own row, with per-request error isolation and clean
+# `close()` semantics, measured in-process and behind the given HTTP server; fused QKV,
+# bias+GELU, softmax and attention equal to their unfused forms; a `FusedDecoder` running
+# module 17's cached forward with its weights laid out once; and static and continuous batching
+# of generation on module 17's KV-cache, every request getting exactly the tokens it gets alone,
+# on one core or both (threads or forked processes). Next, module 19 turns these measurements
+# into MLPerf-style benchmarks: scenarios (single stream, server, offline), percentiles, reports.
