@@ -24,8 +24,8 @@ def test_the_docstring_examples_hold(module):
 # what tinytorch.benchmarking defined itself before these moved to the library (benchmarks and milestones import
 # some of them from there)
 GIVEN = {stats: ["Estimate", "binomial_cdf", "min_queries_for_percentile", "normal_quantile", "t_cdf", "t_quantile"],
-         loadgen: ["MLPERF", "NOTEBOOK", "QPSSearch", "SCENARIOS", "ScenarioResult", "ScenarioSettings", "energy_figures",
-                   "interleave", "mlperf_settings", "notebook_settings"],
+         loadgen: ["MLPERF", "NOTEBOOK", "QPSSearch", "SCENARIOS", "ScenarioResult", "ScenarioSettings",
+                   "energy_figures", "interleave", "mlperf_settings", "notebook_settings"],
          reporting: ["REPORT_FIELDS", "REPORT_SCHEMA", "ReportError", "SCHEMA_VERSION", "VARIANT_FIELDS",
                      "VariantResult", "energy_estimate", "measure_footprint", "plot_latency_distribution"]}
 
