@@ -38,7 +38,6 @@
 # %%
 import multiprocessing
 import os
-import sys
 import threading
 import time
 
@@ -77,45 +76,45 @@ print(f"64 images one at a time would take {64 * _one.median * 1e3:.1f} ms: "
       f"{64 * _one.median / _many.median:.1f}x as long as one batch of 64")
 
 # %% [markdown]
-# On a quiet machine the batch of 64 costs several times less than 64 single calls (the
-# printed ratio; under load OpenBLAS's threads can stall on the larger batch and hide the
-# gain). Part of the gap is Python overhead paid once per call; the rest is arithmetic
-# intensity (section 2). But requests arrive one at a time, from different users: a server
-# must *wait* a little so that several can share one call, and hand each caller back its own
-# answer (the dynamic batcher). Generation requests run for different numbers of steps, so a
-# batch must let them join and leave mid-flight (continuous batching). Inside one call,
-# fusing operators saves passes over memory.
+# On a quiet machine the batch of 64 costs several times less than 64 single calls (under
+# load OpenBLAS's threads can stall on the larger batch and hide it): Python overhead paid
+# once per call, and arithmetic intensity (section 2). But requests arrive one at a time from
+# different users: a server must *wait* a little so several share one call, and hand each
+# caller its own answer (the dynamic batcher). Generation requests run for different numbers
+# of steps, so they must join and leave a batch mid-flight (continuous batching). Inside one
+# call, fusing operators saves passes over memory.
 #
 # ## 2. The idea
 #
-# **Arithmetic intensity.** A `Linear(k, n)` on a batch of `m` rows is a matmul `(m, k) @
-# (k, n)`: `2 m k n` FLOPs, reading the input (`m k` values) and the weight (`k n`) and
-# writing the output (`m n`). With 4-byte floats its intensity is
-# `I(m) = 2 m k n / (4 (m k + k n + m n))` FLOPs per byte. Worked example, `k = n = 128` (a tiny_gpt projection): at `m = 1`,
+# **Arithmetic intensity.** A `Linear(k, n)` on a batch of `m` rows is a matmul
+# `(m, k) @ (k, n)`: `2 m k n` FLOPs, reading the input (`m k` values) and the weight
+# (`k n`) and writing the output (`m n`). With 4-byte floats its intensity is
+#
+# `I(m) = 2 m k n / (4 (m k + k n + m n))` FLOPs per byte.
+#
+# Worked example, `k = n = 128` (a tiny_gpt projection): at `m = 1`,
 # `I = 2*128*128 / (4*(128 + 16384 + 128)) = 32768 / 66560 = 0.49`. At `m = 64`,
 # `I = 2*64*128*128 / (4*(8192 + 16384 + 8192)) = 2097152 / 131072 = 16.0`. On module 14's
 # roofline (a kernel runs at `min(peak, I * bandwidth)`), `m = 1` is deep in the memory-bound
 # region and `m = 64` is 32x higher up the slope: the weight is read once for the whole batch
 # instead of once per row. That is the whole case for batching.
 #
-# **Dynamic batching** (Clipper, NVIDIA Triton's dynamic batcher, TorchServe): requests
-# go into a queue; a worker thread takes the oldest, keeps collecting until it has
-# `max_batch_size` or `max_wait_ms` have passed since the oldest arrived, runs one call on
-# the stack, and gives row `i` of the result to request `i`. A caller gets a
-# `concurrent.futures.Future` at once and blocks on `.result()` only when it needs the
-# answer. Worked example: `max_batch_size = 4`, `max_wait_ms = 10`, requests at t = 0, 2, 3
-# and 20 ms. The first three share a batch that starts at t = 10 ms (the wait bound of the
-# request from t = 0); the fourth runs alone at t = 30 ms.
+# **Dynamic batching** (Clipper, NVIDIA Triton, TorchServe): a worker thread takes the
+# oldest queued request and keeps collecting until it has `max_batch_size` or `max_wait_ms`
+# have passed since the oldest arrived, runs one call on the stack, and gives row `i` of the
+# result to request `i`; a caller holds a `concurrent.futures.Future` and blocks on
+# `.result()` only when it needs the answer. Worked example: `max_batch_size = 4`,
+# `max_wait_ms = 10`, requests at t = 0, 2, 3 and 20 ms: the first three share a batch at
+# t = 10 ms (the bound of the request from t = 0); the fourth runs alone at t = 30 ms.
 #
-# **Continuous (iteration-level) batching** (Orca, OSDI 2022; vLLM): static batching fixes
-# a batch, runs it until its *longest* request ends, and only then admits new requests, so
-# the rows of short requests sit idle. Continuous batching decides membership at every
-# decode step: a finished request leaves at once and a waiting one takes its row of the
-# KV-cache (prefilled, then decoding with the others). Worked example, two rows, requests
-# wanting 2, 6, 2 and 2 tokens (the first token of each from its prefill, each later one from
-# a decode step): static runs {0, 1} for 5 decode steps, then {2, 3} for 1: 6 steps, and
-# requests 2 and 3 wait for request 1. Continuous runs 5: request 2 joins after step 1,
-# request 3 after step 2.
+# **Continuous (iteration-level) batching** (Orca, OSDI 2022; vLLM): static batching runs a
+# fixed batch until its *longest* request ends before admitting new ones, so the rows of short
+# requests sit idle. Continuous batching decides membership at every decode step: a finished
+# request leaves at once and a waiting one takes its KV-cache row (prefilled, then decoding
+# with the others). Worked example, two rows, requests wanting 2, 6, 2 and 2 tokens (the first
+# token from the prefill, each later one from a decode step): static runs {0, 1} for 5 decode
+# steps, then {2, 3} for 1: 6 steps, requests 2 and 3 waiting for request 1. Continuous runs
+# 5: request 2 joins after step 1, request 3 after step 2.
 #
 # **Fusion**: `softmax(x)` written as NumPy expressions makes a temporary array for
 # `x - max`, another for `exp`, another for the division; writing each step into a
@@ -126,8 +125,8 @@ print(f"64 images one at a time would take {64 * _one.median * 1e3:.1f} ms: "
 # %% [markdown]
 # ## 3. Build it
 #
-# The first cell is given: the imports (argument checks from the foundation, the cached
-# forward's pieces from module 17, the process pool from `tinytorch.parallel`).
+# The first cell is given: the imports (argument checks from the foundation, module 17's
+# cached forward, the process pool).
 
 # %%
 #| export
@@ -251,22 +250,21 @@ print("matmul_intensity, batch_sweep: OK")
 #
 # `DynamicBatcher(fn, max_batch_size, max_wait_ms)` owns one worker thread; `fn` takes a
 # stacked batch `(n, *shape)` and returns `n` rows. `submit(x)`, safe from many threads,
-# checks `x` (numeric, the shape of every other request: `input_shape=` or the first one),
-# queues it with a new `Future` and returns the future at once. The worker collects up to
-# `max_batch_size` requests or until `max_wait_ms` after the oldest arrived, runs `fn` once
-# on the stack, and sets row `i` on future `i`. Two rules carry the design:
+# checks `x` (numeric, the shape of every other request), queues it with a new `Future` and
+# returns the future at once; the worker runs `fn` once per batch (section 2's rule) and sets
+# row `i` on future `i`. Two rules carry the design:
 #
 # - **An error stays with its request.** If `fn` raises, the worker runs each request of that
 #   batch alone, so a bad row neither fails the others nor hands them its error text (over
 #   HTTP, one client would read another's). A result with the wrong number of rows is a bug of
 #   `fn`: the whole batch gets that error. Either way the worker keeps serving.
-# - **Closing never strands a caller.** `close(drain=True)` refuses new requests
-#   (`RuntimeError`), finishes the queued ones and joins the worker; `drain=False` fails the
-#   queued and running ones with `RuntimeError`. A thread cannot be killed: a worker still
-#   inside `fn` after `timeout` seconds makes `close` raise `TimeoutError`.
+# - **Closing never strands a caller.** `close(drain=True)` refuses new requests, finishes the
+#   queued ones and joins the worker; `drain=False` fails queued and running ones with
+#   `RuntimeError`. A thread cannot be killed: a worker still inside `fn` after `timeout`
+#   seconds makes `close` raise `TimeoutError`.
 #
 # One `threading.Condition` guards the queue and the closed flag; `fn` runs outside the lock.
-# The thread and the bookkeeping (`health`, `with`, failing futures) are given: `DynamicBatcher`
+# The thread and bookkeeping (`health`, `with`, failing futures) are given: `DynamicBatcher`
 # extends `tinytorch.serving.BatchQueue`, which starts the worker and calls your two steps.
 
 # %% nbgrader={"grade": false, "grade_id": "dynamic-batcher", "locked": false, "schema_version": 3, "solution": true}
@@ -727,19 +725,16 @@ print("FusedQKV, bias_gelu, softmax, fused_attention: OK")
 # ### Fusion in the decode step: `FusedDecoder`
 #
 # Generation spends its time in module 17's `forward_cached`, once per step. Per block it runs
-# three projections for q, k and v, each multiplying by `layer.weight.data.T`, a transposed
-# view BLAS reads with its transposed-operand kernel (about 19% of a 16-row decode step on
-# this machine in paired runs, 5% of a 64-row one); its attention scales the scores, builds
-# the mask and checks its inputs in every layer. None of that changes the math, so the
-# decoder lays the weights out once (one `(C, 3C)` QKV matrix with `1/sqrt(D)` folded into
-# its q columns; every weight `(in, out)` and contiguous), builds the mask once per call (none
-# when no key is hidden), and runs the softmax, bias + GELU and residual sums in place.
-#
-# `fast = FusedDecoder(gpt)` is called like `forward_cached` without the model,
-# `fast(cache, tokens, rows)`, on module 17's cache: the same logits up to float rounding (the
-# products add in another order), so greedy generation gives the same tokens, as
-# `torch.compile(model)` computes a PyTorch model's answers another way. It copies the
-# projection weights when built: build it again after changing them.
+# three q, k, v projections, each multiplying by `layer.weight.data.T`, a transposed view BLAS
+# reads with its transposed-operand kernel (about 19% of a 16-row decode step here in paired
+# runs, 5% of a 64-row one), and its attention scales, masks and checks in every layer. None
+# of that changes the math, so the decoder lays the weights out once (one `(C, 3C)` QKV matrix
+# with `1/sqrt(D)` folded into its q columns; every weight `(in, out)`, contiguous), builds the
+# mask once per call (none when no key is hidden), and works in place (softmax, bias + GELU,
+# residual sums). `fast = FusedDecoder(gpt)` is called as `fast(cache, tokens, rows)` on module
+# 17's cache and gives `forward_cached`'s logits up to float rounding, so greedy generation
+# gives the same tokens (as `torch.compile(model)` computes a model's answers another way).
+# It copies the projection weights: build it again after changing them.
 
 # %% nbgrader={"grade": false, "grade_id": "fused-decoder", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1071,19 +1066,18 @@ print("generate_static, generate_continuous: OK")
 # ### Both cores: one continuous batch per worker
 #
 # A decode step over many rows is memory-bound (it reads every row's cached keys and values),
-# and each core brings its own share of memory bandwidth: a second decode loop on the second
-# core can add that share, if the loops really run at once. Two threads overlap their array
-# work (NumPy releases the interpreter lock, the GIL, inside its products and loops) but take
-# turns on the Python between. Worker *processes* each have their own GIL; on Linux
-# `fork_map` (given: `tinytorch.parallel`) forks them, each a copy of this process, model
-# included, its memory pages shared until written, and brings each result back through a pipe.
+# and each core brings its own share of memory bandwidth. Two threads overlap their array work
+# (NumPy releases the interpreter lock, the GIL, inside its products and loops) but take turns
+# on the Python between; worker *processes* each have their own GIL. On Linux `fork_map`
+# (given: `tinytorch.parallel`) forks them, each a copy of this process, model included, its
+# memory pages shared until written, and brings each result back through a pipe.
 #
 # `generate_parallel` splits the requests round-robin (request `i` to worker `i % workers`,
 # mixing long and short ones), runs one `generate_continuous` per worker on its own KV-cache,
 # and puts every result back at its request's index, times measured from the common start.
 # Worked example: 5 requests on 2 workers; worker 0 serves requests 0, 2, 4 and worker 1
 # serves 1, 3; the run's decode steps are the sum of both workers' steps, and every request
-# gets exactly the tokens it gets alone.
+# gets exactly its solo tokens.
 
 # %% nbgrader={"grade": false, "grade_id": "parallel", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1226,23 +1220,16 @@ print("generate_parallel: OK")
 #
 # ### Throughput vs batch size, and where it sits on the roofline
 #
-# The digits CNN on 1 to 256 test images per call, and `tiny_gpt` on windows of 64
-# characters, 1 to 32 windows per call.
+# The digits CNN on 1 to 256 test images per call; `tiny_gpt` on 1 to 32 windows of 64 characters.
 
 # %%
 _text = datasets.load_text()
 _gpt = models.load("tiny_gpt").eval()
 _val = _text.tokenizer.encode(_text.val[:40_000])
-
-
-def _gpt_forward(x):
-    with tc.no_grad():
-        return _gpt(x).data
-
-
 _cnn_batch_of, _gpt_batch_of = (lambda b: _digits.x_test[np.arange(b) % 360]), (lambda b: _val[: b * 64].reshape(b, 64))
 _cnn_pts = batch_sweep(_cnn_forward, _cnn_batch_of, [1, 4, 16, 64, 256], warmup=2, repeats=10)
-_gpt_pts = batch_sweep(_gpt_forward, _gpt_batch_of, [1, 2, 8, 32], warmup=1, repeats=5)
+with tc.no_grad():   # the timed calls record no graph (this thread only)
+    _gpt_pts = batch_sweep(lambda x: _gpt(x).data, _gpt_batch_of, [1, 2, 8, 32], warmup=1, repeats=5)
 _peaks = measure_machine(512, 32, repeats=3)
 print(f"machine: peak matmul {_peaks.peak_flops / 1e9:.1f} GFLOP/s, copy bandwidth {_peaks.bandwidth / 1e9:.1f} GB/s, "
       f"ridge {_peaks.ridge:.1f} FLOP/byte")
@@ -1284,20 +1271,18 @@ show(fig)
 # %% [markdown]
 # ### The dynamic batcher under load: the `max_wait_ms` trade-off
 #
-# The load comes from given code (`tinytorch/serving.py`): `run_load(call, inputs,
-# concurrency, duration_s)` is a closed-loop load generator (each of `concurrency` threads
-# sends a request, waits for its answer, sends the next) that reports throughput and module
-# 14's latency percentiles; `call` is anything that takes one input. Here 16 clients call the
+# The load comes from given code (`tinytorch/serving.py`): `run_load(call, inputs, concurrency,
+# duration_s)` runs `concurrency` closed-loop clients (send, wait for the answer, send the
+# next) and reports throughput and module 14's latency percentiles. Here 16 clients call the
 # batcher in front of `digits_cnn` (one image each) for 0.8 s per setting, every answer
-# checked against the model's own; `max_batch_size=1` is the unbatched baseline.
+# checked; `max_batch_size=1` is the unbatched baseline.
 
 # %%
 _expected = _cnn_forward(_digits.x_test[:64])
 
 
 def _check_digit(i, y):
-    if not np.allclose(y, _expected[i], rtol=1e-4, atol=1e-4):
-        raise AssertionError(f"request {i} got someone else's answer")
+    np.testing.assert_allclose(y, _expected[i], rtol=1e-4, atol=1e-4, err_msg=f"request {i} got someone else's answer")
 
 
 _wait_rows = []
@@ -1306,8 +1291,6 @@ for _mb, _wait in ((1, 0.0), (32, 0.0), (32, 1.0), (32, 2.0), (32, 5.0), (32, 10
         _r = run_load(_b, list(_digits.x_test[:64]), concurrency=16, duration_s=0.8, check=_check_digit)
         _wait_rows.append((_mb, _wait, _r, float(np.mean(_b.batch_sizes))))
     print(f"max_batch_size {_mb:2d}, max_wait_ms {_wait:4.1f}: {_r}, mean batch {_wait_rows[-1][3]:.1f}")
-
-# %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for _mb, _wait, _r, _mean in _wait_rows:
     ax.plot(_r.throughput, _r.latency.p99 * 1e3, "o")
@@ -1327,12 +1310,11 @@ show(fig)
 #
 # A server is plumbing, not acceleration, so it is given too. `InferenceServer(predict,
 # input_shape)` serves `POST /predict` (`{"input": [...]}` in, `{"output": [...]}` out) on
-# `127.0.0.1`, one thread per connection; `predict` may be your `DynamicBatcher`, so concurrent
+# `127.0.0.1`, one thread per connection; with your `DynamicBatcher` as `predict`, concurrent
 # connections become one batch. A bad request gets 400 with `{"error": "..."}`; a `predict`
-# that raises gives 500 with *that request's* error (why the batcher keeps errors with their
-# own request); `GET /health` is 503 when the batcher cannot serve (its `health` method).
-# `HTTPClient(url)` is a keep-alive client. Below: 16 HTTP clients for 1.5 s each, then a
-# health check and a bad request.
+# that raises gives 500 with *that request's* error (why the batcher keeps errors apart);
+# `GET /health` is 503 when the batcher cannot serve. Below: 16 clients (`HTTPClient`, keep-alive)
+# for 1.5 s each, then a health check and a bad request.
 
 # %%
 _http = {}
@@ -1487,18 +1469,16 @@ for _name, (_tps, _run) in _gen.items():
 
 # %% [markdown]
 # Continuous batching produced the same tokens (asserted) with fewer decode steps than static
-# batching (a count, not a timing). A request waiting behind a long one starts, in static
-# batching, only when its whole group ends, in continuous batching at the first free row:
-# compare the mean TTFTs and the histogram below. The gain in tokens per second depends on
-# how mixed the output lengths are: with equal lengths the two are the same schedule.
+# batching (a count, not a timing). A request behind a long one starts, in static batching,
+# when its whole group ends, in continuous batching at the first free row: compare the mean
+# TTFTs and the histogram below. With equal output lengths the two are the same schedule.
 #
-# How far can batching go? The module's goal is cached, batched generation at 100x the
-# tokens per second of plain single-request generation, which pays more per token the longer
-# the sequence, so the ratio depends on the workload. Below, longer outputs (64 requests,
-# prompts of 8 to 32 characters, 96 to 160 new tokens): plain `GPT.generate` on the first 2
-# requests (its per-request rate does not depend on how many run), continuous batching of all
-# 64 with 16 and 64 rows, and `generate_parallel` with 2 workers of 32 rows (the same 64 rows
-# on both cores): threads, forked processes, and processes with `fused=True`.
+# How far can batching go? The module's goal is 100x the tokens per second of plain
+# single-request generation, whose cost per token grows with the sequence, so the ratio
+# depends on the workload. Below, longer outputs (64 requests, prompts of 8 to 32 characters,
+# 96 to 160 new tokens): plain `GPT.generate` on the first 2 requests (its per-request rate
+# does not depend on how many run), continuous batching of all 64 with 16 and 64 rows, and
+# `generate_parallel` with 2 workers of 32 rows: threads, forked processes, and `fused=True`.
 
 # %%
 _lw = np.random.default_rng(11)
@@ -1540,18 +1520,15 @@ if can_fork():   # worker processes are forked: Linux only (see fork_map)
 # %% [markdown]
 # Compare the printed ratios with the 100x goal. On one core three things limit this NumPy
 # implementation: each joining prompt is prefilled alone while the other rows wait; a decode
-# step is still many small products plus Python per layer; and with a large batch, a step is
-# bound by reading every row's cached keys and values. Production servers attack the first
-# two with batched and chunked prefill and fused GPU kernels. The third is the machine's: the
-# cell below measures how fast one core reads memory, and two at once (`read_rate`, given).
-#
-# Threads get the second core only for NumPy's array work, not for the Python around it
-# (the GIL). With these short contexts and 32 rows per worker a step is mostly Python and
-# small arrays, so the threads get only part of the two-thread read rate; processes run the
-# Python on both cores, and forking them costs milliseconds (printed) against seconds of
-# generation. The `FusedDecoder` shortens exactly that Python and those small products. With
-# 128-token prompts and 64 rows per worker (milestone 06), a step is mostly reading the
-# cache: both kinds of worker gain more from the second core, the fused decoder less (README).
+# step is many small products plus Python per layer; and with a large batch a step is bound by
+# reading every row's cached keys and values. Servers attack the first two with batched and
+# chunked prefill and fused GPU kernels; the third is the machine's, measured below
+# (`read_rate`, given: how fast one core reads memory, and two at once). Threads get the
+# second core only for NumPy's array work, not the Python around it (the GIL): with these
+# short contexts a step is mostly Python and small arrays, which processes run on both cores
+# (forking costs milliseconds, printed) and the `FusedDecoder` shortens. With milestone 06's
+# 128-token prompts and 64 rows per worker a step is mostly reading the cache: both kinds of
+# worker gain more from the second core, the fused decoder less (the README gives our runs).
 
 # %%
 _blocks = [np.ones(16_000_000, np.float32) for _ in range(2)]   # 64 MB each: far larger than the caches
@@ -1559,8 +1536,6 @@ _one_core, _two_cores = read_rate(_blocks[:1]), read_rate(_blocks)
 print(f"reading memory: one thread {_one_core / 1e9:.1f} GB/s, two threads at once {_two_cores / 1e9:.1f} GB/s "
       f"({_two_cores / _one_core:.2f}x)")
 del _blocks
-
-# %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 _names = list(_gen)
 axes[0].barh(range(4), [_gen[n][0] for n in _names])
@@ -1574,9 +1549,7 @@ fig.tight_layout()
 show(fig)
 
 # %% [markdown]
-# ## 5. Systems analysis
-#
-# The measurements above in one place:
+# ## 5. Systems analysis: the measurements above in one place
 #
 # - **Batch size** moves a model from memory-bound matrix-vector work toward compute-bound
 #   matrix-matrix work: throughput per item rises steeply up to a batch of a few dozen, then
@@ -1584,43 +1557,38 @@ show(fig)
 # - **Dynamic batching** makes batches of concurrent single requests without the clients
 #   knowing, for at most `max_wait_ms` of queueing at low load.
 # - **Continuous batching** keeps every cache row busy when output lengths differ: waiting
-#   requests start sooner (time to first token) and fewer decode steps run.
-# - **Fusion** in NumPy saves allocations more than time for one operator (the big time win
-#   needs kernels that keep intermediates in registers); across a decode step, doing once what
-#   need not be done every time speeds up small batches most, where per-call costs weigh most.
-# - **A second core** adds decode loops: threads overlap only NumPy's array work (the Python
-#   between takes turns under the GIL); forked processes run the Python on both cores too,
-#   for the price of a fork and of sending the results back.
+#   requests start sooner and fewer decode steps run.
+# - **Fusion** in NumPy saves allocations more than time per operator; across a decode step,
+#   doing once what need not be done every time speeds up small batches most.
+# - **A second core** adds decode loops: threads overlap only NumPy's array work (the GIL);
+#   forked processes run the Python on both cores too, for a fork and sending results back.
 #
 # ## 6. Reflection
 #
-# 1. Our batcher waits up to `max_wait_ms` after the *oldest* request. What would go wrong
-#    if it waited `max_wait_ms` after the *newest* one instead? How does NVIDIA Triton's
-#    `max_queue_delay_microseconds` behave, and what does its "preferred batch size" add?
-# 2. One slow batch delays every request queued behind it. How would you bound the tail
-#    latency of a server under overload (admission control, timeouts, load shedding)?
-#    Which of these would you return as HTTP 429 or 503?
-# 3. Continuous batching here prefills one prompt at a time while the other rows wait.
-#    vLLM and Sarathi-Serve split long prompts into chunks mixed with decode steps
-#    ("chunked prefill"). What does that buy, and what does PagedAttention add when
-#    requests have very different lengths?
-# 4. `fork_map` forks fresh workers at every call, and they get the model for free as
-#    copy-on-write pages. A server that runs for days keeps its workers alive instead. What
-#    must it send them when the model changes? The `spawn` start method (the default on
-#    macOS and Windows; Linux defaults to `forkserver` from Python 3.14) starts a fresh
-#    interpreter: what does each worker then pay before its first token?
-# 5. `FusedDecoder` folds `1/sqrt(D)` into the q weights, and its products add in another
-#    order than `forward_cached`'s, so the logits differ in the last bits. Why does greedy
-#    generation still give the same tokens here, and when could it not? What would you
-#    compare instead of tokens to test a fused kernel?
+# 1. Our batcher waits up to `max_wait_ms` after the *oldest* request. What would go wrong if
+#    it waited after the *newest* one? How does NVIDIA Triton's `max_queue_delay_microseconds`
+#    behave, and what does its "preferred batch size" add?
+# 2. One slow batch delays every request queued behind it. How would you bound the tail latency
+#    of a server under overload (admission control, timeouts, load shedding)? Which of these
+#    would you return as HTTP 429 or 503?
+# 3. Continuous batching here prefills one prompt at a time while the other rows wait. vLLM and
+#    Sarathi-Serve split long prompts into chunks mixed with decode steps ("chunked prefill").
+#    What does that buy, and what does PagedAttention add when lengths differ widely?
+# 4. `fork_map` forks fresh workers at every call, which get the model free as copy-on-write
+#    pages. A server running for days keeps its workers alive: what must it send them when the
+#    model changes? The `spawn` start method (default on macOS and Windows; Linux defaults to
+#    `forkserver` from Python 3.14) starts a fresh interpreter: what does each worker then pay
+#    before its first token?
+# 5. `FusedDecoder` folds `1/sqrt(D)` into the q weights and adds its products in another order
+#    than `forward_cached`, so the logits differ in the last bits. Why does greedy generation
+#    still give the same tokens here, and when could it not? What would you compare instead of
+#    tokens to test a fused kernel?
 #
 # ## 7. Summary
 #
 # You built a batch-size sweep tied to module 14's roofline; a thread-safe `DynamicBatcher`
-# whose futures each get exactly their own row, with per-request error isolation and clean
-# `close()` semantics, measured in-process and behind the given HTTP server; fused QKV,
-# bias+GELU, softmax and attention equal to their unfused forms; a `FusedDecoder` running
-# module 17's cached forward with its weights laid out once; and static and continuous batching
-# of generation on module 17's KV-cache, every request getting exactly the tokens it gets alone,
-# on one core or both (threads or forked processes). Next, module 19 turns these measurements
-# into MLPerf-style benchmarks: scenarios (single stream, server, offline), percentiles, reports.
+# whose futures each get their own row, with per-request error isolation and clean `close()`,
+# measured in-process and behind the given HTTP server; fused QKV, bias+GELU, softmax and
+# attention equal to their unfused forms; a `FusedDecoder`; and static and continuous batching
+# on module 17's KV-cache, every request getting exactly its solo tokens, on one core or both.
+# Next, module 19 turns these measurements into MLPerf-style benchmarks.
