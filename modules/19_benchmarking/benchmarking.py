@@ -691,28 +691,12 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
 
 
 # %% [markdown]
-# The test uses a fake clock: `FakeClock()` returns its time when called, and a fake
-# SUT advances it by a latency we choose. No real time passes, and every number is
-# known in advance.
+# The test uses a fake clock (`tinytorch.testing.FakeClock`, given): calling it returns
+# its time, and a fake SUT advances it by a latency we choose (`sleep` moves it too, and
+# is recorded). No real time passes, and every number is known in advance.
 
 # %%
-class FakeClock:
-    """A clock that only moves when told: clock() reads it (counted), advance(dt) moves it, sleep(dt) too
-    (recorded in `slept`). The tests of tinytorch use the same one (tests/fakes.py)."""
-
-    def __init__(self):
-        self.now, self.reads, self.slept = 0.0, 0, []
-
-    def __call__(self):
-        self.reads += 1
-        return self.now
-
-    def advance(self, dt):
-        self.now += dt
-
-    def sleep(self, dt):
-        self.slept.append(dt)
-        self.now += dt
+from tinytorch.testing import FakeClock
 
 
 # %% nbgrader={"grade": true, "grade_id": "test-run-stream", "locked": true, "points": 10, "schema_version": 3, "solution": false}
