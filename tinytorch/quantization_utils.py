@@ -18,8 +18,8 @@ import tinytorch.core as tc
 from tinytorch.core.checks import check_int
 
 __all__ = ["INT_RANGES", "SCHEMES", "raises", "finite_array", "check_axis", "check_dtype_scheme", "channel_view",
-           "int_pair", "calibration_batches", "swap_layers", "weight_bytes", "layer_sqnr", "finetune_classifier",
-           "interleaved_latency", "RUNTIMES", "runtime_comparison"]
+           "int_pair", "stored_scale", "calibration_batches", "swap_layers", "matmul_layer_flops", "weight_bytes",
+           "layer_sqnr", "finetune_classifier", "interleaved_latency", "RUNTIMES", "runtime_comparison"]
 
 INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
 SCHEMES = ("affine", "symmetric")
@@ -94,6 +94,13 @@ def int_pair(value, name: str) -> tuple[int, int]:
     return check_int(first, name), check_int(second, name)
 
 
+def stored_scale(scale) -> np.ndarray:
+    """Weight scales as a quantized layer stores them: float16 stays float16 (the compact scales
+    the notebook's weight quantizer makes), anything else becomes float32."""
+    s = np.asarray(scale)
+    return s if s.dtype == np.float16 else s.astype(np.float32)
+
+
 def calibration_batches(calibration_data) -> list:
     """One batch (array or Tensor) or an iterable of batches, as a list; ValueError if it is
     empty or any batch has no elements."""
@@ -122,6 +129,17 @@ def swap_layers(model: tc.Module, types, make: Callable) -> list:
     for parent, name, child in targets:
         setattr(parent, name, make(child))
     return [child for _, _, child in targets]
+
+
+def matmul_layer_flops(module, input_shapes, output_shape) -> tuple[int, int]:
+    """Module 14's count_flops rule (macs, flops) for a quantized matmul layer, one that stores
+    `weight_int8` or records the `weight_shape` it packed: K multiply-adds per output value
+    (K = the weight's row length: in_features, or C*kh*kw), 2 FLOPs each, plus one add per output
+    for the bias."""
+    shape = module.weight_int8.shape if hasattr(module, "weight_int8") else module.weight_shape
+    out = int(np.prod(output_shape))
+    macs = out * int(np.prod(shape[1:]))
+    return macs, 2 * macs + (out if module.bias is not None else 0)
 
 
 def layer_sqnr(float_model: tc.Module, quant_model: tc.Module, x, types) -> dict:

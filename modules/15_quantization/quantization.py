@@ -134,7 +134,7 @@ import tinytorch.core as tc
 from tinytorch.core import functional as F
 from tinytorch.quantization_utils import (
     INT_RANGES, SCHEMES, calibration_batches, channel_view, check_axis, check_dtype_scheme, finite_array, int_pair,
-    swap_layers, weight_bytes,
+    matmul_layer_flops, stored_scale, swap_layers, weight_bytes,
 )
 
 
@@ -650,12 +650,6 @@ def _weight_params(weight: np.ndarray, per_channel: bool) -> QuantParams:
     return QuantParams(s16, p.zero_point, "int8", p.axis, "symmetric")
 
 
-def _scale_array(scale) -> np.ndarray:
-    """Weight scales as stored: float16 (from _weight_params) or float32 (anything else)."""
-    s = np.asarray(scale)
-    return s if s.dtype == np.float16 else s.astype(np.float32)
-
-
 ACT_CENTERED_MAX = 255  # |q_x - z_x| of any 8-bit activation (uint8 with z = 0, int8 with z = -128)
 WEIGHT_MAX = 128        # |q_w| of any int8 weight
 F32_BLOCK = (FLOAT32_EXACT - 1) // (ACT_CENTERED_MAX * WEIGHT_MAX)  # 514: K whose sums float32 holds exactly
@@ -747,7 +741,7 @@ class QuantizedLinear(tc.Module):
             raise ValueError(f"activation parameters must be per tensor (axis=None), got axis={act_params.axis}")
         self.out_features, self.in_features = weight_int8.shape
         self.register_buffer("weight_int8", weight_int8)
-        self.register_buffer("weight_scale", _scale_array(weight_scale))
+        self.register_buffer("weight_scale", stored_scale(weight_scale))
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
         # fixed when the layer is built, as an int8 runtime prepares a layer when it loads it:
@@ -867,7 +861,7 @@ class QuantizedConv2d(tc.Module):
         self.kernel_size = weight_int8.shape[2:]
         self.stride, self.padding = int_pair(stride, "stride"), int_pair(padding, "padding")
         self.register_buffer("weight_int8", weight_int8)
-        self.register_buffer("weight_scale", _scale_array(weight_scale))
+        self.register_buffer("weight_scale", stored_scale(weight_scale))
         self.bias = None if bias is None else tc.Parameter(np.asarray(bias, np.float32))
         self.act_params = act_params
         self.output_scale = np.float32(act_params.scale) * self.weight_scale.astype(np.float32)
@@ -1027,16 +1021,7 @@ def model_size_bytes(model) -> int:
     ### END SOLUTION
 
 
-def _matmul_layer_flops(module, input_shapes, output_shape):
-    """count_flops rule for the quantized layers: K multiply-adds per output value (K = the weight's
-    row length: in_features, or C*kh*kw), 2 FLOPs each, plus one add per output for the bias."""
-    shape = module.weight_int8.shape if hasattr(module, "weight_int8") else module.weight_shape
-    out = int(np.prod(output_shape))
-    macs = out * int(np.prod(shape[1:]))
-    return macs, 2 * macs + (out if module.bias is not None else 0)
-
-
-QUANTIZED_FLOP_RULES = {QuantizedLinear: _matmul_layer_flops, QuantizedConv2d: _matmul_layer_flops}
+QUANTIZED_FLOP_RULES = {QuantizedLinear: matmul_layer_flops, QuantizedConv2d: matmul_layer_flops}  # count_flops rules
 
 
 # %% nbgrader={"grade": true, "grade_id": "test-quantize-model", "locked": true, "points": 10, "schema_version": 3, "solution": false}
@@ -1228,7 +1213,7 @@ def quantize_weights_groupwise(model, bits: int = 4, group_size: int = 32):
     return qmodel
 
 
-QUANTIZED_FLOP_RULES.update({WeightOnlyLinear: _matmul_layer_flops, WeightOnlyConv2d: _matmul_layer_flops})
+QUANTIZED_FLOP_RULES.update({WeightOnlyLinear: matmul_layer_flops, WeightOnlyConv2d: matmul_layer_flops})
 
 
 # %% nbgrader={"grade": true, "grade_id": "test-groupwise", "locked": true, "points": 10, "schema_version": 3, "solution": false}

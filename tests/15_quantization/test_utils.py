@@ -5,7 +5,8 @@ import pytest
 
 import tinytorch.core as tc
 from tinytorch.quantization_utils import (
-    calibration_batches, channel_view, check_axis, check_dtype_scheme, finite_array, int_pair, swap_layers,
+    calibration_batches, channel_view, check_axis, check_dtype_scheme, finite_array, int_pair, matmul_layer_flops,
+    stored_scale, swap_layers,
 )
 from tests.explain import check
 
@@ -53,6 +54,31 @@ def test_int_pair():
                        (True, ValueError)):
         with pytest.raises(error, match="stride"):
             int_pair(bad, "stride")
+
+
+def test_stored_scale_keeps_float16_and_makes_the_rest_float32():
+    half = np.array([0.5, 2.0], np.float16)
+    assert stored_scale(half).dtype == np.float16 and np.array_equal(stored_scale(half), half)
+    for scale in (np.float64(0.1), [0.25, 4.0], np.array([1.5], np.float32)):
+        out = stored_scale(scale)
+        check(out.dtype == np.float32 and np.allclose(out, np.asarray(scale, np.float64)),
+              "any scale that is not float16 is stored as float32 with the same values",
+              on=repr(scale), expected="float32 of the same values", got=f"{out.dtype} {out!r}")
+
+
+def test_matmul_layer_flops_counts_k_multiply_adds_per_output_and_the_bias():
+    class Int8Layer:  # a quantized Linear (6 outputs, K = 40) as count_flops hands it to the rule
+        weight_int8 = np.zeros((6, 40), np.int8)
+        bias = object()
+
+    class PackedConv:  # a packed Conv2d (OC 4, C*kh*kw = 3*3*3) without bias
+        weight_shape = (4, 3, 3, 3)
+        bias = None
+
+    assert matmul_layer_flops(Int8Layer(), [(8, 40)], (8, 6)) == (8 * 6 * 40, 2 * 8 * 6 * 40 + 8 * 6)
+    got = matmul_layer_flops(PackedConv(), [(2, 3, 5, 5)], (2, 4, 5, 5))
+    check(got == (200 * 27, 2 * 200 * 27), "K = C*kh*kw multiply-adds per output, no bias add without a bias",
+          on="conv weight (4, 3, 3, 3), output (2, 4, 5, 5)", expected=(5400, 10800), got=got)
 
 
 def test_calibration_batches():
