@@ -13,10 +13,10 @@
 # %% [markdown]
 # # Module 15: Quantization. Real INT8 weights, calibrated activations
 #
-# A float32 weight costs 4 bytes. Most trained weights need far less precision than
-# that: stored as 8-bit integers plus one float scale per channel, a model shrinks
-# almost 4x and, on hardware with integer matrix units, runs faster. In this module you
-# build post-training quantization (PTQ) for `tinytorch`:
+# A float32 weight costs 4 bytes. Most trained weights need far less precision than that: stored
+# as 8-bit integers plus one float scale per channel, a model shrinks almost 4x and, on hardware
+# with integer matrix units, runs faster. In this module you build post-training quantization
+# (PTQ) for `tinytorch`:
 #
 # | you build | it does |
 # |---|---|
@@ -25,6 +25,7 @@
 # | `exact_float_type`, `int_matmul` | exact integer matrix products at float BLAS speed |
 # | `centered_quantize`, `exact_matmul`, `QuantizedLinear`, `QuantizedConv2d` | layers that hold an `int8` weight array and its scales, nothing else |
 # | `quantize_model`, `model_size_bytes` | a quantized copy of a trained model, and its real size |
+# | `pack_groupwise`, `unpack_groupwise`, `fake_quantize_groupwise` | weight-only INT4 in groups (llama.cpp's Q4_0), and quantization-aware training |
 #
 # Prerequisites: module 14 (`tinytorch.profiling`: sizes, FLOPs, latency). Time: about 3 hours.
 
@@ -32,7 +33,6 @@
 #| default_exp quantization
 
 # %%
-import copy
 import time
 
 import numpy as np
@@ -67,8 +67,7 @@ print(f"256 evenly spaced levels over that range are {(_w.max() - _w.min()) / 25
 # Eight bits give 256 levels; this module is about where to place them (the **scale** and **zero
 # point**), how to pick them for activations seen only at run time (**calibration**), and how to
 # multiply integers exactly. Every claim is measured: bytes from `nbytes`, accuracy on the test set.
-
-# %% [markdown]
+#
 # ## 2. The idea
 #
 # **Affine quantization** maps a real `x` to an integer `q` with a scale `s > 0` and an
@@ -106,8 +105,8 @@ print(f"256 evenly spaced levels over that range are {(_w.max() - _w.min()) / 25
 # float multiply per output. NumPy has no fast integer GEMM, but float BLAS is exact on
 # integers as long as every partial sum fits in the mantissa: a dot product of `K` terms
 # each at most `A * B` in size is exact in float32 (24 bits) when `K * A * B < 2^24` (int8 x
-# int8, `A = B = 128`: `K <= 1023`), in float64 (53 bits) far beyond. So we run `np.matmul`
-# on the integer values as floats and get the exact integer result at BLAS speed.
+# int8, `A = B = 128`: `K <= 1023`), in float64 (53 bits) far beyond: `np.matmul` on the
+# integer values as floats gives the exact integer result at BLAS speed.
 
 # %% [markdown]
 # ## 3. Build it
@@ -331,9 +330,7 @@ print("QuantParams, quantize, dequantize: OK")
 # - **percentile**: the 0.01% and 99.99% quantiles of everything seen: clips rare outliers.
 # - **MSE-optimal**: try clipping ranges `alpha * [min, max]` for alpha from 0.3 to 1
 #   and keep the one whose quantize-dequantize error is smallest: clipping error traded
-#   against rounding error, measured.
-#
-# Percentile and MSE keep up to `max_samples` values per batch (an even subsample).
+#   against rounding error, measured. (Both keep every `max(1, size // max_samples)`-th value of a batch.)
 
 # %% nbgrader={"grade": false, "grade_id": "observers", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -485,14 +482,8 @@ for _obs in (_mm, _pc, _ms):
         _obs.update(_b)
 assert _mm.range()[1] == 60.0
 assert _pc.range()[1] < 10 and _ms.range()[1] < 60.0
-
-
-def _mse(obs):
-    p = obs.qparams()
-    return np.mean((dequantize(quantize(_acts, p), p) - _acts) ** 2)
-
-
-assert _mse(_ms) < _mse(_mm)
+_mse = {_obs: np.mean((dequantize(quantize(_acts, _obs.qparams()), _obs.qparams()) - _acts) ** 2) for _obs in (_mm, _ms)}
+assert _mse[_ms] < _mse[_mm]
 raises(MinMaxObserver().qparams, exc=ValueError)  # an observer that saw nothing must raise
 raises(MinMaxObserver().update, np.array([]), exc=ValueError)  # an empty batch must raise
 ### BEGIN HIDDEN TESTS
@@ -615,25 +606,19 @@ print("int_matmul: OK")
 #
 # A `QuantizedLinear` stores the `int8` weight (`register_buffer`: in the `state_dict`, counted
 # by `parameter_bytes`), its per-channel (or per-tensor) scales in float16 (as llama.cpp stores
-# its scales), the float32 bias and the input's calibrated `QuantParams`. There is **no float
-# weight**. Its forward:
+# them), the float32 bias and the input's calibrated `QuantParams`: **no float weight**. Its forward:
 #
-# 1. `x_c = q_x - z_x` in one pass, `centered_quantize`: `z_x` is an integer, so
-#    `clip(rint(x / s_x) + z_x, qmin, qmax) - z_x = clip(rint(x / s_x), qmin - z_x, qmax - z_x)`,
-#    the same integers `quantize(x) - z_x` gives, with no int8 array and no subtraction between;
-# 2. `acc = x_c @ q_w^T`, float32 BLAS on integer values as in `int_matmul`, exact. The bound is
-#    known without looking at the data, so nothing is scanned per call: `|x_c| <= 255` for any
-#    8-bit activation and `|q_w| <= 128` for int8, so `K * 255 * 128 < 2^24` for `K <= 514`
-#    (every layer of our models); a longer `K` is done in blocks of 514 whose exact sums are added
-#    in float64 (`exact_matmul`). `integer_accumulate(x)` returns the sums as int32, what an int8
-#    kernel (ONNX `MatMulInteger`) outputs;
-# 3. `y = acc * (s_x * s_w) + bias`: one float32 multiply-add per output, `s_x * s_w` computed
-#    once when the layer is built.
+# 1. `x_c = q_x - z_x` in one pass (`centered_quantize`): since `z_x` is an integer,
+#    `clip(rint(x / s_x) + z_x, qmin, qmax) - z_x = clip(rint(x / s_x), qmin - z_x, qmax - z_x)`;
+# 2. `acc = x_c @ q_w^T` in float32 BLAS, exact with nothing scanned per call: `|x_c| <= 255` for
+#    any 8-bit activation and `|q_w| <= 128`, so `K * 255 * 128 < 2^24` for `K <= 514` (every layer
+#    of our models); a longer `K` runs in blocks of 514 whose sums are added in float64
+#    (`exact_matmul`). `integer_accumulate(x)` returns the sums as int32, as ONNX `MatMulInteger` does;
+# 3. `y = acc * (s_x * s_w) + bias`, with `s_x * s_w` computed once when the layer is built.
 #
-# **Dequantize at the end of each layer, or requantize?** A fully integer pipeline (ONNX
-# Runtime's `QLinearMatMul`) would requantize `y` straight to int8 for the next layer. Our ReLU,
-# GELU, LayerNorm and softmax are float layers, so we hand them float32 and let the next
-# quantized layer round its own input: the same numbers, without the bandwidth saving.
+# **Dequantize at the end of each layer**: our ReLU, GELU, LayerNorm and softmax are float layers,
+# so we hand them float32 and let the next quantized layer round its own input (ONNX Runtime's
+# `QLinearMatMul` would requantize `y` straight to int8: the same numbers, less memory traffic).
 
 # %% nbgrader={"grade": false, "grade_id": "quantized-linear", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1058,20 +1043,18 @@ print("quantize_model, model_size_bytes: OK")
 # %% [markdown]
 # ### Beyond INT8: weight-only INT4 in groups (llama.cpp's Q4_0)
 #
-# At 4 bits there are only 16 levels, and one scale per output channel is too coarse: a
-# single large weight in a row of 512 would leave the rest of the row on two or three
-# levels. llama.cpp's `Q4_0` uses **one scale per group of 32 consecutive weights**:
-# `d = m / -8`, where `m` is the group's value of largest magnitude (sign kept), then
-# `q = min(15, floor(x / d + 8.5))` (so `m` itself maps to level 0 and `x = 0` to 8), and
-# back `x_hat = (q - 8) * d`. The scale is stored as float16, and two 4-bit values share
-# a byte: byte `j` of a group holds value `j` in its low nibble and value `j + 16` in its
-# high nibble. Per 32 weights: 16 bytes + 2 bytes of scale = **4.5 bits per weight**.
+# At 4 bits there are only 16 levels, and one scale per output channel is too coarse: a single large
+# weight in a row of 512 would leave the rest of the row on two or three levels. llama.cpp's `Q4_0`
+# uses **one scale per group of 32 consecutive weights**: `d = m / -8`, where `m` is the group's
+# value of largest magnitude (sign kept), then `q = min(15, floor(x / d + 8.5))` (so `m` itself maps
+# to level 0 and `x = 0` to 8), and back `x_hat = (q - 8) * d`. The scale is stored as float16, and
+# two 4-bit values share a byte: byte `j` of a group holds value `j` in its low nibble and value
+# `j + 16` in its high nibble. Per 32 weights: 16 bytes + 2 bytes of scale = **4.5 bits per weight**.
 #
-# This is **weight-only** quantization: activations stay float32, and the forward unpacks the
-# weight to float32 just for the product (llama.cpp does that inside its kernels, block by
-# block); no calibration. We write it for `bits` in {2, 4, 8} (8 // bits values per byte, the
-# same layout), rows padded with zeros to a whole group. Convolution rows are short (9 weights
-# for a 3x3 kernel on one channel), so `WeightOnlyConv2d` packs its weight as one flat row.
+# This is **weight-only** quantization: activations stay float32, and the forward unpacks the weight
+# to float32 just for the product (llama.cpp does that inside its kernels, block by block); no
+# calibration. We write it for `bits` in {2, 4, 8} (8 // bits values per byte, the same layout),
+# rows padded with zeros to a whole group; `WeightOnlyConv2d` packs its short rows as one.
 
 # %% nbgrader={"grade": false, "grade_id": "groupwise", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1239,14 +1222,13 @@ print("groupwise INT4: OK")
 # %% [markdown]
 # ### Quantization-aware training: fake quantization and the straight-through estimator
 #
-# Post-training quantization rounds a finished model. **Quantization-aware training**
-# (QAT) lets the model adapt to the rounding: the forward uses the *quantized* weight
-# (quantize, then dequantize straight away: "fake quantization", the values are on the
-# integer grid but stored as float32), while the float weight is what the optimizer
-# updates. Rounding has zero gradient almost everywhere, so the backward pretends it was
-# the identity: the **straight-through estimator** (STE), `d w_q / d w = 1`. After the
-# fine-tune the float weights are packed for real, exactly as in PTQ. We use it where PTQ
-# hurts: weight-only groupwise quantization at low bits (section 5).
+# Post-training quantization rounds a finished model. **Quantization-aware training** (QAT) lets the
+# model adapt to the rounding: the forward uses the *quantized* weight (quantize, then dequantize
+# straight away: "fake quantization", the values are on the integer grid but stored as float32),
+# while the float weight is what the optimizer updates. Rounding has zero gradient almost
+# everywhere, so the backward pretends it was the identity: the **straight-through estimator**
+# (STE), `d w_q / d w = 1`. After the fine-tune the float weights are packed for real, exactly as in
+# PTQ. We use it where PTQ hurts: weight-only groupwise quantization at low bits (section 5).
 
 # %% nbgrader={"grade": false, "grade_id": "qat", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1356,22 +1338,16 @@ print("fake quantization, STE, prepare/convert: OK")
 # All three reference models, each calibrated on 256 training inputs (`tiny_gpt`: 4 windows of
 # training text), per-channel, affine activations, min-max observer. Sizes are
 # `model_size_bytes` (real `nbytes`); "weights" (`weight_bytes`) counts only the matmul weight
-# arrays and their scales. `tiny_gpt` keeps its embeddings (lookups, not matmuls) and
-# LayerNorms in float32, so its whole-model ratio is lower than its weight ratio.
+# arrays and their scales.
 
 # %%
 _digits = datasets.load_digits()
 x_train, y_train, x_test, y_test = _digits.x_train, _digits.y_train, _digits.x_test, _digits.y_test
 _text = datasets.load_text()
-_tok = _text.tokenizer
 _gpt = models.load("tiny_gpt")
 _T = _gpt.config.context_length
-_train_ids = _tok.encode(_text.train[: 4 * _T + 1])
-_gpt_calib = [_train_ids[: 4 * _T].reshape(4, _T)]
-_val_ids = _tok.encode(_text.val[: 16 * _T + 1])  # a prefix of the validation text, to keep this fast
-
-
-# %%
+_gpt_calib = [_text.tokenizer.encode(_text.train[: 4 * _T + 1])[: 4 * _T].reshape(4, _T)]
+_val_ids = _text.tokenizer.encode(_text.val[: 16 * _T + 1])  # a prefix of the validation text, to keep this fast
 _calib = {"digits_mlp": [x_train[:256]], "digits_cnn": [x_train[:256]], "tiny_gpt": _gpt_calib}
 _quant, _int4 = {}, {}
 print(f"{'model':11s} {'':5s} {'model bytes':>11s} {'ratio':>6s} | {'weight bytes':>12s} {'ratio':>6s}  (weights incl. scales)")
@@ -1382,8 +1358,6 @@ for _name, _cal in _calib.items():
     for _kind, _m in (("FP32", _f), ("INT8", _quant[_name]), ("INT4", _int4[_name])):
         print(f"{_name:11s} {_kind:5s} {model_size_bytes(_m):11,d} {model_size_bytes(_f) / model_size_bytes(_m):6.2f} | "
               f"{weight_bytes(_m):12,d} {weight_bytes(_f) / weight_bytes(_m):6.2f}")
-
-# %%
 _fp = {n: accuracy(models.load(n), x_test, y_test) for n in ("digits_mlp", "digits_cnn")}
 print(f"{'model':11s} {'FP32 %':>7s} {'INT8 %':>7s} {'changed':>8s} {'INT4 %':>7s} {'changed':>8s}  (of {len(x_test)} test digits)")
 for _n in _fp:
@@ -1401,13 +1375,12 @@ print(f"tiny_gpt validation loss on a {len(_val_ids)}-character prefix of the va
 # Sizes are exact and reproducible: the matmul weights shrink by just under 4x (3.94x for
 # `digits_mlp`: its 394 float16 scales are the difference from 4; float32 scales would leave
 # 3.88x), the whole digits models by a bit less (biases stay float32), and `tiny_gpt` by 3.35x
-# overall (embeddings and LayerNorms stay float32). Both digits models' test accuracy is within
+# overall (its embeddings, lookups rather than matmuls, and its LayerNorms stay float32). Both digits models' test accuracy is within
 # the 0.5-point goal (one test digit is 0.28 points); "changed" counts the answers INT8 changed
 # at all, and `tiny_gpt`'s loss moves in the third decimal. INT4 with groups of 32 costs 4.5
 # bits per weight (32 / 4.5 = 7.1x; packed row by row, `digits_cnn`'s rows of 9 and 144 weights
 # would pad to 32 and 160 and leave 6.7x) and, being coarser, moves loss and predictions more.
-
-# %% [markdown]
+#
 # ## 5. Systems analysis
 #
 # ### Accuracy: per-tensor vs per-channel, and the four observers
@@ -1451,8 +1424,7 @@ print(f"QAT fine-tunes took {time.perf_counter() - _t0:.1f} s")
 # where PTQ was already within a few digits of FP32, the short fine-tune did not beat it (it moved
 # the weights as much as it fixed the rounding). QAT pays off where the rounding error is large;
 # with 360 test digits, differences of one or two digits (0.28 points each) are noise.
-
-# %% [markdown]
+#
 # ### Which layers are sensitive: SQNR per layer
 #
 # The signal-to-quantization-noise ratio of a layer's output, `SQNR = 10 log10(sum y^2 / sum
@@ -1468,8 +1440,6 @@ for _n, _x in (("digits_cnn", x_test), ("tiny_gpt", _val_ids[: 2 * _T].reshape(2
     print(_n + ": " + ", ".join(f"{k} {v:.1f}" for k, v in _sq[_n].items()))
 _worst = min(_sq["tiny_gpt"], key=_sq["tiny_gpt"].get)
 print(f"least precise tiny_gpt layer: {_worst} ({_sq['tiny_gpt'][_worst]:.1f} dB)")
-
-# %%
 fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
 _names = list(_sq["tiny_gpt"])
 axes[0].bar(range(len(_names)), [_sq["tiny_gpt"][k] for k in _names])
@@ -1528,18 +1498,15 @@ for _n, _x in (("digits_cnn", x_test), ("tiny_gpt", _val_ids[: 2 * _T].reshape(2
 # Read the "ratio to fp32" column: in NumPy, INT8 is at best about as fast as FP32. The
 # multiply-adds still run in float BLAS, as many as FP32 runs, and each layer adds work: it
 # quantizes its input (a divide, a round, a clip) and converts its int8 weight to float32 on
-# every call (nothing is scanned: the bound comes from the dtypes, `s_x * s_w` was fixed when built).
-# The speedups you read about come from integer dot-product instructions (x86 VNNI, ARM `sdot`),
-# 4x more multiply-adds per cycle on int8 than on float32, on a quarter of the bytes. What NumPy
-# *does* show truthfully is the size. INT4 unpacks its weights to float32 on every forward.
-
-# %% [markdown]
+# every call; INT4 unpacks its weights to float32 on every forward. What NumPy *does* show
+# truthfully is the size.
+#
 # ### INT8 where the hardware can use it: your model in ONNX Runtime
 #
-# NumPy has **no int8 GEMM** (section 3 timed its integer matmul), so our layers run float BLAS
-# on integer values. ONNX Runtime's x86 int8 GEMM multiplies **uint8 activations by int8 weights
-# and accumulates in int32**: one AVX-512 VNNI instruction, `vpdpbusd`, does 64 multiply-adds
-# where an FP32 FMA does 16 (AVX2 needs two, `vpmaddubsw` + `vpmaddwd`), on a quarter of the bytes.
+# The speedups you read about come from integer dot-product instructions, on a quarter of the
+# bytes. ONNX Runtime's x86 int8 GEMM multiplies **uint8 activations by int8 weights and
+# accumulates in int32**: one AVX-512 VNNI instruction, `vpdpbusd`, does 64 multiply-adds where an
+# FP32 FMA does 16 (AVX2 needs two, `vpmaddubsw` + `vpmaddwd`; ARM has `sdot`).
 #
 # `tinytorch.deploy.to_onnx` writes your quantized model as an ONNX graph: each
 # `QuantizedLinear` becomes `QuantizeLinear` (your `s_x`, `z_x`, shifted by 128 to uint8) ->
@@ -1587,17 +1554,16 @@ if _ort:
 # %% [markdown]
 # Read the "INT8 speed vs FP32" columns (ONNX Runtime has one thread, NumPy's BLAS its default
 # threads: compare ratios within a runtime). In NumPy the ratio is below 1: for the wide layer at
-# batch 1 the extra INT8 time is mostly converting its 4-million-entry int8 weight to float32. In ONNX
-# Runtime the same integers make the wide layer several times faster than FP32: there the GEMM
-# is nearly all the work. For the small `digits_mlp` the gain is small or absent: quantizing each
-# layer's input and rescaling its output cost about what the int8 kernel saves on 50,000
-# multiply-adds. INT8 pays where matmuls are large. Its `digits_mlp` INT8 outputs differ from
-# yours by up to about one quantization step (FP32: float rounding): the runtime sums in another
-# order, and a last-bit difference can move the next layer's input across a rounding boundary
-# (the argmax still agrees). The full comparison (all cores too, confidence intervals, and
-# `digits_cnn`, whose `ConvInteger` is a slow path in ONNX Runtime) is `python -m benchmarks.run onnx`.
-
-# %% [markdown]
+# batch 1 the extra time is mostly converting its 4-million-entry int8 weight to float32. In ONNX
+# Runtime the same integers make the wide layer several times faster than FP32: the GEMM is nearly
+# all the work. For the small `digits_mlp` the gain is small or absent: quantizing each input and
+# rescaling each output cost about what the int8 kernel saves on 50,000 multiply-adds. INT8 pays
+# where matmuls are large. ONNX Runtime's `digits_mlp` INT8 outputs differ from yours by up to
+# about one quantization step: it sums in another order, and a last-bit difference can move the
+# next layer's input across a rounding boundary (the argmax still agrees). The full comparison
+# (all cores, confidence intervals, and `digits_cnn`, whose `ConvInteger` is a slow path in ONNX
+# Runtime) is `python -m benchmarks.run onnx`.
+#
 # ## 6. Reflection
 #
 # 1. Our activations are quantized per tensor but weights per channel. Why is per-channel
@@ -1617,16 +1583,14 @@ if _ort:
 #    the next layer. ONNX's `QLinearMatMul` outputs int8 directly, given an output scale and zero
 #    point. What would you have to calibrate for it, and what would it save between two layers
 #    (count the passes over memory)?
-
-# %% [markdown]
+#
 # ## 7. Summary
 #
 # You built affine and symmetric quantization with ONNX's rounding and saturation, per tensor
 # and per channel; four calibration observers; an exact integer matmul on float BLAS;
-# `QuantizedLinear` and `QuantizedConv2d`, which store real `int8` weights and multiply them
-# exactly in float32 blocks; and `quantize_model`, which calibrates a copy of a trained
-# model and swaps its layers. You measured real bytes (about 4x smaller matmul weights),
-# accuracy and `tiny_gpt`'s loss, per-layer SQNR, and an honest latency (NumPy INT8 at best as
-# fast as FP32, ONNX Runtime's int8 kernels several times faster on a wide layer).
-# Next, module 16 removes weights instead of shrinking them: pruning, and sparse storage whose
-# bytes are, again, counted from the arrays.
+# `QuantizedLinear` and `QuantizedConv2d`, which store real `int8` weights; `quantize_model`,
+# which calibrates a copy of a trained model and swaps its layers; and groupwise INT4 with QAT.
+# You measured real bytes (about 4x smaller matmul weights), accuracy and `tiny_gpt`'s loss,
+# per-layer SQNR, and an honest latency (NumPy INT8 at best as fast as FP32, ONNX Runtime's int8
+# kernels several times faster on a wide layer). Next, module 16 removes weights instead of
+# shrinking them: pruning, and sparse storage whose bytes are, again, counted from the arrays.
