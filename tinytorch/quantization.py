@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 
-# %% modules/15_quantization/quantization.py (cell 9)
+# %% modules/15_quantization/quantization.py (cell 8)
 """Quantization: INT8 post-training quantization with calibration.
 
 Affine/symmetric schemes as in ONNX QuantizeLinear (round half to even, saturate),
@@ -65,7 +65,7 @@ from tinytorch.quantization_utils import (
 )
 
 
-# %% modules/15_quantization/quantization.py (cell 10)
+# %% modules/15_quantization/quantization.py (cell 9)
 @dataclass
 class QuantParams:
     """How reals map to integers: scale (float32, scalar or per channel), zero_point (int32,
@@ -163,7 +163,7 @@ def tensor_qparams(x, scheme: str = "symmetric", dtype: str = "int8", axis=None)
     return compute_qparams(a.min(axis=other), a.max(axis=other), scheme, dtype, axis)
 
 
-# %% modules/15_quantization/quantization.py (cell 13)
+# %% modules/15_quantization/quantization.py (cell 12)
 class Observer:
     """Watches batches of activations (`update`) and turns them into QuantParams (`qparams`)."""
 
@@ -285,7 +285,7 @@ OBSERVERS = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObse
              "percentile": PercentileObserver, "mse": MSEObserver}
 
 
-# %% modules/15_quantization/quantization.py (cell 17)
+# %% modules/15_quantization/quantization.py (cell 16)
 FLOAT32_EXACT = 2 ** 24
 FLOAT64_EXACT = 2 ** 53
 
@@ -332,7 +332,7 @@ def int_matmul(a, b) -> np.ndarray:
     return out.astype(np.int32 if a.shape[-1] * amax * bmax <= np.iinfo(np.int32).max else np.int64)
 
 
-# %% modules/15_quantization/quantization.py (cell 20)
+# %% modules/15_quantization/quantization.py (cell 19)
 def _weight_params(weight: np.ndarray, per_channel: bool) -> QuantParams:
     """Symmetric int8 parameters for a weight, the scales stored as float16 (with 64 weights per
     row, float32 scales would cost 6% of the int8 bytes), rounded UP where float16 lost some of a
@@ -450,7 +450,7 @@ class QuantizedLinear(tc.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 {per}"
 
 
-# %% modules/15_quantization/quantization.py (cell 23)
+# %% modules/15_quantization/quantization.py (cell 22)
 class QuantizedConv2d(tc.Module):
     """Conv2d with an int8 weight (OC, C, kh, kw) + scales; im2col on the centered quantized input.
 
@@ -515,7 +515,7 @@ class QuantizedConv2d(tc.Module):
         return f"{self.in_channels}, {self.out_channels}, kernel_size={tuple(self.kernel_size)}, int8 {per}"
 
 
-# %% modules/15_quantization/quantization.py (cell 26)
+# %% modules/15_quantization/quantization.py (cell 25)
 QUANTIZABLE = {tc.Linear: QuantizedLinear, tc.Conv2d: QuantizedConv2d}
 
 
@@ -581,7 +581,7 @@ def model_size_bytes(model) -> int:
 QUANTIZED_FLOP_RULES = {QuantizedLinear: matmul_layer_flops, QuantizedConv2d: matmul_layer_flops}  # count_flops rules
 
 
-# %% modules/15_quantization/quantization.py (cell 29)
+# %% modules/15_quantization/quantization.py (cell 28)
 GROUP_BITS = (2, 4, 8)
 
 
@@ -706,7 +706,7 @@ def quantize_weights_groupwise(model, bits: int = 4, group_size: int = 32):
 QUANTIZED_FLOP_RULES.update({WeightOnlyLinear: matmul_layer_flops, WeightOnlyConv2d: matmul_layer_flops})
 
 
-# %% modules/15_quantization/quantization.py (cell 32)
+# %% modules/15_quantization/quantization.py (cell 31)
 def fake_quantize_groupwise(weight, bits: int = 4, group_size: int = 32) -> tc.Tensor:
     """unpack_groupwise(pack_groupwise(w)) in the forward; the gradient passes straight through.
 
