@@ -7,6 +7,6 @@ re-exported here so the tests keep importing it from one place.
     run_stream(lambda batch: clock.advance(0.01), queries, settings, clock=clock)
 """
 
-from tinytorch.testing import FakeClock, FakeWork
+from tinytorch.testing import FakeClock, FakeLayer, FakeWork
 
-__all__ = ["FakeClock", "FakeWork"]
+__all__ = ["FakeClock", "FakeLayer", "FakeWork"]

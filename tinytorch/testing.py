@@ -1,10 +1,11 @@
 """Test doubles the notebooks' graded cells and the test suite share (as numpy.testing and
-torch.testing do for theirs): a clock that moves only when told, and a call that takes a
-known time on it. With them a timing function can be checked exactly, without waiting.
+torch.testing do for theirs): a clock that moves only when told, a call that takes a known
+time on it, and a layer made of such a call. With them a timing function (a latency
+measurement, a per-layer profiler) can be checked exactly, without waiting.
 
-    clock = FakeClock()
-    work = FakeWork(clock, [0.5, 0.25])     # the first call takes 0.5 s, the second 0.25 s
-    start = clock(); work(); clock() - start
+    >>> clock = FakeClock()
+    >>> work = FakeWork(clock, [0.5, 0.25])     # the first call takes 0.5 s, the second 0.25 s
+    >>> start = clock(); _ = work(); clock() - start
     0.5
 """
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-__all__ = ["FakeClock", "FakeWork"]
+from tinytorch.core import Module
+
+__all__ = ["FakeClock", "FakeLayer", "FakeWork"]
 
 
 class FakeClock:
@@ -65,3 +68,21 @@ class FakeWork:
         self.calls.append((args, kwargs))
         self.clock.advance(self.costs[n])
         return args[0] if args else None
+
+
+class FakeLayer(Module):
+    """A layer whose forward is `work(x)`: with a FakeWork, a layer that takes known seconds.
+
+    >>> clock = FakeClock(); layer = FakeLayer(FakeWork(clock, [3.0]))
+    >>> layer(1.5), clock()
+    (1.5, 3.0)
+    """
+
+    def __init__(self, work):
+        super().__init__()
+        if not callable(work):
+            raise TypeError(f"FakeLayer needs a callable, got {type(work).__name__}")
+        self.work = work
+
+    def forward(self, x):
+        return self.work(x)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tinytorch.testing import FakeClock, FakeWork
+import tinytorch.core as tc
+from tinytorch.testing import FakeClock, FakeLayer, FakeWork
 from tests.fakes import FakeClock as ReExported
 
 
@@ -34,3 +35,14 @@ def test_work_takes_its_costs_in_order_and_records_its_arguments():
 
 def test_tests_fakes_reexports_the_same_class():
     assert ReExported is FakeClock
+
+
+def test_a_fake_layer_is_a_module_whose_forward_takes_the_works_time():
+    clock = FakeClock()
+    model = tc.Sequential(FakeLayer(FakeWork(clock, [2.0, 5.0])))
+    assert [name for name, _ in model.named_modules()] == ["", "0"]
+    assert model(3) == 3 and clock() == 2.0
+    model(4)
+    assert clock() == 7.0 and model[0].work.calls == [((3,), {}), ((4,), {})]
+    with pytest.raises(TypeError, match="callable"):
+        FakeLayer(42)
