@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
+from tinytorch.core.checks import check_int
+
 __all__ = ["POWERCAP_ROOT", "DEFAULT_WATTS_PER_CORE", "MEASURED_SOURCE", "PowercapZone", "EnergySample",
            "EnergyReading", "EnergyCounters", "estimate_source", "find_powercap_zones", "make_fake_zone",
            "read_counters", "read_int_file", "set_fake_energy"]
@@ -143,7 +145,8 @@ class EnergyCounters:
     """What an energy meter reads: this machine's package counters if it can read them, else the
     estimate's power per core, and the two clocks. `sample()` reads all of them at once.
 
-    The meter built on it (module 14's EnergyMeter) turns two samples into joules."""
+    The meter built on it (module 14's EnergyMeter) turns two samples into joules: its
+    `since(start, calls)`. `measure` runs a function between a sample and that `since`."""
 
     def __init__(self, root: str = POWERCAP_ROOT, watts_per_core: float = DEFAULT_WATTS_PER_CORE,
                  cpu_clock: Callable[[], float] = time.process_time,
@@ -164,3 +167,17 @@ class EnergyCounters:
     def sample(self) -> EnergySample:
         """Read the clocks and every zone's counter now."""
         return EnergySample(self.wall_clock(), self.cpu_clock(), read_counters(self.zones))
+
+    def since(self, start: EnergySample, calls: int = 1) -> EnergyReading:
+        """The energy from `start` to now, per call: defined by the meter built on this class."""
+        raise NotImplementedError("since() is defined by the meter (tinytorch.profiling.EnergyMeter)")
+
+    def measure(self, fn, *args, repeats: int = 1, **kwargs) -> EnergyReading:
+        """Energy of `repeats` calls of fn(*args, **kwargs), per call in `.per_call`."""
+        if not callable(fn):
+            raise TypeError(f"measure expects a callable, got {type(fn).__name__}")
+        check_int(repeats, "repeats", 1)
+        start = self.sample()
+        for _ in range(repeats):
+            fn(*args, **kwargs)
+        return self.since(start, calls=repeats)

@@ -85,3 +85,31 @@ def test_without_counters_the_source_is_the_estimate_with_its_power(tmp_path):
 def test_a_power_per_core_that_is_not_a_positive_number_is_refused(tmp_path, bad):
     with pytest.raises(ValueError, match="watts_per_core"):
         EnergyCounters(root=str(tmp_path), watts_per_core=bad)
+
+
+class _Between(EnergyCounters):
+    """A meter whose since() reports the CPU seconds between the two samples (what measure brackets)."""
+
+    def since(self, start, calls=1):
+        return EnergyReading(self.sample().cpu_s - start.cpu_s, calls, 0.0, 0.0, self.source)
+
+
+def test_measure_runs_fn_repeats_times_between_one_sample_and_since(tmp_path):
+    from tinytorch.testing import FakeClock, FakeWork
+
+    cpu = FakeClock()
+    work = FakeWork(cpu, [0.5, 0.25, 0.25])
+    meter = _Between(root=str(tmp_path / "absent"), cpu_clock=cpu)
+    reading = meter.measure(work, 7, repeats=3, scale=2)
+    assert reading.joules == 1.0 and reading.calls == 3, "all three calls, and nothing else, between the samples"
+    assert work.calls == [((7,), {"scale": 2})] * 3
+
+
+def test_measure_refuses_bad_input_and_since_belongs_to_the_meter(tmp_path):
+    meter = EnergyCounters(root=str(tmp_path / "absent"))
+    with pytest.raises(TypeError, match="callable"):
+        meter.measure(42)
+    with pytest.raises(ValueError, match="repeats"):
+        meter.measure(print, repeats=0)
+    with pytest.raises(NotImplementedError, match="EnergyMeter"):
+        meter.measure(lambda: None)
