@@ -16,6 +16,7 @@ import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.core import functional as F
+from tinytorch.introspect import check_module
 
 __all__ = ["train_epochs"]
 
@@ -28,8 +29,7 @@ def train_epochs(model, x, y, epochs: int, lr: float = 1e-3, batch_size: int = 6
     default cross-entropy on the labels. on_step(step) runs before every step (a pruning
     schedule uses it). Returns the model, in eval mode.
     """
-    if not isinstance(model, tc.Module):
-        raise TypeError(f"train_epochs needs a tinytorch Module, got {type(model).__name__}")
+    check_module(model, "train_epochs")
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
     if len(x) != len(y) or len(x) == 0:
