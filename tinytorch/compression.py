@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-# %% modules/16_compression/compression.py (cell 9)
+# %% modules/16_compression/compression.py (cell 6)
 """Compression: magnitude and structured pruning, fine-tuning, low rank, distillation, sparse storage.
 
 Pruning masks work as in torch.nn.utils.prune: a pruned layer keeps its trained weight as the
@@ -53,6 +53,8 @@ import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.core import functional as F
+from tinytorch.core.checks import check_int
+from tinytorch.introspect import check_module
 from tinytorch.quantization import QuantParams, dequantize, quantize, tensor_qparams
 from tinytorch.sparse_io import build_model, describe_model, file_bytes, read_compressed, write_compressed
 from tinytorch.training import train_epochs
@@ -68,17 +70,6 @@ def _check_amount(amount, what: str = "amount") -> float:
     return float(amount)
 
 
-def _check_positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _check_model(model, where: str) -> None:
-    if not isinstance(model, tc.Module):
-        raise TypeError(f"{where} needs a tinytorch Module, got {type(model).__name__}")
-
-
 def _check_prunable(layer) -> None:
     if not isinstance(layer, PRUNABLE):
         raise TypeError(f"only Linear and Conv2d layers can be pruned, got {type(layer).__name__}")
@@ -86,7 +77,7 @@ def _check_prunable(layer) -> None:
 
 def prunable_layers(model) -> list:
     """(name, layer) of every Linear and Conv2d in `model`, in named_modules() order."""
-    _check_model(model, "prunable_layers")
+    check_module(model, "prunable_layers")
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
 
 
@@ -107,7 +98,7 @@ def _apply_mask_hook(layer, inputs) -> None:
     layer.weight = layer.weight_orig * layer.weight_mask
 
 
-# %% modules/16_compression/compression.py (cell 11)
+# %% modules/16_compression/compression.py (cell 8)
 def sparsity(model_or_array, include_bias: bool = False) -> float:
     """Fraction of exactly-zero entries, counted from the arrays.
 
@@ -133,7 +124,7 @@ def sparsity(model_or_array, include_bias: bool = False) -> float:
     return sum(int(a.size - np.count_nonzero(a)) for a in arrays) / total
 
 
-# %% modules/16_compression/compression.py (cell 14)
+# %% modules/16_compression/compression.py (cell 11)
 def magnitude_mask(weight, amount: float) -> np.ndarray:
     """A 0/1 float32 mask of weight's shape that zeroes the round(amount * size) smallest |weight|.
 
@@ -203,7 +194,7 @@ def prune_global(model, amount: float) -> None:
 def prune_model(model, amount: float, scope: str = "global"):
     """Magnitude-prune every Linear/Conv2d weight of `model` in place and return it.
     scope='global': one threshold for the whole model; 'layer': `amount` of every layer."""
-    _check_model(model, "prune_model")
+    check_module(model, "prune_model")
     amount = _check_amount(amount)
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
@@ -224,7 +215,7 @@ def remove_masks(model):
     >>> sorted(n for n, _ in m.named_parameters()), sparsity(m)
     (['0.bias', '0.weight'], 0.5)
     """
-    _check_model(model, "remove_masks")
+    check_module(model, "remove_masks")
     for _, layer in prunable_layers(model):
         if is_pruned(layer):
             weight = layer.weight_orig
@@ -235,7 +226,7 @@ def remove_masks(model):
     return model
 
 
-# %% modules/16_compression/compression.py (cell 17)
+# %% modules/16_compression/compression.py (cell 14)
 PASS_THROUGH = (tc.ReLU, tc.GELU, tc.MaxPool2d, tc.Dropout, tc.Flatten)
 
 
@@ -322,7 +313,7 @@ def prune_structured(model, amount: float, norm: int = 1, layers=None):
     return small
 
 
-# %% modules/16_compression/compression.py (cell 20)
+# %% modules/16_compression/compression.py (cell 17)
 def cubic_sparsity(step: int, total_steps: int, final: float, initial: float = 0.0) -> float:
     """Zhu & Gupta (2017): s(t) = final + (initial - final) * (1 - t / total_steps)^3 for
     0 <= t <= total_steps, and `final` after.
@@ -332,8 +323,7 @@ def cubic_sparsity(step: int, total_steps: int, final: float, initial: float = 0
     0.7875
     """
     final, initial = _check_amount(final, "final sparsity"), _check_amount(initial, "initial sparsity")
-    if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
-        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+    check_int(total_steps, "total_steps", 1)
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     t = min(step, total_steps) / total_steps
@@ -348,11 +338,9 @@ def prune_iteratively(model, x, y, final_sparsity: float, epochs: int, prune_epo
     final_sparsity = _check_amount(final_sparsity, "final_sparsity")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    if isinstance(prune_every, bool) or not isinstance(prune_every, (int, np.integer)) or prune_every < 1:
-        raise ValueError(f"prune_every must be a positive int (steps between pruning), got {prune_every!r}")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    prune_every, batch_size = check_int(prune_every, "prune_every", 1), check_int(batch_size, "batch_size", 1)
     if prune_epochs is not None:
-        prune_epochs = _check_positive_int(prune_epochs, "prune_epochs")
+        prune_epochs = check_int(prune_epochs, "prune_epochs", 1)
     prune_epochs = max(1, epochs - 1) if prune_epochs is None else prune_epochs
     total = max(1, prune_epochs * (-(-len(x) // batch_size)))
     optimizer = tc.Adam(model.parameters(), lr=lr)
@@ -378,7 +366,7 @@ def rewind(model, initial_state: dict):
     >>> bool(np.array_equal(net[1].weight.data, init["1.weight"] * net[1].weight_mask))
     True
     """
-    _check_model(model, "rewind")
+    check_module(model, "rewind")
     for name, p in model.named_parameters():
         key = name
         if key not in initial_state and name.endswith("weight_orig"):
@@ -395,7 +383,7 @@ def rewind(model, initial_state: dict):
     return model
 
 
-# %% modules/16_compression/compression.py (cell 23)
+# %% modules/16_compression/compression.py (cell 20)
 def rank_for_energy(singular_values, energy: float) -> int:
     """The smallest r whose r largest singular values hold at least `energy` of sum(s^2).
 
@@ -446,7 +434,7 @@ def low_rank_linear(linear, rank: int | None = None, energy: float | None = None
 def factorize_model(model, energy: float, layers=None):
     """A copy of `model` whose named Linear layers (default: all) are replaced by
     low_rank_linear(layer, energy=energy) where that has fewer weights than the layer."""
-    _check_model(model, "factorize_model")
+    check_module(model, "factorize_model")
     out = copy.deepcopy(model)
     remove_masks(out)
     modules = dict(out.named_modules())
@@ -466,7 +454,7 @@ def factorize_model(model, energy: float, layers=None):
     return out
 
 
-# %% modules/16_compression/compression.py (cell 26)
+# %% modules/16_compression/compression.py (cell 23)
 def distillation_loss(student_logits, teacher_logits, labels, temperature: float = 4.0, alpha: float = 0.9):
     """alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * cross_entropy(s, labels).
 
@@ -498,7 +486,7 @@ def distill(student, teacher, x, y, epochs: int, temperature: float = 4.0, alpha
             lr: float = 1e-3, batch_size: int = 64, seed: int = 0):
     """Train `student` on (x, y) with distillation_loss against `teacher`'s logits, which are
     computed once, up front (the teacher does not change). Returns the student in eval mode."""
-    _check_model(teacher, "distill")
+    check_module(teacher, "distill")
     teacher.eval()
     with tc.no_grad():
         soft = teacher(x).data
@@ -506,7 +494,7 @@ def distill(student, teacher, x, y, epochs: int, temperature: float = 4.0, alpha
     return train_epochs(student, x, y, epochs, lr=lr, batch_size=batch_size, seed=seed, loss_fn=loss_fn)
 
 
-# %% modules/16_compression/compression.py (cell 29)
+# %% modules/16_compression/compression.py (cell 26)
 @dataclass
 class CSRMatrix:
     """Compressed sparse rows: row i holds data[indptr[i]:indptr[i+1]] at columns indices[...]."""
@@ -557,7 +545,7 @@ class CSRMatrix:
         return out
 
 
-# %% modules/16_compression/compression.py (cell 32)
+# %% modules/16_compression/compression.py (cell 29)
 GAP_MAX = 255  # gaps are uint8; a longer gap is split with filler entries (value 0)
 
 
@@ -600,7 +588,7 @@ def decode_relative(values, gaps, shape) -> np.ndarray:
 def save_compressed(model, path, values: str = "int8") -> Path:
     """Write `model` as <path>.npz + <path>.json (see above); returns the .npz path.
     """
-    _check_model(model, "save_compressed")
+    check_module(model, "save_compressed")
     if values not in ("int8", "float32"):
         raise ValueError(f"values must be 'int8' or 'float32', got {values!r}")
     architecture = describe_model(model)

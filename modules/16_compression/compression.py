@@ -34,8 +34,6 @@
 
 # %%
 #| default_exp compression
-
-# %%
 import copy
 import tempfile
 import time
@@ -44,12 +42,11 @@ from pathlib import Path
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.notebook import plt, show
+from tinytorch.notebook import plt, raises, show  # raises(fn, *args, exc=Error): fn(*args) must raise Error
 from tinytorch import datasets, models
 from tinytorch.core.serialization import save_checkpoint
 from tinytorch.models.evaluate import accuracy, lm_loss
 from tinytorch.profiling import count_flops, count_parameters, measure_latency
-from tinytorch.quantization_utils import raises  # raises(Error, fn, *args): did fn(*args) raise Error?
 
 
 _tmp = Path(tempfile.mkdtemp(prefix="tinytorch16_"))
@@ -79,13 +76,11 @@ print(f"90% of its weights set to zero:  {_zeroed_file.stat().st_size:8,d} bytes
       f"test accuracy {accuracy(_mlp, x_test, y_test):.2%}")
 
 # %% [markdown]
-# Same bytes, and a much worse model. Compression needs three things this module builds:
-# a way to remove weights that the model can **recover** from (prune gradually while
-# fine-tuning), a **storage format** that does not spend bytes on zeros (sparse indices,
-# int8 values), and, if we want speed rather than size, a **smaller dense shape**
-# (structured pruning), because dense BLAS on a zero-filled matrix does all the work anyway.
-
-# %% [markdown]
+# Same bytes, and a much worse model. Compression needs three things this module builds: a
+# way to remove weights the model can **recover** from (prune gradually while fine-tuning),
+# a **storage format** that spends no bytes on zeros (sparse indices, int8 values), and, for
+# speed, a **smaller dense shape** (structured pruning): dense BLAS on zeros does all the work.
+#
 # ## 2. The idea
 #
 # **Magnitude pruning.** Weights near zero contribute little to `x W^T`; remove the
@@ -96,11 +91,11 @@ print(f"90% of its weights set to zero:  {_zeroed_file.stat().st_size:8,d} bytes
 # `[[1, 0, 1], [0, 1, 0]]`.
 #
 # **Masks that survive training.** A zeroed weight would move again at the next optimizer
-# step (its gradient is not zero). We do what `torch.nn.utils.prune` does: the trained
-# weight moves to a Parameter `weight_orig`, a 0/1 buffer `weight_mask` is registered, and
-# a forward pre-hook sets `weight = weight_orig * weight_mask` before every call. Whatever
-# the optimizer does to `weight_orig` (momentum, weight decay), the weight the layer
-# computes with is zero where the mask is 0. `remove_masks` bakes the product back in.
+# step (its gradient is not zero). As `torch.nn.utils.prune` does, the trained weight moves
+# to a Parameter `weight_orig`, a 0/1 buffer `weight_mask` is registered, and a forward
+# pre-hook sets `weight = weight_orig * weight_mask` before every call: whatever the
+# optimizer does to `weight_orig` (momentum, weight decay), the weight the layer computes
+# with is zero where the mask is 0. `remove_masks` bakes the product back in.
 #
 # **Gradual pruning.** Removing 95% at once destroys the model; removing it in small steps
 # while training lets the survivors take over. Zhu & Gupta's cubic schedule over `n` steps:
@@ -115,8 +110,7 @@ print(f"90% of its weights set to zero:  {_zeroed_file.stat().st_size:8,d} bytes
 #
 # **Low rank.** `W = U S V^T`; keeping the top `r` singular values gives the best rank-`r`
 # approximation (Eckart-Young) as two Linears `in -> r -> out` with `r (in + out)` weights
-# instead of `in * out`. Choose `r` by **energy**: the smallest `r` with
-# `sum_{i<r} s_i^2 >= energy * sum s_i^2`.
+# instead of `in * out`; `r` by **energy**: the smallest `r` with `sum_{i<r} s_i^2 >= energy * sum s_i^2`.
 #
 # **Distillation.** A small student learns from the teacher's softened probabilities
 # `softmax(z / T)`: `loss = alpha T^2 KL(p_teacher || p_student) + (1 - alpha) CE(student, labels)`.
@@ -129,8 +123,7 @@ print(f"90% of its weights set to zero:  {_zeroed_file.stat().st_size:8,d} bytes
 # Stored: values `[v1, v4, 0, v300]`, gaps `[2, 3, 255, 41]`; decoding is
 # `positions = cumsum(gaps) - 1 = [1, 4, 259, 300]`. With int8 values a non-zero costs
 # 2 bytes instead of 4, and a zero costs nothing.
-
-# %% [markdown]
+#
 # ## 3. Build it
 #
 # The first cell is given: imports, the input checks, and the small helpers every
@@ -156,6 +149,8 @@ import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.core import functional as F
+from tinytorch.core.checks import check_int
+from tinytorch.introspect import check_module
 from tinytorch.quantization import QuantParams, dequantize, quantize, tensor_qparams
 from tinytorch.sparse_io import build_model, describe_model, file_bytes, read_compressed, write_compressed
 from tinytorch.training import train_epochs
@@ -171,17 +166,6 @@ def _check_amount(amount, what: str = "amount") -> float:
     return float(amount)
 
 
-def _check_positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _check_model(model, where: str) -> None:
-    if not isinstance(model, tc.Module):
-        raise TypeError(f"{where} needs a tinytorch Module, got {type(model).__name__}")
-
-
 def _check_prunable(layer) -> None:
     if not isinstance(layer, PRUNABLE):
         raise TypeError(f"only Linear and Conv2d layers can be pruned, got {type(layer).__name__}")
@@ -189,7 +173,7 @@ def _check_prunable(layer) -> None:
 
 def prunable_layers(model) -> list:
     """(name, layer) of every Linear and Conv2d in `model`, in named_modules() order."""
-    _check_model(model, "prunable_layers")
+    check_module(model, "prunable_layers")
     return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
 
 
@@ -267,17 +251,16 @@ _s[0].bias.data[:] = 0.0                         # 2 zero biases
 assert sparsity(_s) == 6 / 8                      # pooled over the layers, not the mean of 1.0 and 0.0
 assert sparsity(_s, include_bias=True) == 8 / 11  # + biases: 2 + 1 more entries, 2 of them zero
 for _bad in ([1, 2], "model"):
-    assert raises(TypeError, sparsity, _bad), "a list or a string must raise TypeError"
+    raises(sparsity, _bad, exc=TypeError)  # a list or a string
 print("sparsity: OK")
 
 # %% [markdown]
 # ### Magnitude pruning with masks
 #
 # `magnitude_mask` finds the `round(amount * size)` smallest magnitudes. `apply_mask`
-# installs (or tightens) a layer's mask the PyTorch way described in section 2: keep the
-# **same** Parameter object as `weight_orig` (an optimizer made before pruning still
-# updates it), register the buffer, register the hook once, and compute `weight` right away.
-# A second mask on a pruned layer multiplies into the first: pruning only ever removes.
+# installs (or tightens) a layer's mask the PyTorch way of section 2: the **same** Parameter
+# object becomes `weight_orig` (an optimizer made before pruning still updates it), then the
+# buffer, the hook (once) and `weight` right away. A second mask multiplies into the first.
 
 # %% nbgrader={"grade": false, "grade_id": "masks", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -389,7 +372,7 @@ def prune_global(model, amount: float) -> None:
 def prune_model(model, amount: float, scope: str = "global"):
     """Magnitude-prune every Linear/Conv2d weight of `model` in place and return it.
     scope='global': one threshold for the whole model; 'layer': `amount` of every layer."""
-    _check_model(model, "prune_model")
+    check_module(model, "prune_model")
     amount = _check_amount(amount)
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
@@ -422,7 +405,7 @@ def remove_masks(model):
     HINTS:
     - handle.remove() unregisters a hook; `del layer._buffers["weight_mask"]`, `del layer.weight_orig`.
     """
-    _check_model(model, "remove_masks")
+    check_module(model, "remove_masks")
     ### BEGIN SOLUTION
     for _, layer in prunable_layers(model):
         if is_pruned(layer):
@@ -476,7 +459,7 @@ remove_masks(_g)
 assert not is_pruned(_g[0]) and isinstance(_g[0].weight, tc.Parameter) and "0.weight_orig" not in _g.state_dict()
 assert np.array_equal(_g(_xg).data, _y0) and abs(sparsity(_g) - 0.6) < 1e-9
 for _bad in (1.0, -0.1, 1.5):
-    assert raises(ValueError, prune_model, _g, _bad), f"amount {_bad} must raise ValueError"
+    raises(prune_model, _g, _bad, exc=ValueError)
 ### BEGIN HIDDEN TESTS
 for _w, _amt in ((np.ones(10), 0.3), (np.array([2.0, -1.0, 1.0, 1.0, -1.0, 3.0]), 0.5)):  # ties at the threshold
     _mk = magnitude_mask(_w, _amt)
@@ -629,8 +612,7 @@ for _name in ("digits_mlp", "digits_cnn"):
     assert all(np.prod(s) < np.prod(b) for s, b in zip(_shapes, _big_shapes)), (_shapes, _big_shapes)
     assert _shapes[-1][0] == 10 and count_parameters(_small).total < count_parameters(_big).total
 assert [m.weight.shape for m in prune_structured(models.load("digits_cnn"), 0.5) if isinstance(m, tc.Linear)][0] == (32, 64)  # 16 channels x 2x2 in
-assert raises(ValueError, prune_structured, models.load("digits_mlp"), 0.5, layers=["9"]), \
-    "an unknown layer must raise ValueError"
+raises(prune_structured, models.load("digits_mlp"), 0.5, layers=["9"], exc=ValueError)  # an unknown layer
 ### BEGIN HIDDEN TESTS
 _lh = tc.Linear(2, 4)
 _lh.weight.data[:] = [[0.1, 0.1], [1.0, -1.0], [0.0, 0.2], [-2.0, 2.0]]  # L1 norms 0.2, 2, 0.2, 4
@@ -645,10 +627,10 @@ print("unit_norms, units_to_keep, prune_structured: OK")
 #
 # `prune_iteratively` runs `train_epochs` (the given loop) with an `on_step` callback that,
 # every `prune_every` steps of the first `prune_epochs` epochs, prunes the model to
-# `cubic_sparsity(step, total)`; the remaining epochs fine-tune at the final sparsity.
-# Because `prune_model` only tightens masks, each call removes the smallest of the weights
-# still alive. `rewind` sets every parameter back to a saved initial state (for a pruned
-# layer: `weight_orig`), keeping the masks: the lottery-ticket experiment.
+# `cubic_sparsity(step, total)`; the remaining epochs fine-tune at the final sparsity. As
+# `prune_model` only tightens masks, each call removes the smallest weights still alive.
+# `rewind` sets every parameter (a pruned layer's `weight_orig`) back to a saved initial
+# state, keeping the masks: the lottery-ticket experiment.
 
 # %% nbgrader={"grade": false, "grade_id": "schedule", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -661,8 +643,7 @@ def cubic_sparsity(step: int, total_steps: int, final: float, initial: float = 0
     0.7875
     """
     final, initial = _check_amount(final, "final sparsity"), _check_amount(initial, "initial sparsity")
-    if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
-        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+    check_int(total_steps, "total_steps", 1)
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     ### BEGIN SOLUTION
@@ -691,11 +672,9 @@ def prune_iteratively(model, x, y, final_sparsity: float, epochs: int, prune_epo
     final_sparsity = _check_amount(final_sparsity, "final_sparsity")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
-    if isinstance(prune_every, bool) or not isinstance(prune_every, (int, np.integer)) or prune_every < 1:
-        raise ValueError(f"prune_every must be a positive int (steps between pruning), got {prune_every!r}")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    prune_every, batch_size = check_int(prune_every, "prune_every", 1), check_int(batch_size, "batch_size", 1)
     if prune_epochs is not None:
-        prune_epochs = _check_positive_int(prune_epochs, "prune_epochs")
+        prune_epochs = check_int(prune_epochs, "prune_epochs", 1)
     ### BEGIN SOLUTION
     prune_epochs = max(1, epochs - 1) if prune_epochs is None else prune_epochs
     total = max(1, prune_epochs * (-(-len(x) // batch_size)))
@@ -731,7 +710,7 @@ def rewind(model, initial_state: dict):
     >>> bool(np.array_equal(net[1].weight.data, init["1.weight"] * net[1].weight_mask))
     True
     """
-    _check_model(model, "rewind")
+    check_module(model, "rewind")
     ### BEGIN SOLUTION
     for name, p in model.named_parameters():
         key = name
@@ -860,7 +839,7 @@ def low_rank_linear(linear, rank: int | None = None, energy: float | None = None
 def factorize_model(model, energy: float, layers=None):
     """A copy of `model` whose named Linear layers (default: all) are replaced by
     low_rank_linear(layer, energy=energy) where that has fewer weights than the layer."""
-    _check_model(model, "factorize_model")
+    check_module(model, "factorize_model")
     out = copy.deepcopy(model)
     remove_masks(out)
     modules = dict(out.named_modules())
@@ -897,11 +876,10 @@ _r2 = low_rank_linear(_lin, rank=2)
 _w2 = _r2[1].weight.data.astype(np.float64) @ _r2[0].weight.data
 assert abs(np.linalg.norm(_lin.weight.data - _w2) - np.sqrt((_s[2:] ** 2).sum())) < 1e-4
 for _bad in (dict(rank=0), dict(rank=8), dict(), dict(rank=2, energy=0.9), dict(energy=0.0)):
-    assert raises(ValueError, low_rank_linear, _lin, **_bad), f"{_bad} must raise ValueError"
+    raises(low_rank_linear, _lin, exc=ValueError, **_bad)
 _fm = factorize_model(models.load("digits_mlp"), 0.5)
 assert isinstance(_fm[1], tc.Sequential) and count_parameters(_fm).total < count_parameters(models.load("digits_mlp")).total
-assert raises(ValueError, factorize_model, models.load("digits_mlp"), 0.9, layers=["2"]), \
-    "a layer that is not a Linear (layer 2 is a ReLU) must raise ValueError"
+raises(factorize_model, models.load("digits_mlp"), 0.9, layers=["2"], exc=ValueError)  # layer 2 is a ReLU
 print("rank_for_energy, low_rank_linear, factorize_model: OK")
 
 # %% [markdown]
@@ -954,7 +932,7 @@ def distill(student, teacher, x, y, epochs: int, temperature: float = 4.0, alpha
             lr: float = 1e-3, batch_size: int = 64, seed: int = 0):
     """Train `student` on (x, y) with distillation_loss against `teacher`'s logits, which are
     computed once, up front (the teacher does not change). Returns the student in eval mode."""
-    _check_model(teacher, "distill")
+    check_module(teacher, "distill")
     ### BEGIN SOLUTION
     teacher.eval()
     with tc.no_grad():
@@ -1077,7 +1055,7 @@ for _shape, _density in (((30, 20), 0.1), ((5, 40), 0.0), ((16, 16), 1.0), ((64,
     _b = _rng.standard_normal((_shape[1], 9)).astype(np.float32)
     assert _cs.nnz == np.count_nonzero(_a) and np.array_equal(_cs.to_dense(), _a)
     np.testing.assert_allclose(_cs @ _b, _a @ _b, rtol=1e-5, atol=1e-5)
-assert raises(ValueError, lambda: _cs @ np.ones((3, 2))), "a shape mismatch must raise ValueError"
+raises(lambda: _cs @ np.ones((3, 2)), exc=ValueError)  # a shape mismatch
 print("CSRMatrix: OK")
 
 # %% [markdown]
@@ -1088,18 +1066,16 @@ print("CSRMatrix: OK")
 # `ends = cumsum(fillers + 1) - 1` is where each real entry lands in the output, everything
 # else is a filler (gap 255, value 0).
 #
-# `save_compressed(model, path)` writes two files, and never pickles: `<path>.npz`
-# (`np.savez_compressed`, so zip's deflate squeezes what is left, as Deep Compression's
-# Huffman stage does) with four arrays shared by all layers, `values` (every Linear/Conv2d
-# weight's non-zeros, int8 via module 15's `tensor_qparams`/`quantize`), `gaps` (uint8),
-# `scales` (one float32 per weight) and `dense` (float32: biases and the rest); and
-# `<path>.json`: the architecture and, per tensor, its name, shape, encoding and offset
-# into the shared arrays. The format's plumbing is given in `tinytorch/sparse_io.py`:
-# `describe_model`/`build_model` (the architecture as JSON), `write_compressed` (both files,
-# atomically), `read_compressed` (both files, every field checked) and `file_bytes`.
-# `load_compressed` rebuilds an ordinary dense model. With `values="float32"` the round
-# trip is exact; with int8, loading, saving and loading again gives the same weights bit
-# for bit.
+# `save_compressed(model, path)` writes two files and never pickles: `<path>.npz`
+# (`np.savez_compressed`: zip's deflate squeezes what is left, as Deep Compression's Huffman
+# stage does) with four arrays shared by all layers, `values` (every Linear/Conv2d weight's
+# non-zeros, int8 via module 15's `tensor_qparams`/`quantize`), `gaps` (uint8), `scales`
+# (one float32 per weight) and `dense` (float32: biases and the rest); and `<path>.json`:
+# the architecture and, per tensor, its name, shape, encoding and offset into the arrays.
+# Given in `tinytorch/sparse_io.py`: `describe_model`/`build_model` (the architecture as
+# JSON), `write_compressed` (atomic), `read_compressed` (every field checked), `file_bytes`.
+# `load_compressed` rebuilds an ordinary dense model: exactly with `values="float32"`; with
+# int8, loading, saving and loading again gives the same weights bit for bit.
 
 # %% nbgrader={"grade": false, "grade_id": "sparse-storage", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1164,7 +1140,7 @@ def save_compressed(model, path, values: str = "int8") -> Path:
        (float32)}, each the concatenation over the tensors (an empty array if none), and
        return write_compressed(path, arrays, architecture, index).
     """
-    _check_model(model, "save_compressed")
+    check_module(model, "save_compressed")
     if values not in ("int8", "float32"):
         raise ValueError(f"values must be 'int8' or 'float32', got {values!r}")
     architecture = describe_model(model)
@@ -1268,7 +1244,7 @@ assert file_bytes(_f8) < _fp32_file.stat().st_size / 8, (file_bytes(_f8), _fp32_
 _bad = _tmp / "bad"
 _bad.with_suffix(".json").write_text('{"format": "something else"}')
 np.savez(_bad.with_suffix(".npz"), x=np.zeros(1))
-assert raises(ValueError, load_compressed, _bad), "a foreign file must raise ValueError"
+raises(load_compressed, _bad, exc=ValueError)  # a foreign file
 ### BEGIN HIDDEN TESTS
 for _pos in (254, 255, 256, 510, 511, 765):  # gaps at and around the one-byte boundary (255)
     _b = np.zeros(800, np.int8)
@@ -1316,8 +1292,7 @@ for _s in (0.0, 0.3, 0.5, 0.7):
 # above). One-shot magnitude pruning is the crude baseline for language models: methods
 # such as SparseGPT (which updates the surviving weights to compensate) and Wanda (which
 # scores `|w| * ||x||` with activation norms) reach 50% on large LLMs with little loss.
-
-# %% [markdown]
+#
 # ### The combined pipeline: prune + fine-tune + INT8 + sparse encoding
 #
 # Gradual global pruning of `digits_mlp` to 95% sparsity over 15 epochs of fine-tuning,
@@ -1349,19 +1324,17 @@ print(f"test accuracy: FP32 {_fp_acc:.2%}, pruned {_pipe_acc:.2%}, loaded from t
 print(f"goal (>= 20x smaller, <= 1 point lost): ratio {_ratio:.1f}x, {'met' if _ratio >= 20 and _drop <= 1 else 'NOT met'}")
 
 # %% [markdown]
-# Read the lines above: they are this run's measurements. The file is over 20x smaller
-# than the FP32 checkpoint, and the accuracy change is a few of the 360 test digits. The
-# recipe matters: `python -m benchmarks.run compression` runs two recipes over three
-# seeds; with 12 pruning epochs and 8 at the end the seeds lost 0.83, 1.39 and 1.67 points
-# (only seed 0 met the goal), with the 15 + 15 used here 0.28-0.56 points (all three met
-# it): more epochs let the surviving weights take over the work of the removed ones. Deep
-# Compression reported 35-49x on AlexNet and VGG-16, far more over-parameterized than our
-# 50,826-parameter MLP. Three things cost us: at 95% only about 2,500 weights remain and
-# every one matters; our biases (394 floats, 1,576 bytes) and the zip/JSON overhead are a
-# fixed few kilobytes, about a third of our file; and we store 8-bit values and 8-bit gaps
-# where Deep Compression used 5-bit shared weights (k-means), 4-bit gaps and Huffman coding.
-
-# %% [markdown]
+# The lines above are this run's measurements: a file over 20x smaller than the FP32
+# checkpoint, and an accuracy change of a few of the 360 test digits. The recipe matters:
+# `python -m benchmarks.run compression` runs two recipes over three seeds; with 12 pruning
+# epochs and 8 at the end the seeds lost 0.83, 1.39 and 1.67 points (only seed 0 met the
+# goal), with the 15 + 15 used here 0.28-0.56 points (all three met it). Deep Compression
+# reported 35-49x on AlexNet and VGG-16, far more over-parameterized than our 50,826-parameter
+# MLP. Three things cost us: at 95% only about 2,500 weights remain and every one matters;
+# our biases (394 floats, 1,576 bytes) and the zip/JSON overhead are a fixed few kilobytes,
+# about a third of our file; and we store 8-bit values and gaps where Deep Compression used
+# 5-bit shared weights (k-means), 4-bit gaps and Huffman coding.
+#
 # ## 5. Systems analysis
 #
 # ### Accuracy vs sparsity: one-shot vs gradual pruning with fine-tuning
@@ -1387,8 +1360,6 @@ for (_n, _meth), _acc in _curves.items():
     print(f"{_n:11s} {_meth:20s} " + " ".join(f"{_cells[s] * 100:6.1f}" if s in _cells else "     -"
                                                for s in _levels_one))
 print(f"(test accuracy in %, by sparsity; {time.perf_counter() - _t0:.1f} s)")
-
-# %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
 for _ax, _n in zip(axes, ("digits_mlp", "digits_cnn")):
     _ax.plot(_levels_one, np.array(_curves[_n, "one-shot"]) * 100, "o-", label="one-shot (no training)")
@@ -1443,11 +1414,11 @@ for _n, _r in _struct.items():
           f"{_r['big']['ms'] / _r['small']['ms']:11.2f}   (small before fine-tuning: {_r['small']['acc_before_finetune']:.2%})")
 
 # %% [markdown]
-# Halving every hidden layer divides the weights between two hidden layers by four and
-# the others by two: the printed parameter and FLOP ratios are between 2x and 4x, and the
-# time goes down too, because the small model is an ordinary dense model with smaller
-# matrices (usually by less than the FLOP ratio: fixed per-layer costs, such as im2col and
-# Python overhead, do not shrink). The short fine-tune recovers most of the accuracy lost.
+# Halving every hidden layer divides the weights between two hidden layers by four and the
+# others by two: the printed parameter and FLOP ratios are between 2x and 4x. The time goes
+# down too, as the small model is an ordinary dense one (usually by less than the FLOP
+# ratio: fixed per-layer costs, such as im2col and Python overhead, do not shrink). The
+# short fine-tune recovers most of the accuracy lost.
 #
 # ### Sparse vs dense matmul on this machine
 #
@@ -1474,8 +1445,6 @@ for _s in _sp_levels:
           f"CSR / dense {_mm['csr'][-1] / _mm['dense'][-1]:6.2f}   (CSR bytes {_C.nbytes:,d} vs dense {_W.nbytes:,d})")
 _wins = [s for s, d, c in zip(_sp_levels, _mm["dense"], _mm["csr"]) if c < d]
 print(f"CSR is faster from sparsity {_wins[0]} on" if _wins else "CSR is never faster here")
-
-# %%
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
 ax.semilogy(_sp_levels, np.array(_mm["dense"]) * 1e3, "o-", label="dense BLAS W @ X")
 ax.semilogy(_sp_levels, np.array(_mm["csr"]) * 1e3, "s-", label="CSR (gather + reduceat)")
@@ -1487,18 +1456,18 @@ fig.tight_layout()
 show(fig)
 
 # %% [markdown]
-# Dense time does not depend on sparsity: BLAS multiplies zeros as fast as anything
-# else, streaming contiguous memory through vector units. The CSR product does
-# `2 * nnz * 64` FLOPs instead of `2 * 512^2 * 64`, but each needs an indexed gather of a
-# row of `X` and a temporary of `nnz x 64` floats: it is memory-bound, at a small fraction
-# of peak, and the last line printed says whether it won on this run. In our runs it did
-# not, even at 99.5%: by then the half-dozen NumPy calls' fixed cost (tens of microseconds
-# each) is most of the time, while BLAS does the dense product in well under a
-# millisecond. Real sparse kernels (MKL, cuSPARSE, NVIDIA's 2:4 sparsity) move the
-# crossover down, but unstructured sparsity below about 90% is rarely faster than dense:
-# unstructured pruning is mostly a **storage** win, structured pruning the **speed** win.
+# Dense time does not depend on sparsity: BLAS multiplies zeros as fast as anything else,
+# streaming contiguous memory through vector units. The CSR product does `2 * nnz * 64`
+# FLOPs instead of `2 * 512^2 * 64`, but each needs an indexed gather of a row of `X` and a
+# temporary of `nnz x 64` floats: it is memory-bound, and the last line printed says
+# whether it won on this run. In our runs it lost up to 99% and at 99.5% was at best a
+# little faster: the half-dozen NumPy calls' fixed cost (tens of microseconds each) is then
+# most of the time, while BLAS does the dense product in well under a millisecond. Real
+# sparse kernels (MKL, cuSPARSE, 2:4 sparsity) move the crossover down, but unstructured
+# sparsity below about 90% is rarely faster than dense: unstructured pruning is a
+# **storage** win, structured pruning the **speed** win.
 #
-# ### # The lottery ticket: rewinding to the initial weights
+# ### The lottery ticket: rewinding to the initial weights
 #
 # Frankle & Carbin (2019): train a dense network, prune it, then **rewind** the surviving
 # weights to their values at initialization and retrain: the sparse "winning ticket"
@@ -1526,20 +1495,17 @@ _lottery = {"dense, trained": _dense_acc, "pruned 90%, no retraining": _pruned_a
 for _k, _v in _lottery.items():
     print(f"{_k:40s} {_v:.2%}")
 print(f"sparsity of the ticket {sparsity(_ticket):.3f}; {time.perf_counter() - _t0:.1f} s")
-
-# %% [markdown]
-# Compare the last two lines: the ticket and the re-initialized control share the mask
-# and the recipe; only the surviving weights' starting values differ, so the gap between
-# them (printed below) is what the initial values are worth. Frankle & Carbin saw winning
-# tickets on LeNet-300-100 and Conv-2/4/6 up to 96-98% sparsity; large networks need a
-# rewind to an early training iteration instead of step 0 (Frankle et al. 2020). One test
-# digit is 0.28 points: a gap of a point or two is within what another seed could change.
-
-# %%
 print(f"ticket - control: {(_lottery['rewound to init + retrained (ticket)'] - _lottery['same mask, new random init + retrained']) * 100:+.2f} points; "
       f"ticket - dense: {(_lottery['rewound to init + retrained (ticket)'] - _lottery['dense, trained']) * 100:+.2f} points")
 
 # %% [markdown]
+# The ticket and the re-initialized control share the mask and the recipe; only the
+# surviving weights' starting values differ, so the gap between them (the last line above)
+# is what the initial values are worth. Frankle & Carbin saw winning tickets on
+# LeNet-300-100 and Conv-2/4/6 up to 96-98% sparsity; large networks need a rewind to an
+# early training iteration instead of step 0 (Frankle et al. 2020). One test digit is 0.28
+# points: a gap of a point or two is within what another seed could change.
+#
 # ### Low rank: how much energy does `digits_mlp` need?
 
 # %%
@@ -1597,8 +1563,7 @@ print(f"{time.perf_counter() - _t0:.1f} s")
 # about half a point better), and helped by about four points on the 15% subset, where it
 # carries what the teacher learned from images the student never sees. A difference below
 # about one point (3-4 digits) is within the spread of the three runs beside each mean.
-
-# %% [markdown]
+#
 # ## 6. Reflection
 #
 # 1. Our file stores one byte of gap per non-zero. At what sparsity does a bitmask (one
@@ -1616,8 +1581,7 @@ print(f"{time.perf_counter() - _t0:.1f} s")
 # 5. Our pruned int8 model is decoded to dense float32 at load time. When is that right,
 #    and when would you keep the weights sparse in memory and run sparse kernels (think
 #    of llama.cpp loading a 70B model on a laptop)?
-
-# %% [markdown]
+#
 # ## 7. Summary
 #
 # You built magnitude pruning with masks that survive any optimizer (per layer and

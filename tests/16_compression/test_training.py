@@ -153,3 +153,18 @@ def test_batch_size_and_prune_epochs_must_be_positive_ints(digits):
         prune_iteratively(model, x, y, 0.5, 2, batch_size=0)
     with pytest.raises(ValueError, match="prune_epochs"):
         prune_iteratively(model, x, y, 0.5, 2, prune_epochs=-3)
+
+
+def test_step_counts_must_be_ints_and_the_error_names_them(digits):
+    model = models.load("digits_mlp")
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    for kwargs, name in (({"batch_size": 2.5}, "batch_size"), ({"prune_every": True}, "prune_every"),
+                         ({"prune_epochs": 1.0}, "prune_epochs")):
+        with pytest.raises(TypeError, match=f"{name} must be an int"):
+            prune_iteratively(model, x, y, 0.5, 2, **kwargs)
+    with pytest.raises(ValueError, match="prune_every must be an int >= 1, got 0"):
+        prune_iteratively(model, x, y, 0.5, 2, prune_every=0)
+    with pytest.raises(TypeError, match="total_steps must be an int"):
+        cubic_sparsity(1, 10.0, 0.5)
+    with pytest.raises(TypeError, match="distill expects a tinytorch Module"):
+        distill(model, "teacher", x, y, 1)
