@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 
-# %% modules/14_profiling/profiling.py (cell 9)
+# %% modules/14_profiling/profiling.py (cell 6)
 """Profiling: parameters, FLOPs/MACs, memory, latency and the roofline, per layer.
 
 Convention: one multiply-add = 1 MAC = 2 FLOPs (as fvcore/thop users meet it);
@@ -59,7 +59,7 @@ FLOPS_PER_ELEMENT = {
 ATTENTION_FLOPS_PER_SCORE = 2 + FLOPS_PER_ELEMENT["Softmax"]
 
 
-# %% modules/14_profiling/profiling.py (cell 11)
+# %% modules/14_profiling/profiling.py (cell 8)
 def count_parameters(model) -> ParameterCount:
     """Count the parameter elements of `model`: (total, trainable).
 
@@ -76,7 +76,7 @@ def count_parameters(model) -> ParameterCount:
     return ParameterCount(total, trainable)
 
 
-# %% modules/14_profiling/profiling.py (cell 14)
+# %% modules/14_profiling/profiling.py (cell 11)
 def parameter_bytes(model, include_buffers: bool = True) -> int:
     """Bytes of the arrays `model` stores: parameters, plus buffers unless include_buffers=False.
 
@@ -91,7 +91,7 @@ def parameter_bytes(model, include_buffers: bool = True) -> int:
     return total
 
 
-# %% modules/14_profiling/profiling.py (cell 17)
+# %% modules/14_profiling/profiling.py (cell 14)
 def layer_flops(module, input_shapes, output_shape):
     """(MACs, FLOPs) of one forward call of `module`'s own work, or None for an unknown type.
 
@@ -136,7 +136,7 @@ def layer_flops(module, input_shapes, output_shape):
     return None
 
 
-# %% modules/14_profiling/profiling.py (cell 20)
+# %% modules/14_profiling/profiling.py (cell 17)
 def count_flops(model, example_input, rules=None) -> FlopReport:
     """Run one forward pass of `model` on `example_input` with forward hooks; return a FlopReport.
 
@@ -216,7 +216,7 @@ def count_flops(model, example_input, rules=None) -> FlopReport:
     return report
 
 
-# %% modules/14_profiling/profiling.py (cell 23)
+# %% modules/14_profiling/profiling.py (cell 20)
 def latency_stats(samples, confidence: float = 0.95) -> LatencyStats:
     """Median, mean, std, p90, p99 and a confidence interval of the median of `samples` (seconds).
 
@@ -256,7 +256,7 @@ def latency_stats(samples, confidence: float = 0.95) -> LatencyStats:
                         confidence=float(confidence), ci_coverage=float(coverage))
 
 
-# %% modules/14_profiling/profiling.py (cell 26)
+# %% modules/14_profiling/profiling.py (cell 23)
 def measure_latency(fn, *args, warmup: int = 3, repeats: int = 30, confidence: float = 0.95,
                     clock: Callable[[], float] = time.perf_counter, **kwargs) -> LatencyStats:
     """Time `fn(*args, **kwargs)`: `warmup` untimed calls, then `repeats` timed ones; return their stats.
@@ -280,7 +280,7 @@ def measure_latency(fn, *args, warmup: int = 3, repeats: int = 30, confidence: f
     return latency_stats(samples, confidence)
 
 
-# %% modules/14_profiling/profiling.py (cell 29)
+# %% modules/14_profiling/profiling.py (cell 26)
 def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> MemoryReport:
     """Peak traced allocation and RSS change of one call; weights and activations apart.
 
@@ -323,7 +323,7 @@ def measure_memory(fn_or_model, example_input=None, grad: bool = False) -> Memor
                         rss_delta_bytes=int(rss_after - rss_before))
 
 
-# %% modules/14_profiling/profiling.py (cell 32)
+# %% modules/14_profiling/profiling.py (cell 29)
 def measure_machine(matmul_size: int = 1024, copy_megabytes: int = 64, repeats: int = 5) -> MachinePeaks:
     """Measure this machine's peak matmul FLOP/s and memory bandwidth with NumPy.
 
@@ -356,7 +356,7 @@ def measure_machine(matmul_size: int = 1024, copy_megabytes: int = 64, repeats: 
     return MachinePeaks(float(peak), float(bandwidth))
 
 
-# %% modules/14_profiling/profiling.py (cell 35)
+# %% modules/14_profiling/profiling.py (cell 32)
 def roofline(report, peak_flops: float, bandwidth: float) -> list:
     """One RooflinePoint per row of `report` with flops > 0 and bytes > 0, in row order.
 
@@ -382,7 +382,7 @@ def roofline(report, peak_flops: float, bandwidth: float) -> list:
     return points
 
 
-# %% modules/14_profiling/profiling.py (cell 38)
+# %% modules/14_profiling/profiling.py (cell 35)
 def counter_delta_uj(before: int, after: int, max_energy_range_uj: int) -> int:
     """Microjoules between two readings of one energy_uj counter that wraps at max_energy_range_uj.
 
@@ -404,7 +404,8 @@ class EnergyMeter(EnergyCounters):
     """Energy of a piece of code: RAPL package counters when readable, else CPU-seconds x W per core.
 
     EnergyCounters (given) finds the zones and reads them: .zones, .watts_per_core, .source,
-    .why_estimate, and sample() -> EnergySample(wall_s, cpu_s, counters_uj).
+    .why_estimate, sample() -> EnergySample(wall_s, cpu_s, counters_uj), and
+    measure(fn, *args, repeats=1) -> the since() of `repeats` calls of fn.
 
     >>> meter = EnergyMeter()
     >>> start = meter.sample(); model(x); model(x)
@@ -431,18 +432,8 @@ class EnergyMeter(EnergyCounters):
             joules = cpu * self.watts_per_core
         return EnergyReading(float(joules), int(calls), end.wall_s - start.wall_s, cpu, self.source)
 
-    def measure(self, fn, *args, repeats: int = 1, **kwargs) -> EnergyReading:
-        """Energy of `repeats` calls of fn(*args, **kwargs), per call in `.per_call`."""
-        if not callable(fn):
-            raise TypeError(f"measure expects a callable, got {type(fn).__name__}")
-        check_int(repeats, "repeats", 1)
-        start = self.sample()
-        for _ in range(repeats):
-            fn(*args, **kwargs)
-        return self.since(start, calls=repeats)
 
-
-# %% modules/14_profiling/profiling.py (cell 41)
+# %% modules/14_profiling/profiling.py (cell 38)
 class Profiler:
     """Per-layer profile of a model: parameters, FLOPs, memory, latency, time per layer, backward.
 

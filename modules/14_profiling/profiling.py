@@ -32,28 +32,26 @@
 
 # %%
 #| default_exp profiling
-
-# %%
 import time
 import timeit
 
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.notebook import plt, show
+from tinytorch.notebook import plt, raises, show
 from tinytorch import datasets, models
 from tinytorch.tables import format_table
+from tinytorch.testing import FakeClock, FakeLayer, FakeWork  # test doubles: a clock moved by hand, calls of known cost
 
 
 # %% [markdown]
 # ## 1. Why: FLOPs are not time
 #
-# The first number people quote about a model is its FLOP count. It is a good measure
-# of *work*, and a poor predictor of *time*. Below are two pieces of a transformer layer
-# on the same activations (256 tokens of width 128): the matrix product of a
-# `Linear(128, 128)` and a LayerNorm, both in plain NumPy. Count their arithmetic by
-# hand: the matmul does 256 x 128 x 128 multiply-adds, the LayerNorm about 7 operations
-# per element. Then time them on this machine.
+# The first number people quote about a model is its FLOP count: a good measure of *work*,
+# a poor predictor of *time*. Below are two pieces of a transformer layer on the same
+# activations (256 tokens of width 128), in plain NumPy: the matrix product of a
+# `Linear(128, 128)`, 256 x 128 x 128 multiply-adds, and a LayerNorm, about 7 operations
+# per element. Count their arithmetic by hand, then time them on this machine.
 
 # %%
 _rng = np.random.default_rng(0)
@@ -61,23 +59,18 @@ _x = _rng.standard_normal((256, 128)).astype(np.float32)
 _w = _rng.standard_normal((128, 128)).astype(np.float32)
 
 
-def _matmul():
-    return _x @ _w.T
-
-
 def _layernorm():
-    mu = _x.mean(axis=-1, keepdims=True)
-    xc = _x - mu
+    xc = _x - _x.mean(axis=-1, keepdims=True)
     return xc / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + 1e-5)
 
 
 def _median_time(fn, repeats=200):
-    fn()  # one untimed call first
-    return float(np.median(timeit.repeat(fn, number=1, repeat=repeats)))  # each call timed alone
+    fn()  # one untimed call first, then each call timed alone
+    return float(np.median(timeit.repeat(fn, number=1, repeat=repeats)))
 
 
 _flops_mm, _flops_ln = 2 * 256 * 128 * 128, 7 * 256 * 128
-_t_mm, _t_ln = _median_time(_matmul), _median_time(_layernorm)
+_t_mm, _t_ln = _median_time(lambda: _x @ _w.T), _median_time(_layernorm)
 print(f"matmul   : {_flops_mm / 1e6:6.2f} MFLOP in {_t_mm * 1e6:8.1f} us -> {_flops_mm / _t_mm / 1e9:6.2f} GFLOP/s")
 print(f"layernorm: {_flops_ln / 1e6:6.2f} MFLOP in {_t_ln * 1e6:8.1f} us -> {_flops_ln / _t_ln / 1e9:6.2f} GFLOP/s")
 print(f"FLOP ratio matmul/layernorm: {_flops_mm / _flops_ln:.0f}x; time ratio: {_t_mm / _t_ln:.2f}x; "
@@ -85,22 +78,18 @@ print(f"FLOP ratio matmul/layernorm: {_flops_mm / _flops_ln:.0f}x; time ratio: {
 
 # %% [markdown]
 # The matmul does 37x the arithmetic of the LayerNorm, but the time ratio printed
-# above is not 37. On a quiet machine the LayerNorm is the slow one per FLOP: it does a
-# few operations per number it reads, so it waits on memory, and each of its five NumPy
-# calls pays a fixed overhead. (With another process keeping one of two cores busy we
-# also saw a 128 x 128 matmul take ~16 ms instead of ~0.06 ms: OpenBLAS splits even a
-# small product across two threads, then waits for the busy core.) Time per FLOP is not
-# a constant, so this module measures **parameters** (size), **FLOPs** (work),
-# **memory** (bytes) and **time** separately, per layer, and explains time with a model
-# of the machine, the **roofline**.
-
-# %% [markdown]
+# above is not 37: the LayerNorm does a few operations per number it reads, so it waits on
+# memory, and each of its NumPy calls pays a fixed overhead. (With another process
+# keeping one of two cores busy we also saw a 128 x 128 matmul take ~16 ms instead of
+# ~0.06 ms: OpenBLAS splits even a small product across two threads, then waits for the
+# busy core.) So this module measures **parameters**, **FLOPs**, **memory** and **time**
+# separately, per layer, and explains time with a model of the machine, the **roofline**.
+#
 # ## 2. The idea
 #
 # **Counting convention.** One multiply-add `a += w * x` is one **MAC** and counts as
-# **2 FLOPs**. This is the convention of fvcore and thop users (thop reports MACs,
-# papers double them into FLOPs). A layer's FLOPs are `2 x MACs` plus the element-wise
-# operations it does, each counted as FLOPs with 0 MACs:
+# **2 FLOPs**, as fvcore and thop users count (thop reports MACs, papers double them). A
+# layer's FLOPs are `2 x MACs` plus its element-wise operations, FLOPs with 0 MACs:
 #
 # | layer | MACs | extra FLOPs (0 MACs) |
 # |---|---|---|
@@ -116,49 +105,42 @@ print(f"FLOP ratio matmul/layernorm: {_flops_mm / _flops_ln:.0f}x; time ratio: {
 # | `GPT` own math | 0 | token + position embedding add: `B*T*C` |
 # | `Embedding`, `Flatten`, `Dropout`, `Sequential`, `MLP`, ... | 0 | 0 (lookups, reshapes, identity at inference) |
 #
-# Per-row constants (dividing by `n`, adding `eps`, a square root per row) are left
-# out: they are under 1% for widths of 64 and more. The attention's projections
-# `q_proj, k_proj, v_proj, out_proj` are `Linear` children with their own rows; the
-# attention row holds only the math in its own `forward` (the `QK^T`, the softmax and
-# `AV`). So every operation is counted exactly once, and **the model total is the sum
-# of the rows**.
+# Per-row constants (dividing by `n`, adding `eps`, a square root per row) are left out:
+# under 1% for widths of 64 and more. The attention's projections `q_proj, k_proj, v_proj,
+# out_proj` are `Linear` children with their own rows; the attention row holds only the
+# math of its own `forward` (`QK^T`, softmax, `AV`). So every operation is counted once,
+# and **the model total is the sum of the rows**.
 #
-# Worked example: `Linear(3, 2)` on a batch of 4 does `4 * 3 * 2 = 24` MACs, i.e.
-# 48 FLOPs, plus `4 * 2 = 8` bias adds: **56 FLOPs**. A `ReLU` on its output
-# `(4, 2)` adds 8 more.
+# Worked example: `Linear(3, 2)` on a batch of 4 does `4 * 3 * 2 = 24` MACs, i.e. 48 FLOPs,
+# plus `4 * 2 = 8` bias adds: **56 FLOPs**. A `ReLU` on its output `(4, 2)` adds 8 more.
 #
-# **Hooks.** We never change a model to measure it. `Module.register_forward_hook(fn)`
-# calls `fn(module, inputs, output)` after each forward of that module (a *pre*-hook
-# `fn(module, inputs)` runs before) and returns a handle whose `remove()` takes it out;
-# `tc.register_module_forward_hook(fn)` sees every module call in this thread.
+# **Hooks.** We never change a model to measure it. `Module.register_forward_hook(fn)` calls
+# `fn(module, inputs, output)` after each forward (a *pre*-hook `fn(module, inputs)` before)
+# and returns a handle whose `remove()` takes it out; `tc.register_module_forward_hook(fn)`
+# sees every module call in this thread.
 #
 # **Latency is a distribution.** Caches, the OS, other processes and the CPU clock move
 # every run. We report the **median** (robust to the rare slow run), the **mean**, the
-# **p90/p99** tails (what the slowest users see), the **std**, and a **95% confidence
-# interval of the median**, the distribution-free order-statistic one: for sorted samples
-# `x(1) <= ... <= x(n)`, `[x(d+1), x(n-d)]` contains the true median with probability
-# `1 - 2 P(B <= d)`, `B ~ Binomial(n, 1/2)`; we take the largest `d` that keeps this at
-# least 95%. For `n = 10`, `P(B <= 1) = 11/1024`, so `[x(2), x(9)]` has coverage
-# `1 - 22/1024 = 97.9%` (`[x(3), x(8)]` only 89%). No normality is assumed (latencies are
-# skewed) and nothing is random: the interval is a pure function of the samples.
+# **p90/p99** tails (what the slowest users see), the **std**, and a distribution-free
+# **95% confidence interval of the median**: for sorted samples `x(1) <= ... <= x(n)`,
+# `[x(d+1), x(n-d)]` contains the true median with probability `1 - 2 P(B <= d)`,
+# `B ~ Binomial(n, 1/2)`; we take the largest `d` that keeps this at least 95%. For
+# `n = 10`, `P(B <= 1) = 11/1024`, so `[x(2), x(9)]` has coverage `1 - 22/1024 = 97.9%`
+# (`[x(3), x(8)]` only 89%). No normality is assumed (latencies are skewed).
 #
-# **Roofline.** A machine does at most `P` FLOP/s (peak arithmetic) and moves at most
-# `W` bytes/s (memory bandwidth). A layer that does `F` FLOPs and moves `M` bytes has
-# **arithmetic intensity** `I = F / M` (FLOPs per byte) and can run at most at
-# `min(P, I * W)` FLOP/s. The **ridge point** `I* = P / W` separates the two regimes:
-# below it a layer is **memory-bound**, above it **compute-bound**. Example: with
-# `P = 100` GFLOP/s and `W = 10` GB/s the ridge is at 10 FLOP/byte; a LayerNorm
-# (7 FLOPs per element, 4 bytes read + 4 written) has `I = 0.9` and is memory-bound.
-
-# %% [markdown]
+# **Roofline.** A machine does at most `P` FLOP/s (peak arithmetic) and moves at most `W`
+# bytes/s (memory bandwidth). A layer that does `F` FLOPs and moves `M` bytes has
+# **arithmetic intensity** `I = F / M` (FLOPs per byte) and runs at most at `min(P, I * W)`
+# FLOP/s. Below the **ridge point** `I* = P / W` a layer is **memory-bound**, above it
+# **compute-bound**. Example: with `P = 100` GFLOP/s and `W = 10` GB/s the ridge is at 10
+# FLOP/byte; a LayerNorm (7 FLOPs per element, 4 bytes read + 4 written) has `I = 0.9`.
+#
 # ## 3. Build it
 #
 # The first cell is given: imports and the per-element costs of the table above. Given
-# library code it uses: `tinytorch/profile_report.py`, the records your functions return
-# (`ParameterCount`, `LayerRow`, `FlopReport`, `LatencyStats`, `MemoryReport`,
-# `MachinePeaks`, `RooflinePoint`, `LayerTime`, `ProfileReport`) and their tables: read
-# their fields there; `tinytorch/introspect.py`, shapes and bytes of what a hook sees;
-# `tinytorch/energy.py`, reading the powercap files.
+# library code: `tinytorch/profile_report.py` (the records your functions return and their
+# tables: read their fields there), `tinytorch/introspect.py` (shapes and bytes of what a
+# hook sees), `tinytorch/energy.py` (reading the powercap files).
 
 # %%
 #| export
@@ -204,9 +186,8 @@ ATTENTION_FLOPS_PER_SCORE = 2 + FLOPS_PER_ELEMENT["Softmax"]
 # ### 3.1 Parameters
 #
 # A model's size is the number of numbers it stores. `count_parameters` counts the
-# elements of every `Parameter` once (a shared parameter is one array), and how many of
-# them are trainable (`requires_grad`). Freezing a layer (`p.requires_grad = False`)
-# keeps it in the total but not in `trainable`.
+# elements of every `Parameter` once (a shared parameter is one array), and how many are
+# trainable: a frozen one (`p.requires_grad = False`) stays in the total only.
 
 # %% nbgrader={"grade": false, "grade_id": "count-parameters", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -245,18 +226,13 @@ assert count_parameters(_m) == (3 * 2 + 2 + 2 * 5, 3 * 2 + 2 + 2 * 5), count_par
 _m[0].bias.requires_grad = False
 assert count_parameters(_m) == (18, 16), "a frozen bias stays in the total but is not trainable"
 assert count_parameters(tc.LayerNorm(7)).total == 14
-try:
-    count_parameters("not a model")
-    raise AssertionError("a non-Module must be rejected")
-except TypeError:
-    pass
+raises(count_parameters, "not a model", exc=TypeError)
 print("count_parameters: ok")
 
 # %% [markdown]
-# Elements are not bytes: a float32 weight takes 4 bytes, a float64 one 8, and module
-# 15's INT8 weights 1. `parameter_bytes` reads the real `nbytes` of each stored array,
-# parameters and buffers (a quantized layer keeps its int8 weights and scales as
-# buffers), so it stays right when later modules change the dtypes.
+# Elements are not bytes: a float32 weight takes 4 bytes, a float64 one 8, module 15's INT8
+# weights 1. `parameter_bytes` reads the real `nbytes` of each stored array, parameters and
+# buffers (a quantized layer keeps its int8 weights and scales as buffers).
 
 # %% nbgrader={"grade": false, "grade_id": "parameter-bytes", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -298,10 +274,9 @@ print("parameter_bytes: ok")
 # %% [markdown]
 # ### 3.2 FLOPs of one layer
 #
-# `layer_flops(module, input_shapes, output_shape)` is the table of section 2 as code.
-# It gets the shapes a forward hook sees, and returns `(macs, flops)` for the module's
-# **own** work, or `None` for a type it does not know (so a caller can say so instead
-# of silently counting 0).
+# `layer_flops(module, input_shapes, output_shape)` is the table of section 2 as code: from
+# the shapes a forward hook sees, `(macs, flops)` of the module's **own** work, or `None`
+# for a type it does not know (so a caller can say so instead of silently counting 0).
 
 # %% nbgrader={"grade": false, "grade_id": "layer-flops", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -393,26 +368,18 @@ assert layer_flops(tc.GPT(tc.GPTConfig(vocab_size=11, context_length=8, embed_di
                    [(2, 5)], (2, 5, 11)) == (0, 80)
 assert layer_flops(tc.Embedding(10, 4), [(2, 5)], (2, 5, 4)) == (0, 0)
 assert layer_flops(tc.Sequential(tc.ReLU()), [(2, 3)], (2, 3)) == (0, 0)
-
-
-class _Mystery(tc.Module):
-    def forward(self, x):
-        return x
-
-
-assert layer_flops(_Mystery(), [(2, 3)], (2, 3)) is None, "an unknown layer type must not be counted as 0"
+assert layer_flops(tc.Module(), [(2, 3)], (2, 3)) is None, "an unknown layer type must not be counted as 0"
 print("layer_flops: ok")
 
 # %% [markdown]
 # ### 3.3 FLOPs of a whole model, layer by layer
 #
 # `count_flops(model, example_input)` watches every module with one module-wide forward
-# hook, runs **one** forward under `no_grad`, and makes one `LayerRow` per module that
-# ran: shapes, MACs, FLOPs, own parameters, and the **bytes** that cross its boundary
-# (array inputs + own parameters + output: a lower bound on its memory traffic, used by
-# the roofline). A module called twice gets one row with both calls summed; the hook comes
-# off in a `finally:` block, so a forward that raises leaves the model clean. A leaf of an
-# unknown type counts 0, is marked `counted=False` and named in a warning; later modules
+# hook, runs **one** forward under `no_grad`, and makes one `LayerRow` per module that ran:
+# shapes, MACs, FLOPs, own parameters, and the **bytes** crossing its boundary (array inputs
+# + own parameters + output: a lower bound on its memory traffic, for the roofline). A
+# module called twice gets one row, both calls summed; the hook comes off in `finally:`.
+# An unknown leaf counts 0, is marked `counted=False` and named in a warning; later modules
 # add their layers with `rules={TheirLayer: fn}` (`fn` has the signature of `layer_flops`).
 
 # %% nbgrader={"grade": false, "grade_id": "count-flops", "locked": false, "schema_version": 3, "solution": true}
@@ -555,37 +522,16 @@ assert _r.row("blocks.0.attn.q_proj").macs == _B * _T * _C * _C
 assert all(not m._forward_hooks for _, m in _gpt.named_modules()), "remove every hook"
 assert not tc.nn._thread_hooks.forward, "remove the module-wide hook too (handle.remove())"
 assert count_flops(_gpt, np.zeros((_B, _T), dtype=np.int64)).total_flops == _expected, "a second count is identical"
-try:
-    count_flops(tc.Linear(3, 2), np.ones((4, 5), np.float32))
-    raise AssertionError("a wrong input shape must raise")
-except ValueError:
-    pass
+raises(count_flops, tc.Linear(3, 2), np.ones((4, 5), np.float32), exc=ValueError)  # a wrong input shape
 ### BEGIN HIDDEN TESTS
-class _TwiceH(tc.Module):  # calls the same Linear twice in one forward
-    def __init__(self):
-        super().__init__()
-        self.lin = tc.Linear(4, 4)
-
-    def forward(self, x):
-        return self.lin(self.lin(x))
-
-
-_row = count_flops(_TwiceH(), np.ones((3, 4), np.float32)).row("lin")
+_lin = tc.Linear(4, 4)
+_row = count_flops(tc.Sequential(_lin, _lin), np.ones((3, 4), np.float32)).row("0")  # one Linear, called twice
 assert (_row.calls, _row.flops) == (2, 216), ("a module called twice in one forward is costed twice: Linear(4, 4) "
                                               f"called twice on (3, 4): expected (calls, flops) (2, 216), got ({_row.calls}, {_row.flops})")
 assert _row.bytes == 352, f"bytes (input + own parameters + output) count once per call: expected 2 * 176 = 352, got {_row.bytes}"
 
-
-class _BoomH(tc.Module):
-    def forward(self, x):
-        raise RuntimeError("boom")
-
-
-_bm = tc.Sequential(tc.Linear(4, 4), _BoomH())
-try:
-    count_flops(_bm, np.ones((2, 4), np.float32))
-except RuntimeError:
-    pass
+_bm = tc.Sequential(tc.Linear(4, 4), tc.Linear(5, 2))  # the second layer raises, after the first one's hook ran
+raises(count_flops, _bm, np.ones((2, 4), np.float32), exc=ValueError)
 _left = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in _bm.modules()) + len(tc.nn._thread_hooks.forward)
 assert _left == 0, f"hooks are removed even when the forward raises (try/finally): expected 0 left, got {_left}"
 ### END HIDDEN TESTS
@@ -596,9 +542,8 @@ print("count_flops: ok")
 #
 # `latency_stats(samples)` only computes, so it can be checked on arrays whose answers we
 # know; `measure_latency` (next) only measures. Percentiles interpolate linearly (NumPy's
-# default), `std` uses `ddof=1`, and `ci_coverage` is the exact coverage of the interval
-# returned: at least `confidence` with enough samples (6 or more for 95%), below it
-# (reported, not hidden) with too few.
+# default), `std` uses `ddof=1`, and `ci_coverage` is the exact coverage of the interval:
+# at least `confidence` with enough samples (6 or more for 95%), reported below it with fewer.
 
 # %% nbgrader={"grade": false, "grade_id": "latency-stats", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -676,11 +621,7 @@ assert _s50.ci_low > 40.0 and _s50.ci_high < 61.0, "a lower confidence gives a n
 _s = latency_stats([2.0, 1.0, 3.0])          # too few for 95%: (min, max) with its true coverage 75%
 assert (_s.ci_low, _s.ci_high, _s.ci_coverage, _s.std) == (1.0, 3.0, 0.75, 1.0)
 for _bad in ([], [1.0, -1.0], [1.0, float("nan")]):
-    try:
-        latency_stats(_bad)
-        raise AssertionError(f"{_bad} must be rejected")
-    except ValueError:
-        pass
+    raises(latency_stats, _bad, exc=ValueError)
 ### BEGIN HIDDEN TESTS
 from fractions import Fraction as _Fr
 
@@ -706,9 +647,9 @@ print("latency_stats: ok")
 # ### 3.5 Measuring latency
 #
 # `measure_latency(fn, *args, warmup=3, repeats=30)` calls `fn` `warmup` times untimed
-# (cold caches, lazy allocations, BLAS thread start-up), then times each of `repeats`
-# calls alone with `time.perf_counter`. The clock is a parameter, so a test can hand in a
-# fake one and know every sample exactly.
+# (cold caches, lazy allocations, BLAS thread start-up), then times each of `repeats` calls
+# alone with `time.perf_counter`. The clock is a parameter: the test hands in a
+# `FakeClock` (from `tinytorch.testing`) and knows every sample exactly.
 
 # %% nbgrader={"grade": false, "grade_id": "measure-latency", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -749,39 +690,26 @@ def measure_latency(fn, *args, warmup: int = 3, repeats: int = 30, confidence: f
 
 
 # %% nbgrader={"grade": true, "grade_id": "test-measure-latency", "locked": true, "points": 10, "schema_version": 3, "solution": false}
-class _FakeMachine:
-    """A virtual clock: each call of work() costs 100 s the first 3 times, then 1 s, 2 s, 3 s, ..."""
-    def __init__(self):
-        self.now, self.calls = 0.0, 0
-
-    def clock(self):
-        return self.now
-
-    def work(self, x, scale=1):
-        self.calls += 1
-        self.now += 100.0 if self.calls <= 3 else (self.calls - 3) * scale
-        return x
-
-
-_fm = _FakeMachine()
-_s = measure_latency(_fm.work, 7, warmup=3, repeats=4, clock=_fm.clock)
+_COSTS = [100.0, 100.0, 100.0, 1.0, 2.0, 3.0, 4.0]  # seconds per call: 3 slow first calls, then 1 s, 2 s, ...
+_clock = FakeClock()
+_work = FakeWork(_clock, _COSTS)
+_s = measure_latency(_work, 7, warmup=3, repeats=4, clock=_clock)
 assert list(_s.samples) == [1.0, 2.0, 3.0, 4.0], "the 3 slow warm-up calls are excluded"
-assert _fm.calls == 7
-_fm = _FakeMachine()
-_s = measure_latency(_fm.work, 7, warmup=0, repeats=4, clock=_fm.clock, scale=2)
-assert list(_s.samples) == [100.0, 100.0, 100.0, 2.0] and _s.median == 100.0
+assert len(_work.calls) == 7
+_work = FakeWork(_clock, _COSTS)
+_s = measure_latency(_work, 7, warmup=0, repeats=4, clock=_clock, scale=2)
+assert list(_s.samples) == [100.0, 100.0, 100.0, 1.0] and _s.median == 100.0
+assert _work.calls[-1] == ((7,), {"scale": 2}), "arguments and keyword arguments reach fn"
 for _kw, _error in (({"repeats": 0}, ValueError), ({"warmup": -1}, ValueError), ({"repeats": 2.5}, TypeError)):
-    try:
-        measure_latency(_fm.work, 1, clock=_fm.clock, **_kw)
-        raise AssertionError(f"{_kw} must be rejected with a {_error.__name__}")
-    except _error:
-        pass
+    raises(measure_latency, _work, 1, clock=_clock, exc=_error, **_kw)
 ### BEGIN HIDDEN TESTS
-_fm = _FakeMachine()
-_s = measure_latency(_fm.work, 7, warmup=5, repeats=2, clock=_fm.clock)
-assert list(_s.samples) == [3.0, 4.0] and _fm.calls == 7, (
-    f"warm-up calls run but are not timed: warmup=5, repeats=2 (calls cost 100, 100, 100, 1, 2, 3, 4 s): expected samples [3.0, 4.0] after 7 calls, "
-    f"got {[float(v) for v in _s.samples]} after {_fm.calls} calls")
+_clock = FakeClock()
+_work = FakeWork(_clock, _COSTS)
+_s = measure_latency(_work, 7, warmup=5, repeats=2, clock=_clock)
+assert list(_s.samples) == [3.0, 4.0] and len(_work.calls) == 7 and _clock.reads == 4, (
+    f"warm-up calls run but are not timed, each timed call reads the clock twice: warmup=5, repeats=2 (calls cost "
+    f"{_COSTS} s): expected samples [3.0, 4.0] after 7 calls and 4 clock reads, "
+    f"got {[float(v) for v in _s.samples]} after {len(_work.calls)} calls and {_clock.reads} reads")
 ### END HIDDEN TESTS
 print("measure_latency: ok")
 
@@ -790,10 +718,10 @@ print("measure_latency: ok")
 #
 # The weights are in memory before the forward; the **activations** are allocated during
 # it. `tracemalloc` traces every Python-heap allocation (NumPy reports its buffers to it),
-# so the **peak above the level before the call** is what the forward needed on top of
-# the weights. We also record what stays allocated (`retained`: the output, and with
-# `grad=True` the autograd graph) and the change in resident set size (`psutil`), which
-# is often 0 for small models because the allocator reuses memory it already has.
+# so the **peak above the level before the call** is what the forward needed beside the
+# weights. We also record what stays allocated (`retained`: the output, with `grad=True`
+# the autograd graph) and the change in resident set size (`psutil`), often 0 for small
+# models because the allocator reuses memory it already has.
 
 # %% nbgrader={"grade": false, "grade_id": "measure-memory", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -868,11 +796,7 @@ _mem = measure_memory(_lin, np.ones((50, 100), np.float32))
 assert _mem.parameter_bytes == (100 * 1000 + 1000) * 4
 assert _mem.output_bytes == 50 * 1000 * 4 and _mem.peak_bytes >= _mem.output_bytes
 assert _mem.retained_bytes >= _mem.output_bytes, "the output is still alive after the call"
-try:
-    measure_memory(42)
-    raise AssertionError("a non-callable must be rejected")
-except TypeError:
-    pass
+raises(measure_memory, 42, exc=TypeError)
 ### BEGIN HIDDEN TESTS
 tracemalloc.start()
 try:
@@ -890,12 +814,12 @@ print("measure_memory: ok")
 # %% [markdown]
 # ### 3.7 This machine's roof: peak FLOP/s and bandwidth
 #
-# The roofline needs two numbers about the machine, and we measure both with NumPy:
-# - **peak FLOP/s**: a large float32 `np.matmul` (`n x n` by `n x n` is `2 n^3` FLOPs)
-#   is the fastest arithmetic NumPy can do here (BLAS, all cores). We keep the
-#   *fastest* of a few runs: a peak is a best case.
-# - **bandwidth**: copying a large float32 array (far larger than the caches) with
-#   `np.copyto` reads and writes every byte: `2 x nbytes` moved (STREAM's "copy").
+# The roofline needs two numbers about the machine; we measure both with NumPy, keeping
+# the *fastest* of a few runs (a peak is a best case):
+# - **peak FLOP/s**: a large float32 `np.matmul` (`n x n` by `n x n` is `2 n^3` FLOPs),
+#   the fastest arithmetic NumPy can do here (BLAS, all cores).
+# - **bandwidth**: `np.copyto` of a float32 array far larger than the caches reads and
+#   writes every byte: `2 x nbytes` moved (STREAM's "copy").
 
 # %% nbgrader={"grade": false, "grade_id": "measure-machine", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -952,16 +876,11 @@ assert isinstance(_peaks, MachinePeaks)
 assert 1e7 < _peaks.peak_flops < 1e14, f"{_peaks.peak_flops:.3g} FLOP/s is not a plausible CPU peak"
 assert 1e7 < _peaks.bandwidth < 1e13, f"{_peaks.bandwidth:.3g} B/s is not a plausible bandwidth"
 for _kw in ({"matmul_size": 0}, {"repeats": 0}, {"copy_megabytes": -1}):
-    try:
-        measure_machine(**_kw)
-        raise AssertionError(f"{_kw} must be rejected")
-    except ValueError:
-        pass
+    raises(measure_machine, exc=ValueError, **_kw)
 ### BEGIN HIDDEN TESTS
 import types
 
-_real_time, _ticks = time, iter(range(10 ** 6))
-time = types.SimpleNamespace(perf_counter=lambda: float(next(_ticks)))  # every timed run takes exactly 1 s
+_real_time, time = time, types.SimpleNamespace(perf_counter=FakeClock(tick=1.0))  # every timed run takes 1 s
 try:
     _fake = measure_machine(16, 1, repeats=2)
 finally:
@@ -977,10 +896,9 @@ print(f"measure_machine: ok ({_peaks.peak_flops / 1e9:.1f} GFLOP/s, {_peaks.band
 # ### 3.8 The roofline, per layer
 #
 # `roofline(report, peak_flops, bandwidth)` places every row of a `FlopReport` that does
-# arithmetic on the roofline: intensity `I = flops / bytes` (the boundary bytes the row
-# recorded: inputs + own parameters + output), attainable FLOP/s `min(P, I * W)`, and
-# `"memory"` below the ridge `P / W`, `"compute"` at or above it. It is a pure function:
-# any peaks can be handed in, so it is tested with round numbers.
+# arithmetic on the roofline: intensity `I = flops / bytes` (the row's boundary bytes),
+# attainable FLOP/s `min(P, I * W)`, and `"memory"` below the ridge `P / W`, `"compute"`
+# at or above it. A pure function of its inputs: it is tested with round numbers.
 
 # %% nbgrader={"grade": false, "grade_id": "roofline", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1033,11 +951,7 @@ assert _pts[0].bound == "memory" and abs(_pts[0].attainable_flops - _pts[0].inte
 assert _pts[1].intensity == 32 * 64 / (2 * 32 * 64 * 4) and _pts[1].bound == "memory"
 _pts = roofline(_rep, peak_flops=1e10, bandwidth=1e10)          # ridge at 1 FLOP/byte
 assert _pts[0].bound == "compute" and _pts[0].attainable_flops == 1e10 and _pts[1].bound == "memory"
-try:
-    roofline(_rep, peak_flops=0, bandwidth=1e10)
-    raise AssertionError("a zero peak must be rejected")
-except ValueError:
-    pass
+raises(roofline, _rep, peak_flops=0, bandwidth=1e10, exc=ValueError)
 ### BEGIN HIDDEN TESTS
 _tie = roofline(count_flops(tc.Sequential(tc.ReLU()), np.ones((4, 8), np.float32)), peak_flops=1.0, bandwidth=8.0)[0]
 assert _tie.bound == "compute", (f"a layer exactly at the ridge is compute-bound (intensity >= ridge): ReLU at "
@@ -1052,26 +966,23 @@ print("roofline: ok")
 # for and what a battery or a data centre's power budget limits.
 #
 # **Measured: RAPL counters.** Intel CPUs since Sandy Bridge, and AMD since Zen with
-# Linux 5.8, count their package's energy in a register (RAPL) that Linux shows as
-# `/sys/class/powercap/intel-rapl:N/energy_uj`, in microjoules (the layout is in the
-# docstring of `tinytorch/energy.py`, which finds and reads these files for you). Three
-# things make it more than `open(...).read()`:
+# Linux 5.8, count their package's energy in microjoules, shown by Linux as
+# `/sys/class/powercap/intel-rapl:N/energy_uj` (`tinytorch/energy.py` finds and reads
+# these files; its docstring has the layout). Three things make it more than a read:
 # 1. **Wraparound.** `energy_uj` goes back to 0 after `max_energy_range_uj` (about 262 kJ
 #    on many CPUs: every 73 minutes at 60 W). A later reading *smaller* than an earlier
 #    one means one wrap: the energy is `after + max_energy_range_uj - before`.
 # 2. **Counted once.** Two sockets are `package-0` and `package-1`: their sum is the CPU
-#    energy. Subzones (`intel-rapl:0:0` core, `:0:1` uncore, `:0:2` dram) are parts of
-#    their package, and `psys` contains the packages: we sum the top-level `package-*`
-#    zones only, like `perf stat -e power/energy-pkg/` (DRAM energy is left out).
+#    energy. Subzones (`intel-rapl:0:0` core, ...) are parts of their package and `psys`
+#    contains the packages: we sum the top-level `package-*` zones only, like
+#    `perf stat -e power/energy-pkg/` (DRAM energy is left out).
 # 3. **Permission.** Since CVE-2020-8694 `energy_uj` is readable by root only. Where we
-#    cannot read it we do not guess: we fall back to the estimate and say why.
+#    cannot read it we fall back to the estimate and say why.
 #
-# The counters measure the **whole package**: a measured figure includes whatever else
-# ran. **Estimated:** like Green Algorithms (core-hours x power per core) and CodeCarbon's
-# fallback (half the TDP), we take this process's CPU time (`time.process_time()`, all
+# The counters measure the **whole package**, whatever else ran. **Estimated:** like Green
+# Algorithms and CodeCarbon's fallback, this process's CPU time (`time.process_time()`, all
 # threads) times `DEFAULT_WATTS_PER_CORE = 10` W (a 65-150 W CPU of 6-16 cores has 6-15 W
-# of TDP per core), labelled on every figure (`"estimated: CPU-seconds x 10 W per core"`).
-# It leaves out idle power and memory.
+# of TDP per core), labelled on every figure; it leaves out idle power and memory.
 #
 # Worked example. A counter with `max_energy_range_uj = 1000` reads 900 before a call and
 # 150 after: it wrapped, `150 + 1000 - 900 = 250` uJ. A second package read 40 then 90:
@@ -1112,7 +1023,8 @@ class EnergyMeter(EnergyCounters):
     """Energy of a piece of code: RAPL package counters when readable, else CPU-seconds x W per core.
 
     EnergyCounters (given) finds the zones and reads them: .zones, .watts_per_core, .source,
-    .why_estimate, and sample() -> EnergySample(wall_s, cpu_s, counters_uj).
+    .why_estimate, sample() -> EnergySample(wall_s, cpu_s, counters_uj), and
+    measure(fn, *args, repeats=1) -> the since() of `repeats` calls of fn.
 
     >>> meter = EnergyMeter()
     >>> start = meter.sample(); model(x); model(x)
@@ -1154,16 +1066,6 @@ class EnergyMeter(EnergyCounters):
         return EnergyReading(float(joules), int(calls), end.wall_s - start.wall_s, cpu, self.source)
         ### END SOLUTION
 
-    def measure(self, fn, *args, repeats: int = 1, **kwargs) -> EnergyReading:
-        """Energy of `repeats` calls of fn(*args, **kwargs), per call in `.per_call`."""
-        if not callable(fn):
-            raise TypeError(f"measure expects a callable, got {type(fn).__name__}")
-        check_int(repeats, "repeats", 1)
-        start = self.sample()
-        for _ in range(repeats):
-            fn(*args, **kwargs)
-        return self.since(start, calls=repeats)
-
 
 # %% nbgrader={"grade": true, "grade_id": "test-energy-meter", "locked": true, "points": 10, "schema_version": 3, "solution": false}
 import tempfile
@@ -1172,15 +1074,6 @@ from tinytorch.energy import make_fake_zone, set_fake_energy
 
 assert counter_delta_uj(40, 90, 1000) == 50 and counter_delta_uj(900, 150, 1000) == 250
 assert counter_delta_uj(7, 7, 1000) == 0 and counter_delta_uj(1000, 0, 1000) == 0
-
-
-class _CPU:  # a fake CPU-time clock: 0.5 s of CPU per read
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        self.t += 0.5
-        return self.t
 
 
 with tempfile.TemporaryDirectory() as _root:
@@ -1198,28 +1091,23 @@ with tempfile.TemporaryDirectory() as _root:
     _r = _meter.since(_start, calls=4)
     assert _r.source == "measured (RAPL)" and _r.measured
     assert abs(_r.joules - 300e-6) < 1e-15 and abs(_r.per_call - 75e-6) < 1e-15, _r
-_est = EnergyMeter(root="/nonexistent/powercap", watts_per_core=12.5, cpu_clock=_CPU())
+_est = EnergyMeter(root="/nonexistent/powercap", watts_per_core=12.5, cpu_clock=FakeClock(tick=0.5))  # 0.5 CPU-s per read
 _r = _est.since(_est.sample(), calls=2)
 assert not _r.measured and _r.source == "estimated: CPU-seconds x 12.5 W per core"
 assert _r.cpu_seconds == 0.5 and _r.joules == 0.5 * 12.5 and _r.per_call == 0.5 * 12.5 / 2
 for _bad in ((5, 2000, 1000), (-1, 3, 1000)):
-    try:
-        counter_delta_uj(*_bad)
-        raise AssertionError(f"{_bad} must be rejected")
-    except ValueError:
-        pass
+    raises(counter_delta_uj, *_bad, exc=ValueError)
 print("energy meter: ok; this machine:", EnergyMeter().source, "-", EnergyMeter().why_estimate or "counters readable")
 
 # %% [markdown]
 # ### 3.10 The Profiler: one report, per layer, forward and backward
 #
-# `Profiler(model)` combines the pieces. Its own new part is **time per layer**: a
-# forward *pre*-hook reads the clock when a module starts, a forward hook when it ends.
-# That is the module's **inclusive** time; its **self** time is that minus the calls made
-# inside it, so self times add up to the whole forward. `time_backward` runs a real
-# backward and restores every `.grad`, so profiling never changes a training run.
-# `profile(example_input)` (given) runs everything and returns a `ProfileReport`, with the
-# energy per inference read around the same timed forwards.
+# `Profiler(model)` combines the pieces. Its own new part is **time per layer**: a forward
+# *pre*-hook reads the clock when a module starts, a forward hook when it ends: the
+# module's **inclusive** time; its **self** time is that minus the calls made inside it, so
+# self times add up to the whole forward. `time_backward` runs a real backward and restores
+# every `.grad`. `profile(example_input)` (given) runs everything and returns a
+# `ProfileReport`, with the energy per inference read around the same timed forwards.
 
 # %% nbgrader={"grade": false, "grade_id": "profiler", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1404,19 +1292,9 @@ assert all(t.inclusive_s > 0 for t in _times.values())
 assert _times[""].inclusive_s >= _times["0"].inclusive_s, "the model's time includes its layers"
 assert all(not m._forward_hooks and not m._forward_pre_hooks for m in _m.modules()), "remove every hook"
 
-
-class _Ticker:  # a fake clock that advances by 1 on every read
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        self.t += 1.0
-        return self.t
-
-
 # a clock that ticks by 1 on every read: per forward the model's pre-hook reads 1, each of the 3 layers
 # reads twice (2-3, 4-5, 6-7), the model's post-hook reads 8: inclusive 7, each layer 1, model self 7 - 3 = 4
-_times = Profiler(_m, clock=_Ticker()).time_layers(_x, warmup=0, repeats=2)
+_times = Profiler(_m, clock=FakeClock(tick=1.0)).time_layers(_x, warmup=0, repeats=2)
 assert _times[""].inclusive_s == 7 and _times["0"].inclusive_s == 1 and _times[""].self_s == 4
 
 
@@ -1431,7 +1309,7 @@ class _Calls(tc.Module):  # calls the layers of a ModuleList directly, as GPT do
         return x
 
 
-_times = Profiler(_Calls(), clock=_Ticker()).time_layers(_x, warmup=0, repeats=1)
+_times = Profiler(_Calls(), clock=FakeClock(tick=1.0)).time_layers(_x, warmup=0, repeats=1)
 # reads: "" 1, layers.0 2-3, layers.1 4-5, "" 6: inclusive 5, self 5 - 1 - 1 = 3 (the list itself never runs)
 assert "layers" not in _times and _times[""].self_s == 3, _times[""]
 _bw = Profiler(_m).time_backward(_x, warmup=1, repeats=3)
@@ -1442,44 +1320,18 @@ assert _report.backward is not None and _report.latency.n == 3 and "Linear" in s
 with tc.no_grad():
     assert np.array_equal(_m(_x).data, _y0), "profiling leaves the model's outputs unchanged"
 ### BEGIN HIDDEN TESTS
-class _Costs(tc.Module):  # advances a manual clock by the next cost on each call
-    def __init__(self, clock, costs):
-        super().__init__()
-        self.clock, self.costs = clock, iter(costs)
-
-    def forward(self, x):
-        self.clock.t += next(self.costs)
-        return x
-
-
-class _Manual:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-
-_mc = _Manual()
-_times = Profiler(tc.Sequential(_Costs(_mc, [100.0, 5.0, 3.0, 1.0])), clock=_mc).time_layers(_x, warmup=1, repeats=3)
+_mc = FakeClock()  # FakeLayer(FakeWork(clock, costs)): a layer whose n-th forward takes costs[n] seconds
+_times = Profiler(tc.Sequential(FakeLayer(FakeWork(_mc, [100.0, 5.0, 3.0, 1.0]))), clock=_mc).time_layers(_x, warmup=1, repeats=3)
 assert (_times["0"].inclusive_s, _times["0"].self_s) == (3.0, 3.0), (
     "per-layer times are medians over the timed forwards, warm-up excluded: a layer taking 100 (warm-up), 5, 3, 1 s: "
     f"expected 3.0, got {(_times['0'].inclusive_s, _times['0'].self_s)}")
-_mc = _Manual()
-_bw = Profiler(tc.Sequential(_Costs(_mc, [7.0] * 10), tc.Linear(6, 1)), clock=_mc).time_backward(_x, warmup=1, repeats=3)
+_mc = FakeClock()
+_bw = Profiler(tc.Sequential(FakeLayer(FakeWork(_mc, [7.0] * 10)), tc.Linear(6, 1)), clock=_mc).time_backward(_x, warmup=1, repeats=3)
 assert list(_bw.samples) == [0.0, 0.0, 0.0], ("only loss.backward() is timed: a forward of 7 s and a backward of 0 s: "
                                               f"expected [0.0, 0.0, 0.0], got {list(_bw.samples)}")
-class _Raises(tc.Module):
-    def forward(self, x):
-        raise RuntimeError("boom")
-
-
-_bm = tc.Sequential(tc.Linear(6, 4), _Raises())
+_bm = tc.Sequential(tc.Linear(6, 4), tc.Linear(5, 1))  # the second layer raises (a shape mismatch)
 for _what in ("time_layers", "time_backward"):
-    try:
-        getattr(Profiler(_bm), _what)(_x, warmup=0, repeats=1)
-    except RuntimeError:
-        pass
+    raises(getattr(Profiler(_bm), _what), _x, warmup=0, repeats=1, exc=ValueError)
     _left = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in _bm.modules())
     assert _left == 0, f"{_what} removes its hooks when the forward raises: expected 0 left, got {_left}"
 ### END HIDDEN TESTS
@@ -1490,8 +1342,8 @@ print(_report)
 # ## 4. Use it on the real reference models
 #
 # Two trained digit classifiers (an MLP and a CNN, inputs `(N, 1, 8, 8)`) and the
-# character-level `tiny_gpt` (4 blocks, width 128, 4 heads), on real inputs: the digits
-# test set and a slice of the text corpus.
+# character-level `tiny_gpt` (4 blocks, width 128, 4 heads), on the digits test set and a
+# slice of the text corpus.
 
 # %%
 digits = datasets.load_digits()
@@ -1508,31 +1360,22 @@ print(f"digits batch {x_digits.shape} {x_digits.dtype}; {len(tokens)} validation
 for _name, _model in (("digits_mlp", mlp), ("digits_cnn", cnn), ("tiny_gpt", gpt)):
     _n = count_parameters(_model)
     print(f"{_name:11s} {_n.total:9,} parameters, {parameter_bytes(_model) / 1024:8.1f} KiB")
-
-# %% [markdown]
-# ### Where the parameters and the FLOPs are
-
-# %%
-print(count_flops(mlp, x_digits))
+print()
+print(count_flops(mlp, x_digits))  # where the parameters and the FLOPs are
 print()
 print(count_flops(cnn, x_digits))
 
 # %% [markdown]
-# The MLP's parameters sit in its first two `Linear` layers, and so do its FLOPs: for
-# a `Linear`, MACs = batch x parameters. The CNN turns this around: its convolutions
-# hold few weights (a 3x3 kernel is reused at every pixel) but do most of the
-# arithmetic. Parameters measure *storage*; FLOPs measure *work*; for weight-shared
-# layers the two disagree.
-#
-# Now `tiny_gpt` on one sequence of 128 characters, with the full profile (time per
-# layer, forward and backward latency, memory):
+# The MLP's parameters sit in its first two `Linear` layers, and so do its FLOPs: for a
+# `Linear`, MACs = batch x parameters. The CNN turns this around: its convolutions hold few
+# weights (a 3x3 kernel is reused at every pixel) but do most of the arithmetic. Parameters
+# measure *storage*, FLOPs *work*. Now `tiny_gpt` on one sequence of 128 characters, with
+# the full profile (time per layer, forward and backward latency, memory):
 
 # %%
 x_gpt = tokens[None, :128]
 gpt_report = Profiler(gpt).profile(x_gpt, warmup=1, repeats=5)
 print(gpt_report)
-
-# %%
 print(gpt_report.type_table())  # the same rows folded by layer type: which kinds of layers take the time?
 
 # %% [markdown]
@@ -1540,17 +1383,16 @@ print(gpt_report.type_table())  # the same rows folded by layer type: which kind
 # all parameters and most FLOPs. Attention's own math (`QK^T`, softmax, `AV`) holds no
 # parameters, yet has a real share of the FLOPs, growing with `T` (section 5). A ratio
 # above 1 means the type runs below the model's average FLOP/s; rows with little or no
-# arithmetic (the `GPT` row, `Embedding` lookups, `Dropout`) still take time: overhead,
-# not work. Backward computes two products per `Linear` (input and weight gradients), so
-# expect its median in the report above to exceed the forward's.
-
-# %% [markdown]
+# arithmetic (the `GPT` row, `Embedding`, `Dropout`) still take time: overhead, not work.
+# Backward computes two products per `Linear` (input and weight gradients), so expect its
+# median in the report above to exceed the forward's.
+#
 # ## 5. Systems analysis
 #
 # ### 5.1 How FLOPs grow with sequence length and batch size
 #
-# Split the GPT's FLOPs into the attention core (quadratic in `T`: `T x T` scores per
-# head) and everything else (linear in `T`: every token goes through the same `Linear`s).
+# The GPT's FLOPs split into the attention core (quadratic in `T`: `T x T` scores per head)
+# and the rest (linear in `T`: every token goes through the same `Linear`s).
 
 # %%
 seq_lens = [16, 32, 64, 128, 256]
@@ -1578,16 +1420,15 @@ fig.tight_layout()
 show(fig)
 
 # %% [markdown]
-# On the log-log plot the linear part has slope 1 and the attention core slope 2. For
-# this width (`C = 128`) the quadratic term `4 T^2 C` catches up with the linear term's
-# `~24 T C^2` (plus the LM head) only when `T` approaches `6C`. FLOPs are exactly linear
-# in batch size (the printed FLOPs per sample are equal): any speedup batching brings
-# (module 18) comes from using the machine better, not from doing less work.
+# On the log-log plot the linear part has slope 1 and the attention core slope 2. At width
+# `C = 128` the quadratic term `4 T^2 C` catches up with the linear `~24 T C^2` (plus the LM
+# head) only when `T` approaches `6C`. FLOPs are exactly linear in batch size (the printed
+# FLOPs per sample are equal): batching (module 18) speeds up by using the machine better.
 #
 # ### 5.2 Time is not proportional to FLOPs
 #
-# Each layer of the three profiles is a point: its FLOPs against its measured self
-# time. If time were proportional to work, the points would lie on one line of slope 1.
+# Each layer of the three profiles is a point: its FLOPs against its measured self time.
+# If time were proportional to work, the points would lie on one line of slope 1.
 
 # %%
 peaks = measure_machine(matmul_size=1024, copy_megabytes=64, repeats=5)
@@ -1605,44 +1446,37 @@ ax.set(xscale="log", yscale="log", xlabel="FLOPs of the layer (one forward)", yl
        title="Per-layer time vs FLOPs on this machine")
 ax.legend()
 show(fig)
-_small = [(r.name, r.flops, gpt_report.layer_times[r.name].self_s) for r in gpt_report.flops.rows if 0 < r.flops]
 for _what, _pick in (("smallest", min), ("largest", max)):
-    _n, _fl, _s = _pick(_small, key=lambda s: s[1])
-    print(f"{_what + '-FLOP layer':19s} {_n!r}: {_fl:,} FLOPs in {_s * 1e6:.0f} us ({_fl / _s / 1e9:.2f} GFLOP/s)")
+    _r = _pick((r for r in gpt_report.flops.rows if r.flops > 0), key=lambda r: r.flops)
+    _s = gpt_report.layer_times[_r.name].self_s
+    print(f"{_what + '-FLOP layer':19s} {_r.name!r}: {_r.flops:,} FLOPs in {_s * 1e6:.0f} us ({_r.flops / _s / 1e9:.2f} GFLOP/s)")
 
 # %% [markdown]
 # The points do not follow the dashed line: time per FLOP changes by orders of magnitude
-# from layer to layer (compare the two GFLOP/s printed above). Small layers sit on a
-# floor: a Python call, a few NumPy calls and our hooks cost microseconds whatever the
-# FLOPs. For small models **overhead**, not arithmetic, sets the time; this is why module
-# 18 fuses operators and batches requests.
+# from layer to layer (compare the two GFLOP/s printed above). Small layers sit on a floor:
+# a Python call, a few NumPy calls and our hooks cost microseconds whatever the FLOPs. For
+# small models **overhead**, not arithmetic, sets the time: module 18 fuses and batches.
 #
 # ### 5.3 The roofline of this machine
 #
-# The roof was measured at the start of 5.2: a 1024 x 1024 matmul for the compute roof
-# and a 64 MiB copy for the memory roof.
+# The roof was measured at the start of 5.2 (a 1024 x 1024 matmul, a 64 MiB copy).
 
 # %%
 print(f"this machine: peak {peaks.peak_flops / 1e9:.1f} GFLOP/s (float32 matmul), "
       f"bandwidth {peaks.bandwidth / 1e9:.1f} GB/s (copy), ridge at {peaks.ridge:.1f} FLOP/byte")
 gpt_roof = roofline(gpt_report.flops, peaks.peak_flops, peaks.bandwidth)
-
-
-def _achieved(point):
-    """GFLOP/s the layer reached in the profile: its FLOPs over its median self time."""
-    return point.flops / max(gpt_report.layer_times[point.name].self_s, 1e-9) / 1e9
-
-
+# GFLOP/s each layer reached in the profile: its FLOPs over its median self time
+_achieved = {p.name: p.flops / max(gpt_report.layer_times[p.name].self_s, 1e-9) / 1e9 for p in gpt_roof}
 print(format_table(["layer", "type", "FLOP/byte", "bound", "attainable GFLOP/s", "achieved GFLOP/s"],
                    [[p.name or "(GPT)", p.type, f"{p.intensity:.2f}", p.bound, f"{p.attainable_flops / 1e9:.1f}",
-                     f"{_achieved(p):.2f}"] for p in gpt_roof if p.name.startswith("blocks.0") or "." not in p.name]))
+                     f"{_achieved[p.name]:.2f}"] for p in gpt_roof if p.name.startswith("blocks.0") or "." not in p.name]))
 fig, ax = plt.subplots(figsize=(7, 5))
 _i = np.logspace(-2, 3, 200)
 ax.plot(_i, np.minimum(peaks.peak_flops, _i * peaks.bandwidth) / 1e9, "k-", label="roofline (measured)")
 ax.axvline(peaks.ridge, color="grey", ls=":", label=f"ridge {peaks.ridge:.1f} FLOP/B")
 for _bound, _color in (("memory", "tab:blue"), ("compute", "tab:red")):
     _sel = [p for p in gpt_roof if p.bound == _bound]
-    ax.scatter([p.intensity for p in _sel], [_achieved(p) for p in _sel], color=_color,
+    ax.scatter([p.intensity for p in _sel], [_achieved[p.name] for p in _sel], color=_color,
                label=f"tiny_gpt layers, {_bound}-bound (achieved)")
 ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOPs / byte)", ylabel="GFLOP/s",
        title="Roofline of this machine, tiny_gpt layers at T=128")
@@ -1654,16 +1488,16 @@ print("memory-bound:", sorted({p.type for p in gpt_roof if p.bound == "memory"})
 # %% [markdown]
 # The roofline says what each layer *could* reach; the dots show what it *does* reach.
 # LayerNorm, GELU and the residual adds sit left of the ridge: memory-bound. The `Linear`
-# layers on 128 tokens sit right of it and could run at the peak; the achieved column
-# says how far each gets in this run. A dot far below its roof loses its time to overhead
-# (5.2) or, for element-wise layers, to NumPy's several passes over memory. (The bytes we
-# count are the minimum that must cross a layer's boundary; attention's unfused `T x T`
-# score matrix, for one, is written and read again, which is what FlashAttention avoids.)
+# layers on 128 tokens sit right of it and could run at the peak; the achieved column says
+# how far each gets in this run. A dot far below its roof loses its time to overhead (5.2)
+# or to NumPy's several passes over memory. (Our bytes are the minimum crossing a layer's
+# boundary; attention's unfused `T x T` score matrix is written and read again, which is
+# what FlashAttention avoids.)
 #
 # ### 5.4 Warm-up and profiler overhead
 #
-# The first calls of a fresh model pay for first touches of memory, cold caches and
-# BLAS thread start-up. Time the first 24 forwards of a newly built GPT, no warm-up:
+# A fresh model's first calls pay for first touches of memory, cold caches and BLAS thread
+# start-up. Time the first 24 forwards of a newly built GPT, no warm-up:
 
 # %%
 fresh = models.build("tiny_gpt").eval()
@@ -1680,50 +1514,45 @@ print(f"first call {cold.samples[0] * 1e3:.1f} ms; median of calls 13-24 {warm.m
 print("warm-up excluded:", warm)
 
 # %% [markdown]
-# When the first calls are slower (the printed ratio, the left end of the plot) they pull
-# a mean up: that is why `measure_latency` discards `warmup` calls and we report the
-# median. The profiler's own cost: `count_flops` calls one hook per module call, and
-# timing per layer reads the clock twice per module per forward.
+# When the first calls are slower (the printed ratio, the left end of the plot) they pull a
+# mean up: that is why `measure_latency` discards `warmup` calls and we report the median.
+# The profiler costs time too: `count_flops` runs one hook per module call (below), and
+# per-layer timing reads the clock twice per module (the profile's `hooks` line);
+# `python -m benchmarks.run profiling` measures both with more repeats and lengths.
 
 # %%
-_x64 = tokens[None, :64]
-
-
 def _gpt_forward(x):
     with tc.no_grad():
         return gpt(x)
 
 
-_plain_stats = measure_latency(_gpt_forward, _x64, warmup=1, repeats=7)
-_count_stats = measure_latency(lambda: count_flops(gpt, _x64), warmup=1, repeats=7)
-print(f"plain forward        {_plain_stats.median * 1e3:7.2f} ms")
-print(f"count_flops          {_count_stats.median * 1e3:7.2f} ms  "
-      f"({100 * (_count_stats.median / _plain_stats.median - 1):+.1f}%)")
-print(f"per-layer timing hooks: {100 * gpt_report.hook_overhead:+.1f}% on the T=128 profile above "
-      f"({len(gpt_report.layer_times)} modules, 2 clock reads each)")
+_x64, _plain, _counted = tokens[None, :64], [], []
+for _ in range(9):  # interleaved, so a slow moment of a shared machine hits both
+    _plain.append(measure_latency(_gpt_forward, _x64, warmup=1, repeats=1).median)
+    _counted.append(measure_latency(count_flops, gpt, _x64, warmup=1, repeats=1).median)
+_calls = sum(r.calls for r in count_flops(gpt, _x64).rows)
+_plain, _counted = float(np.median(_plain)), float(np.median(_counted))
+print(f"T=64: plain forward {_plain * 1e3:.2f} ms, count_flops {_counted * 1e3:.2f} ms, "
+      f"{(_counted - _plain) / _calls * 1e6:+.1f} us per module call ({_calls} calls)")
 
 # %% [markdown]
-# Both overheads are a fixed cost per module (about 7-12 microseconds for `count_flops`),
-# so their share is small at `T = 256`, larger at `T = 64`, and large for a model of many
-# tiny layers (`python -m benchmarks.run profiling` measures both lengths with more
-# repeats). This is why `torch.profiler` records events in C++ instead of wrapping every
-# Python call.
+# A fixed cost per module call (noisy here: a few repeats on a shared machine) is a small
+# share of a long sequence's forward and a large one for a model of many tiny layers; this
+# is why `torch.profiler` records events in C++ instead of wrapping every Python call.
 #
 # ### 5.5 Energy per inference
 #
-# The profiles above carry an energy line, read around their timed forwards. Here the
-# same meter follows `tiny_gpt` over sequence lengths. Read the label first: without
-# readable RAPL counters every figure is an **estimate** (CPU-seconds x W per core) and
-# follows CPU time by construction; with counters, the same code measures.
+# The same meter as the profiles' energy line, over sequence lengths. Read the label
+# first: without readable RAPL counters every figure is an **estimate** (CPU-seconds x W
+# per core) and follows CPU time by construction; with counters, the same code measures.
 
 # %%
 energy_meter = EnergyMeter()
 print("energy source:", energy_meter.source, "|", energy_meter.why_estimate or "counters readable")
 _lens, _j_seq = [32, 64, 128, 256], []
 for _t in _lens:
-    _xt = tokens[None, :_t]
-    _gpt_forward(_xt)  # warm-up
-    _e = energy_meter.measure(_gpt_forward, _xt, repeats=5)
+    _gpt_forward(tokens[None, :_t])  # warm-up
+    _e = energy_meter.measure(_gpt_forward, tokens[None, :_t], repeats=5)
     _j_seq.append(_e.per_call)
     print(f"T={_t:4d}: {_e.per_call * 1e3:7.2f} mJ per sequence, {_e.per_call / _t * 1e6:7.1f} uJ per token, "
           f"CPU {_e.cpu_seconds / _e.seconds:.2f} cores busy")
@@ -1735,14 +1564,12 @@ show(fig)
 print(f"per token, T=256 vs T=32: {(_j_seq[-1] / 256) / (_j_seq[0] / 32):.2f}x")
 
 # %% [markdown]
-# Two forces set the energy per token: the fixed Python cost of a forward (5.2) is
-# shared by more tokens as `T` grows, and the attention core's `T^2` term (5.1) adds cost
-# per token; which wins here is in the printed lines. On a shared machine BLAS waiting
-# for a busy core (section 1) can swamp both, and the estimate charges the CPU time that
-# waiting burns ("cores busy" near 2: both cores charged). Milestone 06 uses this meter
-# for joules per generated token, module 19 for energy per query.
-
-# %% [markdown]
+# Two forces set the energy per token: the fixed Python cost of a forward (5.2) is shared
+# by more tokens as `T` grows, and the attention core's `T^2` term (5.1) adds cost per
+# token; which wins here is in the printed lines. On a shared machine BLAS waiting for a
+# busy core (section 1) can swamp both, and the estimate charges the CPU time that waiting
+# burns ("cores busy" near 2). Milestone 06 and module 19 reuse this meter.
+#
 # ## 6. Reflection
 #
 # 1. The attention core grows as `T^2` and the rest as `T`. For `tiny_gpt` (`C = 128`)
@@ -1759,17 +1586,13 @@ print(f"per token, T=256 vs T=32: {(_j_seq[-1] / 256) / (_j_seq[0] / 32):.2f}x")
 # 5. RAPL measures the whole package; our estimate charges this process's CPU time at a
 #    fixed power per core. Name a workload where each is wrong, and how a tracker could
 #    attribute a shared machine's energy to one process.
-
-# %% [markdown]
+#
 # ## 7. Summary
 #
-# You built `tinytorch.profiling`: parameter and byte counts, exact MACs and FLOPs per
-# layer through hooks, latency statistics with an interval for the median, weights vs
-# activation memory, this machine's roofline, joules measured or labelled as estimated,
-# and a per-layer `Profiler`, forward and backward. It showed where the reference models
-# keep their weights and do their work, how GPT FLOPs grow with `T` and batch size, and
-# that small layers are overhead- and memory-bound rather than FLOP-bound.
-#
-# Next: module 15 stores the weights as int8. Predict first which numbers of this profile
-# change (parameters, bytes, FLOPs, time), by how much, and which layers move on the
-# roofline; this profiler will check you.
+# You built `tinytorch.profiling`: parameter and byte counts, exact MACs and FLOPs per layer
+# through hooks, latency statistics with an interval for the median, weights vs activation
+# memory, this machine's roofline, joules measured or labelled as estimated, and a per-layer
+# `Profiler`, forward and backward. It showed where the reference models keep their weights
+# and do their work, how GPT FLOPs grow with `T` and batch size, and that small layers are
+# overhead- and memory-bound rather than FLOP-bound. Next, module 15 stores the weights as
+# int8: predict which numbers of this profile change, by how much; this profiler will check you.
