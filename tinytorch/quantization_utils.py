@@ -17,23 +17,12 @@ import numpy as np
 import tinytorch.core as tc
 from tinytorch.core.checks import check_int
 
-__all__ = ["INT_RANGES", "SCHEMES", "raises", "finite_array", "check_axis", "check_dtype_scheme", "channel_view",
+__all__ = ["INT_RANGES", "SCHEMES", "finite_array", "check_axis", "check_dtype_scheme", "channel_view",
            "int_pair", "stored_scale", "calibration_batches", "swap_layers", "matmul_layer_flops", "weight_bytes",
            "layer_sqnr", "finetune_classifier", "interleaved_latency", "RUNTIMES", "runtime_comparison"]
 
 INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
 SCHEMES = ("affine", "symmetric")
-
-
-def raises(error, fn: Callable, *args, **kwargs) -> bool:
-    """True when fn(*args, **kwargs) raises `error`, False when it returns; any other exception
-    propagates. (Module 16's notebook calls it; the shared helper for graded cells, which also
-    names the call when it fails, is tinytorch.notebook.raises.)"""
-    try:
-        fn(*args, **kwargs)
-    except error:
-        return True
-    return False
 
 
 def finite_array(x, what: str) -> np.ndarray:

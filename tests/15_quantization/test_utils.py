@@ -164,18 +164,6 @@ def test_runtime_comparison_checks_onnx_runtime_against_tinytorch():
     assert all(v > 0 for v in medians.values())
 
 
-def test_raises_reports_only_the_expected_error():
-    from tinytorch.quantization_utils import raises
-
-    def fail(kind, message="bad"):
-        raise kind(message)
-
-    assert raises(ValueError, fail, ValueError) and raises(ValueError, fail, kind=ValueError, message="x")
-    assert not raises(ValueError, lambda: None)
-    with pytest.raises(TypeError):
-        raises(ValueError, fail, TypeError)  # another error is not swallowed
-
-
 def test_interleaved_latency_alternates_the_functions_and_counts_the_rounds():
     from tinytorch.quantization_utils import interleaved_latency
 
