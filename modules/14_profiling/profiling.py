@@ -1074,8 +1074,6 @@ from tinytorch.energy import make_fake_zone, set_fake_energy
 
 assert counter_delta_uj(40, 90, 1000) == 50 and counter_delta_uj(900, 150, 1000) == 250
 assert counter_delta_uj(7, 7, 1000) == 0 and counter_delta_uj(1000, 0, 1000) == 0
-
-
 with tempfile.TemporaryDirectory() as _root:
     make_fake_zone(_root, "intel-rapl:0", "package-0", 900)     # two sockets: both count
     make_fake_zone(_root, "intel-rapl:0:0", "core", 500)        # a subzone: inside package-0, not added again
