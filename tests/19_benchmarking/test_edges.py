@@ -254,6 +254,16 @@ def test_offline_throughput_is_the_mean_over_queries():
           on="queries of 100 samples taking 10, 30, 10, 30 ms", expected=want, got=r.value.value)
 
 
+@pytest.mark.parametrize("count, duration, want", [(2, 0.5, 8), (12, 0.25, 12), (3, 0.0, 3)])
+def test_offline_runs_until_both_minimums_are_met(count, duration, want):
+    clock = FakeClock()
+    s = notebook_settings("Offline", samples_per_query=10, min_query_count=count, min_duration_s=duration,
+                          warmup_queries=0)
+    r = run_offline(lambda b: clock.advance(0.0625), np.arange(10.0), s, clock=clock)   # 1/16 s: exact sums
+    check(r.queries == want and r.valid, "Offline needs min_query_count AND min_duration_s, like every scenario",
+          on=f"62.5 ms queries, min_query_count={count}, min_duration_s={duration}", expected=want, got=r.queries)
+
+
 @given(st.floats(2.0, 900.0), st.sampled_from([0.01, 0.05, 0.25]))
 def test_find_max_qps_brackets_a_known_threshold(threshold, rel_tol):
     found = find_max_qps(lambda rate: rate <= threshold, 1.0, 1000.0, rel_tol=rel_tol)
