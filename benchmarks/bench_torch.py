@@ -28,14 +28,16 @@ keys it may see). At 256 rows the GEMMs run within a few percent of PyTorch's; G
 faster than PyTorch's, the attention kernel matches `scaled_dot_product_attention` at T = 256, and
 LayerNorm still takes ~1.7x PyTorch's fused kernel.
 
-Measured ranges (speed_vs_torch medians over separate runs of the full suite on a 2-core AMD EPYC
-shared with other jobs, load average 2-11, OPENBLAS_NUM_THREADS=1; the machine's load moves every
-figure, so compare ratios taken in one run): forward T = 256 0.87-1.02 (1.00-1.03 in short
-interleaved runs of that forward alone), plain generation 0.71-1.13 (mostly 0.86-1.1), cached
-single request 0.94-1.54, cached batch 128 0.99-1.42. Before the fast paths the same runs gave
-0.74-0.96, 0.70-0.91, 1.04-1.59 and 0.96-1.19. One plain-generation step (the last position's
-logits from T tokens) ran at 0.91x PyTorch's speed at T = 128 rising to 1.01x at T = 255: at
-128 rows OpenBLAS's x @ W.T (a transposed operand) is ~10% slower than PyTorch's GEMM.
+Measured ranges (speed_vs_torch of nine full runs of the suite on a 2-core AMD EPYC shared with
+other jobs, load average 2-11, OPENBLAS_NUM_THREADS=1; the load moves every figure, so compare
+ratios taken in one run; median in brackets): forward T = 256 0.87-1.14 (0.99; 1.00-1.03 in
+short interleaved runs of that forward alone), plain generation 0.71-1.44 (1.02), cached single
+request 0.94-1.97 (1.33), cached batch 128 0.99-1.42 (1.20). Six runs before the fast paths,
+over the same hours: 0.74-0.96 (0.80), 0.70-0.91 (0.83), 1.04-2.12 (1.32), 0.96-1.19 (1.08). One plain-generation
+step (the last position's logits from T tokens) ran at 0.91x PyTorch's speed at T = 128 rising
+to 1.01x at T = 255: at 128 rows OpenBLAS's x @ W.T (a transposed operand) is ~10% slower than
+PyTorch's GEMM. The cached figures time module 17's own ndarray code, which uses only gelu_array
+from these fast paths.
 """
 
 from __future__ import annotations
