@@ -23,9 +23,9 @@ from tinytorch.acceleration import (
     DynamicBatcher, FusedDecoder, FusedQKV, batch_sweep, bias_gelu, fused_attention, generate_continuous,
     generate_parallel, generate_static, softmax,
 )
-from tinytorch.parallel import can_fork
-from tinytorch.serving import HTTPClient, InferenceServer, run_load
-from tinytorch.system import usable_cores
+from tinytorch.utils.parallel import can_fork
+from tinytorch.utils.serving import HTTPClient, InferenceServer, run_load
+from tinytorch.utils.system import usable_cores
 from tinytorch.memoization import KVCache, forward_cached, generate_cached
 from tinytorch.profiling import measure_memory
 

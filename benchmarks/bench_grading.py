@@ -26,7 +26,7 @@ import jupytext
 import nbformat
 import numpy as np
 
-from tinytorch.system import usable_cores
+from tinytorch.utils.system import usable_cores
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "minirepo"
 MODULE_ID = "01_minimath"

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from tinytorch.system import machine_info
+from tinytorch.utils.system import machine_info
 
 HERE = Path(__file__).resolve().parent
 

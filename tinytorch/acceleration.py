@@ -23,7 +23,7 @@ __all__ = [
 """Acceleration: batched inference, a dynamic batcher, operator fusion with preallocated buffers,
 and static vs continuous batching for generation on module 17's KV-cache, on one core or on
 several (one worker thread or forked process per core). The HTTP server and load generator in
-front of the batcher are library code (tinytorch.serving), as is the process pool (tinytorch.parallel)."""
+front of the batcher are library code (tinytorch.utils.serving), as is the process pool (tinytorch.utils.parallel)."""
 
 import math
 import threading
@@ -40,9 +40,9 @@ from tinytorch.core.attention import causal_mask
 from tinytorch.core.checks import check_int, check_number
 from tinytorch.core.functional import GELU_CUBIC, GELU_SCALE
 from tinytorch.memoization import KVCache, check_forward, forward_cached, layer_norm, merge_heads
-from tinytorch.parallel import can_fork, fork_map
+from tinytorch.utils.parallel import can_fork, fork_map
 from tinytorch.profiling import LatencyStats, measure_latency
-from tinytorch.serving import BatchQueue, GenerationRun, Request, RequestResult, as_array, check_generation_requests
+from tinytorch.utils.serving import BatchQueue, GenerationRun, Request, RequestResult, as_array, check_generation_requests
 
 
 # %% modules/18_acceleration/acceleration.py (cell 10)
@@ -98,7 +98,7 @@ class DynamicBatcher(BatchQueue):
 
     fn(batch) receives an array of shape (n, *input_shape), n <= max_batch_size, and must return
     n rows (array-like, or a Tensor). Each submit(x) returns a Future that gets its own row.
-    The given base class BatchQueue (tinytorch/serving.py) checks the settings, holds the queue
+    The given base class BatchQueue (tinytorch/utils/serving.py) checks the settings, holds the queue
     (self._queue, a deque of Request, under the Condition self._cond), runs the worker thread
     (self._collect(), then self._run_batch(requests), until _collect returns None), and gives
     _check_input, _fail_queued, _fail_running, health, __call__ and `with`.

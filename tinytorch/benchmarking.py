@@ -35,8 +35,8 @@ Every figure is an Estimate: a value with a confidence interval and the method t
 made it. Scenarios follow MLPerf Inference (SingleStream p90, MultiStream p99 of
 8-sample queries, Server at Poisson arrivals, Offline samples/s) with the minimum
 query counts and durations as parameters: `mlperf_settings` holds MLPerf's,
-`notebook_settings` small ones for a laptop. The given parts live in tinytorch.stats,
-tinytorch.loadgen and tinytorch.reporting, and are importable from here too.
+`notebook_settings` small ones for a laptop. The given parts live in tinytorch.utils.stats,
+tinytorch.utils.loadgen and tinytorch.utils.reporting, and are importable from here too.
 """
 
 import json
@@ -50,14 +50,14 @@ import numpy as np
 
 from tinytorch.core.checks import check_int
 from tinytorch.core.serialization import atomic_write
-from tinytorch.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, QPSSearch, ScenarioResult, ScenarioSettings,  # noqa: F401
+from tinytorch.utils.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, QPSSearch, ScenarioResult, ScenarioSettings,  # noqa: F401
                                check_sut, energy_figures, interleave, meets_minimums, mlperf_settings,
                                notebook_settings)
 from tinytorch.profiling import EnergyMeter, parameter_bytes  # noqa: F401  (section 4 uses parameter_bytes)
-from tinytorch.reporting import (REPORT_FIELDS, REPORT_SCHEMA, SCHEMA_VERSION, VARIANT_FIELDS,  # noqa: F401
+from tinytorch.utils.reporting import (REPORT_FIELDS, REPORT_SCHEMA, SCHEMA_VERSION, VARIANT_FIELDS,  # noqa: F401
                                  Report, ReportError, VariantResult, energy_estimate, measure_footprint,
                                  plot_latency_distribution)
-from tinytorch.stats import (Estimate, as_samples, binomial_cdf, check_confidence, check_fraction,  # noqa: F401
+from tinytorch.utils.stats import (Estimate, as_samples, binomial_cdf, check_confidence, check_fraction,  # noqa: F401
                              min_queries_for_percentile, normal_quantile, t_cdf, t_quantile)
 
 
@@ -531,7 +531,7 @@ def validate_report(d) -> None:
 
 
 class BenchmarkReport(Report):
-    """Variants measured on one system (given: tinytorch.reporting.Report, with to_dict, a rich table and
+    """Variants measured on one system (given: tinytorch.utils.reporting.Report, with to_dict, a rich table and
     its text), checked with validate_report when read back, saved as versioned JSON."""
 
     @classmethod
@@ -584,7 +584,7 @@ def pareto_front(points, maximize=None) -> np.ndarray:
 def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3,
                 size_key: str = "disk_bytes"):
     """Quality vs scenario latency for every variant with both; marker area ~ memory[size_key]; the front
-    of pareto_front joined (tinytorch.reporting.plot_pareto draws it)."""
-    from tinytorch import reporting
+    of pareto_front joined (tinytorch.utils.reporting.plot_pareto draws it)."""
+    from tinytorch.utils import reporting
 
     return reporting.plot_pareto(report, pareto_front, scenario, ax, unit, size_key)

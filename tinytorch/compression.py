@@ -54,10 +54,10 @@ import numpy as np
 import tinytorch.core as tc
 from tinytorch.core import functional as F
 from tinytorch.core.checks import check_int
-from tinytorch.introspect import check_module
+from tinytorch.utils.introspect import check_module
 from tinytorch.quantization import QuantParams, dequantize, quantize, tensor_qparams
-from tinytorch.sparse_io import build_model, describe_model, file_bytes, read_compressed, write_compressed
-from tinytorch.training import train_epochs
+from tinytorch.utils.sparse_io import build_model, describe_model, file_bytes, read_compressed, write_compressed
+from tinytorch.utils.training import train_epochs
 
 PRUNABLE = (tc.Linear, tc.Conv2d)
 

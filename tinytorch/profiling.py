@@ -42,9 +42,9 @@ import psutil
 import tinytorch.core as tc
 from tinytorch.core import Module, Tensor
 from tinytorch.core.checks import check_int
-from tinytorch.energy import EnergyCounters, EnergyReading, EnergySample
-from tinytorch.introspect import as_args, check_module, is_leaf, nbytes_of, own_parameters, shape_of
-from tinytorch.profile_report import (FlopReport, LatencyStats, LayerRow, LayerTime, MachinePeaks, MemoryReport,
+from tinytorch.utils.energy import EnergyCounters, EnergyReading, EnergySample
+from tinytorch.utils.introspect import as_args, check_module, is_leaf, nbytes_of, own_parameters, shape_of
+from tinytorch.utils.profile_report import (FlopReport, LatencyStats, LayerRow, LayerTime, MachinePeaks, MemoryReport,
                                       ParameterCount, ProfileReport, RooflinePoint)
 
 # FLOPs per element of the element-wise layers (0 MACs each); see the notebook's table.

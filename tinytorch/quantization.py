@@ -59,7 +59,7 @@ import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.core import functional as F
-from tinytorch.quantization_utils import (
+from tinytorch.utils.quantization_utils import (
     INT_RANGES, SCHEMES, calibration_batches, channel_view, check_axis, check_dtype_scheme, finite_array, int_pair,
     matmul_layer_flops, stored_scale, swap_layers, weight_bytes,
 )

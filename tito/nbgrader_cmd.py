@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tinytorch.system import usable_cores
+from tinytorch.utils.system import usable_cores
 from tito import sandbox, workspace
 from tito.console import TitoError, console, is_plain, print_table, say, step, warn
 from tito.manifest import Module, Repo

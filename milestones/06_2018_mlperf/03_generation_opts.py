@@ -38,8 +38,8 @@ from harness import Run, require  # noqa: E402  (first: it sets the BLAS thread 
 
 import numpy as np  # noqa: E402
 
-from tinytorch.parallel import can_fork  # noqa: E402
-from tinytorch.system import usable_cores  # noqa: E402
+from tinytorch.utils.parallel import can_fork  # noqa: E402
+from tinytorch.utils.system import usable_cores  # noqa: E402
 
 
 # main() at the end reads as the table of contents: set up, the four measurements in order (each

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
 import tinytorch  # noqa: E402
-from tinytorch.system import machine_info  # noqa: E402
+from tinytorch.utils.system import machine_info  # noqa: E402
 from tito.console import console, is_plain, print_table, say, step  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +70,7 @@ class Claim:
 
 
 def machine() -> dict:
-    """tinytorch.system.machine_info(), and the BLAS thread count with who chose it (this harness or
+    """tinytorch.utils.system.machine_info(), and the BLAS thread count with who chose it (this harness or
     the environment): the report names it, since it changes every timing."""
     return {
         **machine_info(),

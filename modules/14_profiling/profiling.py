@@ -38,10 +38,10 @@ import timeit
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.notebook import plt, raises, show
+from tinytorch.utils.notebook import plt, raises, show
 from tinytorch import datasets, models
-from tinytorch.tables import format_table
-from tinytorch.testing import FakeClock, FakeLayer, FakeWork  # test doubles: a clock moved by hand, calls of known cost
+from tinytorch.utils.tables import format_table
+from tinytorch.utils.testing import FakeClock, FakeLayer, FakeWork  # test doubles: a clock moved by hand, calls of known cost
 
 
 # %% [markdown]
@@ -138,9 +138,9 @@ print(f"FLOP ratio matmul/layernorm: {_flops_mm / _flops_ln:.0f}x; time ratio: {
 # ## 3. Build it
 #
 # The first cell is given: imports and the per-element costs of the table above. Given
-# library code: `tinytorch/profile_report.py` (the records your functions return and their
-# tables: read their fields there), `tinytorch/introspect.py` (shapes and bytes of what a
-# hook sees), `tinytorch/energy.py` (reading the powercap files).
+# library code: `tinytorch/utils/profile_report.py` (the records your functions return and their
+# tables: read their fields there), `tinytorch/utils/introspect.py` (shapes and bytes of what a
+# hook sees), `tinytorch/utils/energy.py` (reading the powercap files).
 
 # %%
 #| export
@@ -165,9 +165,9 @@ import psutil
 import tinytorch.core as tc
 from tinytorch.core import Module, Tensor
 from tinytorch.core.checks import check_int
-from tinytorch.energy import EnergyCounters, EnergyReading, EnergySample
-from tinytorch.introspect import as_args, check_module, is_leaf, nbytes_of, own_parameters, shape_of
-from tinytorch.profile_report import (FlopReport, LatencyStats, LayerRow, LayerTime, MachinePeaks, MemoryReport,
+from tinytorch.utils.energy import EnergyCounters, EnergyReading, EnergySample
+from tinytorch.utils.introspect import as_args, check_module, is_leaf, nbytes_of, own_parameters, shape_of
+from tinytorch.utils.profile_report import (FlopReport, LatencyStats, LayerRow, LayerTime, MachinePeaks, MemoryReport,
                                       ParameterCount, ProfileReport, RooflinePoint)
 
 # FLOPs per element of the element-wise layers (0 MACs each); see the notebook's table.
@@ -649,7 +649,7 @@ print("latency_stats: ok")
 # `measure_latency(fn, *args, warmup=3, repeats=30)` calls `fn` `warmup` times untimed
 # (cold caches, lazy allocations, BLAS thread start-up), then times each of `repeats` calls
 # alone with `time.perf_counter`. The clock is a parameter: the test hands in a
-# `FakeClock` (from `tinytorch.testing`) and knows every sample exactly.
+# `FakeClock` (from `tinytorch.utils.testing`) and knows every sample exactly.
 
 # %% nbgrader={"grade": false, "grade_id": "measure-latency", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -967,7 +967,7 @@ print("roofline: ok")
 #
 # **Measured: RAPL counters.** Intel CPUs since Sandy Bridge, and AMD since Zen with
 # Linux 5.8, count their package's energy in microjoules, shown by Linux as
-# `/sys/class/powercap/intel-rapl:N/energy_uj` (`tinytorch/energy.py` finds and reads
+# `/sys/class/powercap/intel-rapl:N/energy_uj` (`tinytorch/utils/energy.py` finds and reads
 # these files; its docstring has the layout). Three things make it more than a read:
 # 1. **Wraparound.** `energy_uj` goes back to 0 after `max_energy_range_uj` (about 262 kJ
 #    on many CPUs: every 73 minutes at 60 W). A later reading *smaller* than an earlier
@@ -1070,7 +1070,7 @@ class EnergyMeter(EnergyCounters):
 # %% nbgrader={"grade": true, "grade_id": "test-energy-meter", "locked": true, "points": 10, "schema_version": 3, "solution": false}
 import tempfile
 
-from tinytorch.energy import make_fake_zone, set_fake_energy
+from tinytorch.utils.energy import make_fake_zone, set_fake_energy
 
 assert counter_delta_uj(40, 90, 1000) == 50 and counter_delta_uj(900, 150, 1000) == 250
 assert counter_delta_uj(7, 7, 1000) == 0 and counter_delta_uj(1000, 0, 1000) == 0

@@ -38,11 +38,11 @@ import time
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.notebook import plt, raises, show
+from tinytorch.utils.notebook import plt, raises, show
 from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
 from tinytorch.profiling import count_flops, measure_latency, parameter_bytes
-from tinytorch.quantization_utils import (
+from tinytorch.utils.quantization_utils import (
     RUNTIMES, finetune_classifier, interleaved_latency, layer_sqnr, runtime_comparison,
 )
 
@@ -112,7 +112,7 @@ print(f"256 evenly spaced levels over that range are {(_w.max() - _w.min()) / 25
 # ## 3. Build it
 #
 # The first cell is given: imports, and the checks and plumbing every function uses from
-# `tinytorch.quantization_utils` (`finite_array`, `check_axis`, `check_dtype_scheme`,
+# `tinytorch.utils.quantization_utils` (`finite_array`, `check_axis`, `check_dtype_scheme`,
 # `channel_view` to shape per-channel values, `calibration_batches`, `swap_layers`).
 
 # %%
@@ -131,7 +131,7 @@ import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.core import functional as F
-from tinytorch.quantization_utils import (
+from tinytorch.utils.quantization_utils import (
     INT_RANGES, SCHEMES, calibration_batches, channel_view, check_axis, check_dtype_scheme, finite_array, int_pair,
     matmul_layer_flops, stored_scale, swap_layers, weight_bytes,
 )

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.notebook import plt, raises, show  # raises(fn, *args, exc=Error): fn(*args) must raise Error
+from tinytorch.utils.notebook import plt, raises, show  # raises(fn, *args, exc=Error): fn(*args) must raise Error
 from tinytorch import datasets, models
 from tinytorch.core.serialization import save_checkpoint
 from tinytorch.models.evaluate import accuracy, lm_loss
@@ -128,7 +128,7 @@ print(f"90% of its weights set to zero:  {_zeroed_file.stat().st_size:8,d} bytes
 #
 # The first cell is given: imports, the input checks, and the small helpers every
 # function uses (`is_pruned`, `effective_weight`, the mask hook). The training loop,
-# `train_epochs`, is given in `tinytorch/training.py`.
+# `train_epochs`, is given in `tinytorch/utils/training.py`.
 
 # %%
 #| export
@@ -150,10 +150,10 @@ import numpy as np
 import tinytorch.core as tc
 from tinytorch.core import functional as F
 from tinytorch.core.checks import check_int
-from tinytorch.introspect import check_module
+from tinytorch.utils.introspect import check_module
 from tinytorch.quantization import QuantParams, dequantize, quantize, tensor_qparams
-from tinytorch.sparse_io import build_model, describe_model, file_bytes, read_compressed, write_compressed
-from tinytorch.training import train_epochs
+from tinytorch.utils.sparse_io import build_model, describe_model, file_bytes, read_compressed, write_compressed
+from tinytorch.utils.training import train_epochs
 
 PRUNABLE = (tc.Linear, tc.Conv2d)
 
@@ -1072,7 +1072,7 @@ print("CSRMatrix: OK")
 # non-zeros, int8 via module 15's `tensor_qparams`/`quantize`), `gaps` (uint8), `scales`
 # (one float32 per weight) and `dense` (float32: biases and the rest); and `<path>.json`:
 # the architecture and, per tensor, its name, shape, encoding and offset into the arrays.
-# Given in `tinytorch/sparse_io.py`: `describe_model`/`build_model` (the architecture as
+# Given in `tinytorch/utils/sparse_io.py`: `describe_model`/`build_model` (the architecture as
 # JSON), `write_compressed` (atomic), `read_compressed` (every field checked), `file_bytes`.
 # `load_compressed` rebuilds an ordinary dense model: exactly with `values="float32"`; with
 # int8, loading, saving and loading again gives the same weights bit for bit.

@@ -42,7 +42,7 @@ import time
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.notebook import plt, show
+from tinytorch.utils.notebook import plt, show
 from tinytorch import datasets, models
 from tinytorch.core.attention import GPT, GPTConfig
 from tinytorch.profiling import count_flops

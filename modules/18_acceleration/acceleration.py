@@ -26,8 +26,8 @@
 # | `generate_static`, `generate_continuous` | batched generation on module 17's KV-cache; requests join and leave at every step |
 # | `generate_parallel` | one continuous batch per worker (thread or process): both cores decode at once |
 #
-# Given, as library code you can read: `tinytorch/serving.py` (the worker thread under your
-# batcher, a JSON server in front of it, a client, a load generator) and `tinytorch/parallel.py`
+# Given, as library code you can read: `tinytorch/utils/serving.py` (the worker thread under your
+# batcher, a JSON server in front of it, a client, a load generator) and `tinytorch/utils/parallel.py`
 # (`fork_map`, the forked worker processes). Prerequisites: module 14 (`tinytorch.profiling`:
 # latency, FLOPs, roofline) and module 17 (`tinytorch.memoization`: the KV-cache with
 # `prefill` / `decode_step`). Time: about 3 hours.
@@ -44,12 +44,12 @@ import time
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.notebook import plt, raises, show
+from tinytorch.utils.notebook import plt, raises, show
 from tinytorch import datasets, models
 from tinytorch.profiling import count_flops, measure_latency, measure_machine, measure_memory, roofline
 from tinytorch.memoization import generate_cached
-from tinytorch.parallel import read_rate                               # given: memory read rate, n threads
-from tinytorch.serving import HTTPClient, InferenceServer, run_load   # given: the HTTP plumbing
+from tinytorch.utils.parallel import read_rate                               # given: memory read rate, n threads
+from tinytorch.utils.serving import HTTPClient, InferenceServer, run_load   # given: the HTTP plumbing
 
 
 # %% [markdown]
@@ -133,7 +133,7 @@ print(f"64 images one at a time would take {64 * _one.median * 1e3:.1f} ms: "
 """Acceleration: batched inference, a dynamic batcher, operator fusion with preallocated buffers,
 and static vs continuous batching for generation on module 17's KV-cache, on one core or on
 several (one worker thread or forked process per core). The HTTP server and load generator in
-front of the batcher are library code (tinytorch.serving), as is the process pool (tinytorch.parallel)."""
+front of the batcher are library code (tinytorch.utils.serving), as is the process pool (tinytorch.utils.parallel)."""
 
 import math
 import threading
@@ -150,9 +150,9 @@ from tinytorch.core.attention import causal_mask
 from tinytorch.core.checks import check_int, check_number
 from tinytorch.core.functional import GELU_CUBIC, GELU_SCALE
 from tinytorch.memoization import KVCache, check_forward, forward_cached, layer_norm, merge_heads
-from tinytorch.parallel import can_fork, fork_map
+from tinytorch.utils.parallel import can_fork, fork_map
 from tinytorch.profiling import LatencyStats, measure_latency
-from tinytorch.serving import BatchQueue, GenerationRun, Request, RequestResult, as_array, check_generation_requests
+from tinytorch.utils.serving import BatchQueue, GenerationRun, Request, RequestResult, as_array, check_generation_requests
 
 
 # %% [markdown]
@@ -265,7 +265,7 @@ print("matmul_intensity, batch_sweep: OK")
 #
 # One `threading.Condition` guards the queue and the closed flag; `fn` runs outside the lock.
 # The thread and bookkeeping (`health`, `with`, failing futures) are given: `DynamicBatcher`
-# extends `tinytorch.serving.BatchQueue`, which starts the worker and calls your two steps.
+# extends `tinytorch.utils.serving.BatchQueue`, which starts the worker and calls your two steps.
 
 # %% nbgrader={"grade": false, "grade_id": "dynamic-batcher", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -274,7 +274,7 @@ class DynamicBatcher(BatchQueue):
 
     fn(batch) receives an array of shape (n, *input_shape), n <= max_batch_size, and must return
     n rows (array-like, or a Tensor). Each submit(x) returns a Future that gets its own row.
-    The given base class BatchQueue (tinytorch/serving.py) checks the settings, holds the queue
+    The given base class BatchQueue (tinytorch/utils/serving.py) checks the settings, holds the queue
     (self._queue, a deque of Request, under the Condition self._cond), runs the worker thread
     (self._collect(), then self._run_batch(requests), until _collect returns None), and gives
     _check_input, _fail_queued, _fail_running, health, __call__ and `with`.
@@ -1069,7 +1069,7 @@ print("generate_static, generate_continuous: OK")
 # and each core brings its own share of memory bandwidth. Two threads overlap their array work
 # (NumPy releases the interpreter lock, the GIL, inside its products and loops) but take turns
 # on the Python between; worker *processes* each have their own GIL. On Linux `fork_map`
-# (given: `tinytorch.parallel`) forks them, each a copy of this process, model included, its
+# (given: `tinytorch.utils.parallel`) forks them, each a copy of this process, model included, its
 # memory pages shared until written, and brings each result back through a pipe.
 #
 # `generate_parallel` splits the requests round-robin (request `i` to worker `i % workers`,
@@ -1273,7 +1273,7 @@ show(fig)
 # %% [markdown]
 # ### The dynamic batcher under load: the `max_wait_ms` trade-off
 #
-# The load comes from given code (`tinytorch/serving.py`): `run_load(call, inputs, concurrency,
+# The load comes from given code (`tinytorch/utils/serving.py`): `run_load(call, inputs, concurrency,
 # duration_s)` runs `concurrency` closed-loop clients (send, wait for the answer, send the
 # next) and reports throughput and module 14's latency percentiles. Here 16 clients call the
 # batcher in front of `digits_cnn` (one image each) for 0.8 s per setting, every answer

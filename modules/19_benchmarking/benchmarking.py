@@ -45,7 +45,7 @@ import time
 import numpy as np
 
 import tinytorch.core as tc
-from tinytorch.notebook import plt, raises, show
+from tinytorch.utils.notebook import plt, raises, show
 from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
 
@@ -166,13 +166,13 @@ for _run in range(3):
 # ## 3. Build it
 #
 # What you do not write is given in short, hand-written library modules; read them beside
-# this notebook. `tinytorch.stats`: the `Estimate` every figure is reported as, the checks
+# this notebook. `tinytorch.utils.stats`: the `Estimate` every figure is reported as, the checks
 # of samples, confidences and fractions, and Student's t, normal and binomial
 # distributions (NumPy has no statistics library, and this project does not depend on
-# SciPy). `tinytorch.loadgen`: the scenario settings (`mlperf_settings`,
+# SciPy). `tinytorch.utils.loadgen`: the scenario settings (`mlperf_settings`,
 # `notebook_settings`), the `ScenarioResult` of a run, the validity rule on its size,
-# `interleave` and the energy entries. `tinytorch.reporting`: the report's data, JSON
-# form, table and plots. `tinytorch.system.machine_info()`: the machine a result ran on.
+# `interleave` and the energy entries. `tinytorch.utils.reporting`: the report's data, JSON
+# form, table and plots. `tinytorch.utils.system.machine_info()`: the machine a result ran on.
 
 # %%
 #| export
@@ -182,8 +182,8 @@ Every figure is an Estimate: a value with a confidence interval and the method t
 made it. Scenarios follow MLPerf Inference (SingleStream p90, MultiStream p99 of
 8-sample queries, Server at Poisson arrivals, Offline samples/s) with the minimum
 query counts and durations as parameters: `mlperf_settings` holds MLPerf's,
-`notebook_settings` small ones for a laptop. The given parts live in tinytorch.stats,
-tinytorch.loadgen and tinytorch.reporting, and are importable from here too.
+`notebook_settings` small ones for a laptop. The given parts live in tinytorch.utils.stats,
+tinytorch.utils.loadgen and tinytorch.utils.reporting, and are importable from here too.
 """
 
 import json
@@ -197,14 +197,14 @@ import numpy as np
 
 from tinytorch.core.checks import check_int
 from tinytorch.core.serialization import atomic_write
-from tinytorch.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, QPSSearch, ScenarioResult, ScenarioSettings,  # noqa: F401
+from tinytorch.utils.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, QPSSearch, ScenarioResult, ScenarioSettings,  # noqa: F401
                                check_sut, energy_figures, interleave, meets_minimums, mlperf_settings,
                                notebook_settings)
 from tinytorch.profiling import EnergyMeter, parameter_bytes  # noqa: F401  (section 4 uses parameter_bytes)
-from tinytorch.reporting import (REPORT_FIELDS, REPORT_SCHEMA, SCHEMA_VERSION, VARIANT_FIELDS,  # noqa: F401
+from tinytorch.utils.reporting import (REPORT_FIELDS, REPORT_SCHEMA, SCHEMA_VERSION, VARIANT_FIELDS,  # noqa: F401
                                  Report, ReportError, VariantResult, energy_estimate, measure_footprint,
                                  plot_latency_distribution)
-from tinytorch.stats import (Estimate, as_samples, binomial_cdf, check_confidence, check_fraction,  # noqa: F401
+from tinytorch.utils.stats import (Estimate, as_samples, binomial_cdf, check_confidence, check_fraction,  # noqa: F401
                              min_queries_for_percentile, normal_quantile, t_cdf, t_quantile)
 
 
@@ -691,12 +691,12 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
 
 
 # %% [markdown]
-# The test uses a fake clock (`tinytorch.testing.FakeClock`, given): calling it returns
+# The test uses a fake clock (`tinytorch.utils.testing.FakeClock`, given): calling it returns
 # its time, and a fake SUT advances it by a latency we choose (`sleep` moves it too, and
 # is recorded). No real time passes, and every number is known in advance.
 
 # %%
-from tinytorch.testing import FakeClock
+from tinytorch.utils.testing import FakeClock
 
 
 # %% nbgrader={"grade": true, "grade_id": "test-run-stream", "locked": true, "points": 10, "schema_version": 3, "solution": false}
@@ -1219,7 +1219,7 @@ print(f"QualityTarget: ok; digits_mlp threshold {_acc.threshold:.4f}, tiny_gpt p
 # with its Wilson interval; the language model's loss from `evaluate.lm_loss` on `groups`
 # equal slices of the validation text (their mean is the loss over the whole text, their
 # spread gives a t-interval; perplexity `exp(loss)` takes the exponential of it). Sizes
-# (`measure_footprint`, in `tinytorch.reporting`) come from module 14: parameter and
+# (`measure_footprint`, in `tinytorch.utils.reporting`) come from module 14: parameter and
 # buffer bytes, the activation peak of one forward, the checkpoint's bytes on disk.
 # `measure_generation` times `generate(n)`, which makes `n` new tokens: time to first
 # token (TTFT) is the time of `generate(1)`, time per output token (TPOT) is
@@ -1279,7 +1279,7 @@ def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, 
 # version**: a reader must refuse a file it does not understand instead of guessing, and
 # say which field or version is wrong. You write `validate_report` and the `save`/`load`
 # pair (`save` through `atomic_write`, so a crash never leaves half a file);
-# `VariantResult`, `to_dict`, the table and the plots are given in `tinytorch.reporting`.
+# `VariantResult`, `to_dict`, the table and the plots are given in `tinytorch.utils.reporting`.
 
 # %% nbgrader={"grade": false, "grade_id": "report", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1324,7 +1324,7 @@ def validate_report(d) -> None:
 
 
 class BenchmarkReport(Report):
-    """Variants measured on one system (given: tinytorch.reporting.Report, with to_dict, a rich table and
+    """Variants measured on one system (given: tinytorch.utils.reporting.Report, with to_dict, a rich table and
     its text), checked with validate_report when read back, saved as versioned JSON."""
 
     @classmethod
@@ -1453,7 +1453,7 @@ assert list(pareto_front([[3.0, 1.0]])) == [0], "a single point is its own front
 print("pareto_front: ok")
 
 # %% [markdown]
-# Two plots every report needs (given in `tinytorch.reporting`): the latency
+# Two plots every report needs (given in `tinytorch.utils.reporting`): the latency
 # distribution of scenario runs (an empirical CDF, with the percentile each reports),
 # and quality against latency with the size as marker area, joined along your front.
 
@@ -1462,8 +1462,8 @@ print("pareto_front: ok")
 def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3,
                 size_key: str = "disk_bytes"):
     """Quality vs scenario latency for every variant with both; marker area ~ memory[size_key]; the front
-    of pareto_front joined (tinytorch.reporting.plot_pareto draws it)."""
-    from tinytorch import reporting
+    of pareto_front joined (tinytorch.utils.reporting.plot_pareto draws it)."""
+    from tinytorch.utils import reporting
 
     return reporting.plot_pareto(report, pareto_front, scenario, ax, unit, size_key)
 
@@ -1813,7 +1813,7 @@ show(fig)
 # tokens, BLAS-heavy) before, during and after it.
 
 # %%
-from tinytorch.contention import blas_timings, busy_core  # given: the child processes of 5.3 and 5.4
+from tinytorch.utils.contention import blas_timings, busy_core  # given: the child processes of 5.3 and 5.4
 
 _x64 = val_ids[None, :64]
 _gpt_sut = lambda batch: forward_fn(gpt)(_x64)  # noqa: E731  (the query content does not matter here)

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import tinytorch.core as tc
 import tinytorch.profiling
-from tinytorch.energy import DEFAULT_WATTS_PER_CORE, EnergyReading, find_powercap_zones, make_fake_zone
-from tinytorch.energy import set_fake_energy as set_energy
+from tinytorch.utils.energy import DEFAULT_WATTS_PER_CORE, EnergyReading, find_powercap_zones, make_fake_zone
+from tinytorch.utils.energy import set_fake_energy as set_energy
 from tinytorch.profiling import EnergyMeter, Profiler, counter_delta_uj
 
 MAX = 262_143_328_850  # a real max_energy_range_uj (an Intel package, 2^38 units of 61 uJ / 64)

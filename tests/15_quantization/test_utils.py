@@ -1,10 +1,10 @@
-"""tinytorch.quantization_utils: the checks and plumbing module 15 imports (not student code)."""
+"""tinytorch.utils.quantization_utils: the checks and plumbing module 15 imports (not student code)."""
 
 import numpy as np
 import pytest
 
 import tinytorch.core as tc
-from tinytorch.quantization_utils import (
+from tinytorch.utils.quantization_utils import (
     calibration_batches, channel_view, check_axis, check_dtype_scheme, finite_array, int_pair, matmul_layer_flops,
     stored_scale, swap_layers,
 )
@@ -109,7 +109,7 @@ def test_swap_layers_replaces_exact_types_everywhere_and_keeps_order():
 
 
 def test_layer_sqnr_matches_the_formula_on_a_known_error():
-    from tinytorch.quantization_utils import layer_sqnr
+    from tinytorch.utils.quantization_utils import layer_sqnr
     import copy
 
     tc.manual_seed(0)
@@ -128,7 +128,7 @@ def test_layer_sqnr_matches_the_formula_on_a_known_error():
 
 
 def test_finetune_classifier_learns_a_separable_problem_and_is_reproducible():
-    from tinytorch.quantization_utils import finetune_classifier
+    from tinytorch.utils.quantization_utils import finetune_classifier
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 2)).astype(np.float32)
@@ -150,7 +150,7 @@ def test_finetune_classifier_learns_a_separable_problem_and_is_reproducible():
 def test_runtime_comparison_checks_onnx_runtime_against_tinytorch():
     from tinytorch import deploy
     from tinytorch.quantization import quantize_model
-    from tinytorch.quantization_utils import RUNTIMES, runtime_comparison
+    from tinytorch.utils.quantization_utils import RUNTIMES, runtime_comparison
 
     if not deploy.available():
         pytest.skip(deploy.INSTALL)
@@ -165,7 +165,7 @@ def test_runtime_comparison_checks_onnx_runtime_against_tinytorch():
 
 
 def test_interleaved_latency_alternates_the_functions_and_counts_the_rounds():
-    from tinytorch.quantization_utils import interleaved_latency
+    from tinytorch.utils.quantization_utils import interleaved_latency
 
     calls = []
     stats = interleaved_latency({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=2, repeats=5)

@@ -20,7 +20,7 @@ from tinytorch.compression import (
     save_compressed, sparsity,
 )
 from tinytorch.core.serialization import save_checkpoint
-from tinytorch.sparse_io import file_bytes
+from tinytorch.utils.sparse_io import file_bytes
 
 
 @pytest.fixture(scope="module")

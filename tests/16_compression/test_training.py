@@ -14,7 +14,7 @@ from tinytorch.compression import (
     prune_model, rewind, sparsity,
 )
 from tinytorch.models.evaluate import accuracy
-from tinytorch.training import train_epochs
+from tinytorch.utils.training import train_epochs
 
 
 @pytest.fixture(scope="module")

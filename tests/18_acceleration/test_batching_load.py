@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinytorch.acceleration import DynamicBatcher, batch_sweep, matmul_intensity
-from tinytorch.serving import run_load
+from tinytorch.utils.serving import run_load
 
 
 def test_intensity_hand_counts():

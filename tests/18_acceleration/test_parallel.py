@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import tinytorch.core as tc
 from tinytorch.acceleration import generate_continuous, generate_parallel
-from tinytorch.parallel import can_fork
+from tinytorch.utils.parallel import can_fork
 
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes are forked: Linux only")
 

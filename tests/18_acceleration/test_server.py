@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tinytorch.acceleration import DynamicBatcher
-from tinytorch.serving import BadRequest, HTTPClient, InferenceServer, parse_request
+from tinytorch.utils.serving import BadRequest, HTTPClient, InferenceServer, parse_request
 
 TIMEOUT = 60
 

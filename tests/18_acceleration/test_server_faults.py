@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tinytorch.acceleration import DynamicBatcher
-from tinytorch.serving import HTTPClient, InferenceServer
+from tinytorch.utils.serving import HTTPClient, InferenceServer
 
 TIMEOUT = 60
 

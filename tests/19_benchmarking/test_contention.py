@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from tests.explain import check
-from tinytorch.contention import blas_timings, busy_core
+from tinytorch.utils.contention import blas_timings, busy_core
 
 ECHO_THREADS = """
 import json, os, sys

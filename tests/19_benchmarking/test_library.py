@@ -1,5 +1,5 @@
-"""The hand-written library module 19 stands on (tinytorch.stats, tinytorch.loadgen,
-tinytorch.reporting): its JSON forms survive infinities, its argument checks name the bad value,
+"""The hand-written library module 19 stands on (tinytorch.utils.stats, tinytorch.utils.loadgen,
+tinytorch.utils.reporting): its JSON forms survive infinities, its argument checks name the bad value,
 its rules say why a run is not valid, and tinytorch.benchmarking re-exports every name it gives."""
 
 import doctest
@@ -12,7 +12,7 @@ import pytest
 import tinytorch.benchmarking as benchmarking
 from tests.explain import check
 from tests.fakes import FakeClock
-from tinytorch import loadgen, reporting, stats
+from tinytorch.utils import loadgen, reporting, stats
 
 
 @pytest.mark.parametrize("module", [stats, loadgen, reporting], ids=lambda m: m.__name__)

@@ -20,7 +20,7 @@ from tinytorch.benchmarking import (  # noqa: E402
 )
 from tinytorch.models.evaluate import accuracy, lm_loss  # noqa: E402
 from tinytorch.profiling import parameter_bytes  # noqa: E402
-from tinytorch.system import machine_info  # noqa: E402
+from tinytorch.utils.system import machine_info  # noqa: E402
 from tests.fakes import FakeClock  # noqa: E402
 
 
@@ -143,7 +143,7 @@ def test_quality_targets_both_directions():
 
 def test_a_report_records_the_machine_it_ran_on():
     rep = BenchmarkReport("machine")
-    assert set(rep.system) == set(machine_info()), "the report's system is tinytorch.system.machine_info()"
+    assert set(rep.system) == set(machine_info()), "the report's system is tinytorch.utils.system.machine_info()"
     assert rep.system["logical_cores"] >= 1 and rep.system["numpy"] == np.__version__
     assert rep.system["python"].count(".") == 2 and rep.system["usable_cores"] >= 1
 

@@ -74,7 +74,7 @@ def test_models_suite_writes_json(tmp_path):
 
 def test_decode_bound_counts_the_cache_bytes_by_hand():
     from benchmarks.bench_acceleration import decode_bound
-    from tinytorch.system import usable_cores
+    from tinytorch.utils.system import usable_cores
     from tinytorch import datasets, models
     text = datasets.load_text()
     r = decode_bound(models.load("tiny_gpt").eval(), text.tokenizer.encode(text.val[:20_000]), quick=True)

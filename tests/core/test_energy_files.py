@@ -1,4 +1,4 @@
-"""tinytorch.energy: finding and reading the powercap (RAPL) counters, on folders laid out as sysfs is.
+"""tinytorch.utils.energy: finding and reading the powercap (RAPL) counters, on folders laid out as sysfs is.
 
 The meter's arithmetic (wraparound, summing packages) is tested with module 14 in tests/14_profiling."""
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tinytorch.energy import (MEASURED_SOURCE, EnergyCounters, EnergyReading, estimate_source, find_powercap_zones,
+from tinytorch.utils.energy import (MEASURED_SOURCE, EnergyCounters, EnergyReading, estimate_source, find_powercap_zones,
                               make_fake_zone, read_counters, read_int_file, set_fake_energy)
 
 
@@ -95,7 +95,7 @@ class _Between(EnergyCounters):
 
 
 def test_measure_runs_fn_repeats_times_between_one_sample_and_since(tmp_path):
-    from tinytorch.testing import FakeClock, FakeWork
+    from tinytorch.utils.testing import FakeClock, FakeWork
 
     cpu = FakeClock()
     work = FakeWork(cpu, [0.5, 0.25, 0.25])

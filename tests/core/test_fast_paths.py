@@ -180,3 +180,39 @@ def test_gpt_inference_forward_equals_its_graph_forward_and_stays_float32():
         fast = gpt(idx)
     assert graph._parents and fast._parents == () and fast.dtype == np.float32
     np.testing.assert_allclose(fast.data, graph.data, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("t", [5, 2 * ATTENTION_BLOCK + 3])
+def test_a_hook_that_replaces_the_attention_weights_is_obeyed_under_no_grad(t):
+    """Without a graph the weights come from the blocked kernel; a hook's replacement must still
+    be what multiplies the values, as on the graph path."""
+    attn = mha(8, 2, 11).eval()
+    x = np.random.default_rng(12).standard_normal((2, t, 8)).astype(np.float32)
+    uniform = np.tril(np.ones((t, t), np.float32)) / np.arange(1, t + 1, dtype=np.float32)[:, None]
+    replace = lambda m, inputs, out: tc.Tensor(np.broadcast_to(uniform, out.shape))  # noqa: E731
+    handle = attn.attn_dropout.register_forward_hook(replace)
+    graph = attn(x).data
+    with tc.no_grad():
+        fast = attn(x).data
+    handle.remove()
+    with tc.no_grad():
+        plain = attn(x).data
+    np.testing.assert_allclose(fast, graph, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fast, plain, atol=1e-3)  # the replacement changed the output
+
+
+def test_attend_returns_the_weights_the_graph_path_computes():
+    attn = mha(8, 2, 13).eval()
+    t = ATTENTION_BLOCK + 9
+    x = np.random.default_rng(14).standard_normal((1, t, 8)).astype(np.float32)
+    seen = []
+    handle = tc.register_module_forward_hook(
+        lambda m, inputs, out: seen.append(out.data.copy()) if m is attn.attn_dropout else None)
+    graph = attn(x).data
+    with tc.no_grad():
+        fast = attn(x).data
+    handle.remove()
+    assert len(seen) == 2
+    np.testing.assert_allclose(seen[1], seen[0], rtol=1e-5, atol=1e-7)
+    assert (seen[1][..., np.triu_indices(t, 1)[0], np.triu_indices(t, 1)[1]] == 0).all()
+    np.testing.assert_allclose(fast, graph, rtol=1e-5, atol=1e-6)

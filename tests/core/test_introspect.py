@@ -1,10 +1,10 @@
-"""tinytorch.introspect: the cheap questions a profiler asks of every module and every array it sees."""
+"""tinytorch.utils.introspect: the cheap questions a profiler asks of every module and every array it sees."""
 
 import numpy as np
 import pytest
 
 import tinytorch.core as tc
-from tinytorch.introspect import array_of, as_args, check_module, is_leaf, nbytes_of, own_parameters, shape_of
+from tinytorch.utils.introspect import array_of, as_args, check_module, is_leaf, nbytes_of, own_parameters, shape_of
 
 
 def test_arrays_behind_tensors_and_ndarrays_and_nothing_else():

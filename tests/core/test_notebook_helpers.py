@@ -1,9 +1,9 @@
-"""tinytorch.notebook.raises: the graded cells' check that bad input raises the right error."""
+"""tinytorch.utils.notebook.raises: the graded cells' check that bad input raises the right error."""
 
 import pytest
 from hypothesis import given, strategies as st
 
-from tinytorch.notebook import raises
+from tinytorch.utils.notebook import raises
 
 
 def fail_with(error):

@@ -1,4 +1,4 @@
-"""fork_map (tinytorch.parallel): each item in its own forked process, results in item order;
+"""fork_map (tinytorch.utils.parallel): each item in its own forked process, results in item order;
 closures and nested calls work; a worker that dies, or an answer that cannot cross the pipe, is a
 RuntimeError naming it; a worker's exception carries its traceback; the first failure stops the
 other workers and their children; platforms that cannot fork are refused. read_rate: the bytes of
@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tinytorch.parallel import RemoteTraceback, can_fork, fork_map, read_rate
+from tinytorch.utils.parallel import RemoteTraceback, can_fork, fork_map, read_rate
 
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes are forked: Linux only")
 

@@ -1,12 +1,12 @@
-"""tinytorch.profile_report: the records module 14's profiler fills, their totals and their tables."""
+"""tinytorch.utils.profile_report: the records module 14's profiler fills, their totals and their tables."""
 
 from collections import namedtuple
 
 import numpy as np
 import pytest
 
-from tinytorch.energy import EnergyReading
-from tinytorch.profile_report import FlopReport, LatencyStats, LayerRow, LayerTime, MemoryReport, ProfileReport
+from tinytorch.utils.energy import EnergyReading
+from tinytorch.utils.profile_report import FlopReport, LatencyStats, LayerRow, LayerTime, MemoryReport, ProfileReport
 
 
 def rows():

@@ -1,4 +1,4 @@
-"""tinytorch.serving on its own: run_load's bookkeeping (answers, errors, round robin over the inputs,
+"""tinytorch.utils.serving on its own: run_load's bookkeeping (answers, errors, round robin over the inputs,
 the run's length), as_array, BatchQueue (the worker thread a batcher's steps run on), and the InferenceServer in front of a plain function or of anything batcher-like
 (submit(x) -> Future, health(stuck_after_s)), as module 18's DynamicBatcher is."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tinytorch.core as tc
-from tinytorch.serving import BatchQueue, HTTPClient, InferenceServer, LoadReport, Request, as_array, run_load
+from tinytorch.utils.serving import BatchQueue, HTTPClient, InferenceServer, LoadReport, Request, as_array, run_load
 from tests.explain import check
 
 

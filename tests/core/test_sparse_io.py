@@ -1,4 +1,4 @@
-"""tinytorch.sparse_io: module 16's compressed-model files, written, read back and checked.
+"""tinytorch.utils.sparse_io: module 16's compressed-model files, written, read back and checked.
 
 The fault tests that edit a real save_compressed pair field by field are in
 tests/16_compression/test_storage_faults.py; these check the library on hand-made arrays."""
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tinytorch.core as tc
-from tinytorch.sparse_io import (FORMAT, VERSION, build_model, describe_model, file_bytes, read_compressed,
+from tinytorch.utils.sparse_io import (FORMAT, VERSION, build_model, describe_model, file_bytes, read_compressed,
                                  write_compressed)
 
 

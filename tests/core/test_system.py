@@ -1,9 +1,9 @@
-"""tinytorch.system: the machine record every benchmark and report carries."""
+"""tinytorch.utils.system: the machine record every benchmark and report carries."""
 
 import json
 import os
 
-from tinytorch.system import machine_info, usable_cores
+from tinytorch.utils.system import machine_info, usable_cores
 
 
 def test_usable_cores_is_the_affinity_mask_not_the_machine():

@@ -1,10 +1,10 @@
-"""tinytorch.tables: the plain-text tables and SI-prefixed numbers every report prints."""
+"""tinytorch.utils.tables: the plain-text tables and SI-prefixed numbers every report prints."""
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinytorch.tables import format_table, si
+from tinytorch.utils.tables import format_table, si
 
 
 @pytest.mark.parametrize("n, unit, expected", [

@@ -1,9 +1,9 @@
-"""tinytorch.testing: the clock and work doubles that graded cells and tests time code with."""
+"""tinytorch.utils.testing: the clock and work doubles that graded cells and tests time code with."""
 
 import pytest
 
 import tinytorch.core as tc
-from tinytorch.testing import FakeClock, FakeLayer, FakeWork
+from tinytorch.utils.testing import FakeClock, FakeLayer, FakeWork
 from tests.fakes import FakeClock as ReExported
 
 

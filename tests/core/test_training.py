@@ -1,10 +1,10 @@
-"""tinytorch.training.train_epochs: the fine-tuning loop of modules 16 and 19."""
+"""tinytorch.utils.training.train_epochs: the fine-tuning loop of modules 16 and 19."""
 
 import numpy as np
 import pytest
 
 import tinytorch.core as tc
-from tinytorch.training import train_epochs
+from tinytorch.utils.training import train_epochs
 
 
 def data(n=20):

@@ -70,9 +70,18 @@ class MultiHeadAttention(Module):
             raise ValueError(f"attention expects input of shape (B, T, {self.embed_dim}), got {x.shape}")
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         drop = self.attn_dropout
-        if not recording(q, k, v) and not (drop.training and drop.p > 0) and not drop.has_forward_hooks():
-            # nothing to record and nobody to see the (T, T) weights: the ndarray kernel
-            y = attend(q.data, k.data, v.data, self.num_heads, self.causal, mask)
+        if not recording(q, k, v) and not (drop.training and drop.p > 0):
+            # nothing to record and the dropout is an identity: the ndarray kernel
+            if not drop.has_forward_hooks():
+                y = attend(q.data, k.data, v.data, self.num_heads, self.causal, mask)
+            else:  # a hook watches the dropout: it gets the (B, H, T, T) weights, as on the graph path
+                y, weights = attend(q.data, k.data, v.data, self.num_heads, self.causal, mask, return_weights=True)
+                w = Tensor(weights)
+                seen = drop(w)
+                if seen is not w:  # a hook replaced the weights: attend with what it returned
+                    b, t, c = x.shape
+                    vh = v.data.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+                    y = np.matmul(as_tensor(seen).data, vh).transpose(0, 2, 1, 3).reshape(b, t, c)
             return self.out_proj(Tensor(y))
         t = x.shape[1]
         q, k_t, v = self.split_heads(q), self.split_heads_transposed(k), self.split_heads(v)
@@ -87,14 +96,19 @@ class MultiHeadAttention(Module):
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, causal={self.causal}"
 
 
-def _softmax_times_values(s: np.ndarray, values: np.ndarray, out: np.ndarray) -> None:
-    """out = softmax(s) @ values, written into `out`; s (scores) is used up in place. The division
-    by each row's sum goes to the (rows, D) product, not to the (rows, keys) weights."""
+def _softmax_times_values(s: np.ndarray, values: np.ndarray, out: np.ndarray, weights: np.ndarray | None) -> None:
+    """out = softmax(s) @ values, written into `out`; s (scores) is used up in place. Without
+    `weights` to fill, the division by each row's sum goes to the (rows, D) product, not to the
+    (rows, keys) weights; with it, the normalized weights are written there first."""
     s -= s.max(axis=-1, keepdims=True)
     np.exp(s, out=s)
     total = s.sum(axis=-1, keepdims=True)
-    np.matmul(s, values, out=out)
-    out /= total
+    if weights is None:
+        np.matmul(s, values, out=out)
+        out /= total
+    else:
+        np.divide(s, total, out=weights)
+        np.matmul(weights, values, out=out)
 
 
 # Query rows per block of the causal kernel: for tiny_gpt at T = 256, blocks of 32 and 64 took 0.7x
@@ -103,7 +117,7 @@ ATTENTION_BLOCK = 64
 
 
 def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, causal: bool = True,
-           mask: np.ndarray | None = None) -> np.ndarray:
+           mask: np.ndarray | None = None, return_weights: bool = False):
     """Multi-head attention of projected q, k, v (B, T, C), as MultiHeadAttention computes it with
     no graph and no dropout: softmax(q k^T / sqrt(D) + mask) v per head, heads merged, (B, T, C).
 
@@ -115,7 +129,8 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, causal: 
     - each block's softmax is unnormalized (exp(s - max)); the division goes to the (rows, D)
       product instead of the (rows, keys) weights, as flash attention does;
     - heads are written straight into a (B, T, H, D) array, so merging them is a reshape.
-    The outputs equal the full (T, T) computation to float32 rounding.
+    The outputs equal the full (T, T) computation to float32 rounding. return_weights=True also
+    returns the attention weights (B, H, T, T) (zeros where a key is hidden), for a hook to see.
     """
     b, t, c = q.shape
     d = c // num_heads
@@ -126,6 +141,7 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, causal: 
     vh = v.reshape(b, t, num_heads, d).transpose(0, 2, 1, 3)  # a strided view is fine for BLAS here
     out = np.empty((b, t, num_heads, d), dtype=dtype)
     heads = out.transpose(0, 2, 1, 3)  # (B, H, T, D) view of out
+    weights = np.zeros((b, num_heads, t, t), dtype=dtype) if return_weights else None
     if mask is not None or not causal:  # one block: every query against every key
         additive = causal_mask(t) if causal else None
         if mask is not None:
@@ -134,7 +150,7 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, causal: 
         s = qh @ k_t  # (B, H, T, T)
         if additive is not None:
             s += additive
-        _softmax_times_values(s, vh, heads)
+        _softmax_times_values(s, vh, heads, weights)
     else:
         # every diagonal block of the causal mask is the same triangle, so one small cached mask
         # serves every length, added to the block's own keys only (the earlier keys are all visible)
@@ -143,8 +159,9 @@ def attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, num_heads: int, causal: 
             j = min(i + ATTENTION_BLOCK, t)
             s = qh[:, :, i:j] @ k_t[..., :j]  # (B, H, j - i, j): the keys queries i..j-1 may see
             s[..., i:] += triangle[:j - i, :j - i]
-            _softmax_times_values(s, vh[:, :, :j], heads[:, :, i:j])
-    return out.reshape(b, t, c)
+            block_weights = None if weights is None else weights[:, :, i:j, :j]
+            _softmax_times_values(s, vh[:, :, :j], heads[:, :, i:j], block_weights)
+    return (out.reshape(b, t, c), weights) if return_weights else out.reshape(b, t, c)
 
 
 class MLP(Module):

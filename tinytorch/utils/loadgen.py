@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from tinytorch.core.checks import check_int
-from tinytorch.stats import Estimate, check_fraction, from_json_float, json_float
+from tinytorch.utils.stats import Estimate, check_fraction, from_json_float, json_float
 
 __all__ = ["MLPERF", "NOTEBOOK", "QPSSearch", "SCENARIOS", "ScenarioResult", "ScenarioSettings", "check_sut",
            "energy_figures", "interleave", "meets_minimums", "mlperf_settings", "notebook_settings"]

@@ -4,7 +4,7 @@ Importing this module picks matplotlib's Agg backend when the code runs outside 
 kernel (a notebook executed as a script, or by the tests), so figures are drawn in memory and
 nothing waits for a window.
 
-    from tinytorch.notebook import plt, raises, show
+    from tinytorch.utils.notebook import plt, raises, show
     fig, ax = plt.subplots(); ax.plot(x, y); show(fig)
     raises(int, "x", exc=ValueError, match="invalid literal")
 """

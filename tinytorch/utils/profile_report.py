@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tinytorch.tables import format_table, si
+from tinytorch.utils.tables import format_table, si
 
 __all__ = ["ParameterCount", "LayerRow", "FlopReport", "LatencyStats", "MemoryReport", "MachinePeaks", "RooflinePoint",
            "LayerTime", "ProfileReport"]

@@ -1,7 +1,7 @@
 """A benchmark report's data, its JSON form, its table and its plots.
 
 A `Report` holds `VariantResult`s (one model variant each: quality and its target, scenario runs,
-memory and size, other figures) and the machine they ran on (`tinytorch.system.machine_info`).
+memory and size, other figures) and the machine they ran on (`tinytorch.utils.system.machine_info`).
 Module 19's `BenchmarkReport` adds what the student writes: the check of a report file
 (`validate_report`), and saving and loading it. The file is JSON named by REPORT_SCHEMA and
 versioned by SCHEMA_VERSION, so a reader can refuse a file it does not understand.
@@ -24,10 +24,10 @@ from typing import Callable
 import numpy as np
 
 from tinytorch.core.serialization import save_checkpoint
-from tinytorch.loadgen import ScenarioResult
+from tinytorch.utils.loadgen import ScenarioResult
 from tinytorch.profiling import measure_memory, parameter_bytes
-from tinytorch.stats import Estimate
-from tinytorch.system import machine_info
+from tinytorch.utils.stats import Estimate
+from tinytorch.utils.system import machine_info
 
 __all__ = ["REPORT_FIELDS", "REPORT_SCHEMA", "Report", "ReportError", "SCHEMA_VERSION", "VARIANT_FIELDS",
            "VariantResult", "energy_estimate", "measure_footprint", "plot_latency_distribution", "plot_pareto"]

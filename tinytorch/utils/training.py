@@ -16,7 +16,7 @@ import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.core import functional as F
-from tinytorch.introspect import check_module
+from tinytorch.utils.introspect import check_module
 
 __all__ = ["train_epochs"]
 
