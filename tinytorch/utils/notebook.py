@@ -2,7 +2,8 @@
 
 Importing this module picks matplotlib's Agg backend when the code runs outside a Jupyter
 kernel (a notebook executed as a script, or by the tests), so figures are drawn in memory and
-nothing waits for a window.
+nothing waits for a window. Inside a kernel it makes a failing `assert` show the values it
+compared (tinytorch.utils.asserts), so a graded cell says what is wrong, not only where.
 
     from tinytorch.utils.notebook import plt, raises, show
     fig, ax = plt.subplots(); ax.plot(x, y); show(fig)
@@ -18,6 +19,13 @@ import matplotlib
 if "ipykernel" not in sys.modules:  # run as a script: draw into memory, show nothing
     matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from tinytorch.utils import asserts  # noqa: E402
+
+if "IPython" in sys.modules:  # in a Jupyter kernel (or IPython): explain failing asserts
+    from IPython import get_ipython
+
+    asserts.install(get_ipython())
 
 __all__ = ["plt", "raises", "show"]
 
