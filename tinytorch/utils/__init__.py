@@ -6,6 +6,7 @@ quantization.py, ...) are generated from the notebooks and hold what the student
     system          the machine a measurement ran on (machine_info, usable_cores)
     tables          plain-text tables and SI prefixes for printed reports
     notebook        plotting and the `raises` check of the graded cells
+    asserts         failing asserts in a notebook show their values (installed by notebook)
     testing         fakes for tests and graded cells: a clock, a costed call, a layer
     introspect      what a profiler asks of a model: arrays, shapes, leaf modules
     profile_report  the records and tables the profiler returns (module 14)
