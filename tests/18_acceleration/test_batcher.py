@@ -71,7 +71,7 @@ def test_many_threads_bounded_time_each_future_gets_its_own_answer():
     assert batcher.batch_sizes == [len(b) for b in rec.batches]
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15)
 @given(st.integers(1, 7), st.integers(0, 40), st.sampled_from([0.0, 0.5, 5.0]))
 def test_any_batch_size_and_count_answers_every_request_once(max_batch, n, wait):
     rec = Recorder()

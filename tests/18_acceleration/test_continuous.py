@@ -14,7 +14,7 @@ from tinytorch.memoization import generate_cached
 METHODS = [generate_static, generate_continuous]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25)
 @given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 10)), min_size=1, max_size=9),
        st.integers(1, 5), st.integers(0, 1000))
 def test_every_request_gets_its_solo_greedy_tokens(lm, solo, shapes, rows, seed):

@@ -17,7 +17,7 @@ def snapshot(model):
     return [p.data.copy() for p in model.parameters()]
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(st.integers(0, 10_000), st.lists(st.tuples(st.integers(1, 3), st.integers(1, 6)), min_size=1, max_size=8))
 def test_same_logits_and_cache_as_forward_cached(lm, seed, calls):
     """Random calls: each picks some rows of a 3-row cache and runs 1..6 new tokens for each of them, so rows
@@ -68,7 +68,7 @@ def test_building_and_running_leave_the_model_untouched(lm):
 
 
 @pytest.mark.parametrize("method", [generate_static, generate_continuous])
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15)
 @given(shapes=st.lists(st.tuples(st.integers(1, 12), st.integers(0, 10)), min_size=1, max_size=8),
        rows=st.integers(1, 4), seed=st.integers(0, 1000))
 def test_fused_generation_gives_the_solo_greedy_tokens(lm, solo, method, shapes, rows, seed):

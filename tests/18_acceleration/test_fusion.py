@@ -23,7 +23,6 @@ def random_attention(seed, embed_dim, heads, causal=True):
     return attn
 
 
-@settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10_000), st.sampled_from([(4, 1), (8, 2), (12, 3), (16, 4)]),
        st.integers(1, 3), st.integers(1, 9), st.booleans())
 def test_fused_attention_and_qkv_equal_the_unfused_layer(seed, dims, b, t, causal):
@@ -62,7 +61,7 @@ def test_fused_qkv_without_bias():
     np.testing.assert_allclose(FusedQKV.from_attention(attn)(x)[1], want, rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, max_side=7), elements=floats),
        st.data())
 def test_bias_gelu_equals_gelu_of_sum(x, data):
@@ -74,7 +73,7 @@ def test_bias_gelu_equals_gelu_of_sum(x, data):
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=6), elements=floats), st.data())
 def test_softmax_equals_reference_on_any_axis_and_in_place(x, data):
     axis = data.draw(st.integers(-x.ndim, x.ndim - 1))

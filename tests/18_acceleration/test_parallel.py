@@ -21,7 +21,7 @@ from tinytorch.utils.parallel import can_fork
 needs_fork = pytest.mark.skipif(not can_fork(), reason="worker processes are forked: Linux only")
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20)
 @given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 10)), min_size=1, max_size=9),
        st.integers(1, 4), st.integers(1, 3), st.integers(0, 1000))
 def test_every_request_gets_its_solo_tokens_in_request_order(lm, solo, shapes, workers, rows, seed):
@@ -87,7 +87,7 @@ def test_a_worker_exception_reaches_the_caller():
 
 
 @needs_fork
-@settings(max_examples=5, deadline=None)   # each example forks its workers: keep it to a few
+@settings(max_examples=5)   # each example forks its workers: keep it to a few
 @given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 10)), min_size=1, max_size=7),
        st.integers(1, 3), st.integers(0, 1000))
 def test_worker_processes_give_every_request_its_solo_tokens(lm, solo, shapes, workers, seed):
