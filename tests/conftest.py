@@ -10,7 +10,7 @@ from hypothesis import settings
 
 from tests.fakes import FakeClock
 
-settings.register_profile("tinytorch", max_examples=40)
+settings.register_profile("tinytorch", max_examples=40, deadline=None)
 settings.load_profile("tinytorch")
 
 
