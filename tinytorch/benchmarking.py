@@ -207,7 +207,7 @@ def _early_stopping(latencies, q: float, notes: list):
         return None
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 32)
+# %% modules/19_benchmarking/benchmarking.py (cell 31)
 def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                seed: int = 0) -> ScenarioResult:
     """SingleStream / MultiStream: back-to-back queries of settings.samples_per_query samples.
@@ -244,7 +244,7 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
                           _early_stopping(latencies, q, notes), valid, notes)
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 37)
+# %% modules/19_benchmarking/benchmarking.py (cell 34)
 def poisson_arrivals(rate: float, n: int, seed: int | None = 0) -> np.ndarray:
     """n arrival times (seconds, increasing) of a Poisson process of `rate` per second.
 
@@ -275,7 +275,7 @@ def queue_latencies(arrivals, service_times) -> np.ndarray:
     return finish - a
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 40)
+# %% modules/19_benchmarking/benchmarking.py (cell 37)
 def server_arrivals(settings: ScenarioSettings, seed: int = 0) -> np.ndarray:
     """The Server schedule: Poisson arrivals at target_qps until there are min_query_count of them
     AND one at or after min_duration_s (LoadGen's rule). A fixed count of qps * min_duration_s
@@ -333,7 +333,7 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
                            "latency_bound_s": settings.latency_bound_s})
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 43)
+# %% modules/19_benchmarking/benchmarking.py (cell 40)
 def find_max_qps(meets: Callable, low: float, high: float, rel_tol: float = 0.05, max_steps: int = 30) -> QPSSearch:
     """The highest rate in [low, high] at which meets(rate) holds, by bisection in log space.
 
@@ -368,7 +368,7 @@ def find_max_qps(meets: Callable, low: float, high: float, rel_tol: float = 0.05
     return QPSSearch(low, high, history, results)
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 46)
+# %% modules/19_benchmarking/benchmarking.py (cell 43)
 def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                 seed: int = 0) -> ScenarioResult:
     """Offline: queries of settings.samples_per_query samples at once; throughput in samples/s.
@@ -403,7 +403,7 @@ def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Calla
                           {"samples_per_query": spq})
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 49)
+# %% modules/19_benchmarking/benchmarking.py (cell 46)
 def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] = time.sleep, seed: int = 0, energy_meter=None,
                  tokens_per_sample=None) -> ScenarioResult:
@@ -430,7 +430,7 @@ def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Call
     return result
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 51)
+# %% modules/19_benchmarking/benchmarking.py (cell 48)
 @dataclass(frozen=True)
 class QualityTarget:
     """An optimized model counts only if its `metric` reaches the threshold set from the FP32 reference."""
@@ -455,7 +455,7 @@ class QualityTarget:
         return v >= self.threshold if self.higher_is_better else v <= self.threshold
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 54)
+# %% modules/19_benchmarking/benchmarking.py (cell 51)
 def measure_accuracy(model, x, y, confidence: float = 0.95) -> Estimate:
     """Test accuracy of a classifier (tinytorch.models.evaluate.accuracy) with its Wilson interval."""
     from tinytorch.models.evaluate import accuracy
@@ -499,7 +499,7 @@ def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, 
             "total": percentile_ci(full, 0.5), "new_tokens": new_tokens, "energy": energy}
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 56)
+# %% modules/19_benchmarking/benchmarking.py (cell 53)
 def validate_report(d) -> None:
     """Raise ReportError unless `d` is a report dict this code reads.
 
@@ -558,7 +558,7 @@ class BenchmarkReport(Report):
         return cls.from_dict(d)
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 59)
+# %% modules/19_benchmarking/benchmarking.py (cell 56)
 def pareto_front(points, maximize=None) -> np.ndarray:
     """Indices (sorted) of the non-dominated rows of `points` (n, k). Objectives are minimized,
     except those with maximize[k] True.
@@ -580,7 +580,7 @@ def pareto_front(points, maximize=None) -> np.ndarray:
     return np.flatnonzero(~dominated)
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 62)
+# %% modules/19_benchmarking/benchmarking.py (cell 58)
 def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3,
                 size_key: str = "disk_bytes"):
     """Quality vs scenario latency for every variant with both; marker area ~ memory[size_key]; the front

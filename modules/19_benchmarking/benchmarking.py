@@ -46,6 +46,7 @@ import numpy as np
 
 import tinytorch.core as tc
 from tinytorch.utils.notebook import plt, raises, show
+from tinytorch.utils.testing import FakeClock
 from tinytorch import datasets, models
 from tinytorch.models.evaluate import accuracy, lm_loss
 
@@ -100,12 +101,10 @@ for _run in range(3):
 # | Server | queries of 1 sample arrive at random (Poisson) at a target rate | the highest rate whose 99th-percentile latency meets a bound | 270,336 queries and 600 s |
 # | Offline | one query with all samples | samples per second | 24,576 samples and 600 s |
 #
-# The minimums exist so that a p99 rests on enough samples and a run lasts long enough
-# to see thermal throttling, garbage collection and other slow events. Ten minutes per
-# run is too long for a notebook, so our settings take the counts as **parameters**:
-# `mlperf_settings(scenario)` holds MLPerf's values, `notebook_settings(scenario)`
-# small ones, and every result records which were used and says whether the run met
-# them.
+# The minimums make a p99 rest on enough samples and a run last long enough to see
+# throttling, garbage collection and other slow events. Ten minutes is too long for a
+# notebook, so the counts are **parameters**: `mlperf_settings(scenario)` holds MLPerf's,
+# `notebook_settings(scenario)` small ones, and every result says whether it met them.
 #
 # **Percentiles and their intervals.** The `q`-quantile of latency, `xi`, is a
 # point with a fraction `q` of queries below it. Sort `n` measured latencies
@@ -117,10 +116,9 @@ for _run in range(3):
 # even `[x(1), x(20)]` has only `1 - 0.9^20 = 87.8%` coverage. Tail percentiles need
 # many queries, which is why MLPerf asks for hundreds of thousands for a p99.
 #
-# **Bootstrap.** For any statistic (a median, a mean, a ratio of two medians) resample
-# the `n` measurements with replacement many times, compute the statistic on each
-# resample, and take the middle 95% of those values. It assumes only that the samples
-# are independent draws; it is approximate for small `n`.
+# **Bootstrap.** For any statistic (a median, a ratio of two medians) resample the `n`
+# measurements with replacement many times and take the middle 95% of the statistic's
+# values. It assumes independent draws, and is approximate for small `n`.
 #
 # **t-interval for a mean.** `mean +- t(1 - alpha/2, n - 1) * s / sqrt(n)`, with `s`
 # the sample standard deviation and `t` Student's quantile. Worked example: samples
@@ -141,38 +139,30 @@ for _run in range(3):
 # p99). LoadGen's `MinPassingQueriesFinder` solves the same inequality (with an optional
 # tolerance) through the regularized incomplete beta function.
 #
-# **Paired comparison.** To say "INT8 is 1.3x slower than FP32", time them
-# **interleaved** (A, B, A, B, ...) so that a burst of background load hits both, and
-# bootstrap the ratio of their medians by resampling the *pairs*. If the interval
-# excludes 1, the difference is a claim at that confidence; if it contains 1, the
-# honest statement is "no difference measured".
+# **Paired comparison.** Time A and B **interleaved** (A, B, A, B, ...) so a burst of
+# background load hits both, and bootstrap the ratio of their medians by resampling the
+# *pairs*. If the interval excludes 1 it is a claim; if not, "no difference measured".
 #
-# **Server.** Arrivals of a Poisson process at rate `lambda` have independent
-# exponential gaps of mean `1 / lambda`. One worker serves queries in arrival order; a
-# query that arrives while the worker is busy waits. With arrival times `a_i` and
-# service times `s_i`, the finish times follow the recursion
-# `f_i = max(a_i, f_(i-1)) + s_i`, and the latency a user sees is `f_i - a_i`, waiting
-# included. Worked example: arrivals `[0, 1, 2]` ms, service 1.5 ms each: finishes
-# `[1.5, 3.0, 4.5]`, latencies `[1.5, 2.0, 2.5]` ms: the queue grows because the
-# worker is slower than the arrivals. The Server result is the highest rate whose p99
-# still meets the bound.
+# **Server.** Poisson arrivals at rate `lambda` have independent exponential gaps of
+# mean `1 / lambda`. One worker serves queries in arrival order, so with arrival times
+# `a_i` and service times `s_i` the finish times are `f_i = max(a_i, f_(i-1)) + s_i` and
+# a user sees `f_i - a_i`, waiting included. Worked example: arrivals `[0, 1, 2]` ms,
+# 1.5 ms each: finishes `[1.5, 3.0, 4.5]`, latencies `[1.5, 2.0, 2.5]` ms; the queue grows
+# because the worker is slower than the arrivals.
 #
-# **Quality.** A faster model that answers worse is not a result. MLPerf's closed
-# division requires 99% of the FP32 reference quality (99.9% for its "high accuracy"
-# variants). We use 99% of the FP32 test accuracy for the digits classifiers, and for
-# `tiny_gpt` a perplexity at most `1 / 0.99` times the FP32 one.
+# **Quality.** A faster model that answers worse is not a result: MLPerf's closed
+# division requires 99% of the FP32 quality (99.9% for "high accuracy"). We use 99% of
+# the FP32 test accuracy, and for `tiny_gpt` a perplexity at most `1 / 0.99` times FP32's.
 
 # %% [markdown]
 # ## 3. Build it
 #
-# What you do not write is given in short, hand-written library modules; read them beside
-# this notebook. `tinytorch.utils.stats`: the `Estimate` every figure is reported as, the checks
-# of samples, confidences and fractions, and Student's t, normal and binomial
-# distributions (NumPy has no statistics library, and this project does not depend on
-# SciPy). `tinytorch.utils.loadgen`: the scenario settings (`mlperf_settings`,
-# `notebook_settings`), the `ScenarioResult` of a run, the validity rule on its size,
-# `interleave` and the energy entries. `tinytorch.utils.reporting`: the report's data, JSON
-# form, table and plots. `tinytorch.utils.system.machine_info()`: the machine a result ran on.
+# What you do not write is given in short library modules; read them beside this
+# notebook. `tinytorch.utils.stats`: the `Estimate` every figure is reported as, input
+# checks, and Student's t, normal and binomial distributions (the project does not depend
+# on SciPy). `tinytorch.utils.loadgen`: scenario settings, the `ScenarioResult` of a run,
+# its validity rule, `interleave` and the energy entries. `tinytorch.utils.reporting`: the
+# report's data, JSON form, table and plots. `tinytorch.utils.system.machine_info()`.
 
 # %%
 #| export
@@ -605,16 +595,21 @@ print("paired_ratio: ok", _r.format(), "|", _fast.format())
 # %% [markdown]
 # ### 3.6 The scenarios
 #
-# A **system under test** (SUT) is any function that takes a batch of samples (an array
-# whose first axis is the sample) and returns the answers. The **query sample library**
-# is the array of samples; each query draws its samples at random from it (a seeded
-# generator), outside the timed region. Every scenario returns a `ScenarioResult`
-# (given): the latencies, the metric as an `Estimate`, MLPerf's early-stopping
-# bound where it applies, and whether the run met its settings.
+# A **system under test** (SUT) is any function that takes a batch of samples (first axis:
+# the sample) and returns the answers. Each query draws its samples at random (seeded)
+# from the sample array, outside the timed region. Every scenario returns a
+# `ScenarioResult` (given): the latencies, the metric as an `Estimate`, MLPerf's
+# early-stopping bound where it applies, and whether the run met its settings. Each
+# runner takes the `clock` as a parameter: the notebook uses `time.perf_counter`; the
+# tests pass `tinytorch.utils.testing.FakeClock` (given), which a fake SUT advances by a
+# known latency (`sleep` moves it too, and is recorded), so no real time passes and
+# every number is known in advance.
 #
-# Each runner takes the `clock` as a parameter. The notebook uses the real
-# `time.perf_counter`; the tests pass a fake clock that a fake SUT advances by a known
-# latency, so the scenario logic is tested exactly, with no timing in the tests.
+# **SingleStream and MultiStream** are one loop: issue a query of `samples_per_query`
+# samples, wait for it, issue the next, until the run has `min_query_count` queries
+# **and** has lasted `min_duration_s` (or hits the safety stop `max_duration_s`, invalid
+# if the minimums are not met). Report the settings' percentile with `percentile_ci`,
+# and the early-stopping bound (`_early_stopping`, given, notes why when there is none).
 
 # %%
 #| export
@@ -624,15 +619,6 @@ def _early_stopping(latencies, q: float, notes: list):
     except ValueError as err:
         notes.append(f"no early-stopping bound: {err}")
         return None
-
-
-# %% [markdown]
-# **SingleStream and MultiStream** are the same loop: issue a query of
-# `samples_per_query` samples, wait for it, issue the next, until the run has at least
-# `min_query_count` queries **and** has lasted `min_duration_s` (or hits the safety stop
-# `max_duration_s`, which makes it invalid if the minimums are not met). Report the
-# percentile of the settings (0.9 or 0.99) with `percentile_ci`, and the early-stopping
-# bound.
 
 # %% nbgrader={"grade": false, "grade_id": "run-stream", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -690,26 +676,11 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
     ### END SOLUTION
 
 
-# %% [markdown]
-# The test uses a fake clock (`tinytorch.utils.testing.FakeClock`, given): calling it returns
-# its time, and a fake SUT advances it by a latency we choose (`sleep` moves it too, and
-# is recorded). No real time passes, and every number is known in advance.
-
-# %%
-from tinytorch.utils.testing import FakeClock
-
-
 # %% nbgrader={"grade": true, "grade_id": "test-run-stream", "locked": true, "points": 10, "schema_version": 3, "solution": false}
 _clock = FakeClock()
 _lat = iter(np.tile(np.arange(1, 11) * 1e-3, 1000))  # latencies 1, 2, ..., 10 ms, repeating
 _sizes = []
-
-
-def _fake_sut(batch):
-    _sizes.append(len(batch))
-    _clock.advance(next(_lat))
-
-
+_fake_sut = lambda batch: (_sizes.append(len(batch)), _clock.advance(next(_lat)))  # noqa: E731
 _s = notebook_settings("SingleStream", min_query_count=100, min_duration_s=0.0, warmup_queries=5)
 _r = run_stream(_fake_sut, np.arange(50.0), _s, clock=_clock)
 assert _r.queries == 100 and _r.samples == 100 and _r.valid, _r
@@ -818,17 +789,14 @@ assert np.allclose(queue_latencies([0.0, 10.0], [1.0, 1.0]), [1, 1]), "an idle w
 print("poisson_arrivals, queue_latencies: ok")
 
 # %% [markdown]
-# Now the real run. `run_server` issues query `i` at `start + arrivals[i]` in real
-# time: it sleeps until then if the worker is idle; if the worker is busy, the query
-# starts late and its latency counts from its scheduled arrival, waiting included: the
-# recursion above, with service times measured instead of given. (A simulation fed with
-# SingleStream service times would assume they do not depend on the load; on a real
-# machine they do: shared caches, the OS scheduler, bursts of background work.) The run
-# lasts until `min_query_count` queries have arrived and one at or after `min_duration_s`
-# (`server_arrivals`, LoadGen's rule), bounded by `max_duration_s`; it is valid if the
-# minimums are met and the measured percentile is at most the bound. `time.sleep` wakes
-# up late, and that counts as latency (as in a real server): `python -m benchmarks.run
-# benchmarking` measures it; keep the bound well above it.
+# Now the real run. `run_server` issues query `i` at `start + arrivals[i]` in real time:
+# it sleeps until then if the worker is idle; if the worker is busy the query starts
+# late, and its latency counts from its scheduled arrival: the recursion above, with
+# measured service times (which, on a real machine, depend on the load). The schedule
+# (`server_arrivals`, given) runs until `min_query_count` queries have arrived and one at
+# or after `min_duration_s` (LoadGen's rule). The run is valid if the minimums are met
+# and the percentile is at most the bound. `time.sleep` wakes up late and that counts as
+# latency, as in a real server (`python -m benchmarks.run benchmarking` measures it).
 
 # %% nbgrader={"grade": false, "grade_id": "run-server", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -907,12 +875,7 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
 # %% nbgrader={"grade": true, "grade_id": "test-run-server", "locked": true, "points": 10, "schema_version": 3, "solution": false}
 _clock = FakeClock()
 _service = 0.004                                             # the fake worker takes 4 ms per query
-
-
-def _fake_server_sut(batch):
-    _clock.advance(_service)
-
-
+_fake_server_sut = lambda batch: _clock.advance(_service)  # noqa: E731
 _s = notebook_settings("Server", target_qps=200.0, latency_bound_s=0.010, min_query_count=400,
                        min_duration_s=0.0, max_duration_s=math.inf, warmup_queries=0)
 _r = run_server(_fake_server_sut, np.arange(10.0), _s, clock=_clock, sleep=_clock.sleep, seed=7)
@@ -925,14 +888,8 @@ _over = run_server(_fake_server_sut, np.arange(10.0), _s.replace(target_qps=400.
                    sleep=_clock.sleep, seed=7)
 assert not _over.valid and _over.latencies[-1] > 0.1 and "bound" in " ".join(_over.notes)
 ### BEGIN HIDDEN TESTS
-_hcalls = [0]
-
-
-def _hslow_first(batch):                   # the first 5 calls (the warm-up) take 0.5 s, then 4 ms
-    _hcalls[0] += 1
-    _clock.advance(0.5 if _hcalls[0] <= 5 else _service)
-
-
+_hcalls = []                               # the first 5 calls (the warm-up) take 0.5 s, then 4 ms
+_hslow_first = lambda b: (_hcalls.append(1), _clock.advance(0.5 if len(_hcalls) <= 5 else _service))  # noqa: E731
 _hr = run_server(_hslow_first, np.arange(10.0), _s.replace(warmup_queries=5), clock=_clock, sleep=_clock.sleep, seed=7)
 assert _hr.queries == 400 and np.allclose(_hr.latencies, _expected), ("warm-up queries are neither timed nor counted, and "
     f"the schedule starts after them: expected the 400 latencies of the 4 ms queue, got {_hr.queries} queries, max {_hr.latencies.max():.3g} s")
@@ -1006,22 +963,14 @@ assert 37.3 / 1.05 <= _q.max_qps <= 37.3 < _q.failed_qps <= 37.3 * 1.05, _q
 assert len(_q.history) <= 2 + math.ceil(math.log2(math.log(1000) / math.log(1.05))) + 1
 assert find_max_qps(lambda r: True, 1.0, 8.0).max_qps == 8.0
 raises(find_max_qps, lambda r: False, 1.0, 8.0, exc=ValueError)  # no passing rate
-
-
 # against the fake 4 ms worker with a 10 ms p99 bound: the oracle is a fine scan of the queue recursion
-def _p99_at(rate):
-    return np.percentile(queue_latencies(poisson_arrivals(rate, 400, seed=7), np.full(400, 0.004)), 99)
-
-
 _grid = np.linspace(10, 250, 2401)
-_true_max = _grid[[_p99_at(r) <= 0.010 for r in _grid]].max()
-
-
-def _fake_run(rate):
+_true_max = _grid[[np.percentile(queue_latencies(poisson_arrivals(r, 400, seed=7), np.full(400, 0.004)), 99) <= 0.010
+                   for r in _grid]].max()
+def _fake_run(rate):                       # a server run at `rate` on a fresh fake clock
     clock = FakeClock()
     return run_server(lambda b: clock.advance(0.004), np.arange(10.0), _s.replace(target_qps=float(rate)),
                       clock=clock, sleep=clock.sleep, seed=7)
-
 
 _q = find_max_qps(_fake_run, 10.0, 250.0, rel_tol=0.01)
 assert _q.max_qps <= _true_max + 0.1 and _q.failed_qps >= _true_max, (_q.max_qps, _true_max, _q.failed_qps)
@@ -1090,13 +1039,7 @@ def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Calla
 # %% nbgrader={"grade": true, "grade_id": "test-run-offline", "locked": true, "points": 5, "schema_version": 3, "solution": false}
 _clock = FakeClock()
 _seen = []
-
-
-def _batched_sut(batch):                   # 1 ms fixed cost + 0.1 ms per sample: batching pays
-    _seen.append(np.array(batch))
-    _clock.advance(1e-3 + 1e-4 * len(batch))
-
-
+_batched_sut = lambda batch: (_seen.append(np.array(batch)), _clock.advance(1e-3 + 1e-4 * len(batch)))  # noqa: E731  (1 ms + 0.1 ms per sample)
 _o = run_offline(_batched_sut, np.arange(100.0), notebook_settings("Offline", samples_per_query=250, min_query_count=4,
                                                                    min_duration_s=0.0, warmup_queries=1),
                  clock=_clock)
@@ -1125,12 +1068,10 @@ print("run_offline: ok", _o)
 
 # %% [markdown]
 # One dispatcher runs any scenario from its settings (given). It reads module 14's
-# `EnergyMeter` around the whole run and files the energy in the result's `extra` (and
-# so in the JSON report): joules in all, **per query** (spread over `queries +
-# warmup_queries`: warm-up queries are queries too), **per 1,000 tokens** when a sample
-# is `tokens_per_sample` tokens, and the source, `"measured (RAPL)"` or `"estimated:
-# CPU-seconds x W per core"`: an estimate is never reported as a measurement. (RAPL also
-# charges the idle power of the Server's waits between arrivals; the estimate does not.)
+# `EnergyMeter` around the run and files in `extra` (so in the JSON report) the joules in
+# all, per query (warm-up queries count), per 1,000 tokens when a sample is
+# `tokens_per_sample` tokens, and the source: `"measured (RAPL)"` or `"estimated:
+# CPU-seconds x W per core"`, never an estimate passed off as a measurement.
 
 # %%
 #| export
@@ -1215,14 +1156,11 @@ assert not QualityTarget("loss", 2.0, 0.95, higher_is_better=False).met(2.2), "l
 print(f"QualityTarget: ok; digits_mlp threshold {_acc.threshold:.4f}, tiny_gpt perplexity threshold {_ppl.threshold:.3f}")
 
 # %% [markdown]
-# Measuring quality and size (given). Accuracy comes from `tinytorch.models.evaluate`
-# with its Wilson interval; the language model's loss from `evaluate.lm_loss` on `groups`
-# equal slices of the validation text (their mean is the loss over the whole text, their
-# spread gives a t-interval; perplexity `exp(loss)` takes the exponential of it). Sizes
-# (`measure_footprint`, in `tinytorch.utils.reporting`) come from module 14: parameter and
-# buffer bytes, the activation peak of one forward, the checkpoint's bytes on disk.
-# `measure_generation` times `generate(n)`, which makes `n` new tokens: time to first
-# token (TTFT) is the time of `generate(1)`, time per output token (TPOT) is
+# Measuring quality and size (given). Accuracy comes with its Wilson interval; the
+# language model's loss is `evaluate.lm_loss` on `groups` equal slices of the text (their
+# spread gives a t-interval; perplexity is `exp(loss)`). Sizes (`measure_footprint`)
+# come from module 14. `measure_generation` times `generate(n)` (n new tokens): time to
+# first token (TTFT) is the time of `generate(1)`, time per output token (TPOT)
 # `(time of generate(n) - TTFT) / (n - 1)`, in interleaved pairs.
 
 # %%
@@ -1273,13 +1211,12 @@ def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, 
 # %% [markdown]
 # ### 3.8 The report
 #
-# A `VariantResult` gathers one model variant's figures: its quality with the target,
-# its scenario results, its memory and size. A `BenchmarkReport` holds the variants and
-# the system they ran on (`machine_info()`). It is saved as JSON with a **schema name and
-# version**: a reader must refuse a file it does not understand instead of guessing, and
-# say which field or version is wrong. You write `validate_report` and the `save`/`load`
-# pair (`save` through `atomic_write`, so a crash never leaves half a file);
-# `VariantResult`, `to_dict`, the table and the plots are given in `tinytorch.utils.reporting`.
+# A `VariantResult` gathers one variant's quality with its target, scenario results and
+# memory; a `BenchmarkReport` holds the variants and the system they ran on
+# (`machine_info()`). Its JSON carries a **schema name and version**: a reader refuses a
+# file it does not understand, and says which field or version is wrong. You write
+# `validate_report` and `save`/`load` (`save` through `atomic_write`, so a crash never
+# leaves half a file); the rest is given in `tinytorch.utils.reporting`.
 
 # %% nbgrader={"grade": false, "grade_id": "report", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1404,6 +1341,9 @@ print(_rep)
 # as good in every objective and strictly better in one; the **Pareto front** is the
 # set of variants no other dominates. Compare every pair at once with broadcasting:
 # `le[i, j, k]` says whether point `j` is at least as good as point `i` in objective `k`.
+# Two plots every report needs are given (`tinytorch.utils.reporting`): the latency
+# distribution of scenario runs (an empirical CDF with the percentile each reports), and
+# quality against latency, marker area the size, joined along your front (`plot_pareto`).
 
 # %% nbgrader={"grade": false, "grade_id": "pareto", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1452,11 +1392,6 @@ assert list(pareto_front([[3.0, 1.0]])) == [0], "a single point is its own front
 ### END HIDDEN TESTS
 print("pareto_front: ok")
 
-# %% [markdown]
-# Two plots every report needs (given in `tinytorch.utils.reporting`): the latency
-# distribution of scenario runs (an empirical CDF, with the percentile each reports),
-# and quality against latency with the size as marker area, joined along your front.
-
 # %%
 #| export
 def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3,
@@ -1473,19 +1408,17 @@ def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None
 #
 # ### 4.1 The digits classifiers: FP32, INT8, pruned + INT8
 #
-# Three variants of each trained digits model: **FP32**, the reference; **INT8**,
-# module 15's `quantize_model` (int8 weights, calibrated activations); **pruned + INT8**,
-# module 16's `prune_structured` (half the hidden units go: a smaller *dense* model, so
-# NumPy really does less work), two epochs of `train_epochs`, then INT8, its size on disk
-# that of module 16's `save_compressed` (sparse int8). Modules 15 and 16 are imported
-# here, at the point of use: the package `tinytorch.benchmarking` does not depend on them.
+# Three variants of each trained digits model: **FP32**, the reference; **INT8**, module
+# 15's `quantize_model`; **pruned + INT8**, module 16's `prune_structured` (half the
+# hidden units go: a smaller *dense* model, so NumPy really does less work), two epochs
+# of `train_epochs`, then INT8, its size on disk that of module 16's `save_compressed`.
+# Modules 15 and 16 are imported here, at the point of use: the package does not need them.
 #
 # Each variant runs the four scenarios with `notebook_settings` (a few hundred queries,
 # not MLPerf's ten minutes; every result records that), quality on the 360 test images
 # with the 99% target, and memory. Server: the p99 bound is 10 ms (MLPerf sets one per
 # benchmark, 15 ms for ResNet-50) and `find_max_qps` searches 200 to 20,000 queries/s to
-# within 25%; the report keeps the last passing run and the bracket (a variant that
-# misses the bound even at 200 queries/s keeps that failing run, and is not valid).
+# within 25% (a variant that misses the bound even at 200/s keeps that run, invalid).
 
 # %%
 import copy
@@ -1565,20 +1498,16 @@ for v in report.variants:
 # - **Quality.** With 360 test images the Wilson interval of a 98% accuracy spans about
 #   three points, three times the 1% margin the target allows. The target is met or
 #   missed on the point value, as in MLPerf; a variant below it is not valid, however fast.
-# - **Latency.** The MLP's SingleStream p90 of one image is a fraction of a millisecond:
-#   Python and NumPy call overhead dominates, not arithmetic. INT8 in NumPy has no integer
-#   GEMM, so it quantizes and dequantizes around a float matmul and is *slower* than FP32
-#   (as module 15 measured; the paired comparison below puts an interval on it). Pruned +
-#   INT8 does half of INT8's work in its hidden layers, so it should land between the two;
-#   on a busy machine close variants swap places from run to run, as their overlapping
-#   intervals warn. The CNN's convolutions go through im2col and BLAS; when other
-#   processes keep the cores busy (the load, last line), its p90 can grow to milliseconds.
+# - **Latency.** The MLP's SingleStream p90 is a fraction of a millisecond: call overhead,
+#   not arithmetic. NumPy has no integer GEMM, so INT8 dequantizes around a float matmul
+#   and is *slower* than FP32 (as module 15 measured; the paired ratio below puts an
+#   interval on it). Pruned + INT8 should land between the two; close variants swap
+#   places from run to run, as their overlapping intervals warn. The CNN's im2col
+#   products suffer most when other processes keep the cores busy (the load, last line).
 # - **Server and Offline.** The highest Poisson rate that keeps the p99 under 10 ms (a
 #   search bracket, not a confidence interval), and the throughput with all 360 images in
-#   one query: compared with the SingleStream rate `1 / latency`, one call instead of 360
-#   is worth 2x to 8x for most variants in our runs on a lightly loaded machine (batching,
-#   as module 18 found). Batched products also suffer most when BLAS threads wait for busy
-#   cores: under load the gap shrinks and the Offline intervals widen.
+#   one query: against the SingleStream rate `1 / latency`, one call instead of 360 is
+#   worth 2x to 8x for most variants on a lightly loaded machine (batching, module 18).
 # - **Size.** `disk KiB` is the file a deployment ships: the INT8 checkpoint is about 4x
 #   smaller than FP32, the pruned sparse file smaller again.
 #
@@ -1631,12 +1560,8 @@ print("not valid:", [v.name for v in report.variants if not v.valid] or "none")
 
 # %% [markdown]
 # The rules pick by point value. Where the winner's interval overlaps the runner-up's
-# (look at the Offline column of the table), the ranking is not a claim; a paired
-# comparison is how to make one, as below.
-
-# %% [markdown]
-# Is INT8 really slower than FP32, or is it noise? Two single runs cannot say. Time
-# them interleaved and form the paired ratio:
+# (the Offline column), the ranking is not a claim. Is INT8 really slower than FP32, or
+# is it noise? Two single runs cannot say; time them interleaved and form the paired ratio:
 
 # %%
 _mlp_fp32, _mlp_int8 = models.load("digits_mlp"), quantize_model(models.load("digits_mlp"), calibration)
@@ -1699,24 +1624,18 @@ for _name, _g in generation.items():
 print("energy:", generation["cached (module 17)"]["energy"].source)
 
 # %% [markdown]
-# Read the three lines. The plain loop pays a full forward over the growing sequence for
-# every token, so its TPOT is several times the cached one; its TTFT is about one
-# forward of the prompt, as is the cached TTFT (the cache must be filled first: the
-# prefill). Batching 8 prompts costs more per step than one, but each step yields 8
-# tokens, so on a quiet machine the decode throughput (the last column) is several times
-# higher, while each user's TTFT grows (8 prefills come first) and so does the time per
-# step: the trade every LLM server tunes (module 18). The medians come with
-# order-statistic intervals from only 5 to 7 repeats; `measure_generation` times
-# `generate(1)` and `generate(16)` interleaved so that a slow moment hits both. Under
-# heavy background load these intervals become very wide, and a TPOT can even come out
-# as 0 (`generate(1)` happened to be slower than `generate(16)` in most pairs): the
-# interval is then the honest answer, "we do not know", and the table says `n/a`.
-#
-# The last column is energy per 1,000 generated tokens (prefill included: every call of
-# the measurement is counted, its tokens too), from module 14's `EnergyMeter`; the line
-# after the three says whether it was measured or estimated. Without readable RAPL
-# counters it is CPU-seconds x W per core, so it ranks the three ways as their CPU time
-# does; milestone 06 reports the same joules per token and their ratios.
+# Read the three lines. The plain loop runs a full forward over the growing sequence for
+# every token, so its TPOT is several times the cached one; both TTFTs are about one
+# forward of the prompt (the cache must be filled first: the prefill). Batching 8
+# prompts costs more per step, but each step yields 8 tokens, so on a quiet machine the
+# decode throughput is several times higher while each user's TTFT and time per step
+# grow: the trade every LLM server tunes (module 18). The medians rest on 5 to 7
+# interleaved repeats; under heavy load their intervals become very wide and a TPOT can
+# come out as 0 (`generate(1)` slower than `generate(16)` in most pairs): the interval
+# then says "we do not know", and the line says `n/a`. The energy column counts every
+# call of the measurement, prefill included, from module 14's `EnergyMeter`; the last
+# line says whether it was measured (RAPL) or estimated (CPU-seconds x W per core, which
+# ranks the three as their CPU time does).
 
 # %% [markdown]
 # ## 5. Systems analysis
@@ -1756,14 +1675,12 @@ show(fig)
 
 # %% [markdown]
 # The interval narrows roughly as `1 / sqrt(n)` (the dotted line): four times the
-# queries for half the width, though a single slow query near the top (another process
-# taking the core) can make a small-`n` order-statistic interval far wider, since its
-# upper end is one of the few largest latencies. At 20 queries there is no 95%
-# order-statistic interval at all (the point is missing from the plot; section 2), and
-# the bootstrap's width there is an optimistic guess. The early-stopping bound needs 44 queries, then its
-# distance above the p90 shrinks the same way; MLPerf uses it so that a slow system
-# can stop early with a guaranteed, slightly pessimistic, percentile instead of running
-# 270,336 queries.
+# queries for half the width, though one slow query near the top (another process taking
+# the core) can widen a small-`n` order-statistic interval a lot. At 20 queries there is
+# no 95% order-statistic interval at all (the missing point; section 2), and the
+# bootstrap's width there is an optimistic guess. The early-stopping bound needs 44
+# queries, then its distance above the p90 shrinks the same way: MLPerf uses it so a slow
+# system can stop early with a guaranteed, slightly pessimistic percentile.
 #
 # ### 5.2 Warm-up
 #
@@ -1795,89 +1712,53 @@ ax.set(yscale="log", xlabel="call number of a freshly loaded digits_cnn", ylabel
 show(fig)
 
 # %% [markdown]
-# The first call costs more than a warm one (the printed ratio: first use of the arrays
-# and code paths, im2col buffers allocated, caches cold); the plot shows how many calls
-# it takes to settle. For a model this small the cold cost is one or two slow calls, so
-# in 60 queries it can only reach the maximum and the mean, not the p90, and the two
-# SingleStream lines may differ by no more than their noise (compare their intervals).
-# For a large model whose first calls allocate hundreds of megabytes, or a runtime that
-# compiles on the first call (`torch.compile`, ONNX Runtime's graph optimizations), the
-# cold calls are much slower and more numerous.
-# That is why LoadGen and `run_stream` discard warm-up queries, and why the settings
-# record how many.
+# The first call costs more than a warm one (the printed ratio: cold caches, im2col
+# buffers allocated); the plot shows how many calls it takes to settle. For a model this
+# small that is one or two slow calls, so in 60 queries they reach the maximum and the
+# mean, not the p90: the two SingleStream lines differ by no more than their intervals.
+# A large model, or a runtime that compiles on the first call (`torch.compile`, ONNX
+# Runtime's graph optimizations), has many more slow calls. That is why LoadGen and
+# `run_stream` discard warm-up queries, and the settings record how many.
 #
-# ### 5.3 Background load
+# ### 5.3 Background load and BLAS threads
 #
-# The machine is shared. Start a second Python process that keeps one core busy for a
-# few seconds (bounded), and run the same SingleStream on `tiny_gpt` forwards (64
-# tokens, BLAS-heavy) before, during and after it.
+# The machine is shared. A second Python process keeps one core busy for at most 6 s
+# (`busy_core`, given), and the same SingleStream of `tiny_gpt` forwards (64 tokens,
+# BLAS-heavy) runs before, during and after it.
 
 # %%
-from tinytorch.utils.contention import blas_timings, busy_core  # given: the child processes of 5.3 and 5.4
+from tinytorch.utils.contention import busy_core  # given: the child process that takes one core
 
 _x64 = val_ids[None, :64]
 _gpt_sut = lambda batch: forward_fn(gpt)(_x64)  # noqa: E731  (the query content does not matter here)
 _small = notebook_settings("SingleStream", min_query_count=40, min_duration_s=0.0, max_duration_s=4.0,
                            warmup_queries=3)
 load_runs = {"quiet (before)": run_stream(_gpt_sut, np.zeros(1), _small)}
-with busy_core(seconds=6.0):  # a second Python spinning on one core for at most 6 s
+with busy_core(seconds=6.0):
     load_runs["one core busy"] = run_stream(_gpt_sut, np.zeros(1), _small)
 load_runs["quiet (after)"] = run_stream(_gpt_sut, np.zeros(1), _small)
 for _name, _r in load_runs.items():
     print(f"{_name:15s}: median {np.median(_r.latencies) * 1e3:7.2f} ms, p90 {_r.value.scaled(1e3).format(' ms')}, "
           f"{_r.queries} queries{'' if _r.valid else ' (INVALID: ' + '; '.join(_r.notes) + ')'}")
-print(f"load average now: {os.getloadavg()[0]:.2f}")
+print(f"load average now: {os.getloadavg()[0]:.2f}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
 fig, ax = plt.subplots(figsize=(7, 4))
 plot_latency_distribution(load_runs, ax=ax)
 ax.set_title("tiny_gpt forward (T=64): quiet vs one core busy")
 show(fig)
 
 # %% [markdown]
-# Compare the two printed p90s. How much one busy core hurts depends on the BLAS threads:
-# with OpenBLAS using both cores, each matrix product can wait for the thread on the busy
+# Compare the printed p90s. How much one busy core hurts depends on the BLAS threads.
+# With OpenBLAS using both cores, every matrix product waits for the thread on the busy
 # core, and the p90 under load can be several times the quiet one (module 14 measured a
 # 128 x 128 matmul going from 0.06 ms to 16 ms); with one BLAS thread (as the milestone
-# runs) the kernel gives our single thread the free core, and the two are close (we have
-# seen 1.1x). If the machine already had other work running, the "quiet" runs are not
-# quiet either: compare them with the load average printed above. A benchmark must
-# record the load (`machine_info()` does) and compare variants interleaved.
-#
-# ### 5.4 BLAS threads
-#
-# OpenBLAS reads `OPENBLAS_NUM_THREADS` once, when NumPy loads, so each setting needs
-# its own process. Each child times a 256 x 256 float32 matmul and a `tiny_gpt`
-# forward on 8 sequences of 64 tokens, 20 times each, and prints the samples as JSON
-# (`blas_timings`); the children run one after another, alternating 1, 2, 1, 2 threads,
-# each bounded to 30 s (on a heavily loaded machine a child may not finish; the cell says so).
-
-# %%
-blas = {1: {"matmul": [], "gpt": []}, 2: {"matmul": [], "gpt": []}}
-for _threads in (1, 2, 1, 2):
-    _samples = blas_timings(_threads, repeats=20, timeout=30)
-    if _samples is None:  # a heavily loaded machine: say so and go on
-        print(f"{_threads} thread(s): the child did not finish in 30 s (skipped)")
-        continue
-    for _k, _v in _samples.items():
-        blas[_threads][_k] += _v
-for _k in ("matmul", "gpt"):
-    if not (blas[1][_k] and blas[2][_k]):
-        print(f"{_k}: no comparison (a setting timed out)")
-        continue
-    _one, _two = percentile_ci(blas[1][_k], 0.5), percentile_ci(blas[2][_k], 0.5)
-    print(f"{_k:6s}: 1 thread median {_one.scaled(1e3).format(' ms')}; 2 threads {_two.scaled(1e3).format(' ms')}; "
-          f"1-thread / 2-thread = {_one.value / _two.value:.2f}")
-print(f"load average now: {os.getloadavg()[0]:.2f}")
-
-# %% [markdown]
-# Which setting wins depends on the machine's state. With both cores free, a second
-# thread can halve a large enough product; the GPT forward, a chain of smaller products
-# and element-wise NumPy work, gains less. With other processes on the cores (compare
-# the load average printed above with the 2 cores), the second thread waits for a busy
-# core at every product, and one thread can be many times faster: in our runs at load
-# averages of 5 to 7, two threads made the 256 x 256 matmul 45 to 95 times *slower*.
-# The printed ratios are this run's. Either way the thread
-# count is part of the result, and `machine_info()` records `OPENBLAS_NUM_THREADS` when
-# it is set.
+# runs) the kernel gives our thread the free core, and the two are close. The same holds
+# for other people's work: on a loaded machine a second BLAS thread can make a product
+# many times *slower*, not twice as fast. OpenBLAS reads `OPENBLAS_NUM_THREADS` once,
+# when NumPy loads, so comparing thread counts needs one process per setting
+# (`tinytorch.utils.contention.blas_timings` runs one). If other work was already
+# running, the "quiet" runs are not quiet either: compare the load average above. So a
+# result records the load and the thread count (`machine_info()` does), and variants are
+# compared interleaved.
 
 # %% [markdown]
 # ## 6. Reflection
@@ -1903,25 +1784,11 @@ print(f"load average now: {os.getloadavg()[0]:.2f}")
 # %% [markdown]
 # ## 7. Summary
 #
-# You built `tinytorch.benchmarking`:
-# - statistics that say how sure a number is: `percentile_ci` (distribution-free),
-#   `bootstrap_ci`, `t_interval` (with Student's t, not z), `wilson_interval`,
-#   `early_stopping_percentile` (MLPerf's guaranteed bound from few queries), and
-#   `paired_ratio` with `interleave` for "A is faster than B" at a stated confidence;
-# - the four MLPerf scenarios with their rules as parameters: `run_stream`
-#   (SingleStream p90, MultiStream p99 of 8-sample queries), `run_server` (Poisson
-#   arrivals in real time, one first-come first-served worker) with `find_max_qps`,
-#   and `run_offline`;
-# - quality targets (99% of FP32), sizes from module 14 and checkpoint files, TTFT and
-#   TPOT for generation;
-# - `BenchmarkReport`: system information, every figure with its interval, versioned
-#   JSON that refuses what it does not understand, a table, a latency plot and a
-#   Pareto plot.
-#
-# It measured the digits models in FP32, INT8 and pruned + INT8 under all four
-# scenarios with quality targets, `tiny_gpt` generation plain vs cached vs batched, how
-# the p90's interval shrinks with the number of queries, and what warm-up, background
-# load and BLAS threads do to the numbers.
-#
-# This closes the Optimization tier: milestone 06 uses these tools on all the
+# You built `tinytorch.benchmarking` (the table at the top): intervals for percentiles,
+# means, ratios and accuracies, MLPerf's early-stopping bound, the four scenarios with
+# their rules as parameters, quality targets, and a versioned report with its Pareto
+# front. With them you measured the digits models in FP32, INT8 and pruned + INT8,
+# `tiny_gpt` generation plain vs cached vs batched, how a p90's interval shrinks with
+# the number of queries, and what warm-up, background load and BLAS threads do to the
+# numbers. This closes the Optimization tier: milestone 06 uses these tools on all the
 # optimizations of modules 14 to 18.
