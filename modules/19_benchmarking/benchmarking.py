@@ -192,8 +192,8 @@ from tinytorch.utils.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, QPSSearch, Sce
                                notebook_settings)
 from tinytorch.profiling import EnergyMeter, parameter_bytes  # noqa: F401  (section 4 uses parameter_bytes)
 from tinytorch.utils.reporting import (REPORT_FIELDS, REPORT_SCHEMA, SCHEMA_VERSION, VARIANT_FIELDS,  # noqa: F401
-                                 Report, ReportError, VariantResult, energy_estimate, measure_footprint,
-                                 plot_latency_distribution)
+                                 Report, ReportError, VariantResult, energy_estimate, lm_group_losses,
+                                 measure_footprint, plot_latency_distribution, time_generation)
 from tinytorch.utils.stats import (Estimate, as_samples, binomial_cdf, check_confidence, check_fraction,  # noqa: F401
                              min_queries_for_percentile, normal_quantile, t_cdf, t_quantile)
 
@@ -1157,9 +1157,10 @@ print(f"QualityTarget: ok; digits_mlp threshold {_acc.threshold:.4f}, tiny_gpt p
 
 # %% [markdown]
 # Measuring quality and size (given). Accuracy comes with its Wilson interval; the
-# language model's loss is `evaluate.lm_loss` on `groups` equal slices of the text (their
-# spread gives a t-interval; perplexity is `exp(loss)`). Sizes (`measure_footprint`)
-# come from module 14. `measure_generation` times `generate(n)` (n new tokens): time to
+# language model's loss is `evaluate.lm_loss` on `groups` equal slices of the text
+# (`lm_group_losses`; their spread gives a t-interval, perplexity is `exp(loss)`). Sizes
+# (`measure_footprint`) come from module 14. `measure_generation` times `generate(n)`
+# (n new tokens, `time_generation`): time to
 # first token (TTFT) is the time of `generate(1)`, time per output token (TPOT)
 # `(time of generate(n) - TTFT) / (n - 1)`, in interleaved pairs.
 
@@ -1174,36 +1175,20 @@ def measure_accuracy(model, x, y, confidence: float = 0.95) -> Estimate:
 
 
 def measure_lm_quality(model, ids, groups: int = 8, confidence: float = 0.95) -> dict:
-    """{'loss', 'perplexity'}: Estimates from evaluate.lm_loss on `groups` equal slices of `ids`."""
-    from tinytorch.models.evaluate import lm_loss
-
-    check_int(groups, "groups", 2)
-    ids = np.asarray(ids)
-    context = model.config.context_length
-    windows = (len(ids) - 1) // context // groups
-    if windows < 1:
-        raise ValueError(f"{len(ids)} tokens are too few for {groups} groups of one {context}-token window")
-    step = windows * context
-    losses = [lm_loss(model, ids[g * step: (g + 1) * step + 1])["loss"] for g in range(groups)]
+    """{'loss', 'perplexity'}: Estimates from the losses of `groups` equal slices of `ids` (lm_group_losses)."""
+    losses, tokens = lm_group_losses(model, ids, groups)
     loss = t_interval(losses, confidence)
     return {"loss": loss, "perplexity": Estimate(math.exp(loss.value), math.exp(loss.low), math.exp(loss.high),
-                                                 confidence, "t (exp of loss)"),
-            "tokens": groups * step}
+                                                 confidence, "t (exp of loss)"), "tokens": tokens}
 
 
 def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, repeats: int = 10,
                        warmup: int = 1, clock: Callable[[], float] = time.perf_counter, sequences: int = 1,
                        energy_meter=None) -> dict:
-    """{'ttft', 'tpot'} in seconds (medians with order-statistic CIs) for generate(n) producing n tokens,
-    and 'energy': an EnergyReading over every call, per generated token (`sequences` tokens per step)."""
-    check_int(new_tokens, "new_tokens", 2)
-    check_int(sequences, "sequences", 1)
-    meter = energy_meter or EnergyMeter()
-    start = meter.sample()
-    first, full = interleave(lambda: generate(1), lambda: generate(new_tokens), repeats=repeats, warmup=warmup,
-                             clock=clock)
-    energy = meter.since(start, calls=(warmup + repeats) * (1 + new_tokens) * sequences)  # .per_call: J per token
-    per_token = np.maximum(full - first, 0.0) / (new_tokens - 1)
+    """{'ttft', 'tpot', 'total'} in seconds (medians with order-statistic CIs) for generate(n) producing n tokens,
+    and 'energy': an EnergyReading per generated token (time_generation does the interleaved timing)."""
+    first, per_token, full, energy = time_generation(generate, new_tokens, repeats, warmup, clock, sequences,
+                                                     energy_meter)
     return {"ttft": percentile_ci(first, 0.5), "tpot": percentile_ci(per_token, 0.5),
             "total": percentile_ci(full, 0.5), "new_tokens": new_tokens, "energy": energy}
 

@@ -27,7 +27,8 @@ GIVEN = {stats: ["Estimate", "binomial_cdf", "min_queries_for_percentile", "norm
          loadgen: ["MLPERF", "NOTEBOOK", "QPSSearch", "SCENARIOS", "ScenarioResult", "ScenarioSettings",
                    "energy_figures", "interleave", "mlperf_settings", "notebook_settings"],
          reporting: ["REPORT_FIELDS", "REPORT_SCHEMA", "ReportError", "SCHEMA_VERSION", "VARIANT_FIELDS",
-                     "VariantResult", "energy_estimate", "measure_footprint", "plot_latency_distribution"]}
+                     "VariantResult", "energy_estimate", "lm_group_losses", "measure_footprint", "plot_latency_distribution",
+                     "time_generation"]}
 
 
 @pytest.mark.parametrize("module", list(GIVEN), ids=lambda m: m.__name__)
@@ -70,6 +71,8 @@ def test_settings_survive_json_with_no_limit():
     (lambda: loadgen.notebook_settings("SingleStream", warmup_queries=1.5), TypeError, "warmup_queries must be an int"),
     (lambda: loadgen.check_sut("model", np.zeros(3)), TypeError, "callable"),
     (lambda: loadgen.interleave(print, print, repeats=True), TypeError, "repeats must be an int"),
+    (lambda: reporting.time_generation(print, new_tokens=1), ValueError, "new_tokens"),
+    (lambda: reporting.lm_group_losses(None, np.arange(100), groups=1), ValueError, "groups"),
 ])
 def test_bad_arguments_are_errors_that_name_them(call, error, words):
     with pytest.raises(error, match=words):
@@ -111,3 +114,15 @@ def test_the_table_marks_estimated_energy_and_invalid_runs():
     assert "~4" in text, "an estimated energy is marked '~'"
     assert "1.9 [1, 2] !" in text, "an invalid run is marked '!'"
     assert "('~' marks an estimate)" in text and " NO " in text
+
+
+def test_time_generation_separates_the_first_token_and_counts_every_generated_token():
+    clock = FakeClock()
+    generate = lambda n: clock.advance(0.010 + 0.002 * (n - 1))  # noqa: E731  (10 ms to the first token, 2 ms each after)
+    first, per_token, full, energy = reporting.time_generation(generate, new_tokens=6, repeats=4, warmup=1,
+                                                               clock=clock, sequences=3)
+    check(np.allclose(first, 0.010) and np.allclose(full, 0.020) and np.allclose(per_token, 0.002),
+          "first is generate(1), per_token is (generate(n) - first) / (n - 1)", on="10 ms + 2 ms per token, n=6",
+          expected=(0.010, 0.020, 0.002), got=(first, full, per_token))
+    check(energy.calls == (1 + 4) * (1 + 6) * 3, "energy is spread over every token of every call and sequence",
+          on="warmup 1, repeats 4, n=6, 3 sequences", expected=105, got=energy.calls)

@@ -17,20 +17,23 @@ import dataclasses
 import datetime
 import io
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from tinytorch.core.checks import check_int
 from tinytorch.core.serialization import save_checkpoint
-from tinytorch.utils.loadgen import ScenarioResult
-from tinytorch.profiling import measure_memory, parameter_bytes
+from tinytorch.utils.loadgen import ScenarioResult, interleave
+from tinytorch.profiling import EnergyMeter, measure_memory, parameter_bytes
 from tinytorch.utils.stats import Estimate
 from tinytorch.utils.system import machine_info
 
 __all__ = ["REPORT_FIELDS", "REPORT_SCHEMA", "Report", "ReportError", "SCHEMA_VERSION", "VARIANT_FIELDS",
-           "VariantResult", "energy_estimate", "measure_footprint", "plot_latency_distribution", "plot_pareto"]
+           "VariantResult", "energy_estimate", "lm_group_losses", "measure_footprint", "plot_latency_distribution",
+           "plot_pareto", "time_generation"]
 
 REPORT_SCHEMA = "tinytorch-benchmark-report"
 SCHEMA_VERSION = 1
@@ -184,6 +187,36 @@ def measure_footprint(model, example_input) -> dict:
         disk = npz.stat().st_size + npz.with_suffix(".json").stat().st_size
     return {"parameter_bytes": int(parameter_bytes(model)), "peak_activation_bytes": int(memory.peak_bytes),
             "disk_bytes": int(disk)}
+
+
+def lm_group_losses(model, ids, groups: int = 8) -> tuple:
+    """(losses, tokens): evaluate.lm_loss on `groups` equal slices of `ids`, each a whole number of context
+    windows (plus the next token), so their mean is the loss over the `tokens` they cover."""
+    from tinytorch.models.evaluate import lm_loss
+
+    check_int(groups, "groups", 2)
+    ids = np.asarray(ids)
+    context = model.config.context_length
+    windows = (len(ids) - 1) // context // groups
+    if windows < 1:
+        raise ValueError(f"{len(ids)} tokens are too few for {groups} groups of one {context}-token window")
+    step = windows * context
+    return [lm_loss(model, ids[g * step: (g + 1) * step + 1])["loss"] for g in range(groups)], groups * step
+
+
+def time_generation(generate: Callable[[int], object], new_tokens: int = 32, repeats: int = 10, warmup: int = 1,
+                    clock: Callable[[], float] = time.perf_counter, sequences: int = 1, energy_meter=None) -> tuple:
+    """(first, per_token, full, energy): generate(1) and generate(new_tokens) timed interleaved (seconds),
+    the time per token after the first, and an EnergyReading over every call, per generated token
+    (`sequences` tokens per step)."""
+    check_int(new_tokens, "new_tokens", 2)
+    check_int(sequences, "sequences", 1)
+    meter = energy_meter or EnergyMeter()
+    start = meter.sample()
+    first, full = interleave(lambda: generate(1), lambda: generate(new_tokens), repeats=repeats, warmup=warmup,
+                             clock=clock)
+    energy = meter.since(start, calls=(warmup + repeats) * (1 + new_tokens) * sequences)  # .per_call: J per token
+    return first, np.maximum(full - first, 0.0) / (new_tokens - 1), full, energy
 
 
 def energy_estimate(reading, per: float = 1.0) -> Estimate:
