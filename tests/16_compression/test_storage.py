@@ -203,7 +203,7 @@ def test_object_arrays_are_never_loaded(tmp_path):
 
 @pytest.mark.slow
 def test_combined_pipeline_on_digits_mlp(tmp_path, digits):
-    """Issue 7's goal, measured: >= 20x smaller than the FP32 checkpoint, <= 1 point lost (seed 0)."""
+    """The combined pipeline's goal, measured: >= 20x smaller than the FP32 checkpoint, <= 1 point lost (seed 0)."""
     from tinytorch.compression import prune_iteratively
     from tinytorch.models.evaluate import accuracy
     fp = models.load("digits_mlp")
