@@ -31,12 +31,9 @@ __all__ = [
 # %% modules/19_benchmarking/benchmarking.py (cell 9)
 """Benchmarking: MLPerf-style scenarios, honest statistics, quality targets, reports.
 
-Every figure is an Estimate: a value with a confidence interval and the method that
-made it. Scenarios follow MLPerf Inference (SingleStream p90, MultiStream p99 of
-8-sample queries, Server at Poisson arrivals, Offline samples/s) with the minimum
-query counts and durations as parameters: `mlperf_settings` holds MLPerf's,
-`notebook_settings` small ones for a laptop. The given parts live in tinytorch.utils.stats,
-tinytorch.utils.loadgen and tinytorch.utils.reporting, and are importable from here too.
+Every figure is an Estimate: a value with a confidence interval and the method that made it. The
+minimum query counts and durations are parameters (`mlperf_settings`: MLPerf's; `notebook_settings`:
+small ones). The given parts live in tinytorch.utils.stats, .loadgen and .reporting, re-exported here.
 """
 
 import json
@@ -52,7 +49,7 @@ from tinytorch.core.checks import check_int
 from tinytorch.core.serialization import atomic_write
 from tinytorch.utils.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, QPSSearch, ScenarioResult, ScenarioSettings,  # noqa: F401
                                check_sut, energy_figures, interleave, meets_minimums, mlperf_settings,
-                               notebook_settings)
+                               notebook_settings, with_energy)
 from tinytorch.profiling import EnergyMeter, parameter_bytes  # noqa: F401  (section 4 uses parameter_bytes)
 from tinytorch.utils.reporting import (REPORT_FIELDS, REPORT_SCHEMA, SCHEMA_VERSION, VARIANT_FIELDS,  # noqa: F401
                                  Report, ReportError, VariantResult, energy_estimate, lm_group_losses,
@@ -409,25 +406,12 @@ def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Call
                  tokens_per_sample=None) -> ScenarioResult:
     """Run settings.scenario against `sut` on `samples`; its energy goes into result.extra.
 
-    energy_meter: a tinytorch.profiling.EnergyMeter (default EnergyMeter(): RAPL if readable, else the estimate).
-    tokens_per_sample: tokens in one sample (a language model's sequence length), for energy per 1,000 tokens.
+    energy_meter (a tinytorch.profiling.EnergyMeter) and tokens_per_sample: see with_energy.
     """
-    if energy_meter is not None and not isinstance(energy_meter, EnergyMeter):
-        raise TypeError(f"energy_meter must be a tinytorch.profiling.EnergyMeter, got {type(energy_meter).__name__}")
-    if tokens_per_sample is not None:
-        check_int(tokens_per_sample, "tokens_per_sample", 1)
-    meter = energy_meter or EnergyMeter()
-    start = meter.sample()
-    if settings.scenario == "Server":
-        result = run_server(sut, samples, settings, clock, sleep, seed)
-    elif settings.scenario == "Offline":
-        result = run_offline(sut, samples, settings, clock, seed)
-    else:
-        result = run_stream(sut, samples, settings, clock, seed)
-    warm = settings.warmup_queries * settings.samples_per_query
-    result.extra.update(energy_figures(meter.since(start), result.queries + settings.warmup_queries,
-                                       result.samples + warm, tokens_per_sample))
-    return result
+    runners = {"Server": lambda: run_server(sut, samples, settings, clock, sleep, seed),
+               "Offline": lambda: run_offline(sut, samples, settings, clock, seed)}
+    run = runners.get(settings.scenario, lambda: run_stream(sut, samples, settings, clock, seed))
+    return with_energy(run, settings, energy_meter, tokens_per_sample)
 
 
 # %% modules/19_benchmarking/benchmarking.py (cell 48)

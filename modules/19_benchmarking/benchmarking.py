@@ -79,15 +79,13 @@ for _run in range(3):
           f" max {_t.max():8.1f} us")
 
 # %% [markdown]
-# Look at the three lines. The first run usually carries the warm-up (the first calls
-# touch cold memory), the mean moves with any single slow call (the max column shows
-# them), and the p90, the number a user waiting for an answer feels, moves more than
-# the median. Three runs of one unchanged program give three different numbers. A
-# result needs a **method**: what is measured (a scenario), how many times (minimum
-# query counts and durations), what is reported (a percentile, not a mean), how sure we
-# are (an interval), and under which conditions (system info, warm-up, load, threads).
-# MLPerf Inference (Reddi et al., 2020, arXiv:1911.02549) is such a method. We rebuild
-# its core at the scale of this machine and these models.
+# Three runs of one unchanged program give three different numbers: the first usually
+# carries the warm-up, the mean moves with any single slow call (the max column), and
+# the p90, what a waiting user feels, moves more than the median. A result needs a
+# **method**: what is measured (a scenario), how many times (minimum query counts and
+# durations), what is reported (a percentile, not a mean), how sure we are (an interval),
+# and under which conditions (system, warm-up, load, threads). MLPerf Inference (Reddi et
+# al., 2020, arXiv:1911.02549) is such a method; we rebuild its core at this machine's scale.
 
 # %% [markdown]
 # ## 2. The idea
@@ -126,18 +124,15 @@ for _run in range(3):
 # `3 +- 2.776 * 1.581 / sqrt(5) = [1.037, 4.963]`. At `n = 10` the t quantile is 2.262,
 # not the normal 1.96: a z-interval on ten timings claims 95% and delivers less.
 #
-# **Early stopping (MLPerf's idea, v2.0 onwards).** Instead of demanding 270k queries,
-# LoadGen asks: given `n` queries of which `t` were slower than some latency `L`, can we
-# say with 99% confidence that the true p90 is at most `L`? If the true fraction of
-# queries slower than the p90 is `1 - q`, the chance of seeing at most `t` of them in
-# `n` is `P(Binomial(n, 1 - q) <= t)`. When that is below `1 - c` (1% for `c = 0.99`),
-# having seen so few slow queries would be unlikely, so `L` is an upper bound of the p90
-# at confidence `c`. The **early-stopping estimate** is the smallest such `L`: the
-# latency `x(n - t)` with the largest `t` that passes. It is never below the measured
-# p90 and approaches it as `n` grows. With `t = 0` the test needs `q^n <= 1 - c`:
-# `0.9^44 = 0.0097`, so 44 queries is the least that can bound a p90 at 99% (459 for a
-# p99). LoadGen's `MinPassingQueriesFinder` solves the same inequality (with an optional
-# tolerance) through the regularized incomplete beta function.
+# **Early stopping (MLPerf, v2.0 onwards).** Given `n` queries of which `t` were slower
+# than a latency `L`, can we say with 99% confidence that the true p90 is at most `L`?
+# If the true fraction slower than the p90 is `1 - q`, the chance of seeing at most `t`
+# of them is `P(Binomial(n, 1 - q) <= t)`; when that is below `1 - c` (1% for `c = 0.99`),
+# `L` is an upper bound of the p90 at confidence `c`. The **early-stopping estimate** is
+# the smallest such `L`: `x(n - t)` with the largest `t` that passes. It is never below
+# the measured p90 and approaches it as `n` grows. With `t = 0` the test needs
+# `q^n <= 1 - c`: `0.9^44 = 0.0097`, so 44 queries is the least that can bound a p90 at
+# 99% (459 for a p99). LoadGen's `MinPassingQueriesFinder` solves the same inequality.
 #
 # **Paired comparison.** Time A and B **interleaved** (A, B, A, B, ...) so a burst of
 # background load hits both, and bootstrap the ratio of their medians by resampling the
@@ -168,12 +163,9 @@ for _run in range(3):
 #| export
 """Benchmarking: MLPerf-style scenarios, honest statistics, quality targets, reports.
 
-Every figure is an Estimate: a value with a confidence interval and the method that
-made it. Scenarios follow MLPerf Inference (SingleStream p90, MultiStream p99 of
-8-sample queries, Server at Poisson arrivals, Offline samples/s) with the minimum
-query counts and durations as parameters: `mlperf_settings` holds MLPerf's,
-`notebook_settings` small ones for a laptop. The given parts live in tinytorch.utils.stats,
-tinytorch.utils.loadgen and tinytorch.utils.reporting, and are importable from here too.
+Every figure is an Estimate: a value with a confidence interval and the method that made it. The
+minimum query counts and durations are parameters (`mlperf_settings`: MLPerf's; `notebook_settings`:
+small ones). The given parts live in tinytorch.utils.stats, .loadgen and .reporting, re-exported here.
 """
 
 import json
@@ -189,7 +181,7 @@ from tinytorch.core.checks import check_int
 from tinytorch.core.serialization import atomic_write
 from tinytorch.utils.loadgen import (MLPERF, NOTEBOOK, SCENARIOS, QPSSearch, ScenarioResult, ScenarioSettings,  # noqa: F401
                                check_sut, energy_figures, interleave, meets_minimums, mlperf_settings,
-                               notebook_settings)
+                               notebook_settings, with_energy)
 from tinytorch.profiling import EnergyMeter, parameter_bytes  # noqa: F401  (section 4 uses parameter_bytes)
 from tinytorch.utils.reporting import (REPORT_FIELDS, REPORT_SCHEMA, SCHEMA_VERSION, VARIANT_FIELDS,  # noqa: F401
                                  Report, ReportError, VariantResult, energy_estimate, lm_group_losses,
@@ -199,9 +191,7 @@ from tinytorch.utils.stats import (Estimate, as_samples, binomial_cdf, check_con
 
 
 # %% [markdown]
-# A quick check of the given distributions against printed tables: `t(0.975, 9)` is
-# 2.262 and `t(0.975, 4)` is 2.776; `P(Binomial(20, 0.9) <= 15)` is 0.043, as in the
-# worked example.
+# A check of the given distributions against printed tables and the worked example:
 
 # %%
 print(f"t(0.975, 4) = {t_quantile(0.975, 4):.4f}, t(0.975, 9) = {t_quantile(0.975, 9):.4f}, "
@@ -1067,9 +1057,9 @@ print("run_offline: ok", _o)
 
 
 # %% [markdown]
-# One dispatcher runs any scenario from its settings (given). It reads module 14's
-# `EnergyMeter` around the run and files in `extra` (so in the JSON report) the joules in
-# all, per query (warm-up queries count), per 1,000 tokens when a sample is
+# One dispatcher runs any scenario from its settings (given). `with_energy` (given) reads
+# module 14's `EnergyMeter` around the run and files in `extra` (so in the JSON report)
+# the joules in all, per query (warm-up queries count), per 1,000 tokens when a sample is
 # `tokens_per_sample` tokens, and the source: `"measured (RAPL)"` or `"estimated:
 # CPU-seconds x W per core"`, never an estimate passed off as a measurement.
 
@@ -1080,25 +1070,12 @@ def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Call
                  tokens_per_sample=None) -> ScenarioResult:
     """Run settings.scenario against `sut` on `samples`; its energy goes into result.extra.
 
-    energy_meter: a tinytorch.profiling.EnergyMeter (default EnergyMeter(): RAPL if readable, else the estimate).
-    tokens_per_sample: tokens in one sample (a language model's sequence length), for energy per 1,000 tokens.
+    energy_meter (a tinytorch.profiling.EnergyMeter) and tokens_per_sample: see with_energy.
     """
-    if energy_meter is not None and not isinstance(energy_meter, EnergyMeter):
-        raise TypeError(f"energy_meter must be a tinytorch.profiling.EnergyMeter, got {type(energy_meter).__name__}")
-    if tokens_per_sample is not None:
-        check_int(tokens_per_sample, "tokens_per_sample", 1)
-    meter = energy_meter or EnergyMeter()
-    start = meter.sample()
-    if settings.scenario == "Server":
-        result = run_server(sut, samples, settings, clock, sleep, seed)
-    elif settings.scenario == "Offline":
-        result = run_offline(sut, samples, settings, clock, seed)
-    else:
-        result = run_stream(sut, samples, settings, clock, seed)
-    warm = settings.warmup_queries * settings.samples_per_query
-    result.extra.update(energy_figures(meter.since(start), result.queries + settings.warmup_queries,
-                                       result.samples + warm, tokens_per_sample))
-    return result
+    runners = {"Server": lambda: run_server(sut, samples, settings, clock, sleep, seed),
+               "Offline": lambda: run_offline(sut, samples, settings, clock, seed)}
+    run = runners.get(settings.scenario, lambda: run_stream(sut, samples, settings, clock, seed))
+    return with_energy(run, settings, energy_meter, tokens_per_sample)
 
 
 # %% [markdown]
@@ -1434,7 +1411,7 @@ def pruned_int8(model):
     return quantize_model(small, calibration), disk
 
 
-def benchmark_variant(name, model, target, disk_bytes=None, server=True, seed=0):
+def benchmark_variant(name, model, target, disk_bytes=None, seed=0):
     """Quality, memory and the four scenarios of one variant, as a VariantResult."""
     sut = forward_fn(model)
     v = VariantResult(name, measure_accuracy(model, digits.x_test, digits.y_test), target,
@@ -1443,21 +1420,18 @@ def benchmark_variant(name, model, target, disk_bytes=None, server=True, seed=0)
         v.memory["disk_bytes"] = int(disk_bytes)
     for scenario in ("SingleStream", "MultiStream", "Offline"):
         v.scenarios[scenario] = run_scenario(sut, digits.x_test, notebook_settings(scenario), seed=seed)
-    if server:
-        base = notebook_settings("Server", latency_bound_s=SERVER_BOUND, min_query_count=200)
-        runs = {}
+    base, runs = notebook_settings("Server", latency_bound_s=SERVER_BOUND, min_query_count=200), {}
 
-        def meets(rate):
-            runs[rate] = run_scenario(sut, digits.x_test, base.replace(target_qps=rate), seed=seed)
-            return runs[rate]
+    def meets(rate):  # one Server run at `rate`, kept for the report
+        runs[rate] = run_scenario(sut, digits.x_test, base.replace(target_qps=rate), seed=seed)
+        return runs[rate]
 
-        try:
-            search = find_max_qps(meets, 200.0, 20_000.0, rel_tol=0.25)
-            v.scenarios["Server"] = search.results[search.max_qps]
-            v.figures["server_max_qps"] = search.bracket()
-        except ValueError:  # even 200 queries/s missed the bound (a loaded machine): keep that run, invalid
-            v.scenarios["Server"] = runs[200.0]
-            v.figures["server_max_qps"] = Estimate(0.0, 0.0, 200.0, 0.0, "search bracket")
+    try:
+        search = find_max_qps(meets, 200.0, 20_000.0, rel_tol=0.25)
+        v.scenarios["Server"], v.figures["server_max_qps"] = search.results[search.max_qps], search.bracket()
+    except ValueError:  # even 200 queries/s missed the bound (a loaded machine): keep that run, invalid
+        v.scenarios["Server"] = runs[200.0]
+        v.figures["server_max_qps"] = Estimate(0.0, 0.0, 200.0, 0.0, "search bracket")
     return v
 
 
@@ -1521,10 +1495,8 @@ fig.tight_layout()
 show(fig)
 
 # %% [markdown]
-# **Which variant wins under which constraint?** For each objective, among the variants
-# that meet their quality target and whose run for that objective is valid, pick the
-# best (the front tells us there is no single winner when the answer changes with the
-# constraint):
+# **Which variant wins under which constraint?** Among the variants that meet their
+# quality target and whose run is valid, the best for each objective:
 
 # %%
 _rules = {
@@ -1627,9 +1599,8 @@ print("energy:", generation["cached (module 17)"]["energy"].source)
 #
 # ### 5.1 How many queries does a p90 need?
 #
-# One long SingleStream run of `digits_mlp` (3,000 queries). For growing prefixes of it,
-# the width of the 95% interval of the p90 (order statistics and bootstrap) and the
-# early-stopping bound.
+# One long SingleStream run of `digits_mlp` (3,000 queries); for growing prefixes, the
+# width of the 95% interval of the p90 (order statistics, bootstrap) and the early-stopping bound.
 
 # %%
 _long = run_stream(forward_fn(_mlp_fp32), digits.x_test,
@@ -1669,8 +1640,8 @@ show(fig)
 #
 # ### 5.2 Warm-up
 #
-# The first calls of a freshly loaded model, one by one, then a SingleStream run with
-# and without warm-up queries on another fresh copy.
+# The first 40 calls of a freshly loaded model, then SingleStream runs of fresh copies
+# with and without warm-up queries.
 
 # %%
 _fresh = models.load("digits_cnn")
@@ -1687,10 +1658,9 @@ _cold = run_stream(forward_fn(models.load("digits_cnn")), digits.x_test,
                    notebook_settings("SingleStream", min_query_count=60, min_duration_s=0.0, warmup_queries=0))
 _warm = run_stream(forward_fn(models.load("digits_cnn")), digits.x_test,
                    notebook_settings("SingleStream", min_query_count=60, min_duration_s=0.0, warmup_queries=20))
-print(f"60 queries, no warm-up : max {_cold.latencies.max() * 1e3:.2f} ms, mean {_cold.latencies.mean() * 1e3:.3f} ms,"
-      f" p90 {_cold.value.scaled(1e3).format(' ms')}")
-print(f"60 queries, 20 warm-up : max {_warm.latencies.max() * 1e3:.2f} ms, mean {_warm.latencies.mean() * 1e3:.3f} ms,"
-      f" p90 {_warm.value.scaled(1e3).format(' ms')}")
+for _name, _r in (("no warm-up", _cold), ("20 warm-up", _warm)):
+    print(f"60 queries, {_name}: max {_r.latencies.max() * 1e3:.2f} ms, mean {_r.latencies.mean() * 1e3:.3f} ms, "
+          f"p90 {_r.value.scaled(1e3).format(' ms')}")
 fig, ax = plt.subplots(figsize=(7, 3.2))
 ax.plot(np.arange(1, 41), _first * 1e3, "o-")
 ax.set(yscale="log", xlabel="call number of a freshly loaded digits_cnn", ylabel="ms", title="Warm-up")
@@ -1748,23 +1718,20 @@ show(fig)
 # %% [markdown]
 # ## 6. Reflection
 #
-# 1. MLPerf's Server scenario uses Poisson arrivals. Real traffic is burstier (diurnal
-#    cycles, retries, batch jobs). How would a burstier arrival process change the
-#    highest rate that meets a p99 bound for the same system, and what would you add to
-#    `run_server` to test it?
-# 2. The quality target is checked on the point value, but the 360-image test set gives
-#    an interval three points wide. How large a test set would make a 1% target
-#    meaningful at 95%, and what does MLPerf do about it (look at the sizes of its
-#    validation sets)?
+# 1. MLPerf's Server scenario uses Poisson arrivals; real traffic is burstier (diurnal
+#    cycles, retries, batch jobs). How would bursts change the highest rate that meets a
+#    p99 bound for the same system, and what would you add to `run_server` to test it?
+# 2. The quality target is checked on the point value, but 360 test images give an
+#    interval three points wide. How large a test set makes a 1% target meaningful at
+#    95%, and how large are MLPerf's validation sets?
 # 3. `run_server` has one worker. A real server (module 18's dynamic batcher, Triton,
-#    vLLM) serves many queries at once and batches them. Which results of section 4
-#    would change, and why does batching trade the p99 against throughput?
-# 4. Early stopping lets a system stop after a few hundred queries with a guaranteed
-#    bound. Why is the bound *above* the measured percentile, and what does a submitter
-#    gain by running longer?
-# 5. INT8 was slower than FP32 here. On which hardware and in which runtime (ONNX Runtime
-#    with VNNI, TensorRT, llama.cpp) would the same quantized model be faster, and which
-#    of our measurements would you trust to carry over, and which not?
+#    vLLM) batches many queries at once. Which results of section 4 would change, and why
+#    does batching trade the p99 against throughput?
+# 4. Why is the early-stopping bound *above* the measured percentile, and what does a
+#    submitter gain by running longer?
+# 5. INT8 was slower than FP32 here. On which hardware and runtime (ONNX Runtime with
+#    VNNI, TensorRT, llama.cpp) would it be faster, and which of our measurements would
+#    carry over?
 
 # %% [markdown]
 # ## 7. Summary

@@ -25,7 +25,7 @@ def test_the_docstring_examples_hold(module):
 # some of them from there)
 GIVEN = {stats: ["Estimate", "binomial_cdf", "min_queries_for_percentile", "normal_quantile", "t_cdf", "t_quantile"],
          loadgen: ["MLPERF", "NOTEBOOK", "QPSSearch", "SCENARIOS", "ScenarioResult", "ScenarioSettings",
-                   "energy_figures", "interleave", "mlperf_settings", "notebook_settings"],
+                   "energy_figures", "interleave", "mlperf_settings", "notebook_settings", "with_energy"],
          reporting: ["REPORT_FIELDS", "REPORT_SCHEMA", "ReportError", "SCHEMA_VERSION", "VARIANT_FIELDS",
                      "VariantResult", "energy_estimate", "lm_group_losses", "measure_footprint", "plot_latency_distribution",
                      "time_generation"]}

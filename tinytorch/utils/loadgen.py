@@ -24,7 +24,7 @@ from tinytorch.core.checks import check_int
 from tinytorch.utils.stats import Estimate, check_fraction, from_json_float, json_float
 
 __all__ = ["MLPERF", "NOTEBOOK", "QPSSearch", "SCENARIOS", "ScenarioResult", "ScenarioSettings", "check_sut",
-           "energy_figures", "interleave", "meets_minimums", "mlperf_settings", "notebook_settings"]
+           "energy_figures", "interleave", "meets_minimums", "mlperf_settings", "notebook_settings", "with_energy"]
 
 SCENARIOS = ("SingleStream", "MultiStream", "Server", "Offline")
 
@@ -211,3 +211,23 @@ def energy_figures(reading, queries: int, samples: int, tokens_per_sample=None) 
     return {"energy_j": float(reading.joules), "energy_per_query_j": float(reading.joules / max(queries, 1)),
             "energy_per_1k_tokens_j": float(reading.joules / tokens * 1000) if tokens else None,
             "energy_cpu_s": float(reading.cpu_seconds), "energy_source": reading.source}
+
+
+def with_energy(run: Callable[[], ScenarioResult], settings: ScenarioSettings, energy_meter=None,
+                tokens_per_sample=None) -> ScenarioResult:
+    """run() with module 14's EnergyMeter read around it (default EnergyMeter(): RAPL if readable, else the
+    estimate); the energy_figures go into the result's extra, spread over its queries and warm-up queries.
+    tokens_per_sample: tokens in one sample (a language model's sequence length), for energy per 1,000 tokens."""
+    from tinytorch.profiling import EnergyMeter
+
+    if energy_meter is not None and not isinstance(energy_meter, EnergyMeter):
+        raise TypeError(f"energy_meter must be a tinytorch.profiling.EnergyMeter, got {type(energy_meter).__name__}")
+    if tokens_per_sample is not None:
+        check_int(tokens_per_sample, "tokens_per_sample", 1)
+    meter = energy_meter or EnergyMeter()
+    start = meter.sample()
+    result = run()
+    warm = settings.warmup_queries * settings.samples_per_query
+    result.extra.update(energy_figures(meter.since(start), result.queries + settings.warmup_queries,
+                                       result.samples + warm, tokens_per_sample))
+    return result
