@@ -31,9 +31,8 @@ __all__ = [
 # %% modules/19_benchmarking/benchmarking.py (cell 9)
 """Benchmarking: MLPerf-style scenarios, honest statistics, quality targets, reports.
 
-Every figure is an Estimate: a value with a confidence interval and the method that made it. The
-minimum query counts and durations are parameters (`mlperf_settings`: MLPerf's; `notebook_settings`:
-small ones). The given parts live in tinytorch.utils.stats, .loadgen and .reporting, re-exported here.
+Every figure is an Estimate: a value, its confidence interval and the method that made it. The given
+parts live in tinytorch.utils.stats, .loadgen and .reporting, and are re-exported here.
 """
 
 import json
@@ -58,7 +57,7 @@ from tinytorch.utils.stats import (Estimate, as_samples, binomial_cdf, check_con
                              min_queries_for_percentile, normal_quantile, t_cdf, t_quantile)
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 13)
+# %% modules/19_benchmarking/benchmarking.py (cell 12)
 def percentile_ci(samples, q: float, confidence: float = 0.95) -> Estimate:
     """The q-quantile of `samples` with a distribution-free order-statistic confidence interval.
 
@@ -81,7 +80,7 @@ def percentile_ci(samples, q: float, confidence: float = 0.95) -> Estimate:
     return Estimate(value, low, high, min(confidence, coverage), "order statistic")
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 16)
+# %% modules/19_benchmarking/benchmarking.py (cell 15)
 def bootstrap_ci(samples, statistic: Callable = np.median, confidence: float = 0.95, n_resamples: int = 2000,
                  seed: int | None = 0) -> Estimate:
     """Percentile-bootstrap confidence interval of statistic(samples).
@@ -106,7 +105,7 @@ def bootstrap_ci(samples, statistic: Callable = np.median, confidence: float = 0
     return Estimate(value, min(float(low), value), max(float(high), value), confidence, "bootstrap")
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 19)
+# %% modules/19_benchmarking/benchmarking.py (cell 18)
 def t_interval(samples, confidence: float = 0.95) -> Estimate:
     """mean +- t(1 - alpha/2, n - 1) * s / sqrt(n) for the mean of `samples` (n >= 2).
 
@@ -122,7 +121,7 @@ def t_interval(samples, confidence: float = 0.95) -> Estimate:
     return Estimate(mean, mean - half, mean + half, confidence, "t")
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 21)
+# %% modules/19_benchmarking/benchmarking.py (cell 20)
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimate:
     """The proportion successes / n with its Wilson score interval.
 
@@ -144,7 +143,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Estimat
     return Estimate(p, low, high, confidence, "wilson")
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 24)
+# %% modules/19_benchmarking/benchmarking.py (cell 23)
 def early_stopping_percentile(samples, q: float = 0.9, confidence: float = 0.99) -> Estimate:
     """MLPerf-style early-stopping estimate: an upper bound of the q-quantile at `confidence`.
 
@@ -169,7 +168,7 @@ def early_stopping_percentile(samples, q: float = 0.9, confidence: float = 0.99)
     return Estimate(bound, min(measured, bound), bound, confidence, "early stopping")
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 27)
+# %% modules/19_benchmarking/benchmarking.py (cell 26)
 def paired_ratio(a, b, confidence: float = 0.95, n_resamples: int = 2000, seed: int | None = 0) -> Estimate:
     """median(a) / median(b) for paired samples, with a pair-bootstrap confidence interval.
 
@@ -195,8 +194,8 @@ def paired_ratio(a, b, confidence: float = 0.95, n_resamples: int = 2000, seed: 
     return Estimate(value, min(float(low), value), max(float(high), value), confidence, "paired bootstrap")
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 30)
-def _early_stopping(latencies, q: float, notes: list):
+# %% modules/19_benchmarking/benchmarking.py (cell 29)
+def _early_stopping(latencies, q: float, notes: list):  # given: the bound, or a note saying why there is none
     try:
         return early_stopping_percentile(latencies, q, 0.99)
     except ValueError as err:
@@ -204,7 +203,6 @@ def _early_stopping(latencies, q: float, notes: list):
         return None
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 31)
 def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                seed: int = 0) -> ScenarioResult:
     """SingleStream / MultiStream: back-to-back queries of settings.samples_per_query samples.
@@ -241,7 +239,7 @@ def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
                           _early_stopping(latencies, q, notes), valid, notes)
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 34)
+# %% modules/19_benchmarking/benchmarking.py (cell 32)
 def poisson_arrivals(rate: float, n: int, seed: int | None = 0) -> np.ndarray:
     """n arrival times (seconds, increasing) of a Poisson process of `rate` per second.
 
@@ -272,11 +270,10 @@ def queue_latencies(arrivals, service_times) -> np.ndarray:
     return finish - a
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 37)
+# %% modules/19_benchmarking/benchmarking.py (cell 35)
 def server_arrivals(settings: ScenarioSettings, seed: int = 0) -> np.ndarray:
-    """The Server schedule: Poisson arrivals at target_qps until there are min_query_count of them
-    AND one at or after min_duration_s (LoadGen's rule). A fixed count of qps * min_duration_s
-    would end before min_duration_s about half the time, and the run would be invalid by chance."""
+    """Poisson arrivals at target_qps until there are min_query_count AND one at or after min_duration_s
+    (LoadGen's rule: a fixed count of qps * min_duration_s would fall short about half the time)."""
     n = max(settings.min_query_count, math.ceil(settings.target_qps * settings.min_duration_s), 1)
     arrivals = poisson_arrivals(settings.target_qps, n, seed)
     while arrivals[-1] < settings.min_duration_s:  # same seed, more draws: the earlier ones are kept
@@ -330,7 +327,7 @@ def run_server(sut: Callable, samples, settings: ScenarioSettings, clock: Callab
                            "latency_bound_s": settings.latency_bound_s})
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 40)
+# %% modules/19_benchmarking/benchmarking.py (cell 38)
 def find_max_qps(meets: Callable, low: float, high: float, rel_tol: float = 0.05, max_steps: int = 30) -> QPSSearch:
     """The highest rate in [low, high] at which meets(rate) holds, by bisection in log space.
 
@@ -365,7 +362,7 @@ def find_max_qps(meets: Callable, low: float, high: float, rel_tol: float = 0.05
     return QPSSearch(low, high, history, results)
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 43)
+# %% modules/19_benchmarking/benchmarking.py (cell 41)
 def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                 seed: int = 0) -> ScenarioResult:
     """Offline: queries of settings.samples_per_query samples at once; throughput in samples/s.
@@ -400,7 +397,7 @@ def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Calla
                           {"samples_per_query": spq})
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 46)
+# %% modules/19_benchmarking/benchmarking.py (cell 44)
 def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] = time.sleep, seed: int = 0, energy_meter=None,
                  tokens_per_sample=None) -> ScenarioResult:
@@ -414,7 +411,7 @@ def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Call
     return with_energy(run, settings, energy_meter, tokens_per_sample)
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 48)
+# %% modules/19_benchmarking/benchmarking.py (cell 46)
 @dataclass(frozen=True)
 class QualityTarget:
     """An optimized model counts only if its `metric` reaches the threshold set from the FP32 reference."""
@@ -439,7 +436,7 @@ class QualityTarget:
         return v >= self.threshold if self.higher_is_better else v <= self.threshold
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 51)
+# %% modules/19_benchmarking/benchmarking.py (cell 49)
 def measure_accuracy(model, x, y, confidence: float = 0.95) -> Estimate:
     """Test accuracy of a classifier (tinytorch.models.evaluate.accuracy) with its Wilson interval."""
     from tinytorch.models.evaluate import accuracy
@@ -467,7 +464,7 @@ def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, 
             "total": percentile_ci(full, 0.5), "new_tokens": new_tokens, "energy": energy}
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 53)
+# %% modules/19_benchmarking/benchmarking.py (cell 51)
 def validate_report(d) -> None:
     """Raise ReportError unless `d` is a report dict this code reads.
 
@@ -526,7 +523,7 @@ class BenchmarkReport(Report):
         return cls.from_dict(d)
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 56)
+# %% modules/19_benchmarking/benchmarking.py (cell 54)
 def pareto_front(points, maximize=None) -> np.ndarray:
     """Indices (sorted) of the non-dominated rows of `points` (n, k). Objectives are minimized,
     except those with maximize[k] True.
@@ -548,7 +545,7 @@ def pareto_front(points, maximize=None) -> np.ndarray:
     return np.flatnonzero(~dominated)
 
 
-# %% modules/19_benchmarking/benchmarking.py (cell 58)
+# %% modules/19_benchmarking/benchmarking.py (cell 56)
 def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None, unit: float = 1e3,
                 size_key: str = "disk_bytes"):
     """Quality vs scenario latency for every variant with both; marker area ~ memory[size_key]; the front

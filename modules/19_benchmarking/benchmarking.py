@@ -29,9 +29,7 @@
 # | `QualityTarget` | an optimized model counts only if it keeps 99% of the FP32 quality |
 # | `BenchmarkReport`, `pareto_front` | one report with every figure and its interval, saved as versioned JSON, plotted |
 #
-# Prerequisites: modules 14 (profiling: sizes, memory, latency) and 15 (INT8); the
-# notebook also benchmarks what modules 16 to 18 built when they are present, but the
-# package `tinytorch.benchmarking` needs only module 14. Time: about 3 hours.
+# Prerequisites: modules 14 and 15 (the package needs only 14; section 4 also uses 16 to 18).
 
 # %%
 #| default_exp benchmarking
@@ -54,38 +52,38 @@ from tinytorch.models.evaluate import accuracy, lm_loss
 # %% [markdown]
 # ## 1. Why: one number from one run is not a result
 #
-# Time the trained `digits_mlp` on one test image, 30 times, and do it three times over.
-# A typical "benchmark" would report the mean of the first 30.
+# Time the freshly loaded `digits_mlp` on one test image, 30 times, and do it three times
+# over. A typical "benchmark" would report the mean of the first 30.
 
 # %%
-_digits = datasets.load_digits()
-_mlp = models.load("digits_mlp")
-_x1 = _digits.x_test[:1]
-
-
-def _forward_once():
-    with tc.no_grad():
-        _mlp(_x1)
-
-
+_mlp, _x1 = models.load("digits_mlp"), datasets.load_digits().x_test[:1]
+_runs = []
 for _run in range(3):
     _t = []
     for _ in range(30):
         _t0 = time.perf_counter()
-        _forward_once()
+        with tc.no_grad():
+            _mlp(_x1)
         _t.append(time.perf_counter() - _t0)
     _t = np.array(_t) * 1e6
+    _runs.append(_t)
     print(f"run {_run}: mean {_t.mean():7.1f} us, median {np.median(_t):7.1f} us, p90 {np.percentile(_t, 90):7.1f} us,"
           f" max {_t.max():8.1f} us")
+print(f"call 1: {_runs[0][0]:.1f} us, {_runs[0][0] / np.median(np.concatenate(_runs)):.0f}x the median call")
+fig, ax = plt.subplots(figsize=(7, 3))
+ax.plot(np.arange(1, 91), np.concatenate(_runs), "o-", ms=3)
+ax.set(yscale="log", xlabel="call number of a freshly loaded digits_mlp", ylabel="us", title="90 calls, three runs")
+show(fig)
 
 # %% [markdown]
-# Three runs of one unchanged program give three different numbers: the first usually
-# carries the warm-up, the mean moves with any single slow call (the max column), and
-# the p90, what a waiting user feels, moves more than the median. A result needs a
-# **method**: what is measured (a scenario), how many times (minimum query counts and
-# durations), what is reported (a percentile, not a mean), how sure we are (an interval),
-# and under which conditions (system, warm-up, load, threads). MLPerf Inference (Reddi et
-# al., 2020, arXiv:1911.02549) is such a method; we rebuild its core at this machine's scale.
+# Three runs of one unchanged program give three different numbers. The first calls
+# carry the warm-up (cold caches, first use of the arrays: the plot's first points, the
+# printed ratio; a runtime that compiles on the first call has many more), the mean moves
+# with any single slow call (the max column), and the p90, what a waiting user feels,
+# moves more than the median. A result needs a **method**: a scenario, minimum query
+# counts and durations, warm-up queries set aside, a percentile rather than a mean, an
+# interval, and the conditions (system, load, threads). MLPerf Inference (Reddi et al.,
+# 2020, arXiv:1911.02549) is such a method; we rebuild its core at this machine's scale.
 
 # %% [markdown]
 # ## 2. The idea
@@ -99,51 +97,44 @@ for _run in range(3):
 # | Server | queries of 1 sample arrive at random (Poisson) at a target rate | the highest rate whose 99th-percentile latency meets a bound | 270,336 queries and 600 s |
 # | Offline | one query with all samples | samples per second | 24,576 samples and 600 s |
 #
-# The minimums make a p99 rest on enough samples and a run last long enough to see
-# throttling, garbage collection and other slow events. Ten minutes is too long for a
-# notebook, so the counts are **parameters**: `mlperf_settings(scenario)` holds MLPerf's,
-# `notebook_settings(scenario)` small ones, and every result says whether it met them.
+# The minimums make a p99 rest on enough samples and a run see throttling and garbage
+# collection. Ten minutes is too long for a notebook, so they are **parameters**:
+# `mlperf_settings(scenario)` holds MLPerf's, `notebook_settings(scenario)` small ones.
 #
-# **Percentiles and their intervals.** The `q`-quantile of latency, `xi`, is a
-# point with a fraction `q` of queries below it. Sort `n` measured latencies
-# `x(1) <= ... <= x(n)`. The number `B` of them below `xi` is `Binomial(n, q)`, so
+# **Percentiles and their intervals.** Sort `n` measured latencies `x(1) <= ... <= x(n)`.
+# The number `B` of them below the true `q`-quantile `xi` is `Binomial(n, q)`, so
 # `P(x(l) <= xi <= x(u)) = P(l <= B <= u - 1)`, whatever the latency distribution.
-# Worked example: `n = 20`, `q = 0.9`. `B ~ Binomial(20, 0.9)`; `P(B <= 15) = 0.043`
-# and `P(B <= 19) = 0.878`, so `[x(16), x(20)]` covers the p90 with probability
-# `0.878 - 0.043 = 0.835`. Twenty queries cannot give a 95% interval for a p90 at all:
-# even `[x(1), x(20)]` has only `1 - 0.9^20 = 87.8%` coverage. Tail percentiles need
-# many queries, which is why MLPerf asks for hundreds of thousands for a p99.
+# Worked example: `n = 20`, `q = 0.9`: `P(B <= 15) = 0.043` and `P(B <= 19) = 0.878`, so
+# `[x(16), x(20)]` covers the p90 with probability `0.835`. Twenty queries cannot give a
+# 95% interval for a p90 at all: even `[x(1), x(20)]` covers only `1 - 0.9^20 = 87.8%`.
+# Tail percentiles need many queries: MLPerf asks for hundreds of thousands for a p99.
 #
 # **Bootstrap.** For any statistic (a median, a ratio of two medians) resample the `n`
 # measurements with replacement many times and take the middle 95% of the statistic's
 # values. It assumes independent draws, and is approximate for small `n`.
 #
-# **t-interval for a mean.** `mean +- t(1 - alpha/2, n - 1) * s / sqrt(n)`, with `s`
-# the sample standard deviation and `t` Student's quantile. Worked example: samples
-# `[1, 2, 3, 4, 5]`: mean 3, `s = 1.581`, `t(0.975, 4) = 2.776`, so
-# `3 +- 2.776 * 1.581 / sqrt(5) = [1.037, 4.963]`. At `n = 10` the t quantile is 2.262,
-# not the normal 1.96: a z-interval on ten timings claims 95% and delivers less.
+# **t-interval for a mean.** `mean +- t(1 - alpha/2, n - 1) * s / sqrt(n)` (`s` the
+# sample standard deviation, `t` Student's quantile). Worked example: `[1, 2, 3, 4, 5]`:
+# mean 3, `s = 1.581`, `t(0.975, 4) = 2.776`, so `[1.037, 4.963]`. At `n = 10` the t
+# quantile is 2.262, not the normal 1.96: a z-interval on ten timings delivers less than 95%.
 #
-# **Early stopping (MLPerf, v2.0 onwards).** Given `n` queries of which `t` were slower
-# than a latency `L`, can we say with 99% confidence that the true p90 is at most `L`?
-# If the true fraction slower than the p90 is `1 - q`, the chance of seeing at most `t`
-# of them is `P(Binomial(n, 1 - q) <= t)`; when that is below `1 - c` (1% for `c = 0.99`),
-# `L` is an upper bound of the p90 at confidence `c`. The **early-stopping estimate** is
-# the smallest such `L`: `x(n - t)` with the largest `t` that passes. It is never below
-# the measured p90 and approaches it as `n` grows. With `t = 0` the test needs
-# `q^n <= 1 - c`: `0.9^44 = 0.0097`, so 44 queries is the least that can bound a p90 at
-# 99% (459 for a p99). LoadGen's `MinPassingQueriesFinder` solves the same inequality.
+# **Early stopping (MLPerf, v2.0 onwards).** If `t` of `n` queries were slower than `L`,
+# and the true fraction slower than the p90 is `1 - q`, seeing at most `t` of them has
+# probability `P(Binomial(n, 1 - q) <= t)`; when that is below `1 - c`, `L` bounds the p90
+# at confidence `c`. The **early-stopping estimate** is the smallest such `L`: `x(n - t)`
+# with the largest passing `t`, never below the measured p90 and closer as `n` grows. With
+# `t = 0` the test is `q^n <= 1 - c`: `0.9^44 = 0.0097`, so 44 queries is the least that
+# can bound a p90 at 99% (459 for a p99), the inequality LoadGen's `MinPassingQueriesFinder` solves.
 #
 # **Paired comparison.** Time A and B **interleaved** (A, B, A, B, ...) so a burst of
 # background load hits both, and bootstrap the ratio of their medians by resampling the
 # *pairs*. If the interval excludes 1 it is a claim; if not, "no difference measured".
 #
-# **Server.** Poisson arrivals at rate `lambda` have independent exponential gaps of
-# mean `1 / lambda`. One worker serves queries in arrival order, so with arrival times
-# `a_i` and service times `s_i` the finish times are `f_i = max(a_i, f_(i-1)) + s_i` and
-# a user sees `f_i - a_i`, waiting included. Worked example: arrivals `[0, 1, 2]` ms,
-# 1.5 ms each: finishes `[1.5, 3.0, 4.5]`, latencies `[1.5, 2.0, 2.5]` ms; the queue grows
-# because the worker is slower than the arrivals.
+# **Server.** Poisson arrivals at rate `lambda` have exponential gaps of mean `1 / lambda`.
+# One worker serves queries in order: with arrivals `a_i` and service times `s_i`, finish
+# times are `f_i = max(a_i, f_(i-1)) + s_i` and a user sees `f_i - a_i`, waiting included.
+# Worked example: arrivals `[0, 1, 2]` ms, 1.5 ms each: finishes `[1.5, 3.0, 4.5]`,
+# latencies `[1.5, 2.0, 2.5]` ms; the queue grows as the worker is slower than the arrivals.
 #
 # **Quality.** A faster model that answers worse is not a result: MLPerf's closed
 # division requires 99% of the FP32 quality (99.9% for "high accuracy"). We use 99% of
@@ -152,20 +143,19 @@ for _run in range(3):
 # %% [markdown]
 # ## 3. Build it
 #
-# What you do not write is given in short library modules; read them beside this
-# notebook. `tinytorch.utils.stats`: the `Estimate` every figure is reported as, input
-# checks, and Student's t, normal and binomial distributions (the project does not depend
-# on SciPy). `tinytorch.utils.loadgen`: scenario settings, the `ScenarioResult` of a run,
-# its validity rule, `interleave` and the energy entries. `tinytorch.utils.reporting`: the
-# report's data, JSON form, table and plots. `tinytorch.utils.system.machine_info()`.
+# What you do not write is given in short library modules; read them beside this one.
+# `tinytorch.utils.stats`: the `Estimate` every figure is, input checks, and the t, normal
+# and binomial distributions (no SciPy). `tinytorch.utils.loadgen`: scenario settings, the
+# `ScenarioResult` of a run and its validity rule, `interleave`, energy.
+# `tinytorch.utils.reporting`: the report's data, JSON, table and plots. Below the
+# imports, a check of the given distributions against the worked examples.
 
 # %%
 #| export
 """Benchmarking: MLPerf-style scenarios, honest statistics, quality targets, reports.
 
-Every figure is an Estimate: a value with a confidence interval and the method that made it. The
-minimum query counts and durations are parameters (`mlperf_settings`: MLPerf's; `notebook_settings`:
-small ones). The given parts live in tinytorch.utils.stats, .loadgen and .reporting, re-exported here.
+Every figure is an Estimate: a value, its confidence interval and the method that made it. The given
+parts live in tinytorch.utils.stats, .loadgen and .reporting, and are re-exported here.
 """
 
 import json
@@ -190,12 +180,8 @@ from tinytorch.utils.stats import (Estimate, as_samples, binomial_cdf, check_con
                              min_queries_for_percentile, normal_quantile, t_cdf, t_quantile)
 
 
-# %% [markdown]
-# A check of the given distributions against printed tables and the worked example:
-
 # %%
-print(f"t(0.975, 4) = {t_quantile(0.975, 4):.4f}, t(0.975, 9) = {t_quantile(0.975, 9):.4f}, "
-      f"z(0.975) = {normal_quantile(0.975):.4f}")
+print(f"t(0.975, 4) = {t_quantile(0.975, 4):.4f}, t(0.975, 9) = {t_quantile(0.975, 9):.4f}, z(0.975) = {normal_quantile(0.975):.4f}")
 _cdf = binomial_cdf(20, 0.9)
 print(f"P(B <= 15) = {_cdf[15]:.4f}, P(B <= 19) = {_cdf[19]:.4f}, coverage of [x(16), x(20)] = {_cdf[19] - _cdf[15]:.4f}")
 
@@ -203,11 +189,9 @@ print(f"P(B <= 15) = {_cdf[15]:.4f}, P(B <= 19) = {_cdf[19]:.4f}, coverage of [x
 # ### 3.1 Percentiles with a distribution-free interval
 #
 # `percentile_ci(samples, q)` returns the `q`-quantile (NumPy's linear interpolation)
-# with the equal-tailed order-statistic interval of section 2: the largest lower index
-# `l` with `P(B <= l - 1) <= alpha/2` and the smallest upper index `u` with
-# `P(B <= u - 1) >= 1 - alpha/2`, for `B ~ Binomial(n, q)`. When the samples are too
-# few for the level, clamp to `x(1)` or `x(n)` and report the coverage actually reached
-# (it is the honest `confidence` of that Estimate).
+# with section 2's equal-tailed interval: the largest `l` with `P(B <= l - 1) <= alpha/2`
+# and the smallest `u` with `P(B <= u - 1) >= 1 - alpha/2`. When the samples are too few
+# for the level, clamp to `x(1)` or `x(n)` and report the coverage reached as `confidence`.
 
 # %% nbgrader={"grade": false, "grade_id": "percentile-ci", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -264,14 +248,11 @@ for _bad in ([], [[1.0, 2.0]], [1.0, float("nan")]):
     raises(percentile_ci, _bad, 0.9, exc=ValueError)
 ### BEGIN HIDDEN TESTS
 _h = percentile_ci([4.0, 1.0, 3.0, 2.0], 0.5)
-assert _h.value == 2.5, ("the quantile interpolates between order statistics (np.percentile), not the nearest rank: "
-                         f"on [4, 1, 3, 2], q=0.5: expected 2.5, got {_h.value}")
+assert _h.value == 2.5, f"interpolate (np.percentile), not the nearest rank: [4, 1, 3, 2], q=0.5: expected 2.5, got {_h.value}"
 _h = percentile_ci(np.random.default_rng(20).permutation(np.arange(1.0, 401.0)), 0.9)
-assert abs(_h.value - 360.1) < 1e-9 and (_h.low, _h.high) == (348.0, 372.0), ("the interval's indices come from Binomial(n, q) of the "
-    f"SORTED samples: on 1..400 shuffled, q=0.9: expected 360.1 [348, 372], got {_h.value} [{_h.low}, {_h.high}]")
+assert abs(_h.value - 360.1) < 1e-9 and (_h.low, _h.high) == (348.0, 372.0), f"index the SORTED samples: 1..400 shuffled, q=0.9: expected 360.1 [348, 372], got {_h}"
 _h = percentile_ci(np.arange(1.0, 11.0), 0.9)
-assert (_h.low, _h.high) == (7.0, 10.0) and abs(_h.confidence - 0.63853) < 1e-4, ("a p90 of 10 samples is [x(7), x(10)] "
-    f"with coverage P(7 <= B <= 9) = 0.6385: expected 7 [.., 10] at 0.6385, got [{_h.low}, {_h.high}] at {_h.confidence}")
+assert (_h.low, _h.high) == (7.0, 10.0) and abs(_h.confidence - 0.63853) < 1e-4, f"p90 of 1..10: expected [x(7), x(10)] at P(7 <= B <= 9) = 0.6385, got {_h}"
 _h = percentile_ci(np.arange(1.0, 101.0), 0.9, confidence=0.5)
 assert (_h.low, _h.high, _h.confidence) == (88.0, 93.0, 0.5), f"use the confidence asked for: at 0.5 on 1..100 expected [88, 93], got {_h}"
 ### END HIDDEN TESTS
@@ -280,10 +261,9 @@ print("percentile_ci: ok", _e.format())
 # %% [markdown]
 # ### 3.2 Bootstrap intervals
 #
-# `bootstrap_ci(samples, statistic)` works for any statistic that NumPy can compute
-# along an axis (`np.mean`, `np.median`, `lambda x, axis: np.percentile(x, 90, axis=axis)`).
-# Draw all resamples at once as an index matrix of shape `(n_resamples, n)`: one
-# vectorized call instead of a Python loop over resamples. A seed makes it reproducible.
+# `bootstrap_ci(samples, statistic)` works for any statistic NumPy computes along an axis
+# (`np.mean`, `np.median`, ...). Draw all resamples at once as an index matrix of shape
+# `(n_resamples, n)`: one vectorized call, no Python loop. A seed makes it reproducible.
 
 # %% nbgrader={"grade": false, "grade_id": "bootstrap-ci", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -340,22 +320,19 @@ assert _h.value == 3.0, f"use the statistic given: the median of [1, 2, 3, 4, 10
 _hx = np.random.default_rng(21).normal(0.0, 1.0, 400)
 _h50, _h99 = bootstrap_ci(_hx, np.mean, 0.5, seed=2), bootstrap_ci(_hx, np.mean, 0.99, seed=2)
 assert _h50.width < 0.5 * _h99.width, f"use the confidence asked for: the 50% interval must be far narrower than the 99%, got widths {_h50.width:.3g} and {_h99.width:.3g}"
-_h25 = bootstrap_ci(_hx[:25], np.mean, seed=2)
-assert bootstrap_ci(_hx, np.mean, seed=2).width < 0.6 * _h25.width, "the interval narrows as n grows (~1/sqrt(n)): 400 samples vs 25"
+assert bootstrap_ci(_hx, np.mean, seed=2).width < 0.6 * bootstrap_ci(_hx[:25], np.mean, seed=2).width, "narrower as n grows: 400 vs 25"
 ### END HIDDEN TESTS
 print("bootstrap_ci: ok", _a.format())
 
 # %% [markdown]
 # ### 3.3 The t-interval for a mean, and the Wilson interval for an accuracy
 #
-# Means come with `t_interval` (section 2); a single sample has no spread to measure,
-# so ask for at least two. An accuracy is a proportion `k / n`; its textbook interval
-# `p +- z sqrt(p(1-p)/n)` collapses to a point at `p = 1` and can leave `[0, 1]`. The
-# Wilson score interval does neither:
-# `(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`.
-# Worked example: 353 correct of 360 gives `p = 0.9806` and the interval
-# `[0.9604, 0.9905]` at 95%. Read it: the test set is too small to tell apart two
-# models whose accuracies differ by one point.
+# Means come with `t_interval` (section 2; at least two samples). An accuracy is a
+# proportion `k / n`; the textbook `p +- z sqrt(p(1-p)/n)` collapses to a point at `p = 1`
+# and can leave `[0, 1]`. The Wilson score interval does neither:
+# `(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`. Worked example: 353 of 360
+# correct gives `p = 0.9806` in `[0.9604, 0.9905]` at 95%: this test set cannot tell apart
+# two models one point apart.
 
 # %% nbgrader={"grade": false, "grade_id": "t-interval", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -393,10 +370,8 @@ _hits = sum(t_interval(_rng.normal(0.0, 1.0, 8)).contains(0.0) for _ in range(20
 assert 0.935 <= _hits / 2000 <= 0.965, f"t-interval coverage {_hits / 2000} at n=8, expected 0.95"
 raises(t_interval, [1.0], exc=ValueError)  # one sample has no spread
 ### BEGIN HIDDEN TESTS
-_h = t_interval([0.0, 2.0])
-assert abs(_h.high - (1 + 12.7062047)) < 1e-5, f"n = 2 has df = 1: t(0.975, 1) = 12.706, so [0, 2] gives 1 +- 12.706; got {_h.format()}"
-_h = t_interval([1.0, 2.0, 4.0, 7.0], 0.9)
-assert abs(_h.high - (3.5 + 2.3533634 * np.std([1, 2, 4, 7], ddof=1) / 2)) < 1e-5, f"90% uses t(0.95, 3) = 2.353: got {_h.format()}"
+assert abs(t_interval([0.0, 2.0]).high - (1 + 12.7062047)) < 1e-5, "n = 2 has df = 1: [0, 2] gives 1 +- t(0.975, 1) = 12.706"
+assert abs(t_interval([1.0, 2.0, 4.0, 7.0], 0.9).high - (3.5 + 2.3533634 * np.std([1, 2, 4, 7], ddof=1) / 2)) < 1e-5, "90% uses t(0.95, 3) = 2.353"
 ### END HIDDEN TESTS
 print("t_interval: ok", _e.format())
 
@@ -437,9 +412,8 @@ raises(wilson_interval, 11, 10, exc=ValueError)  # more successes than trials
 ### BEGIN HIDDEN TESTS
 _h = wilson_interval(0, 10)
 assert _h.low == 0.0 and abs(_h.high - 0.2775328) < 1e-6, f"0/10: expected [0, 0.2775] (z^2 / (n + z^2)), got {_h.format()}"
-_hz, _hp = 2.5758293, 0.9
-_hc = (_hp + _hz**2 / 100) / (1 + _hz**2 / 50)
-_hh = _hz * math.sqrt(_hp * (1 - _hp) / 50 + _hz**2 / 10000) / (1 + _hz**2 / 50)
+_hz, _hp = 2.5758293, 0.9                  # 45/50 at 99%, by the formula
+_hc, _hh = (_hp + _hz**2 / 100) / (1 + _hz**2 / 50), _hz * math.sqrt(_hp * (1 - _hp) / 50 + _hz**2 / 10000) / (1 + _hz**2 / 50)
 _h = wilson_interval(45, 50, 0.99)
 assert abs(_h.low - (_hc - _hh)) < 1e-6 and abs(_h.high - (_hc + _hh)) < 1e-6, f"45/50 at 99% (z = 2.576): expected [{_hc - _hh:.4f}, {_hc + _hh:.4f}], got {_h.format()}"
 assert wilson_interval(90, 100).width < wilson_interval(9, 10).width, "the interval narrows with n: 90/100 vs 9/10"
@@ -450,11 +424,10 @@ print("wilson_interval: ok", _w.format())
 # %% [markdown]
 # ### 3.4 Early stopping: a percentile you can guarantee from few queries
 #
-# Implement section 2's test. For `t = 0, 1, 2, ...` overlatency queries, the bound
-# `x(n - t)` passes when `P(Binomial(n, 1 - q) <= t) <= 1 - confidence`. Take the
-# largest passing `t`. If not even `t = 0` passes, the run has too few queries: raise
-# a `ValueError` that says how many are needed (`min_queries_for_percentile(q, c)`, given:
-# the least `n` with `q^n <= 1 - c`).
+# Section 2's test: for `t = 0, 1, 2, ...` overlatency queries, the bound `x(n - t)` passes
+# when `P(Binomial(n, 1 - q) <= t) <= 1 - confidence`; take the largest passing `t`. If
+# not even `t = 0` passes, raise a `ValueError` naming the queries needed
+# (`min_queries_for_percentile(q, c)`, given: the least `n` with `q^n <= 1 - c`).
 
 # %% nbgrader={"grade": false, "grade_id": "early-stopping", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -505,22 +478,18 @@ assert _cdf[_t] <= 0.01 < _cdf[_t + 1], "t must be the LARGEST passing count"
 assert _es.value > np.percentile(_x, 90) and _es.low == np.percentile(_x, 90)
 ### BEGIN HIDDEN TESTS
 _h = early_stopping_percentile(np.random.default_rng(22).permutation(np.arange(1.0, 1001.0)), 0.99)
-assert (_h.value, round(_h.low, 6)) == (998.0, 990.01), ("p99 of 1..1000 (shuffled) at 99%: at most 2 queries may be set aside "
-    f"(P(Binomial(1000, 0.01) <= 2) <= 1%), so the bound is x(998) and low the measured p99 990.01; got {_h.value}, {_h.low}")
+assert (_h.value, round(_h.low, 6)) == (998.0, 990.01), f"p99 of 1..1000 shuffled: 2 set aside, bound x(998), low the p99 990.01; got {_h}"
 assert early_stopping_percentile(np.arange(1.0, 30.0), 0.9, 0.95).value == 29.0, "at 95% confidence 29 queries bound a p90 (0.9^29 <= 5%)"
 raises(early_stopping_percentile, np.arange(1.0, 29.0), 0.9, 0.95, exc=ValueError, match="29")  # 28 cannot, at 95%
 ### END HIDDEN TESTS
 print(f"early_stopping_percentile: ok; 1000 queries 1..1000: measured p90 {_es.low:.1f}, bound {_es.value:.0f}")
 
 # %% [markdown]
-# (A p99 at 99% needs 459 queries by the same rule: `0.99^459 = 0.0099`.)
-#
 # ### 3.5 A paired comparison of two systems
 #
-# `paired_ratio(a, b)` takes latencies measured interleaved (`a[i]` and `b[i]` side by
-# side) and bootstraps the ratio `median(a) / median(b)`, resampling pair indices so a
-# slow moment stays in both. `interleave` (given) does the measuring: it calls A and B in turn,
-# alternating which goes first, and returns both sample arrays.
+# `paired_ratio(a, b)` takes latencies measured interleaved (`a[i]` beside `b[i]`) and
+# bootstraps `median(a) / median(b)`, resampling pair indices so a slow moment stays in
+# both. `interleave` (given) measures: it calls A and B in turn, alternating which goes first.
 
 # %% nbgrader={"grade": false, "grade_id": "paired-ratio", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -574,7 +543,7 @@ _ta, _tb = interleave(lambda: _calls.append("a"), lambda: _calls.append("b"), re
 assert _calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"] and len(_ta) == len(_tb) == 4
 ### BEGIN HIDDEN TESTS
 _h = paired_ratio([1.0, 3.0, 10.0], [4.0, 1.0, 2.0])
-assert _h.value == 1.5, f"the ratio of the medians (3 / 2), not the median or mean of per-pair ratios: expected 1.5, got {_h.value}"
+assert _h.value == 1.5, f"the ratio of the medians (3 / 2), not a median of per-pair ratios: expected 1.5, got {_h.value}"
 _hb = np.random.default_rng(23).lognormal(0, 0.3, 60)
 _ha = _hb * np.random.default_rng(24).lognormal(0, 0.3, 60)
 assert paired_ratio(_ha, _hb, 0.5).width < 0.6 * paired_ratio(_ha, _hb, 0.99).width, "use the confidence asked for (50% vs 99%)"
@@ -585,33 +554,27 @@ print("paired_ratio: ok", _r.format(), "|", _fast.format())
 # %% [markdown]
 # ### 3.6 The scenarios
 #
-# A **system under test** (SUT) is any function that takes a batch of samples (first axis:
-# the sample) and returns the answers. Each query draws its samples at random (seeded)
-# from the sample array, outside the timed region. Every scenario returns a
-# `ScenarioResult` (given): the latencies, the metric as an `Estimate`, MLPerf's
-# early-stopping bound where it applies, and whether the run met its settings. Each
-# runner takes the `clock` as a parameter: the notebook uses `time.perf_counter`; the
-# tests pass `tinytorch.utils.testing.FakeClock` (given), which a fake SUT advances by a
-# known latency (`sleep` moves it too, and is recorded), so no real time passes and
-# every number is known in advance.
+# A **system under test** (SUT) is a function from a batch of samples (first axis: the
+# sample) to answers; each query draws its samples at random (seeded) outside the timed
+# region. Every runner returns a `ScenarioResult` (given) and takes the `clock` as a
+# parameter: the tests pass `FakeClock` (given), which a fake SUT advances by a known
+# latency, so no real time passes and every number is known in advance.
 #
 # **SingleStream and MultiStream** are one loop: issue a query of `samples_per_query`
-# samples, wait for it, issue the next, until the run has `min_query_count` queries
-# **and** has lasted `min_duration_s` (or hits the safety stop `max_duration_s`, invalid
-# if the minimums are not met). Report the settings' percentile with `percentile_ci`,
-# and the early-stopping bound (`_early_stopping`, given, notes why when there is none).
+# samples, wait, issue the next, until there are `min_query_count` queries **and**
+# `min_duration_s` has passed (or the safety stop `max_duration_s`: invalid if short).
+# Report the settings' percentile with `percentile_ci` and the early-stopping bound.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "run-stream", "locked": false, "schema_version": 3, "solution": true}
 #| export
-def _early_stopping(latencies, q: float, notes: list):
+def _early_stopping(latencies, q: float, notes: list):  # given: the bound, or a note saying why there is none
     try:
         return early_stopping_percentile(latencies, q, 0.99)
     except ValueError as err:
         notes.append(f"no early-stopping bound: {err}")
         return None
 
-# %% nbgrader={"grade": false, "grade_id": "run-stream", "locked": false, "schema_version": 3, "solution": true}
-#| export
+
 def run_stream(sut: Callable, samples, settings: ScenarioSettings, clock: Callable[[], float] = time.perf_counter,
                seed: int = 0) -> ScenarioResult:
     """SingleStream / MultiStream: back-to-back queries of settings.samples_per_query samples.
@@ -682,29 +645,26 @@ _r2 = run_stream(_fake_sut, np.arange(50.0), _s.replace(min_duration_s=1.0, warm
 assert _r2.queries > 100 and _r2.duration_s >= 1.0 and _r2.valid
 # MultiStream: 8 samples per query, the p99
 _sizes.clear()
-_m = run_stream(_fake_sut, np.arange(50.0), notebook_settings("MultiStream", min_query_count=500,
-                                                              min_duration_s=0.0, warmup_queries=0), clock=_clock)
+_m = run_stream(_fake_sut, np.arange(50.0), notebook_settings("MultiStream", min_query_count=500, min_duration_s=0.0, warmup_queries=0), clock=_clock)
 assert set(_sizes) == {8} and _m.samples == 8 * _m.queries and _m.metric.startswith("p99")
 assert _m.early_stopping is not None and _m.early_stopping.value >= _m.value.value
 # the safety stop ends the run early: not enough queries, so not valid, and it says why
 _short = run_stream(_fake_sut, np.arange(50.0), _s.replace(max_duration_s=0.05, warmup_queries=0), clock=_clock)
 assert not _short.valid and "min_query_count" in " ".join(_short.notes)
 ### BEGIN HIDDEN TESTS
-_hc = FakeClock()
-_hl = iter(np.tile(np.arange(1, 11) * 1e-3, 1000))
-_hr = run_stream(lambda b: _hc.advance(next(_hl)), np.arange(50.0),
-                 _s.replace(min_query_count=300, min_duration_s=0.1, warmup_queries=0), clock=_hc)
+_hc, _hl = FakeClock(), iter(np.tile(np.arange(1, 11) * 1e-3, 1000))
+_hr = run_stream(lambda b: _hc.advance(next(_hl)), np.arange(50.0), _s.replace(min_query_count=300, min_duration_s=0.1, warmup_queries=0), clock=_hc)
 assert _hr.queries == 300, f"the run needs min_query_count AND min_duration_s: 0.1 s pass after 19 queries, expected 300, got {_hr.queries}"
 _hr = run_stream(_fake_sut, np.arange(50.0), _s.replace(percentile=0.5, warmup_queries=0), clock=_clock)
 assert _hr.metric == "p50 latency" and _hr.value.value == np.median(_hr.latencies), "report the settings' percentile (here 0.5)"
-_hb = {}
+_hd = []                                   # the samples each query held, in runs with seeds 1, 1, 2
 for _hseed in (1, 1, 2):
-    _hs = []
-    run_stream(lambda b: (_hs.append(np.array(b)), _clock.advance(1e-3)), np.arange(100.0, 150.0),
+    _hd.append([])
+    run_stream(lambda b: (_hd[-1].append(np.array(b)), _clock.advance(1e-3)), np.arange(100.0, 150.0),
                _s.replace(min_query_count=20, warmup_queries=0), clock=_clock, seed=_hseed)
-    assert all(np.isin(_hx, np.arange(100.0, 150.0)).all() for _hx in _hs), "queries hold samples of the data"
-    _hb.setdefault(_hseed, []).append(np.concatenate(_hs))
-assert np.array_equal(*_hb[1]) and not np.array_equal(_hb[1][0], _hb[2][0]), "the samples are drawn with the seed given"
+_hd = [np.concatenate(_hx) for _hx in _hd]
+assert np.isin(np.concatenate(_hd), np.arange(100.0, 150.0)).all(), "queries hold samples of the data"
+assert np.array_equal(_hd[0], _hd[1]) and not np.array_equal(_hd[0], _hd[2]), "the samples are drawn with the seed given"
 ### END HIDDEN TESTS
 print("run_stream: ok", _r)
 
@@ -769,8 +729,7 @@ for _ai, _si in zip(_arr, _svc):          # the recursion, one query at a time, 
     _oracle.append(_f - _ai)
 assert np.allclose(queue_latencies(_arr, _svc), _oracle)
 ### BEGIN HIDDEN TESTS
-_h = poisson_arrivals(100.0, 3, seed=0)
-_hw = np.cumsum(np.random.default_rng(0).exponential(1.0, 3)) / 100.0
+_h, _hw = poisson_arrivals(100.0, 3, seed=0), np.cumsum(np.random.default_rng(0).exponential(1.0, 3)) / 100.0
 assert np.allclose(_h, _hw), f"arrival i is the sum of i + 1 exponential gaps (the first is after 0): expected {_hw}, got {_h}"
 assert not np.allclose(poisson_arrivals(100.0, 5, seed=1), poisson_arrivals(100.0, 5, seed=2)), "use the seed given"
 assert np.allclose(queue_latencies([0.0, 0.0, 0.0], [1.0, 1.0, 1.0]), [1, 2, 3]), "queries arriving together wait in turn"
@@ -779,21 +738,18 @@ assert np.allclose(queue_latencies([0.0, 10.0], [1.0, 1.0]), [1, 1]), "an idle w
 print("poisson_arrivals, queue_latencies: ok")
 
 # %% [markdown]
-# Now the real run. `run_server` issues query `i` at `start + arrivals[i]` in real time:
-# it sleeps until then if the worker is idle; if the worker is busy the query starts
-# late, and its latency counts from its scheduled arrival: the recursion above, with
-# measured service times (which, on a real machine, depend on the load). The schedule
-# (`server_arrivals`, given) runs until `min_query_count` queries have arrived and one at
-# or after `min_duration_s` (LoadGen's rule). The run is valid if the minimums are met
-# and the percentile is at most the bound. `time.sleep` wakes up late and that counts as
-# latency, as in a real server (`python -m benchmarks.run benchmarking` measures it).
+# Now the real run. `run_server` issues query `i` at `start + arrivals[i]`: it sleeps
+# until then if the worker is idle; if busy, the query starts late and its latency counts
+# from its scheduled arrival: the recursion above, with measured service times. The
+# schedule (`server_arrivals`, given) runs until `min_query_count` queries have arrived and
+# one at or after `min_duration_s` (LoadGen's rule); the run is valid if it met them and
+# the percentile is within the bound. Late wake-ups of `time.sleep` count as latency.
 
 # %% nbgrader={"grade": false, "grade_id": "run-server", "locked": false, "schema_version": 3, "solution": true}
 #| export
 def server_arrivals(settings: ScenarioSettings, seed: int = 0) -> np.ndarray:
-    """The Server schedule: Poisson arrivals at target_qps until there are min_query_count of them
-    AND one at or after min_duration_s (LoadGen's rule). A fixed count of qps * min_duration_s
-    would end before min_duration_s about half the time, and the run would be invalid by chance."""
+    """Poisson arrivals at target_qps until there are min_query_count AND one at or after min_duration_s
+    (LoadGen's rule: a fixed count of qps * min_duration_s would fall short about half the time)."""
     n = max(settings.min_query_count, math.ceil(settings.target_qps * settings.min_duration_s), 1)
     arrivals = poisson_arrivals(settings.target_qps, n, seed)
     while arrivals[-1] < settings.min_duration_s:  # same seed, more draws: the earlier ones are kept
@@ -874,18 +830,15 @@ assert _r.queries == 400 and np.allclose(_r.latencies, _expected), "the real loo
 assert _r.latencies.min() >= _service - 1e-12 and _r.extra["target_qps"] == 200.0
 assert _r.valid == (np.percentile(_expected, 99) <= 0.010)
 # overloaded: 400 queries/s against a 4 ms worker (250/s max): the queue grows without bound
-_over = run_server(_fake_server_sut, np.arange(10.0), _s.replace(target_qps=400.0), clock=_clock,
-                   sleep=_clock.sleep, seed=7)
+_over = run_server(_fake_server_sut, np.arange(10.0), _s.replace(target_qps=400.0), clock=_clock, sleep=_clock.sleep, seed=7)
 assert not _over.valid and _over.latencies[-1] > 0.1 and "bound" in " ".join(_over.notes)
 ### BEGIN HIDDEN TESTS
 _hcalls = []                               # the first 5 calls (the warm-up) take 0.5 s, then 4 ms
 _hslow_first = lambda b: (_hcalls.append(1), _clock.advance(0.5 if len(_hcalls) <= 5 else _service))  # noqa: E731
 _hr = run_server(_hslow_first, np.arange(10.0), _s.replace(warmup_queries=5), clock=_clock, sleep=_clock.sleep, seed=7)
-assert _hr.queries == 400 and np.allclose(_hr.latencies, _expected), ("warm-up queries are neither timed nor counted, and "
-    f"the schedule starts after them: expected the 400 latencies of the 4 ms queue, got {_hr.queries} queries, max {_hr.latencies.max():.3g} s")
+assert _hr.queries == 400 and np.allclose(_hr.latencies, _expected), f"warm-up is not timed, the schedule starts after it: got {_hr.queries}, max {_hr.latencies.max():.3g} s"
 _hp50, _hp99 = np.percentile(_expected, 50), np.percentile(_expected, 99)
-_hr = run_server(_fake_server_sut, np.arange(10.0), _s.replace(percentile=0.5, latency_bound_s=(_hp50 + _hp99) / 2),
-                 clock=_clock, sleep=_clock.sleep, seed=7)
+_hr = run_server(_fake_server_sut, np.arange(10.0), _s.replace(percentile=0.5, latency_bound_s=(_hp50 + _hp99) / 2), clock=_clock, sleep=_clock.sleep, seed=7)
 assert _hr.valid and _hr.metric == "p50 latency", f"the bound applies to the settings' percentile (p50 here, under the bound): {_hr.notes}"
 _hclk = FakeClock()
 _hr = run_server(lambda b: _hclk.advance(_service), np.arange(10.0), _s, clock=_hclk, sleep=_hclk.sleep, seed=7)
@@ -894,11 +847,11 @@ assert abs(sum(_hclk.slept) - (_hr.duration_s - 400 * _service)) < 1e-9, "an idl
 print("run_server: ok", _r)
 
 # %% [markdown]
-# **The highest rate that meets the bound.** `find_max_qps(meets, low, high)` searches
-# between a rate that passes and one that fails, halving the bracket in log space
-# (`sqrt(low * high)`) until `high / low <= 1 + rel_tol`. `meets(rate)` is any function
-# returning a bool, or a `ScenarioResult` whose `valid` is used: a real server run, or a
-# formula in a test. It returns a `QPSSearch` (given): the bracket, the history, the runs.
+# **The highest rate that meets the bound.** `find_max_qps(meets, low, high)` halves the
+# bracket between a passing and a failing rate in log space (`sqrt(low * high)`) until
+# `high / low <= 1 + rel_tol`. `meets(rate)` returns a bool or a `ScenarioResult` (its
+# `valid` counts): a real server run, or a formula in a test. The answer is a `QPSSearch`
+# (given): the bracket, the history, the runs.
 
 # %% nbgrader={"grade": false, "grade_id": "find-max-qps", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -967,17 +920,15 @@ assert _q.max_qps <= _true_max + 0.1 and _q.failed_qps >= _true_max, (_q.max_qps
 assert all(isinstance(v, ScenarioResult) for v in _q.results.values())
 ### BEGIN HIDDEN TESTS
 _hq = find_max_qps(lambda r: r <= 37.3, 10.0, 1000.0, rel_tol=0.5)
-assert _hq.history[:2] == [(10.0, True), (1000.0, False)] and abs(_hq.history[2][0] - 100.0) < 1e-6, ("check low, then high, then bisect in log "
-    f"space (sqrt(10 * 1000) = 100): expected history to start (10, True), (1000, False), (100, False), got {_hq.history[:3]}")
+assert _hq.history[:2] == [(10.0, True), (1000.0, False)] and abs(_hq.history[2][0] - 100.0) < 1e-6, f"low, high, then sqrt(10 * 1000) = 100: got {_hq.history[:3]}"
 assert _hq.failed_qps / _hq.max_qps <= 1.5 and len(_hq.history) <= 6, f"stop when high / low <= 1 + rel_tol: {_hq.history}"
 ### END HIDDEN TESTS
 print(f"find_max_qps: ok; fake 4 ms worker meets p99 <= 10 ms up to {_q.max_qps:.1f}/s (scan: {_true_max:.1f}/s)")
 
 # %% [markdown]
-# **Offline.** One query holds many samples (`samples_per_query`; the whole test set,
-# repeated if needed). The SUT is free to batch them. Repeat the query until the
-# minimums are met, and report the mean throughput over queries with its t-interval
-# (a single query has no interval: report it with `low == high` and say so).
+# **Offline.** One query holds `samples_per_query` samples (the test set, repeated if
+# needed), which the SUT may batch. Repeat it until the minimums are met and report the
+# mean throughput with its t-interval (one query: `low == high`, and a note).
 
 # %% nbgrader={"grade": false, "grade_id": "run-offline", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1030,9 +981,8 @@ def run_offline(sut: Callable, samples, settings: ScenarioSettings, clock: Calla
 _clock = FakeClock()
 _seen = []
 _batched_sut = lambda batch: (_seen.append(np.array(batch)), _clock.advance(1e-3 + 1e-4 * len(batch)))  # noqa: E731  (1 ms + 0.1 ms per sample)
-_o = run_offline(_batched_sut, np.arange(100.0), notebook_settings("Offline", samples_per_query=250, min_query_count=4,
-                                                                   min_duration_s=0.0, warmup_queries=1),
-                 clock=_clock)
+_o = run_offline(_batched_sut, np.arange(100.0), notebook_settings(
+    "Offline", samples_per_query=250, min_query_count=4, min_duration_s=0.0, warmup_queries=1), clock=_clock)
 assert _o.queries == 4 and _o.samples == 1000 and len(_seen) == 5
 assert sorted(_seen[0][:100]) == list(range(100)), "one query holds every sample"
 assert abs(_o.value.value - 250 / 0.026) < 1e-6 and _o.value.width < 1e-6, _o.value
@@ -1040,17 +990,13 @@ _one = run_offline(_batched_sut, np.arange(100.0), notebook_settings("Offline", 
                    clock=_clock)
 assert _one.value.low == _one.value.high and "no interval" in " ".join(_one.notes)
 ### BEGIN HIDDEN TESTS
-_hc = FakeClock()
-_hl = iter([0.5, 0.5] + [0.01, 0.03] * 10)        # 2 slow warm-up queries, then 10 ms and 30 ms in turn
-_ho = run_offline(lambda b: _hc.advance(next(_hl)), np.arange(100.0),
-                  notebook_settings("Offline", samples_per_query=100, min_query_count=4, min_duration_s=0.0,
-                                    warmup_queries=2), clock=_hc)
+_hc, _hl = FakeClock(), iter([0.5, 0.5] + [0.01, 0.03] * 10)        # 2 slow warm-up queries, then 10 ms and 30 ms in turn
+_ho = run_offline(lambda b: _hc.advance(next(_hl)), np.arange(100.0), notebook_settings(
+    "Offline", samples_per_query=100, min_query_count=4, min_duration_s=0.0, warmup_queries=2), clock=_hc)
 assert _ho.queries == 4 and np.allclose(_ho.latencies, [0.01, 0.03] * 2), f"warm-up queries are not timed: got {_ho.latencies}"
-assert abs(_ho.value.value - (10000 + 100 / 0.03) / 2) < 1e-6, ("the throughput is the mean of samples/s over queries "
-    f"(t-interval), not samples / mean latency: expected 6666.7, got {_ho.value.value:.1f}")
+assert abs(_ho.value.value - (10000 + 100 / 0.03) / 2) < 1e-6, f"the mean of samples/s over queries, not samples / mean latency: expected 6666.7, got {_ho.value.value:.1f}"
 _hc = FakeClock()                                     # 62.5 ms = 1/16 s: the sums are exact
-_ho = run_offline(lambda b: _hc.advance(0.0625), np.arange(100.0),
-                  notebook_settings("Offline", min_query_count=2, min_duration_s=0.5, warmup_queries=0), clock=_hc)
+_ho = run_offline(lambda b: _hc.advance(0.0625), np.arange(100.0), notebook_settings("Offline", min_query_count=2, min_duration_s=0.5, warmup_queries=0), clock=_hc)
 assert _ho.queries == 8, f"the run lasts min_duration_s too: 0.5 s of 62.5 ms queries is 8, got {_ho.queries}"
 ### END HIDDEN TESTS
 print("run_offline: ok", _o)
@@ -1081,11 +1027,10 @@ def run_scenario(sut: Callable, samples, settings: ScenarioSettings, clock: Call
 # %% [markdown]
 # ### 3.7 Quality targets
 #
-# A `QualityTarget` holds the FP32 reference and the fraction to keep. For a metric
-# where higher is better (accuracy) the threshold is `fraction * reference`; where lower
-# is better (loss, perplexity) it is `reference / fraction`. Worked example: FP32
-# accuracy 0.9806 gives the threshold `0.99 * 0.9806 = 0.9708`, so a variant may lose
-# at most 3 of the 360 test images (0.9722 passes, 0.9694 does not).
+# A `QualityTarget` holds the FP32 reference and the fraction to keep: the threshold is
+# `fraction * reference` where higher is better (accuracy), `reference / fraction` where
+# lower is (loss, perplexity). Worked example: FP32 accuracy 0.9806 gives `0.9708`, so a
+# variant may lose at most 3 of the 360 test images (0.9722 passes, 0.9694 does not).
 
 # %% nbgrader={"grade": false, "grade_id": "quality-target", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1133,13 +1078,10 @@ assert not QualityTarget("loss", 2.0, 0.95, higher_is_better=False).met(2.2), "l
 print(f"QualityTarget: ok; digits_mlp threshold {_acc.threshold:.4f}, tiny_gpt perplexity threshold {_ppl.threshold:.3f}")
 
 # %% [markdown]
-# Measuring quality and size (given). Accuracy comes with its Wilson interval; the
-# language model's loss is `evaluate.lm_loss` on `groups` equal slices of the text
-# (`lm_group_losses`; their spread gives a t-interval, perplexity is `exp(loss)`). Sizes
-# (`measure_footprint`) come from module 14. `measure_generation` times `generate(n)`
-# (n new tokens, `time_generation`): time to
-# first token (TTFT) is the time of `generate(1)`, time per output token (TPOT)
-# `(time of generate(n) - TTFT) / (n - 1)`, in interleaved pairs.
+# Measuring quality and size (given): accuracy with its Wilson interval; a language
+# model's loss on `groups` slices of the text (a t-interval; perplexity `exp(loss)`);
+# sizes from module 14; for `generate(n)`, timed interleaved, the time to first token
+# (TTFT, `generate(1)`) and per output token (TPOT, `(generate(n) - TTFT) / (n - 1)`).
 
 # %%
 #| export
@@ -1173,12 +1115,11 @@ def measure_generation(generate: Callable[[int], object], new_tokens: int = 32, 
 # %% [markdown]
 # ### 3.8 The report
 #
-# A `VariantResult` gathers one variant's quality with its target, scenario results and
-# memory; a `BenchmarkReport` holds the variants and the system they ran on
-# (`machine_info()`). Its JSON carries a **schema name and version**: a reader refuses a
-# file it does not understand, and says which field or version is wrong. You write
-# `validate_report` and `save`/`load` (`save` through `atomic_write`, so a crash never
-# leaves half a file); the rest is given in `tinytorch.utils.reporting`.
+# A `VariantResult` holds one variant's quality, target, scenario results and memory; a
+# `BenchmarkReport` the variants and their system (`machine_info()`). Its JSON carries a
+# **schema name and version**, so a reader refuses a file it does not understand and says
+# which field or version is wrong. You write `validate_report` and `save`/`load` (through
+# `atomic_write`: a crash never leaves half a file); the rest is in `tinytorch.utils.reporting`.
 
 # %% nbgrader={"grade": false, "grade_id": "report", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1256,11 +1197,9 @@ class BenchmarkReport(Report):
 
 # %% nbgrader={"grade": true, "grade_id": "test-report", "locked": true, "points": 10, "schema_version": 3, "solution": false}
 _clock = FakeClock()
-_res = run_stream(lambda b: _clock.advance(0.002), np.arange(5.0),
-                  notebook_settings("SingleStream", min_query_count=60, min_duration_s=0.0), clock=_clock)
+_res = run_stream(lambda b: _clock.advance(0.002), np.arange(5.0), notebook_settings("SingleStream", min_query_count=60, min_duration_s=0.0), clock=_clock)
 _rep = BenchmarkReport("test", system={"processor": "test"})
-_rep.add(VariantResult("fp32", wilson_interval(353, 360), QualityTarget("accuracy", 353 / 360),
-                       {"SingleStream": _res}, {"parameter_bytes": 100}))
+_rep.add(VariantResult("fp32", wilson_interval(353, 360), QualityTarget("accuracy", 353 / 360), {"SingleStream": _res}, {"parameter_bytes": 100}))
 _rep.add(VariantResult("bad", wilson_interval(340, 360), QualityTarget("accuracy", 353 / 360), {}, {}))
 assert _rep.variant("fp32").valid and not _rep.variant("bad").valid, "a variant below its quality target is not valid"
 with tempfile.TemporaryDirectory() as _tmp:
@@ -1298,14 +1237,11 @@ print(_rep)
 # %% [markdown]
 # ### 3.9 The Pareto front
 #
-# With several variants and several objectives (lower latency, smaller size, higher
-# accuracy) there is rarely one best. A variant is **dominated** if another is at least
-# as good in every objective and strictly better in one; the **Pareto front** is the
-# set of variants no other dominates. Compare every pair at once with broadcasting:
+# With several objectives (latency, size, accuracy) there is rarely one best. A variant
+# is **dominated** if another is at least as good in every objective and strictly better
+# in one; the **Pareto front** is the set no other dominates. Compare all pairs at once:
 # `le[i, j, k]` says whether point `j` is at least as good as point `i` in objective `k`.
-# Two plots every report needs are given (`tinytorch.utils.reporting`): the latency
-# distribution of scenario runs (an empirical CDF with the percentile each reports), and
-# quality against latency, marker area the size, joined along your front (`plot_pareto`).
+# Given: the latency plot (an empirical CDF) and `plot_pareto` (quality vs latency, along your front).
 
 # %% nbgrader={"grade": false, "grade_id": "pareto", "locked": false, "schema_version": 3, "solution": true}
 #| export
@@ -1370,17 +1306,12 @@ def plot_pareto(report: BenchmarkReport, scenario: str = "SingleStream", ax=None
 #
 # ### 4.1 The digits classifiers: FP32, INT8, pruned + INT8
 #
-# Three variants of each trained digits model: **FP32**, the reference; **INT8**, module
-# 15's `quantize_model`; **pruned + INT8**, module 16's `prune_structured` (half the
-# hidden units go: a smaller *dense* model, so NumPy really does less work), two epochs
-# of `train_epochs`, then INT8, its size on disk that of module 16's `save_compressed`.
-# Modules 15 and 16 are imported here, at the point of use: the package does not need them.
-#
-# Each variant runs the four scenarios with `notebook_settings` (a few hundred queries,
-# not MLPerf's ten minutes; every result records that), quality on the 360 test images
-# with the 99% target, and memory. Server: the p99 bound is 10 ms (MLPerf sets one per
-# benchmark, 15 ms for ResNet-50) and `find_max_qps` searches 200 to 20,000 queries/s to
-# within 25% (a variant that misses the bound even at 200/s keeps that run, invalid).
+# Three variants of each digits model: **FP32**; **INT8** (module 15's `quantize_model`);
+# **pruned + INT8** (module 16's `prune_structured` drops half the hidden units, so NumPy
+# really does less work; two epochs of `train_epochs`; INT8; its disk size that of
+# `save_compressed`). Each runs the four scenarios with `notebook_settings`, quality on
+# the 360 test images with the 99% target, and memory. Server: a 10 ms p99 bound (MLPerf:
+# 15 ms for ResNet-50), `find_max_qps` from 200 to 20,000 queries/s within 25%.
 
 # %%
 import copy
@@ -1455,38 +1386,29 @@ for v in report.variants:
 # Read the table row by row (the numbers are this run's).
 #
 # - **Quality.** With 360 test images the Wilson interval of a 98% accuracy spans about
-#   three points, three times the 1% margin the target allows. The target is met or
-#   missed on the point value, as in MLPerf; a variant below it is not valid, however fast.
-# - **Latency.** The MLP's SingleStream p90 is a fraction of a millisecond: call overhead,
-#   not arithmetic. NumPy has no integer GEMM, so INT8 dequantizes around a float matmul
-#   and is *slower* than FP32 (as module 15 measured; the paired ratio below puts an
-#   interval on it). Pruned + INT8 should land between the two; close variants swap
-#   places from run to run, as their overlapping intervals warn. The CNN's im2col
-#   products suffer most when other processes keep the cores busy (the load, last line).
-# - **Server and Offline.** The highest Poisson rate that keeps the p99 under 10 ms (a
-#   search bracket, not a confidence interval), and the throughput with all 360 images in
-#   one query: against the SingleStream rate `1 / latency`, one call instead of 360 is
-#   worth 2x to 8x for most variants on a lightly loaded machine (batching, module 18).
-# - **Size.** `disk KiB` is the file a deployment ships: the INT8 checkpoint is about 4x
-#   smaller than FP32, the pruned sparse file smaller again.
+#   three points, three times the 1% margin allowed; the target is met or missed on the
+#   point value, as in MLPerf, and a variant below it is not valid, however fast.
+# - **Latency.** The MLP's p90 is a fraction of a millisecond: call overhead, not
+#   arithmetic. NumPy has no integer GEMM, so INT8 dequantizes around a float matmul and is
+#   *slower* than FP32 (as module 15 measured). Close variants swap places from run to run,
+#   as their overlapping intervals warn; the CNN's im2col products suffer most under load.
+# - **Server and Offline.** The highest Poisson rate with a p99 under 10 ms (a search
+#   bracket, not a confidence interval), and the throughput with all 360 images in one
+#   query: against SingleStream's `1 / latency`, one call instead of 360 is worth 2x to 8x
+#   for most variants on a lightly loaded machine (batching, module 18).
+# - **Size.** `disk KiB` is the file a deployment ships: INT8 about 4x smaller than FP32,
+#   the pruned sparse file smaller again.
 #
-# The same report, saved and loaded back through its versioned JSON:
+# The report survives its versioned JSON; then two plots. Left: the SingleStream latency
+# distributions of the MLP variants, the 95% interval of each p90 shaded. Right: the
+# Pareto front of quality, p90 and size for all six (marker area: bytes on disk; a cross:
+# not valid).
 
 # %%
 with tempfile.TemporaryDirectory() as _tmp:
     _path = report.save(os.path.join(_tmp, "digits_report.json"))
-    _size = os.path.getsize(_path)
-    _back = BenchmarkReport.load(_path)
-print(f"saved {_size / 1024:.0f} KiB of JSON (schema {REPORT_SCHEMA} v{SCHEMA_VERSION}); "
-      f"round trip equal: {_back.to_dict() == report.to_dict()}")
-
-# %% [markdown]
-# Now the two plots. Left: the SingleStream latency distributions of the MLP variants
-# with the 95% interval of each p90 shaded. Right: the Pareto front of quality, p90
-# latency and size for all six variants (marker area: bytes on disk; a cross: not
-# valid).
-
-# %%
+    print(f"saved {os.path.getsize(_path) / 1024:.0f} KiB of JSON (schema {REPORT_SCHEMA} v{SCHEMA_VERSION}); "
+          f"round trip equal: {BenchmarkReport.load(_path).to_dict() == report.to_dict()}")
 fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
 plot_latency_distribution({v.name: v.scenarios["SingleStream"] for v in report.variants if "mlp" in v.name},
                           ax=axes[0])
@@ -1495,8 +1417,9 @@ fig.tight_layout()
 show(fig)
 
 # %% [markdown]
-# **Which variant wins under which constraint?** Among the variants that meet their
-# quality target and whose run is valid, the best for each objective:
+# **Which variant wins under which constraint?** The best valid variant per objective,
+# by point value: where intervals overlap (the Offline column) the ranking is not a claim.
+# Is INT8 really slower than FP32? The last lines time both interleaved: the paired ratio.
 
 # %%
 _rules = {
@@ -1514,13 +1437,6 @@ _front = pareto_front([[v.scenarios["SingleStream"].value.value, v.memory["disk_
                        for v in report.variants], maximize=[False, False, True])
 print("Pareto front (p90, disk bytes, accuracy):", [report.variants[i].name for i in _front])
 print("not valid:", [v.name for v in report.variants if not v.valid] or "none")
-
-# %% [markdown]
-# The rules pick by point value. Where the winner's interval overlaps the runner-up's
-# (the Offline column), the ranking is not a claim. Is INT8 really slower than FP32, or
-# is it noise? Two single runs cannot say; time them interleaved and form the paired ratio:
-
-# %%
 _mlp_fp32, _mlp_int8 = models.load("digits_mlp"), quantize_model(models.load("digits_mlp"), calibration)
 _ta, _tb = interleave(lambda: forward_fn(_mlp_int8)(_x1), lambda: forward_fn(_mlp_fp32)(_x1), repeats=300, warmup=20)
 _ratio = paired_ratio(_ta, _tb)
@@ -1531,15 +1447,10 @@ print("claim at 95%:", "INT8 is slower" if _ratio.low > 1 else "INT8 is faster" 
 # %% [markdown]
 # ### 4.2 `tiny_gpt`: quality and generation
 #
-# The language model's quality is its validation loss (perplexity `exp(loss)`), here on
-# the first 16 context windows of the validation text in 8 groups, FP32 against INT8.
-# Then generation, the latencies a chat user feels: **time to first token** (TTFT: the
-# prompt is read and the first token produced) and **time per output token** (TPOT),
-# for 16 new tokens after a 64-token prompt, greedy:
-# - **plain**: `GPT.generate`, which runs the whole sequence again for every token;
-# - **cached**: module 17's `generate_cached` (KV-cache: only the new token is computed);
-# - **batched**: module 18's `generate_static`, 8 prompts in one batch on module 17's
-#   cache; its TPOT is per decode step, which yields 8 tokens.
+# Quality: the validation loss (perplexity `exp(loss)`) on 16 context windows in 8 groups,
+# FP32 against INT8. Then TTFT and TPOT for 16 new greedy tokens after a 64-token prompt:
+# **plain** `GPT.generate` (the whole sequence again per token), **cached** (module 17's
+# `generate_cached`), **batched** (module 18's `generate_static`, 8 prompts; TPOT per step).
 
 # %%
 from tinytorch.acceleration import generate_static  # module 18
@@ -1556,8 +1467,6 @@ for _name, _q in gpt_q.items():
     print(f"tiny_gpt {_name}: loss {_q['loss'].format(digits=4)}, perplexity {_q['perplexity'].format(digits=4)} "
           f"on {_q['tokens']} tokens; target <= {gpt_target.threshold:.3f}: "
           f"{'met' if gpt_target.met(_q['perplexity']) else 'MISSED'}")
-
-# %%
 prompt = text.tokenizer.encode(text.val[1000:1064])
 prompts = [text.tokenizer.encode(text.val[1000 + 500 * i: 1064 + 500 * i]) for i in range(8)]
 NEW = 16
@@ -1581,26 +1490,20 @@ for _name, _g in generation.items():
 print("energy:", generation["cached (module 17)"]["energy"].source)
 
 # %% [markdown]
-# Read the three lines. The plain loop runs a full forward over the growing sequence for
-# every token, so its TPOT is several times the cached one; both TTFTs are about one
-# forward of the prompt (the cache must be filled first: the prefill). Batching 8
-# prompts costs more per step, but each step yields 8 tokens, so on a quiet machine the
-# decode throughput is several times higher while each user's TTFT and time per step
-# grow: the trade every LLM server tunes (module 18). The medians rest on 5 to 7
-# interleaved repeats; under heavy load their intervals become very wide and a TPOT can
-# come out as 0 (`generate(1)` slower than `generate(16)` in most pairs): the interval
-# then says "we do not know", and the line says `n/a`. The energy column counts every
-# call of the measurement, prefill included, from module 14's `EnergyMeter`; the last
-# line says whether it was measured (RAPL) or estimated (CPU-seconds x W per core, which
-# ranks the three as their CPU time does).
+# Read the three lines. The plain loop reruns the growing sequence for every token, so
+# its TPOT is several times the cached one; both TTFTs are one forward of the prompt (the
+# prefill). Batching 8 prompts yields 8 tokens per step: more decode throughput, longer
+# TTFT and step time, the trade every LLM server tunes (module 18). Under heavy load these
+# 5 to 7 repeats give wide intervals and a TPOT can be 0 (`n/a`): "we do not know". Energy
+# counts every call, prefill included, measured (RAPL) or estimated (CPU-seconds x W).
 
 # %% [markdown]
 # ## 5. Systems analysis
 #
 # ### 5.1 How many queries does a p90 need?
 #
-# One long SingleStream run of `digits_mlp` (3,000 queries); for growing prefixes, the
-# width of the 95% interval of the p90 (order statistics, bootstrap) and the early-stopping bound.
+# One SingleStream run of 3,000 queries; for growing prefixes, the width of the p90's 95%
+# interval (order statistics, bootstrap) and the early-stopping bound.
 
 # %%
 _long = run_stream(forward_fn(_mlp_fp32), digits.x_test,
@@ -1608,17 +1511,15 @@ _long = run_stream(forward_fn(_mlp_fp32), digits.x_test,
 ns = [20, 50, 100, 200, 500, 1000, 2000, 3000]
 widths, boot_widths, es_gap = [], [], []
 for n in ns:
-    _lat = _long.latencies[:n]
-    e = percentile_ci(_lat, 0.9)
+    e = percentile_ci(_long.latencies[:n], 0.9)
     widths.append(e.width if e.confidence >= 0.95 else np.nan)
-    boot_widths.append(bootstrap_ci(_lat, lambda x, axis: np.percentile(x, 90, axis=axis), n_resamples=1000).width)
+    boot_widths.append(bootstrap_ci(_long.latencies[:n], lambda x, axis: np.percentile(x, 90, axis=axis), n_resamples=1000).width)
     try:
-        es_gap.append(early_stopping_percentile(_lat, 0.9).value - e.value)
+        es_gap.append(early_stopping_percentile(_long.latencies[:n], 0.9).value - e.value)
     except ValueError:
         es_gap.append(np.nan)
-    print(f"n={n:5d}: p90 {e.value * 1e6:6.1f} us, order-statistic CI width {e.width * 1e6:7.1f} us "
-          f"(coverage {e.confidence:.3f}), bootstrap width {boot_widths[-1] * 1e6:7.1f} us, "
-          f"early-stopping bound - p90 {es_gap[-1] * 1e6:7.1f} us")
+    print(f"n={n:5d}: p90 {e.value * 1e6:6.1f} us, order-statistic CI width {e.width * 1e6:7.1f} us (coverage {e.confidence:.3f}), "
+          f"bootstrap width {boot_widths[-1] * 1e6:7.1f} us, early-stopping bound - p90 {es_gap[-1] * 1e6:7.1f} us")
 fig, ax = plt.subplots(figsize=(7, 4))
 ax.plot(ns, np.array(widths) * 1e6, "o-", label="95% order-statistic CI width")
 ax.plot(ns, np.array(boot_widths) * 1e6, "s-", label="95% bootstrap CI width")
@@ -1631,55 +1532,16 @@ show(fig)
 
 # %% [markdown]
 # The interval narrows roughly as `1 / sqrt(n)` (the dotted line): four times the
-# queries for half the width, though one slow query near the top (another process taking
-# the core) can widen a small-`n` order-statistic interval a lot. At 20 queries there is
-# no 95% order-statistic interval at all (the missing point; section 2), and the
-# bootstrap's width there is an optimistic guess. The early-stopping bound needs 44
-# queries, then its distance above the p90 shrinks the same way: MLPerf uses it so a slow
-# system can stop early with a guaranteed, slightly pessimistic percentile.
+# queries for half the width, though one slow query near the top can widen a small-`n`
+# order-statistic interval a lot. At 20 queries there is no 95% order-statistic interval
+# (the missing point; section 2) and the bootstrap's width is an optimistic guess. The
+# early-stopping bound needs 44 queries, then shrinks the same way: a guaranteed,
+# slightly pessimistic percentile that lets a slow system stop early.
 #
-# ### 5.2 Warm-up
+# ### 5.2 Background load and BLAS threads
 #
-# The first 40 calls of a freshly loaded model, then SingleStream runs of fresh copies
-# with and without warm-up queries.
-
-# %%
-_fresh = models.load("digits_cnn")
-_sut = forward_fn(_fresh)
-_first = []
-for _i in range(40):
-    _t0 = time.perf_counter()
-    _sut(digits.x_test[_i:_i + 1])
-    _first.append(time.perf_counter() - _t0)
-_first = np.array(_first)
-print(f"call 1: {_first[0] * 1e3:.2f} ms, median of calls 21-40: {np.median(_first[20:]) * 1e3:.3f} ms "
-      f"({_first[0] / np.median(_first[20:]):.0f}x)")
-_cold = run_stream(forward_fn(models.load("digits_cnn")), digits.x_test,
-                   notebook_settings("SingleStream", min_query_count=60, min_duration_s=0.0, warmup_queries=0))
-_warm = run_stream(forward_fn(models.load("digits_cnn")), digits.x_test,
-                   notebook_settings("SingleStream", min_query_count=60, min_duration_s=0.0, warmup_queries=20))
-for _name, _r in (("no warm-up", _cold), ("20 warm-up", _warm)):
-    print(f"60 queries, {_name}: max {_r.latencies.max() * 1e3:.2f} ms, mean {_r.latencies.mean() * 1e3:.3f} ms, "
-          f"p90 {_r.value.scaled(1e3).format(' ms')}")
-fig, ax = plt.subplots(figsize=(7, 3.2))
-ax.plot(np.arange(1, 41), _first * 1e3, "o-")
-ax.set(yscale="log", xlabel="call number of a freshly loaded digits_cnn", ylabel="ms", title="Warm-up")
-show(fig)
-
-# %% [markdown]
-# The first call costs more than a warm one (the printed ratio: cold caches, im2col
-# buffers allocated); the plot shows how many calls it takes to settle. For a model this
-# small that is one or two slow calls, so in 60 queries they reach the maximum and the
-# mean, not the p90: the two SingleStream lines differ by no more than their intervals.
-# A large model, or a runtime that compiles on the first call (`torch.compile`, ONNX
-# Runtime's graph optimizations), has many more slow calls. That is why LoadGen and
-# `run_stream` discard warm-up queries, and the settings record how many.
-#
-# ### 5.3 Background load and BLAS threads
-#
-# The machine is shared. A second Python process keeps one core busy for at most 6 s
-# (`busy_core`, given), and the same SingleStream of `tiny_gpt` forwards (64 tokens,
-# BLAS-heavy) runs before, during and after it.
+# The machine is shared. The same SingleStream of `tiny_gpt` forwards (64 tokens, BLAS-heavy)
+# runs before, during and after a second Python keeps one core busy (`busy_core`, given).
 
 # %%
 from tinytorch.utils.contention import busy_core  # given: the child process that takes one core
@@ -1702,45 +1564,36 @@ ax.set_title("tiny_gpt forward (T=64): quiet vs one core busy")
 show(fig)
 
 # %% [markdown]
-# Compare the printed p90s. How much one busy core hurts depends on the BLAS threads.
-# With OpenBLAS using both cores, every matrix product waits for the thread on the busy
-# core, and the p90 under load can be several times the quiet one (module 14 measured a
-# 128 x 128 matmul going from 0.06 ms to 16 ms); with one BLAS thread (as the milestone
-# runs) the kernel gives our thread the free core, and the two are close. The same holds
-# for other people's work: on a loaded machine a second BLAS thread can make a product
-# many times *slower*, not twice as fast. OpenBLAS reads `OPENBLAS_NUM_THREADS` once,
-# when NumPy loads, so comparing thread counts needs one process per setting
-# (`tinytorch.utils.contention.blas_timings` runs one). If other work was already
-# running, the "quiet" runs are not quiet either: compare the load average above. So a
-# result records the load and the thread count (`machine_info()` does), and variants are
-# compared interleaved.
+# Compare the printed p90s. With OpenBLAS on both cores every matrix product waits for
+# the thread on the busy core, and the p90 under load can be several times the quiet one
+# (module 14 saw a 128 x 128 matmul go from 0.06 ms to 16 ms); with one BLAS thread (as
+# the milestone runs) the kernel gives our thread the free core and the two are close;
+# on a loaded machine a second BLAS thread can make a product many times *slower*.
+# OpenBLAS reads `OPENBLAS_NUM_THREADS` at import, so comparing thread counts needs a
+# process per setting (`tinytorch.utils.contention.blas_timings`). A result records the
+# load and threads (`machine_info()` does), and variants are compared interleaved.
 
 # %% [markdown]
 # ## 6. Reflection
 #
-# 1. MLPerf's Server scenario uses Poisson arrivals; real traffic is burstier (diurnal
-#    cycles, retries, batch jobs). How would bursts change the highest rate that meets a
-#    p99 bound for the same system, and what would you add to `run_server` to test it?
-# 2. The quality target is checked on the point value, but 360 test images give an
-#    interval three points wide. How large a test set makes a 1% target meaningful at
-#    95%, and how large are MLPerf's validation sets?
-# 3. `run_server` has one worker. A real server (module 18's dynamic batcher, Triton,
-#    vLLM) batches many queries at once. Which results of section 4 would change, and why
-#    does batching trade the p99 against throughput?
+# 1. Real traffic is burstier than Poisson (diurnal cycles, retries, batch jobs). How
+#    would bursts change the highest rate that meets a p99 bound, and how would you test it?
+# 2. 360 test images give an accuracy interval three points wide. How large a test set
+#    makes a 1% target meaningful at 95%, and how large are MLPerf's validation sets?
+# 3. `run_server` has one worker. A real server (module 18's batcher, Triton, vLLM)
+#    batches queries. Which results of section 4 would change, and why does batching
+#    trade the p99 against throughput?
 # 4. Why is the early-stopping bound *above* the measured percentile, and what does a
 #    submitter gain by running longer?
 # 5. INT8 was slower than FP32 here. On which hardware and runtime (ONNX Runtime with
-#    VNNI, TensorRT, llama.cpp) would it be faster, and which of our measurements would
-#    carry over?
+#    VNNI, TensorRT, llama.cpp) would it be faster, and which measurements carry over?
 
 # %% [markdown]
 # ## 7. Summary
 #
 # You built `tinytorch.benchmarking` (the table at the top): intervals for percentiles,
-# means, ratios and accuracies, MLPerf's early-stopping bound, the four scenarios with
-# their rules as parameters, quality targets, and a versioned report with its Pareto
-# front. With them you measured the digits models in FP32, INT8 and pruned + INT8,
-# `tiny_gpt` generation plain vs cached vs batched, how a p90's interval shrinks with
-# the number of queries, and what warm-up, background load and BLAS threads do to the
-# numbers. This closes the Optimization tier: milestone 06 uses these tools on all the
-# optimizations of modules 14 to 18.
+# means, ratios and accuracies, MLPerf's early-stopping bound, the four scenarios, quality
+# targets, and a versioned report with its Pareto front; and measured the digits models
+# in FP32, INT8 and pruned + INT8, `tiny_gpt` generation three ways, how a p90's interval
+# shrinks with the queries, and what warm-up, load and BLAS threads do. Milestone 06 uses
+# these tools on all the optimizations of modules 14 to 18.
