@@ -347,7 +347,9 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
         h = layer_norm(x, block.ln1)
         q, k, v = (_split_heads(_linear(h, proj), heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         cache.append(layer, k, v, rows)
-        s = int(positions[:, -1].max()) + 1
+        s = int(positions[:, -1].max()) + 1  # the keys the newest query may see
+        if t == 1 and 2 * s > cache.max_len:  # a decode step over a well-filled cache: read all of it (HINTS)
+            s = cache.max_len
         keys, values = cache.gather(layer, rows, s)
         x = x + _linear(merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj)
         x = x + _linear(gelu_array(_linear(layer_norm(x, block.ln2), mlp.fc)), mlp.proj)
@@ -468,7 +470,7 @@ def generate_cached_batch(model, prompts, max_new_tokens: int, temperature: floa
     return list(out)
 
 
-# %% modules/17_memoization/memoization.py (cell 42)
+# %% modules/17_memoization/memoization.py (cell 44)
 class PagedKVCache(KVCache):
     """A KV-cache in fixed-size blocks (vLLM's PagedAttention layout): per layer one pool
     k[layer], v[layer] of shape (num_blocks, num_heads, block_size, head_dim), and a block table

@@ -736,7 +736,8 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     2. x = model.tok_emb.weight.data[tokens] + model.pos_emb.weight.data[positions].
     3. For each layer, block = model.blocks[layer]: h = layer_norm(x, block.ln1);
        q, k, v = (_split_heads(_linear(h, p), H) for p in (attn.q_proj, attn.k_proj, attn.v_proj));
-       cache.append(layer, k, v, rows); S = (positions[:, -1] + 1).max();
+       cache.append(layer, k, v, rows); S = (positions[:, -1] + 1).max(), or cache.max_len for a
+       decode step (T == 1) when 2 * S > max_len (HINTS);
        keys, values = cache.gather(layer, rows, S) (given: the layer's buffers of those rows);
        x = x + _linear(merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj);
        x = x + _linear(gelu_array(_linear(layer_norm(x, block.ln2), mlp.fc)), mlp.proj).
@@ -745,6 +746,12 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
     HINTS:
     - The given check_forward validates the cache, shapes, rows and the context length first.
     - _split_heads returns a transposed view; that is fine for append and for matmul.
+    - A decode step does little arithmetic per byte: its attention is a pass over every cached key and
+      value of its rows, and the memory's speed sets its time. The slice [:, :, :S] of a buffer is a
+      run of S positions per (row, head) and a jump over the max_len - S after it; the CPU's prefetcher
+      streams one contiguous run much faster (section 5.1 measures it). So once the rows fill more than
+      half of the buffer, attend over all max_len positions: more bytes, but read in one run, and the
+      mask hides the extra positions like any stale entry (a prefill is arithmetic-bound: keep S).
 
     EXAMPLE:
     >>> cache = KVCache.for_model(gpt, batch_size=2)
@@ -764,7 +771,9 @@ def forward_cached(model, cache: KVCache, tokens, rows) -> np.ndarray:
         h = layer_norm(x, block.ln1)
         q, k, v = (_split_heads(_linear(h, proj), heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         cache.append(layer, k, v, rows)
-        s = int(positions[:, -1].max()) + 1
+        s = int(positions[:, -1].max()) + 1  # the keys the newest query may see
+        if t == 1 and 2 * s > cache.max_len:  # a decode step over a well-filled cache: read all of it (HINTS)
+            s = cache.max_len
         keys, values = cache.gather(layer, rows, s)
         x = x + _linear(merge_heads(cached_attention(q, keys, values, positions)), attn.out_proj)
         x = x + _linear(gelu_array(_linear(layer_norm(x, block.ln2), mlp.fc)), mlp.proj)
@@ -1203,6 +1212,49 @@ show(_fig)
 # the machine slows more than the plain step's big products (we have seen 7.3x here on a
 # busy machine, 9-10x on a quiet one). `python -m benchmarks.run memoization` times both
 # with warm-up and repeats.
+#
+# **A decode step is a pass over memory.** For one new token per row, attention does about
+# two FLOPs per byte of cache it reads, so the memory sets its time, and so does the way the
+# bytes lie. `gather(layer, rows, S)` slices each buffer to `[:, :, :S]`: for every (row,
+# head) a run of `S` positions, then a jump over the `max_len - S` unused ones. Below, one
+# decode step's attention in all four layers of a batch of 128 rows (the benchmark's shape:
+# 191 positions, 160 filled), first over that slice, then over the whole buffer, which has
+# 19% more bytes but no jumps.
+
+# %%
+def attention_pass_ms(cache, filled, s, repeats=7):
+    """Median ms of one decode step's attention in every layer: each row's query at position
+    filled - 1, over the first s positions (s >= filled) of its keys and values."""
+    rows = np.arange(cache.batch_size)
+    q = np.ones((cache.batch_size, cache.num_heads, 1, cache.head_dim), dtype=np.float32)
+    pos = np.full((cache.batch_size, 1), filled - 1)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for layer in range(cache.num_layers):
+            cached_attention(q, *cache.gather(layer, rows, s), pos)
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+_big = KVCache.for_model(gpt, batch_size=128, max_len=191)
+for _buf in _big.k + _big.v:
+    _buf.fill(0.01)  # touch every page: a page never written reads as zeros from nowhere
+for _s in (160, 191):
+    _ms = attention_pass_ms(_big, 160, _s)
+    _read = 2 * _big.num_layers * _big.batch_size * _big.num_heads * _s * _big.head_dim * 4
+    print(f"keys and values of {_s} positions ({_read / 2**20:.0f} MiB): {_ms:5.2f} ms, {_read / _ms / 1e6:4.1f} GB/s")
+del _big
+
+# %% [markdown]
+# On the machine this notebook was written on (a 2-core AMD EPYC), the slice ran at 10-12
+# GB/s and the whole buffer at 16-21 GB/s, so reading more bytes took less time: the
+# hardware prefetcher fetches ahead along one contiguous run, and every jump makes it start
+# over. That is why `forward_cached` lets a decode step attend over all `max_len` positions
+# once its rows fill more than half of the buffer (the mask hides the extra positions, as it
+# hides any stale entry): it made the 63 decode steps of the benchmark's batch of 128 about
+# 1.2x faster. A prefill multiplies `T` queries by every key it reads; arithmetic, not
+# memory, bounds it, so it keeps its `S`.
 #
 # ### 5.2 Tokens per second
 #
