@@ -13,10 +13,9 @@
 # %% [markdown]
 # # Module 19: Benchmarking. A benchmark is a method, not a timer
 #
-# Modules 14 to 18 made the reference models smaller and faster: INT8 weights (15),
-# pruning (16), a KV-cache (17), batching and fusion (18). Each claimed a gain. This
-# module builds the instrument that decides whether a claim holds, in the shape of the
-# industry's own: **MLPerf Inference** and its load generator, LoadGen.
+# Modules 14 to 18 made the models smaller and faster (INT8, pruning, a KV-cache,
+# batching and fusion), each claiming a gain. This module builds the instrument that
+# decides whether a claim holds, shaped like **MLPerf Inference** and its LoadGen.
 #
 # | you build | it answers |
 # |---|---|
@@ -1237,9 +1236,9 @@ print(_rep)
 # %% [markdown]
 # ### 3.9 The Pareto front
 #
-# With several objectives (latency, size, accuracy) there is rarely one best. A variant
-# is **dominated** if another is at least as good in every objective and strictly better
-# in one; the **Pareto front** is the set no other dominates. Compare all pairs at once:
+# With several objectives (latency, size, accuracy) a variant is **dominated** if another
+# is at least as good in all and strictly better in one; the **Pareto front** is the set
+# no other dominates. Compare all pairs at once:
 # `le[i, j, k]` says whether point `j` is at least as good as point `i` in objective `k`.
 # Given: the latency plot (an empirical CDF) and `plot_pareto` (quality vs latency, along your front).
 
