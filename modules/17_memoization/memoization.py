@@ -1019,7 +1019,8 @@ def prefill_groups(lengths) -> list[list[int]]:
     """The indices of prompts of one length, PREFILL_ROWS at a time (given): each group is ONE
     forward_cached over an (n, T) array. For 128 prompts of 128 tokens of tiny_gpt, groups of 8 took
     about 0.85x the time of one prompt per forward here (bigger products per weight matrix); groups
-    of 32 or more were slower again (the (n, H, T, T) scores of a group no longer fit the CPU's caches)."""
+    of 32 were no faster than one at a time and all 128 at once slower (the (n, H, T, T) scores of a
+    big group no longer fit the CPU's caches)."""
     by_length: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         by_length.setdefault(int(n), []).append(i)
@@ -1236,9 +1237,9 @@ show(_fig)
 # busy machine, 9-10x on a quiet one). `python -m benchmarks.run memoization` times both
 # with warm-up and repeats.
 #
-# **A decode step is a pass over memory.** For one new token per row, attention does about
-# two FLOPs per byte of cache it reads, so the memory sets its time, and so does the way the
-# bytes lie. `gather(layer, rows, S)` slices each buffer to `[:, :, :S]`: for every (row,
+# **A decode step is a pass over memory.** For one new token per row, attention does one
+# multiply-add (2 FLOPs) per 4-byte key or value it reads, so the memory sets its time, and
+# so does the way the bytes lie. `gather(layer, rows, S)` slices each buffer to `[:, :, :S]`: for every (row,
 # head) a run of `S` positions, then a jump over the `max_len - S` unused ones. Below, one
 # decode step's attention in all four layers of a batch of 128 rows (the benchmark's shape:
 # 191 positions, 160 filled), first over that slice, then over the whole buffer, which has
@@ -1273,9 +1274,10 @@ del _big
 # On the machine this notebook was written on (a 2-core AMD EPYC), the slice ran at 10-12
 # GB/s and the whole buffer at 16-21 GB/s, so reading more bytes took less time: the
 # hardware prefetcher fetches ahead along one contiguous run, and every jump makes it start
-# over. That is why `forward_cached` lets a decode step attend over all `max_len` positions
-# once its rows fill more than half of the buffer (the mask hides the extra positions, as it
-# hides any stale entry): it made the 63 decode steps of the benchmark's batch of 128 about
+# over. At half the speed, a slice of half the buffer costs as much as the whole of it. That
+# is why `forward_cached` lets a decode step attend over all `max_len` positions once its
+# rows fill more than half of the buffer (the mask hides the extra positions, as it hides
+# any stale entry): it made the 63 decode steps of the benchmark's batch of 128 about
 # 1.2x faster. A prefill multiplies `T` queries by every key it reads; arithmetic, not
 # memory, bounds it, so it keeps its `S`.
 #
