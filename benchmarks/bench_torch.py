@@ -28,16 +28,18 @@ keys it may see). At 256 rows the GEMMs run within a few percent of PyTorch's; G
 faster than PyTorch's, the attention kernel matches `scaled_dot_product_attention` at T = 256, and
 LayerNorm still takes ~1.7x PyTorch's fused kernel.
 
-Measured ranges (speed_vs_torch of nine full runs of the suite on a 2-core AMD EPYC shared with
-other jobs, load average 2-11, OPENBLAS_NUM_THREADS=1; the load moves every figure, so compare
-ratios taken in one run; median in brackets): forward T = 256 0.87-1.14 (0.99; 1.00-1.03 in
-short interleaved runs of that forward alone), plain generation 0.71-1.44 (1.02), cached single
-request 0.94-1.97 (1.33), cached batch 128 0.99-1.42 (1.20). Six runs before the fast paths,
-over the same hours: 0.74-0.96 (0.80), 0.70-0.91 (0.83), 1.04-2.12 (1.32), 0.96-1.19 (1.08). One plain-generation
-step (the last position's logits from T tokens) ran at 0.91x PyTorch's speed at T = 128 rising
-to 1.01x at T = 255: at 128 rows OpenBLAS's x @ W.T (a transposed operand) is ~10% slower than
-PyTorch's GEMM. The cached figures time module 17's own ndarray code, which uses only gelu_array
-from these fast paths.
+Measured (speed_vs_torch, 95% paired-bootstrap interval, one full run on a 2-core AMD EPYC at
+load 1.0, OPENBLAS_NUM_THREADS=1; the load moves every figure, so compare ratios taken in one
+run): forward T = 256 1.00 (0.97-1.02), plain generation 1.03 (0.92-1.17), cached single
+request 1.08 (1.02-1.26, goal 1.1 not met in this run), cached batch 128 1.41 (1.37-1.49).
+Earlier runs of the same code at load 2-11 ranged 0.87-1.14, 0.71-1.44, 0.92-1.97 and
+1.29-1.84. INT8 time against FP32 in tinytorch at batch 1: digits_cnn 0.78x the speed (goal
+0.67x, met), digits_mlp 0.46x (not met: quantizing a 64-value input costs NumPy's fixed ~7 us
+per call and per layer, and BLAS multiplies only floats, so the int8 weights are converted each
+call; NumPy has no int8 GEMM). One plain-generation step (the last position's logits from T
+tokens) ran at 0.91x PyTorch's speed at T = 128 rising to 1.01x at T = 255: at 128 rows
+OpenBLAS's x @ W.T (a transposed operand) is ~10% slower than PyTorch's GEMM. The cached
+figures time module 17's own ndarray code (whole-buffer decode reads, grouped prefill).
 """
 
 from __future__ import annotations
