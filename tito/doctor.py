@@ -20,7 +20,7 @@ from packaging.version import Version
 from tito.console import print_table
 
 # distribution name -> import name, where they differ
-IMPORT_NAMES = {"pyyaml": "yaml", "scikit-learn": "sklearn"}  # other names: "-" becomes "_"
+IMPORT_NAMES = {"ipython": "IPython", "pyyaml": "yaml", "scikit-learn": "sklearn"}  # other names: "-" becomes "_"
 
 
 def register(subparsers) -> None:
